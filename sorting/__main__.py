@@ -1,0 +1,3 @@
+from sorting.cli import main
+
+raise SystemExit(main())

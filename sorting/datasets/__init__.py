@@ -1,0 +1,1 @@
+"""Data layer: manifests, importers, image loading, synthetic world, preprocessing, augmentation."""

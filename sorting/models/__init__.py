@@ -1,0 +1,1 @@
+"""Model registry, multi-head wrapper, checkpoints, ONNX export and quantization."""

@@ -1,0 +1,1 @@
+"""The conveyor loop: sources, calibration, segmentation, tracking, inference, policy, actuators."""

@@ -1,0 +1,1 @@
+"""Training and evaluation loops, metrics, calibration, tracking and distributed launch."""
