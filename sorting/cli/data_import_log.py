@@ -1,0 +1,58 @@
+"""``textile-sorter data import-log``: the sorter's decision log back into training data.
+
+Registered into the ``data`` group by ``sorting/cli/data.py`` (``data_import_log.register(group)``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from sorting.cli.common import add_command
+from sorting.errors import ConfigError
+from sorting.serving.decision_log import export_todo, labels_to_manifest
+from sorting.taxonomy import load_taxonomy
+
+EXAMPLES = """
+  # 1. list the saved crops of rejected / low-confidence items, to label
+  textile-sorter data import-log runs/serve/decisions.sqlite --export-todo todo.csv
+  # 2. fill the fibre and/or colour columns of todo.csv (leave a cell empty if unsure), then
+  textile-sorter data import-log runs/serve/decisions.sqlite --labels todo.csv -o datasets/relabelled.csv
+"""
+
+
+def register(group: argparse._SubParsersAction) -> None:
+    """Add ``import-log`` to the ``data`` command group."""
+    parser = add_command(
+        group,
+        "import-log",
+        help="Export a decision log's saved crops for labelling, or turn labelled crops into a manifest.",
+        examples=EXAMPLES,
+    )
+    parser.add_argument("db", type=Path, help="decision log (SQLite) written by `textile-sorter serve`")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--export-todo", type=Path, metavar="CSV", help="write the crops to label to CSV")
+    mode.add_argument("--labels", type=Path, metavar="CSV", help="labelled CSV: item_id, fibre, colour")
+    parser.add_argument("-o", "--output", type=Path, help="manifest to write (with --labels)")
+    parser.add_argument("--taxonomy", type=Path,
+                        help="taxonomy YAML for label checks (default: datasets/taxonomy.yaml)")
+    parser.add_argument("--split", choices=("train", "val", "test"), help="split for all rows (default: none)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.export_todo is not None:
+        n = export_todo(args.db, args.export_todo)
+        print(f"{n} crops to label -> {args.export_todo} (fill the fibre/colour columns)")
+        return 0
+    if args.output is None:
+        raise ConfigError("--labels needs -o/--output MANIFEST")
+    result = labels_to_manifest(
+        args.db, args.labels, args.output, taxonomy=load_taxonomy(args.taxonomy), split=args.split
+    )
+    print(f"{result.written} labelled crops -> {result.manifest} ({len(result.skipped)} rows skipped)")
+    for reason in result.skipped[:10]:
+        print(f"  skipped {reason}")
+    if len(result.skipped) > 10:
+        print(f"  ... and {len(result.skipped) - 10} more")
+    return 0

@@ -1,0 +1,425 @@
+"""The decision log: one SQLite row per item, written before the actuator is told.
+
+The database runs in WAL mode (readers such as a dashboard or ``data import-log`` never block
+the loop) with one writer connection guarded by a lock: the loop writes rows, the actuator's
+worker thread may mark them missed. Crops of rejected or low-confidence items are saved as
+JPEG next to the database for relabelling; :func:`export_todo` lists them in a CSV to label
+and :func:`labels_to_manifest` turns the labelled CSV into a training manifest (the
+active-learning loop back into training).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import secrets
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+from pydantic import Field
+
+from sorting.config import StrictModel
+from sorting.datasets.manifest import ManifestRow, file_sha1, relative_path, write_manifest
+from sorting.errors import DataError
+from sorting.serving.policy import Decision, ItemEvidence
+from sorting.taxonomy import HEADS, AliasMap, Taxonomy, load_aliases, load_taxonomy
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "1"
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    uid TEXT NOT NULL UNIQUE,
+    session TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    wall_time REAL NOT NULL,
+    t_decision REAL,
+    model_id TEXT,
+    fibre TEXT,
+    colour TEXT,
+    confidence TEXT NOT NULL,
+    probs TEXT NOT NULL,
+    ood INTEGER NOT NULL,
+    overlap INTEGER NOT NULL,
+    cut_off INTEGER NOT NULL,
+    n_views INTEGER NOT NULL,
+    bin INTEGER NOT NULL,
+    bin_name TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    latency_ms REAL,
+    crop_path TEXT,
+    crop_width INTEGER,
+    crop_height INTEGER,
+    missed INTEGER NOT NULL DEFAULT 0,
+    missed_reason TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_session_item ON decisions (session, item_id);
+"""
+# Rejections that say nothing about the garment's class: their crops are not worth relabelling.
+_NOT_CLASS_REASONS = ("late", "shutdown")
+
+
+class DecisionLogConfig(StrictModel):
+    """``log`` section of the line config."""
+
+    path: Path = Field(default=Path("runs/serve/decisions.sqlite"), description="SQLite file (created)")
+    crops_dir: Path | None = Field(default=None, description="default: '<db name>-crops' next to the DB")
+    save_crops: Literal["none", "uncertain", "all"] = Field(
+        default="uncertain", description="uncertain = rejected (not late) or below crop_confidence_below"
+    )
+    crop_confidence_below: float = Field(default=0.8, ge=0, le=1)
+    jpeg_quality: int = Field(default=90, ge=10, le=100)
+    max_crops: int = Field(default=50_000, ge=0, description="stop saving crops beyond this many per session")
+    synchronous: Literal["normal", "full"] = Field(
+        default="normal", description="normal: safe against a crash of the program; full: also power loss"
+    )
+
+    def crops_folder(self) -> Path:
+        return self.crops_dir if self.crops_dir is not None else self.path.with_name(f"{self.path.stem}-crops")
+
+
+def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    if read_only:
+        if not path.is_file():
+            raise DataError(f"decision log {path} does not exist")
+        conn = sqlite3.connect(f"file:{path.absolute()}?mode=ro", uri=True, check_same_thread=False)
+    else:
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def _probs_json(evidence: ItemEvidence) -> str:
+    out: dict[str, dict[str, float]] = {}
+    for head, probs in evidence.probs.items():
+        names = list(evidence.labels.get(head, ()))
+        values = np.asarray(probs, dtype=np.float64).ravel()
+        if len(names) != values.size:
+            names = [str(i) for i in range(values.size)]
+        out[head] = {n: round(float(p), 5) for n, p in zip(names, values)}
+    return json.dumps(out)
+
+
+class DecisionLog:
+    """Append-only decision log for one serving session.
+
+    ``reject_bin`` (the bins file's reject id) lets :meth:`summary` report a reject rate that
+    includes missed firings. Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        config: DecisionLogConfig,
+        *,
+        model_id: str = "",
+        reject_bin: int | None = None,
+        session: str | None = None,
+    ) -> None:
+        self.config = config
+        self.model_id = model_id
+        self.reject_bin = reject_bin
+        self.session = session or time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + "-" + secrets.token_hex(2)
+        self.path = Path(config.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.crops_dir = config.crops_folder()
+        self._crops_saved = 0
+        self._lock = threading.Lock()
+        try:
+            self._conn: sqlite3.Connection | None = _connect(self.path)
+            mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            self._conn.execute(f"PRAGMA synchronous={config.synchronous.upper()}")
+            self._conn.executescript(_SCHEMA)
+            self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"cannot open decision log {self.path}: {exc}") from None
+        if mode.lower() != "wal":
+            log.warning("decision log %s is not in WAL mode (%s)", self.path, mode)
+        log.info("decision log %s, session %s", self.path, self.session)
+
+    def __enter__(self) -> DecisionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_model(self, model_id: str) -> None:
+        """Model id written into following rows (after a hot reload)."""
+        self.model_id = model_id
+
+    def uid(self, item_id: int | str) -> str:
+        """The log-wide key of an item of this session (the ``item_id`` of relabelling CSVs)."""
+        return f"{self.session}-{item_id}"
+
+    def _wants_crop(self, decision: Decision) -> bool:
+        if self.config.save_crops == "none" or self._crops_saved >= self.config.max_crops:
+            return False
+        if self.config.save_crops == "all":
+            return True
+        if not decision.reason.startswith("rule:"):
+            return decision.reason not in _NOT_CLASS_REASONS
+        conf = decision.confidence or {}
+        return bool(conf) and min(conf.values()) < self.config.crop_confidence_below
+
+    def _save_crop(self, uid: str, crop: np.ndarray) -> tuple[str, int, int] | None:
+        self.crops_dir.mkdir(parents=True, exist_ok=True)
+        target = self.crops_dir / f"{uid}.jpg"
+        try:
+            ok = cv2.imwrite(str(target), crop, [cv2.IMWRITE_JPEG_QUALITY, self.config.jpeg_quality])
+        except cv2.error as exc:
+            log.warning("cannot save crop %s: %s", target, exc)
+            return None
+        if not ok:
+            log.warning("cannot save crop %s", target)
+            return None
+        self._crops_saved += 1
+        return relative_path(target, self.path.parent), int(crop.shape[1]), int(crop.shape[0])
+
+    def record(
+        self,
+        evidence: ItemEvidence,
+        decision: Decision,
+        *,
+        latency_ms: float | None = None,
+        crop: np.ndarray | None = None,
+        t_decision: float | None = None,
+        wall_time: float | None = None,
+    ) -> str:
+        """Persist one decision (committed on return) and maybe its crop; returns the item's uid.
+
+        ``crop`` is the item's best BGR view; it is saved only for rejected (not 'late') or
+        low-confidence items, per the config.
+        """
+        uid = self.uid(evidence.item_id)
+        saved = self._save_crop(uid, crop) if crop is not None and crop.size and self._wants_crop(decision) else None
+        row = (
+            uid, self.session, str(evidence.item_id), time.time() if wall_time is None else wall_time, t_decision,
+            self.model_id, decision.fibre, decision.colour, json.dumps(decision.confidence or {}),
+            _probs_json(evidence), int(evidence.ood), int(evidence.overlap), int(evidence.cut_off),
+            int(evidence.n_views), int(decision.bin), decision.bin_name, decision.reason, latency_ms,
+            *(saved or (None, None, None)),
+        )
+        sql = (
+            "INSERT INTO decisions (uid, session, item_id, wall_time, t_decision, model_id, fibre, colour,"
+            " confidence, probs, ood, overlap, cut_off, n_views, bin, bin_name, reason, latency_ms,"
+            " crop_path, crop_width, crop_height) VALUES (" + ",".join("?" * 21) + ")"
+        )
+        with self._lock:
+            conn = self._require_open()
+            try:
+                conn.execute(sql, row)
+            except sqlite3.IntegrityError:
+                # A second decision for one item is a tracking bug; keep it visible, never drop it.
+                log.error("item %s decided twice in session %s; logging it as a duplicate",
+                          evidence.item_id, self.session)
+                uid = f"{uid}-dup{secrets.token_hex(3)}"
+                conn.execute(sql, (uid, *row[1:]))
+        return uid
+
+    def mark_missed(self, item_id: int | str, reason: str = "late") -> None:
+        """The actuator could not fire for this item: it went to the end-of-belt reject."""
+        with self._lock:
+            cur = self._require_open().execute(
+                "UPDATE decisions SET missed = 1, missed_reason = ? WHERE uid = ?", (reason, self.uid(item_id))
+            )
+        if cur.rowcount == 0:
+            log.warning("mark_missed: item %s not in the log (session %s)", item_id, self.session)
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("decision log is closed")
+        return self._conn
+
+    def counts(self, by: Literal["bin", "bin_name", "reason", "missed_reason"] = "bin_name") -> dict[str, int]:
+        """Row counts of this session grouped by one column."""
+        if by not in ("bin", "bin_name", "reason", "missed_reason"):
+            raise ValueError(f"cannot group by {by!r}")
+        with self._lock:
+            rows = self._require_open().execute(
+                f"SELECT {by} AS k, COUNT(*) AS n FROM decisions WHERE session = ? GROUP BY {by} ORDER BY {by}",
+                (self.session,),
+            ).fetchall()
+        return {str(r["k"]): int(r["n"]) for r in rows if r["k"] is not None}
+
+    def summary(self) -> dict[str, object]:
+        """Totals for the report: items, per bin, per reason, missed, reject rate, latency p50/p99."""
+        with self._lock:
+            conn = self._require_open()
+            total, missed = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(missed), 0) FROM decisions WHERE session = ?", (self.session,)
+            ).fetchone()
+            rejected = 0
+            if self.reject_bin is not None:
+                rejected = conn.execute(
+                    "SELECT COUNT(*) FROM decisions WHERE session = ? AND (bin = ? OR missed = 1)",
+                    (self.session, self.reject_bin),
+                ).fetchone()[0]
+            lat = [r[0] for r in conn.execute(
+                "SELECT latency_ms FROM decisions WHERE session = ? AND latency_ms IS NOT NULL", (self.session,))]
+        out: dict[str, object] = {
+            "items": int(total),
+            "per_bin": self.counts("bin_name"),
+            "per_reason": self.counts("reason"),
+            "missed": int(missed),
+            "crops_saved": self._crops_saved,
+        }
+        if self.reject_bin is not None:
+            out["reject_rate"] = rejected / total if total else 0.0
+        if lat:
+            out["latency_ms_p50"] = float(np.percentile(lat, 50))
+            out["latency_ms_p99"] = float(np.percentile(lat, 99))
+        return out
+
+    def close(self) -> None:
+        """Commit, fold the WAL back into the database file and close (idempotent)."""
+        with self._lock:
+            if self._conn is None:
+                return
+            try:
+                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                self._conn.close()
+                self._conn = None
+        log.info("decision log %s closed", self.path)
+
+
+# -- active learning: crops to label, labelled crops to a manifest -------------------------------
+
+TODO_COLUMNS = ("item_id", "crop", "reason", "pred_fibre", "pred_colour", "confidence", "fibre", "colour")
+
+
+def export_todo(db_path: str | Path, out_csv: str | Path) -> int:
+    """Write a CSV of logged items with a saved crop, to be labelled (fill ``fibre``/``colour``).
+
+    ``crop`` paths are relative to the CSV's folder. Returns the number of rows.
+    """
+    db_path, out_csv = Path(db_path), Path(out_csv)
+    conn = _connect(db_path, read_only=True)
+    try:
+        rows = conn.execute(
+            "SELECT uid, crop_path, reason, fibre, colour, confidence FROM decisions"
+            " WHERE crop_path IS NOT NULL ORDER BY id"
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{db_path} is not a decision log: {exc}") from None
+    finally:
+        conn.close()
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(TODO_COLUMNS)
+        for r in rows:
+            crop = relative_path(db_path.parent / r["crop_path"], out_csv.parent)
+            writer.writerow([r["uid"], crop, r["reason"], r["fibre"] or "", r["colour"] or "", r["confidence"], "", ""])
+    return len(rows)
+
+
+@dataclass
+class ImportResult:
+    """Outcome of :func:`labels_to_manifest`: rows written and why others were skipped."""
+
+    manifest: Path
+    written: int
+    skipped: list[str] = field(default_factory=list)
+
+
+def _resolver(taxonomy: Taxonomy) -> dict[str, tuple[AliasMap, tuple[str, ...]]]:
+    out = {}
+    for head in HEADS:
+        try:
+            aliases = load_aliases(head)
+        except Exception as exc:  # no alias file: exact class names only
+            log.debug("no %s aliases: %s", head, exc)
+            aliases = AliasMap(head)
+        out[head] = (aliases, taxonomy.classes(head))
+    return out
+
+
+def labels_to_manifest(
+    db_path: str | Path,
+    labels_csv: str | Path,
+    out_manifest: str | Path,
+    *,
+    taxonomy: Taxonomy | None = None,
+    split: str | None = None,
+) -> ImportResult:
+    """Turn a labelled CSV (``item_id,fibre,colour``; other columns ignored) into a manifest.
+
+    Labels go through the taxonomy's alias maps; an empty cell is a missing label for that
+    head. Rows with an unknown item, a missing crop, an unknown label or no label at all are
+    skipped with the reason (returned and logged), not fatal. Raises :class:`DataError` when
+    the files cannot be read or no row is usable.
+    """
+    db_path, labels_csv, out_manifest = Path(db_path), Path(labels_csv), Path(out_manifest)
+    if not labels_csv.is_file():
+        raise DataError(f"labels file {labels_csv} does not exist")
+    resolve = _resolver(taxonomy or load_taxonomy())
+    conn = _connect(db_path, read_only=True)
+    try:
+        crops = {
+            r["uid"]: r
+            for r in conn.execute(
+                "SELECT uid, crop_path, crop_width, crop_height FROM decisions WHERE crop_path IS NOT NULL"
+            )
+        }
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{db_path} is not a decision log: {exc}") from None
+    finally:
+        conn.close()
+    rows: list[ManifestRow] = []
+    skipped: list[str] = []
+    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"item_id"} - set(reader.fieldnames or ())
+        if missing or not {"fibre", "colour"} & set(reader.fieldnames or ()):
+            raise DataError(f"{labels_csv}: needs columns item_id and fibre and/or colour (got {reader.fieldnames})")
+        for line, record in enumerate(reader, start=2):
+            where = f"{labels_csv.name}:{line}"
+            uid = (record.get("item_id") or "").strip()
+            hit = crops.get(uid)
+            if hit is None:
+                skipped.append(f"{where}: item '{uid}' has no saved crop in {db_path.name}")
+                continue
+            crop = db_path.parent / hit["crop_path"]
+            if not crop.is_file():
+                skipped.append(f"{where}: crop {crop} is missing")
+                continue
+            labels: dict[str, str | None] = {}
+            bad = []
+            for head in HEADS:
+                raw = (record.get(head) or "").strip()
+                aliases, classes = resolve[head]
+                labels[head] = aliases.resolve(raw, classes) if raw else None
+                if raw and labels[head] is None:
+                    bad.append(f"{head} '{raw}'")
+            if bad:
+                skipped.append(f"{where}: unknown label {', '.join(bad)}")
+                continue
+            if not any(labels.values()):
+                skipped.append(f"{where}: no label")
+                continue
+            rows.append(ManifestRow(
+                path=relative_path(crop, out_manifest.parent),
+                fibre=labels["fibre"],
+                colour=labels["colour"],
+                source=f"decision-log:{db_path.name}",
+                split=split,
+                sha1=file_sha1(crop),
+                width=hit["crop_width"],
+                height=hit["crop_height"],
+            ))
+    for reason in skipped:
+        log.warning("skipped %s", reason)
+    if not rows:
+        raise DataError(f"{labels_csv}: no usable labelled rows ({len(skipped)} skipped)")
+    write_manifest(rows, out_manifest)
+    return ImportResult(manifest=out_manifest, written=len(rows), skipped=skipped)
+

@@ -1,0 +1,315 @@
+"""Ejector scheduling: when to fire which bin's actuator for a decided item.
+
+Each bin sits ``distance`` downstream of the decision line. The scheduler keeps a belt odometer
+(integrated belt speed, fixed or from an encoder), so an item decided at ``t_decision`` reaches
+its bin at ``t_decision + distance / speed`` at constant speed, and later or earlier when the
+belt slows down, stops or speeds up. Firings are handed to the actuator once they are within
+``dispatch_horizon_ms`` of their time, with the exact start time.
+
+An item that can no longer be reached (its time is less than ``latency_budget_ms`` away: the
+valve and link need that long) is not fired: it rides to the end-of-belt reject. At planning
+time this turns the decision into ``reason="late"`` (before it is logged); at dispatch time (loop
+stalled) it is returned in ``TickResult.missed`` so the loop can mark the logged row as missed.
+
+Library code never sleeps: the loop passes ``now`` (its clock) to :meth:`EjectorScheduler.tick`.
+For live serving an :class:`EjectorTicker` thread can tick it every few milliseconds.
+
+Call order per decided item (the decision is persisted before the actuator is told)::
+
+    decision = policy.decide(evidence)
+    plan = scheduler.plan(evidence.item_id, decision, t_decision, now)   # may become 'late'
+    decision_log.record(evidence, plan.decision, latency_ms=..., crop=...)
+    scheduler.commit(plan)
+    result = scheduler.tick(now)          # every frame (or from the ticker thread)
+    for firing in result.missed: decision_log.mark_missed(firing.item_id, "late")
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Literal, Protocol
+
+from pydantic import Field
+
+from sorting.config import StrictModel
+from sorting.errors import ConfigError
+from sorting.serving.actuators import Actuator, Firing
+from sorting.serving.policy import Decision, PolicyConfig
+
+log = logging.getLogger(__name__)
+
+Unit = Literal["m", "px"]
+
+
+class EjectorConfig(StrictModel):
+    """``ejector`` timing (belt speed itself comes from the line's ``belt`` section)."""
+
+    pulse_ms: float = Field(default=40, gt=0, description="default air-jet/pusher pulse (bins may override)")
+    latency_budget_ms: float = Field(
+        default=30, ge=0, description="command-to-effect time of the actuator incl. link; less time left = late"
+    )
+    dispatch_horizon_ms: float = Field(
+        default=250, gt=0, description="hand a firing to the actuator this long before it is due"
+    )
+    max_pending: int = Field(default=10_000, ge=1, description="items on the belt between line and bins")
+
+
+class SpeedSource(Protocol):
+    """Current belt speed in ``unit`` per second (0 = stopped)."""
+
+    unit: Unit
+
+    def speed(self, now: float) -> float: ...
+
+
+class FixedSpeed:
+    """A belt running at a configured constant speed."""
+
+    def __init__(self, speed: float, unit: Unit = "m") -> None:
+        if speed <= 0:
+            raise ConfigError(f"belt speed must be > 0 (got {speed})")
+        self.unit: Unit = unit
+        self._speed = float(speed)
+
+    def speed(self, now: float) -> float:
+        return self._speed
+
+
+class EncoderSpeed:
+    """Belt speed from a shaft encoder: feed cumulative counts with their time.
+
+    Speed is the count rate over the last ``window_s`` times ``distance_per_count``. With no new
+    counts for ``stale_s`` the belt is treated as stopped (0): pending items then wait instead of
+    being fired at a wrong time. ``wrap`` is the counter modulus (e.g. 2**32) when it rolls over.
+    """
+
+    def __init__(
+        self,
+        distance_per_count: float,
+        unit: Unit = "m",
+        *,
+        window_s: float = 0.5,
+        stale_s: float = 1.0,
+        wrap: int | None = None,
+    ) -> None:
+        if distance_per_count <= 0:
+            raise ConfigError(f"encoder distance per count must be > 0 (got {distance_per_count})")
+        self.unit: Unit = unit
+        self.distance_per_count = float(distance_per_count)
+        self.window_s = window_s
+        self.stale_s = stale_s
+        self.wrap = wrap
+        self._samples: deque[tuple[float, int]] = deque()
+        self._total = 0
+        self._last_raw: int | None = None
+        self._lock = threading.Lock()
+
+    def update(self, counts: int, t: float) -> None:
+        """Record the encoder counter reading ``counts`` taken at time ``t``."""
+        with self._lock:
+            if self._last_raw is not None:
+                delta = counts - self._last_raw
+                if self.wrap is not None:
+                    delta %= self.wrap
+                if delta < 0:
+                    log.warning("encoder counter went backwards (%d -> %d); belt reversing?", self._last_raw, counts)
+                    delta = 0
+                self._total += delta
+            self._last_raw = counts
+            self._samples.append((t, self._total))
+            while len(self._samples) > 2 and t - self._samples[1][0] >= self.window_s:
+                self._samples.popleft()
+
+    def speed(self, now: float) -> float:
+        with self._lock:
+            if len(self._samples) < 2 or now - self._samples[-1][0] > self.stale_s:
+                return 0.0
+            (t0, c0), (t1, c1) = self._samples[0], self._samples[-1]
+            return (c1 - c0) * self.distance_per_count / (t1 - t0) if t1 > t0 else 0.0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What :meth:`EjectorScheduler.plan` decided; ``decision`` is final (log this one)."""
+
+    item_id: int | str
+    decision: Decision
+    t_decision: float
+    eta: float | None  # expected fire time at current speed; None for reject / stopped belt
+    _target: float | None = field(default=None, repr=False)  # odometer reading at the bin
+
+
+@dataclass
+class TickResult:
+    """Firings handed to the actuator and firings missed (item goes to end-of-belt reject)."""
+
+    dispatched: list[Firing] = field(default_factory=list)
+    missed: list[Firing] = field(default_factory=list)
+
+
+class EjectorScheduler:
+    """Turns decisions into timed actuator firings (thread-safe; see module docstring)."""
+
+    def __init__(
+        self,
+        config: EjectorConfig,
+        policy: PolicyConfig,
+        actuator: Actuator,
+        speed: SpeedSource,
+        *,
+        px_per_m: float | None = None,
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.actuator = actuator
+        self.speed_source = speed
+        self._distance = {b.id: self._convert(b.distance_m or b.distance_px or 0.0, policy.distance_unit, px_per_m)
+                          for b in policy.bins}
+        self._address = {b.id: b.actuator_address for b in policy.bins}
+        self._pulse_s = {b.id: (b.pulse_ms or config.pulse_ms) / 1000.0 for b in policy.bins}
+        self._latency_s = config.latency_budget_ms / 1000.0
+        self._horizon_s = config.dispatch_horizon_ms / 1000.0
+        self._odo = 0.0
+        self._t: float | None = None
+        self._pending: list[tuple[float, int, Plan]] = []
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+
+    def _convert(self, distance: float, unit: Unit, px_per_m: float | None) -> float:
+        target = self.speed_source.unit
+        if unit == target:
+            return distance
+        if not px_per_m or px_per_m <= 0:
+            raise ConfigError(
+                f"bins are in '{unit}' but belt speed is in '{target}'/s: set the belt's px_per_m to convert"
+            )
+        return distance * px_per_m if target == "px" else distance / px_per_m
+
+    @property
+    def pending(self) -> int:
+        """Items scheduled and not yet handed to the actuator."""
+        return len(self._pending)
+
+    def _advance(self, now: float) -> None:
+        if self._t is None:
+            self._t = now
+        elif now > self._t:
+            self._odo += self.speed_source.speed(now) * (now - self._t)
+            self._t = now
+
+    def _odo_at(self, t: float) -> float:
+        assert self._t is not None
+        if t >= self._t:
+            return self._odo
+        return self._odo - self.speed_source.speed(self._t) * (self._t - t)
+
+    def plan(self, item_id: int | str, decision: Decision, t_decision: float, now: float | None = None) -> Plan:
+        """Plan the firing for ``decision``; returns a 'late' reject if the bin cannot be reached.
+
+        Nothing is sent until :meth:`commit` (log the plan's decision first).
+        """
+        now = t_decision if now is None else now
+        with self._lock:
+            self._advance(max(now, t_decision))
+            if decision.bin not in self._distance:
+                return Plan(item_id, decision, t_decision, None)
+            target = self._odo_at(t_decision) + self._distance[decision.bin]
+            v = self.speed_source.speed(now)
+            eta = now + (target - self._odo) / v if v > 0 else None
+            too_many = len(self._pending) >= self.config.max_pending
+            if (eta is not None and eta - now < self._latency_s) or too_many:
+                if too_many:
+                    log.error("ejector queue full (%d items): item %s goes to reject", len(self._pending), item_id)
+                late = replace(decision, bin=self.policy.reject.id, bin_name=self.policy.reject.name, reason="late")
+                return Plan(item_id, late, t_decision, None)
+            return Plan(item_id, decision, t_decision, eta, target)
+
+    def commit(self, plan: Plan) -> None:
+        """Queue a planned firing (no-op for reject decisions)."""
+        if plan._target is None:
+            return
+        with self._lock:
+            heapq.heappush(self._pending, (plan._target, next(self._seq), plan))
+
+    def tick(self, now: float) -> TickResult:
+        """Hand due firings to the actuator; report those that can no longer be made."""
+        result = TickResult()
+        with self._lock:
+            self._advance(now)
+            v = self.speed_source.speed(now)
+            while self._pending:
+                target, _, plan = self._pending[0]
+                remaining = target - self._odo
+                if v <= 0 and remaining > 0:
+                    break
+                time_left = remaining / v if v > 0 else -1.0
+                if time_left > self._horizon_s:
+                    break
+                heapq.heappop(self._pending)
+                bin_id = plan.decision.bin
+                firing = Firing(bin_id, self._address[bin_id], now + time_left, self._pulse_s[bin_id], plan.item_id)
+                if time_left < self._latency_s:
+                    log.warning("item %s missed bin %d (%.1f ms left)", plan.item_id, bin_id, time_left * 1e3)
+                    result.missed.append(firing)
+                else:
+                    result.dispatched.append(firing)
+        for firing in result.dispatched:
+            self.actuator.fire(firing.bin, firing.at_time, firing.pulse_s, item_id=firing.item_id)
+        return result
+
+    def shutdown(self) -> list[Firing]:
+        """Drop every pending firing (returned, for the log's 'shutdown' marks)."""
+        with self._lock:
+            dropped = []
+            for _, _, p in sorted(self._pending):
+                b = p.decision.bin
+                dropped.append(Firing(b, self._address[b], p.eta or 0.0, self._pulse_s[b], p.item_id))
+            self._pending.clear()
+        return dropped
+
+
+class EjectorTicker:
+    """A small thread ticking a scheduler on real time (live serving).
+
+    ``on_result`` receives every non-empty :class:`TickResult` (from the ticker thread).
+    """
+
+    def __init__(
+        self,
+        scheduler: EjectorScheduler,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        interval_s: float = 0.005,
+        on_result: Callable[[TickResult], None] | None = None,
+    ) -> None:
+        self.scheduler = scheduler
+        self.clock = clock
+        self.interval_s = interval_s
+        self.on_result = on_result
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ejector-ticker", daemon=True)
+
+    def start(self) -> EjectorTicker:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                result = self.scheduler.tick(self.clock())
+                if self.on_result is not None and (result.dispatched or result.missed):
+                    self.on_result(result)
+            except Exception:  # keep ticking: a dead ticker would silently stop all ejection
+                log.exception("ejector tick failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(1.0)

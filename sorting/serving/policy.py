@@ -1,0 +1,254 @@
+"""Sorting policy: per-item evidence (class probabilities, flags) -> one bin.
+
+The bins file (``serving/bins-*.yaml``) lists the bins with their distance from the decision
+line, the reject bin (end of belt, no actuator) and ordered rules on fibre and colour. The
+policy is fail-safe: anything it is not sure of (overlap, cut off, out-of-distribution, low
+confidence, no rule) goes to the reject bin with a reason that the decision log keeps.
+
+Reasons (``Decision.reason``): ``rule:<name>``, ``low_confidence:<head>``, ``ood``, ``overlap``,
+``cut_off``, ``unmatched``, ``lost`` (tracked but never classified), and, set by the ejector or
+the loop, ``late`` (cannot be reached in time) and ``shutdown``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, field_validator, model_validator
+
+from sorting.config import StrictModel, load_config
+from sorting.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+MAX_BINS = 64
+
+
+class BinConfig(StrictModel):
+    """One product bin downstream of the decision line, emptied by an air jet or pusher."""
+
+    id: int = Field(ge=0, lt=MAX_BINS, description="bin number 0..63, unique")
+    name: str = Field(min_length=1)
+    distance_m: float | None = Field(default=None, gt=0, description="belt distance from the decision line")
+    distance_px: float | None = Field(default=None, gt=0, description="same, in image pixels (synthetic lines)")
+    address: int | None = Field(default=None, ge=0, description="coil/register of its actuator; default = id")
+    pulse_ms: float | None = Field(default=None, gt=0, description="override of ejector.pulse_ms for this bin")
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _one_distance(self) -> BinConfig:
+        if (self.distance_m is None) == (self.distance_px is None):
+            raise ValueError(f"bin {self.id} ({self.name}): give exactly one of distance_m or distance_px")
+        return self
+
+    @property
+    def actuator_address(self) -> int:
+        return self.id if self.address is None else self.address
+
+
+class RejectBinConfig(StrictModel):
+    """The end-of-belt reject: items nobody pushed off fall into it; no actuator."""
+
+    id: int = Field(default=0, ge=0, lt=MAX_BINS)
+    name: str = "reject"
+
+
+class RuleConfig(StrictModel):
+    """``fibre`` / ``colour`` match lists of class names or ``any``; first matching rule wins.
+
+    ``min_confidence`` (per head) is checked after a match: a matched rule whose confidence is
+    too low rejects the item (``low_confidence:<head>``) rather than trying later rules.
+    """
+
+    name: str = Field(min_length=1)
+    bin: int = Field(ge=0, lt=MAX_BINS)
+    fibre: list[str] | Literal["any"] = "any"
+    colour: list[str] | Literal["any"] = "any"
+    min_confidence: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("min_confidence")
+    @classmethod
+    def _in_unit(cls, value: dict[str, float]) -> dict[str, float]:
+        for head, conf in value.items():
+            if not 0.0 <= conf <= 1.0:
+                raise ValueError(f"min_confidence[{head}] must be in 0..1")
+        return value
+
+    def heads(self) -> dict[str, list[str]]:
+        """Heads this rule constrains by label, with their allowed labels."""
+        return {h: v for h, v in (("fibre", self.fibre), ("colour", self.colour)) if v != "any"}
+
+
+class PolicyConfig(StrictModel):
+    """A bins file: bins, reject bin, per-head thresholds, OOD handling and ordered rules."""
+
+    name: str = "line"
+    description: str = ""
+    bins: list[BinConfig] = Field(min_length=1)
+    reject: RejectBinConfig = Field(default_factory=RejectBinConfig)
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="min top-1 probability per head before any rule is tried"
+    )
+    ood: Literal["reject", "ignore"] = "reject"
+    rules: list[RuleConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyConfig:
+        if len(self.bins) >= MAX_BINS:
+            raise ValueError(f"{len(self.bins)} product bins + reject > {MAX_BINS}")
+        ids = [b.id for b in self.bins]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"duplicate bin id(s) {dup}")
+        if self.reject.id in ids:
+            raise ValueError(f"reject id {self.reject.id} is also a product bin id")
+        units = {"m" if b.distance_m is not None else "px" for b in self.bins}
+        if len(units) > 1:
+            raise ValueError("all bins must use the same unit (all distance_m or all distance_px)")
+        known = set(ids) | {self.reject.id}
+        for rule in self.rules:
+            if rule.bin not in known:
+                raise ValueError(f"rule '{rule.name}' sends to bin {rule.bin}, which is not defined")
+        names = [r.name for r in self.rules]
+        if len(set(names)) != len(names):
+            raise ValueError("rule names must be unique")
+        for head, value in self.thresholds.items():
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"thresholds[{head}] must be in 0..1")
+        return self
+
+    @property
+    def distance_unit(self) -> Literal["m", "px"]:
+        return "m" if self.bins[0].distance_m is not None else "px"
+
+    def bin_by_id(self, bin_id: int) -> BinConfig | None:
+        return next((b for b in self.bins if b.id == bin_id), None)
+
+    def bin_names(self) -> dict[int, str]:
+        """All bin ids (reject included) -> names."""
+        return {self.reject.id: self.reject.name, **{b.id: b.name for b in self.bins}}
+
+
+def load_policy_config(path: str | Path, overrides: list[str] | None = None) -> PolicyConfig:
+    """Load and validate a bins YAML (structure only; labels are checked by :class:`Policy`)."""
+    return load_config(PolicyConfig, path, overrides)
+
+
+@dataclass(frozen=True)
+class ItemEvidence:
+    """Everything the tracker knows about one item when it crosses the decision line.
+
+    ``probs[head]`` is the aggregated (calibrated) class-probability vector over all views,
+    ordered as ``labels[head]``; ``n_views`` is how many frames were classified (0 = lost).
+    """
+
+    item_id: int | str
+    probs: Mapping[str, np.ndarray]
+    labels: Mapping[str, Sequence[str]]
+    ood: bool = False
+    overlap: bool = False
+    cut_off: bool = False
+    n_views: int = 1
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Where one item goes, and why. ``fibre``/``colour`` are the top-1 labels (None if no head)."""
+
+    bin: int
+    bin_name: str
+    reason: str
+    fibre: str | None = None
+    colour: str | None = None
+    confidence: dict[str, float] | None = None
+
+
+class Policy:
+    """Validated policy for one model's label set.
+
+    ``Policy(config, labels)`` raises :class:`ConfigError` at start-up when a rule or threshold
+    names a head the model lacks or a label not in the model's label names. Build a new
+    Policy (same config) to validate a hot-reloaded model's labels before swapping it in.
+    """
+
+    def __init__(self, config: PolicyConfig, labels: Mapping[str, Sequence[str]]) -> None:
+        self.config = config
+        self.labels = {h: list(v) for h, v in labels.items()}
+        self._check_labels()
+        self._names = config.bin_names()
+
+    def _check_labels(self) -> None:
+        heads = set(self.labels)
+        problems = []
+        for head in self.config.thresholds:
+            if head not in heads:
+                problems.append(f"thresholds: model has no '{head}' head (heads: {sorted(heads)})")
+        for rule in self.config.rules:
+            for head in {**rule.heads(), **rule.min_confidence}:
+                if head not in heads:
+                    problems.append(f"rule '{rule.name}': model has no '{head}' head (heads: {sorted(heads)})")
+            for head, wanted in rule.heads().items():
+                unknown = [w for w in wanted if head in heads and w not in self.labels[head]]
+                if unknown:
+                    problems.append(
+                        f"rule '{rule.name}': unknown {head} label(s) {unknown} "
+                        f"(model labels: {', '.join(self.labels[head])})"
+                    )
+        if problems:
+            raise ConfigError(f"bins config '{self.config.name}' does not fit the model: " + "; ".join(problems))
+
+    @property
+    def reject_bin(self) -> int:
+        return self.config.reject.id
+
+    def reject(self, reason: str, decision: Decision | None = None) -> Decision:
+        """A reject decision with ``reason``, keeping the labels/confidences of ``decision``."""
+        if decision is None:
+            return Decision(bin=self.reject_bin, bin_name=self.config.reject.name, reason=reason)
+        return replace(decision, bin=self.reject_bin, bin_name=self.config.reject.name, reason=reason)
+
+    def decide(self, evidence: ItemEvidence) -> Decision:
+        """The bin for one item (never raises for odd evidence: unsure items go to reject)."""
+        top: dict[str, str] = {}
+        conf: dict[str, float] = {}
+        for head, probs in evidence.probs.items():
+            names = evidence.labels.get(head, ())
+            p = np.asarray(probs, dtype=np.float64).ravel()
+            if p.size == 0 or p.size != len(names) or not np.all(np.isfinite(p)):
+                log.warning("item %s: bad %s probabilities (size %d, %d labels)",
+                            evidence.item_id, head, p.size, len(names))
+                continue
+            k = int(np.argmax(p))
+            top[head], conf[head] = names[k], float(p[k])
+        base = Decision(
+            bin=self.reject_bin,
+            bin_name=self.config.reject.name,
+            reason="",
+            fibre=top.get("fibre"),
+            colour=top.get("colour"),
+            confidence=conf,
+        )
+        if evidence.n_views <= 0 or not top:
+            return self.reject("lost", base)
+        if evidence.overlap:
+            return self.reject("overlap", base)
+        if evidence.cut_off:
+            return self.reject("cut_off", base)
+        if evidence.ood and self.config.ood == "reject":
+            return self.reject("ood", base)
+        for head, threshold in self.config.thresholds.items():
+            if conf.get(head, 0.0) < threshold:
+                return self.reject(f"low_confidence:{head}", base)
+        for rule in self.config.rules:
+            constrained = rule.heads()
+            if all(top.get(head) in wanted for head, wanted in constrained.items()):
+                for head, minimum in rule.min_confidence.items():
+                    if conf.get(head, 0.0) < minimum:
+                        return self.reject(f"low_confidence:{head}", base)
+                return replace(base, bin=rule.bin, bin_name=self._names[rule.bin], reason=f"rule:{rule.name}")
+        return self.reject("unmatched", base)

@@ -1,0 +1,161 @@
+"""Prometheus metrics of the sorter, served on ``/metrics`` (localhost by default).
+
+Every :class:`Telemetry` owns its own ``CollectorRegistry`` (no process-global state), so tests
+and several lines in one process do not collide. The loop calls the ``on_*`` / ``observe_*``
+methods; they are cheap (no I/O) and thread-safe (prometheus-client locks internally).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
+from pydantic import Field
+
+from sorting.config import StrictModel
+from sorting.errors import ConfigError
+from sorting.serving.policy import Decision
+
+log = logging.getLogger(__name__)
+
+# Milliseconds-scale buckets (in seconds, Prometheus convention) for per-stage and decision latency.
+DEFAULT_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
+
+
+class TelemetryConfig(StrictModel):
+    """``telemetry`` section of the line config."""
+
+    port: int = Field(default=0, ge=0, le=65535, description="/metrics port; 0 = no HTTP endpoint")
+    host: str = Field(default="127.0.0.1", description="bind address; 0.0.0.0 exposes it to the network")
+    namespace: str = Field(default="textile_sorter", pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+    buckets_s: tuple[float, ...] = DEFAULT_BUCKETS_S
+    fps_smoothing: float = Field(default=0.1, gt=0, le=1, description="EMA weight of the newest frame interval")
+
+
+class Telemetry:
+    """Sorter metrics on a private registry; :meth:`start` opens the HTTP endpoint if configured.
+
+    ``bin_names`` (bin id -> name, reject included) labels the per-bin counters; ``reject_bin``
+    makes the reject-rate gauge count items sent to it and missed firings.
+    """
+
+    def __init__(self, config: TelemetryConfig, *, bin_names: Mapping[int, str], reject_bin: int) -> None:
+        self.config = config
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.bin_names = dict(bin_names)
+        self.reject_bin = reject_bin
+        ns, reg, buckets = config.namespace, self.registry, config.buckets_s
+        self.items = Counter("items", "Items decided, by bin and reason kind", ["bin", "bin_name", "reason"],
+                             namespace=ns, registry=reg)
+        self.reject_rate = Gauge("reject_rate", "Share of decided items ending in the reject bin (incl. missed)",
+                                 namespace=ns, registry=reg)
+        self.frames = Counter("frames", "Frames processed", namespace=ns, registry=reg)
+        self.fps = Gauge("fps", "Frames per second (smoothed)", namespace=ns, registry=reg)
+        self.stage_latency = Histogram("stage_latency_seconds", "Time per loop stage", ["stage"],
+                                       namespace=ns, registry=reg, buckets=buckets)
+        self.decision_latency = Histogram("decision_latency_seconds", "Frame capture to decision",
+                                          namespace=ns, registry=reg, buckets=buckets)
+        self.dropped_frames = Counter("dropped_frames", "Frames dropped (live source kept only the newest)",
+                                      namespace=ns, registry=reg)
+        self.camera_reconnects = Counter("camera_reconnects", "Camera reopen attempts after a loss",
+                                         namespace=ns, registry=reg)
+        self.missed_firings = Counter("missed_firings", "Firings not made (item went to end-of-belt reject)",
+                                      ["bin", "reason"], namespace=ns, registry=reg)
+        self.actuator_connected = Gauge("actuator_connected", "1 when the actuator link is up",
+                                        namespace=ns, registry=reg)
+        self.model_info = Gauge("model_info", "1 for the model currently serving", ["model_id"],
+                                namespace=ns, registry=reg)
+        self.actuator_connected.set(1)
+        self._lock = threading.Lock()
+        self._decided = 0
+        self._rejected = 0
+        self._last_frame_t: float | None = None
+        self._fps = 0.0
+        self._server: WSGIServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port: int | None = None
+
+    # -- loop hooks ------------------------------------------------------------------------
+    def on_decision(self, decision: Decision) -> None:
+        """Count one decided item (call once per item, with the logged decision)."""
+        kind = decision.reason.split(":", 1)[0]
+        name = self.bin_names.get(decision.bin, decision.bin_name)
+        self.items.labels(bin=str(decision.bin), bin_name=name, reason=kind).inc()
+        with self._lock:
+            self._decided += 1
+            self._rejected += int(decision.bin == self.reject_bin)
+            self.reject_rate.set(self._rejected / self._decided)
+
+    def on_missed(self, bin: int, reason: str = "late") -> None:
+        """A firing for an item already counted in ``bin`` was not made: it ends in reject."""
+        self.missed_firings.labels(bin=str(bin), reason=reason).inc()
+        with self._lock:
+            if bin != self.reject_bin and self._decided:
+                self._rejected += 1
+                self.reject_rate.set(self._rejected / self._decided)
+
+    def on_frame(self, t: float) -> None:
+        """One frame processed at loop time ``t`` (seconds); updates frames and smoothed fps."""
+        self.frames.inc()
+        with self._lock:
+            if self._last_frame_t is not None and t > self._last_frame_t:
+                inst = 1.0 / (t - self._last_frame_t)
+                a = self.config.fps_smoothing
+                self._fps = inst if self._fps == 0.0 else a * inst + (1 - a) * self._fps
+                self.fps.set(self._fps)
+            self._last_frame_t = t
+
+    def observe_stage(self, stage: str, seconds: float) -> None:
+        """Time spent in one loop stage (e.g. decode, segment, track, infer, decide, log)."""
+        self.stage_latency.labels(stage=stage).observe(seconds)
+
+    def observe_decision_latency(self, seconds: float) -> None:
+        self.decision_latency.observe(seconds)
+
+    def on_dropped_frames(self, n: int = 1) -> None:
+        self.dropped_frames.inc(n)
+
+    def on_camera_reconnect(self) -> None:
+        self.camera_reconnects.inc()
+
+    def on_actuator_connection(self, connected: bool) -> None:
+        """Hook for ``ModbusTcpActuator(on_connection=...)``."""
+        self.actuator_connected.set(1 if connected else 0)
+
+    def set_model(self, model_id: str) -> None:
+        """Mark ``model_id`` as the serving model (after start-up or a hot reload)."""
+        self.model_info.clear()
+        self.model_info.labels(model_id=model_id).set(1)
+
+    # -- exposition ------------------------------------------------------------------------
+    def render(self) -> bytes:
+        """The metrics in Prometheus text format (what ``/metrics`` returns)."""
+        return generate_latest(self.registry)
+
+    def start(self, port: int | None = None) -> int | None:
+        """Serve ``/metrics`` on ``config.host``; returns the bound port (None when disabled).
+
+        ``port`` overrides the config (tests pass a free port).
+        """
+        port = self.config.port if port is None else port
+        if port == 0:
+            return None
+        try:
+            self._server, self._thread = start_http_server(port, addr=self.config.host, registry=self.registry)
+        except OSError as exc:
+            raise ConfigError(f"telemetry: cannot listen on {self.config.host}:{port}: {exc}") from None
+        self.port = int(self._server.server_port)
+        log.info("metrics on http://%s:%d/metrics", self.config.host, self.port)
+        return self.port
+
+    def close(self) -> None:
+        """Stop the HTTP endpoint (idempotent)."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            if self._thread is not None:
+                self._thread.join(2.0)
+            self._server = self._thread = None
