@@ -1,0 +1,138 @@
+"""The line config: one YAML per sorting line (camera, calibration, belt, segmentation,
+tracking, model, policy, ejector, actuator, decision log, telemetry).
+
+Relative paths in it (model, bins file, log folder) are resolved against the YAML file's own
+folder, so a line folder can be moved as a whole. Every field is documented in
+``serving/README.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sorting.config import StrictModel, load_config
+from sorting.errors import ConfigError
+from sorting.serving.actuators import ActuatorConfig
+from sorting.serving.decision_log import DecisionLogConfig
+from sorting.serving.ejector import EjectorConfig
+from sorting.serving.segmentation import SegmentationConfig
+from sorting.serving.sources import Backoff
+from sorting.serving.telemetry import TelemetryConfig
+from sorting.serving.tracking import TrackingConfig
+
+Roi = tuple[int, int, int, int]
+
+
+class ReconnectConfig(StrictModel):
+    """Back-off for reopening a live camera: initial_s, initial_s*factor, ... up to max_s."""
+
+    initial_s: float = Field(default=0.5, gt=0)
+    factor: float = Field(default=2.0, ge=1)
+    max_s: float = Field(default=10.0, gt=0)
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.initial_s, self.factor, self.max_s)
+
+
+class CameraConfig(StrictModel):
+    source: str = "synthetic:0"
+    fps: float | None = Field(default=None, gt=0)
+    width: int | None = Field(default=None, gt=0)
+    height: int | None = Field(default=None, gt=0)
+    realtime: bool = False
+    read_timeout_s: float = Field(default=0.5, gt=0)
+    reconnect: ReconnectConfig = Field(default_factory=ReconnectConfig)
+
+
+class CalibrationConfig(StrictModel):
+    reference_roi: Roi | None = None
+    target_level: float = Field(default=200.0, gt=0, le=255)
+    white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    exposure_gain: float = Field(default=1.0, gt=0)
+    calibrated_at: str | None = None
+    apply: bool = True
+    continuous: bool = False
+    continuous_every: int = Field(default=2, ge=1)
+    continuous_smoothing: float = Field(default=0.6, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _roi_for_continuous(self) -> "CalibrationConfig":
+        if self.continuous and self.reference_roi is None:
+            raise ValueError("calibration.continuous needs calibration.reference_roi")
+        return self
+
+
+class BeltConfig(StrictModel):
+    speed_px_s: float | None = Field(default=None, gt=0)
+    speed_m_s: float | None = Field(default=None, gt=0)
+    px_per_m: float | None = Field(default=None, gt=0)
+    direction: Literal["+x", "-x", "+y", "-y"] = "+x"
+
+    @model_validator(mode="after")
+    def _speed(self) -> "BeltConfig":
+        if self.speed_px_s is None and (self.speed_m_s is None or self.px_per_m is None):
+            raise ValueError("give belt.speed_px_s, or belt.speed_m_s together with belt.px_per_m")
+        return self
+
+    @property
+    def pixels_per_second(self) -> float:
+        if self.speed_px_s is not None:
+            return self.speed_px_s
+        assert self.speed_m_s is not None and self.px_per_m is not None
+        return self.speed_m_s * self.px_per_m
+
+
+class ModelConfig(StrictModel):
+    path: Path | None = None
+    threads: int | None = Field(default=None, ge=1)
+    hot_reload: bool = True
+    reload_poll_s: float = Field(default=2.0, gt=0)
+
+
+class PolicySection(StrictModel):
+    bins: Path
+
+
+class LineConfig(StrictModel):
+    """A whole sorting line."""
+
+    name: str = "line"
+    camera: CameraConfig = Field(default_factory=CameraConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    belt: BeltConfig
+    segmentation: SegmentationConfig = Field(default_factory=SegmentationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    policy: PolicySection
+    ejector: EjectorConfig = Field(default_factory=EjectorConfig)
+    actuator: ActuatorConfig = Field(default_factory=ActuatorConfig)
+    log: DecisionLogConfig = Field(default_factory=DecisionLogConfig)
+    telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+
+    def ignore_rois(self) -> list[Roi]:
+        """Regions segmentation must ignore: configured ones plus the reference patch."""
+        rois = list(self.segmentation.ignore_rois)
+        if self.calibration.reference_roi is not None:
+            rois.append(self.calibration.reference_roi)
+        return rois
+
+
+def _resolve(base: Path, value: Path | None) -> Path | None:
+    if value is None or value.is_absolute():
+        return value
+    return (base / value).resolve()
+
+
+def load_line_config(path: str | Path, overrides: list[str] | None = None) -> LineConfig:
+    """Load a line YAML (+ ``key=value`` overrides), resolving relative paths against its folder."""
+    path = Path(path)
+    cfg = load_config(LineConfig, path, overrides)
+    base = path.resolve().parent
+    cfg.model.path = _resolve(base, cfg.model.path)
+    cfg.policy.bins = _resolve(base, cfg.policy.bins)  # type: ignore[assignment]
+    if cfg.model.path is not None and cfg.model.path.suffix.lower() != ".onnx":
+        raise ConfigError(f"{path}: model.path must be an .onnx file, got {cfg.model.path}")
+    return cfg

@@ -1,0 +1,265 @@
+"""Garment segmentation against a uniform belt (classical OpenCV, on a downscaled frame).
+
+Model of the belt: a per-pixel background image. The belt looks the same all along its
+direction of travel, so the model starts as the median of the first frame *along* the belt
+(one value per row for a belt moving along x): robust to garments already on the belt, and it
+already knows fixed bands such as a guard rail or the lens vignette across the belt. Then it is
+
+* updated slowly where the pixel is belt (follows lighting drift), and
+* absorbing pixels that stay "foreground" for longer than ``static_s`` seconds: garments
+  move with the belt, so anything that does not move (a dirty stain, a label, tape) becomes
+  part of the belt. The tracker only makes items of blobs that travel, so a stain seen before
+  it is learned never becomes an item.
+
+Foreground = brightness (Y) difference to the background above ``threshold`` or colour
+(|dCr| + |dCb|) difference above ``chroma_threshold``, then opening/closing and external contours. Regions listed in ``ignore_rois`` (the reference
+patch, a bracket in view) are blanked. Each blob becomes a :class:`Detection` with its
+full-resolution box, area, centroid, which frame edges it touches and (every
+``shape_check_every``-th frame, the costly part) whether its shape looks
+like more than one garment: two thick cores in its distance transform (two bodies joined by a
+narrow contact), two large contiguous regions of clearly different colour (one garment lying
+on another), or very low solidity (deep convexity defects). "Far larger than the
+typical item" needs to know which blobs are items, so the tracker checks that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from sorting.config import StrictModel
+
+log = logging.getLogger(__name__)
+
+Roi = tuple[int, int, int, int]
+
+
+class SegmentationConfig(StrictModel):
+    """Belt/background segmentation settings (pixel values in full-resolution pixels)."""
+
+    scale: float = 0.5
+    threshold: int = 30
+    chroma_threshold: int = 14
+    shape_check_every: int = 2
+    min_area_px: int = 1500
+    morph_kernel_px: int = 7
+    background_rate: float = 0.02
+    static_s: float = 3.0
+    border_margin_px: int = 3
+    solidity_min: float = 0.4
+    core_level: float = 0.4
+    core_min_share: float = 0.35
+    colour_split_delta: float = 30.0
+    colour_split_min_share: float = 0.25
+    colour_split_contiguity: float = 0.8
+    ignore_rois: list[Roi] = []
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One foreground blob in full-resolution pixel coordinates."""
+
+    bbox: tuple[int, int, int, int]  # x, y, w, h
+    area: float
+    centroid: tuple[float, float]
+    edges: frozenset[str] = field(default_factory=frozenset)  # subset of left/right/top/bottom
+    overlap_suspect: bool = False
+    solidity: float = 1.0
+    n_cores: int = 1
+    two_colour_regions: bool = False
+    shape_checked: bool = True  # cores / colour regions were examined in this frame
+
+    @property
+    def touches_border(self) -> bool:
+        return bool(self.edges)
+
+
+class BeltSegmenter:
+    """Stateful segmenter: call :meth:`segment` once per frame, in order."""
+
+    def __init__(self, cfg: SegmentationConfig, *, fps: float = 30.0, along_axis: int = 0,
+                 extra_ignore: list[Roi] | None = None) -> None:
+        if not 0.1 <= cfg.scale <= 1.0:
+            raise ValueError(f"segmentation.scale must be within 0.1..1, got {cfg.scale}")
+        self.cfg = cfg
+        self._along_axis = along_axis  # image axis the belt moves along: 0 = x, 1 = y
+        self._static_frames = max(1, int(round(cfg.static_s * fps)))
+        self._ignore = list(cfg.ignore_rois) + list(extra_ignore or [])
+        self._background: np.ndarray | None = None
+        self._fg_count: np.ndarray | None = None
+        self._ignore_mask: np.ndarray | None = None
+        self._shape: tuple[int, int] | None = None
+        k = max(1, int(round(cfg.morph_kernel_px * cfg.scale)))
+        self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        self.last_mask: np.ndarray | None = None
+        self._frame = 0
+
+    def _small(self, image: np.ndarray) -> np.ndarray:
+        h, w = image.shape[:2]
+        size = (max(1, int(round(w * self.cfg.scale))), max(1, int(round(h * self.cfg.scale))))
+        return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+    def _init(self, small: np.ndarray, full_shape: tuple[int, int]) -> None:
+        # numpy axis of the belt's travel: columns (1) for x, rows (0) for y
+        belt = np.median(small, axis=1 if self._along_axis == 0 else 0, keepdims=True).astype(np.float32)
+        self._background = np.ascontiguousarray(np.broadcast_to(belt, small.shape), dtype=np.float32)
+        self._fg_count = np.zeros(small.shape[:2], dtype=np.uint16)
+        keep = np.full(small.shape[:2], 255, dtype=np.uint8)
+        for x, y, w, h in self._ignore:
+            s = self.cfg.scale
+            x0, y0 = int(x * s), int(y * s)
+            x1, y1 = int(np.ceil((x + w) * s)), int(np.ceil((y + h) * s))
+            keep[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 0
+        self._ignore_mask = keep
+        self._shape = full_shape
+        log.debug("belt model started, mean BGR %s", belt.reshape(-1, 3).mean(axis=0).round(1).tolist())
+
+    def segment(self, image: np.ndarray, normalise: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Detection]:
+        """Detections in this frame (and update the belt model).
+
+        ``normalise`` (e.g. the live white balance) is applied to the downscaled frame first, so a
+        change of the light's colour does not turn the whole belt into foreground.
+        """
+        full_shape = image.shape[:2]
+        small = self._small(image)
+        if normalise is not None:
+            small = normalise(small)
+        if self._background is None or self._shape != full_shape:
+            self._init(small, full_shape)
+        assert self._background is not None and self._fg_count is not None and self._ignore_mask is not None
+        background_u8 = cv2.convertScaleAbs(self._background)
+        mask = self._foreground(small, background_u8)
+        mask = cv2.bitwise_and(mask, self._ignore_mask)
+        self._update_background(small, mask)
+        # close first: joins the fragments of a striped or textured garment, then drop specks
+        mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._kernel)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
+        self.last_mask = mask
+        self._frame += 1
+        return self._detections(mask, small, check_shape=(self._frame - 1) % self.cfg.shape_check_every == 0)
+
+    def _foreground(self, small: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """Pixels whose brightness (Y) differs by more than ``threshold`` or whose colour
+        (|dCr| + |dCb|) differs by more than ``chroma_threshold`` from the belt model. Belt texture
+        and dirt change brightness only; a dark but coloured garment (brown, navy) differs in colour."""
+        diff = cv2.absdiff(cv2.cvtColor(small, cv2.COLOR_BGR2YCrCb), cv2.cvtColor(background, cv2.COLOR_BGR2YCrCb))
+        y, cr, cb = cv2.split(diff)
+        lum = cv2.threshold(y, self.cfg.threshold, 255, cv2.THRESH_BINARY)[1]
+        chroma = cv2.threshold(cv2.add(cr, cb), self.cfg.chroma_threshold, 255, cv2.THRESH_BINARY)[1]
+        return cv2.bitwise_or(lum, chroma)
+
+    def _update_background(self, small: np.ndarray, raw_mask: np.ndarray) -> None:
+        assert self._background is not None and self._fg_count is not None
+        cv2.accumulateWeighted(small, self._background, self.cfg.background_rate, mask=cv2.bitwise_not(raw_mask))
+        count = self._fg_count
+        count += 1
+        count[raw_mask == 0] = 0
+        if cv2.minMaxLoc(count)[1] >= self._static_frames:
+            static = count >= self._static_frames
+            self._background[static] = small[static]
+            count[static] = 0
+            log.debug("absorbed %d static pixels into the belt model", int(static.sum()))
+
+    def _detections(self, mask: np.ndarray, small: np.ndarray, *, check_shape: bool) -> list[Detection]:
+        s = self.cfg.scale
+        inv_area = 1.0 / (s * s)
+        height, width = self._shape or mask.shape
+        margin = self.cfg.border_margin_px
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3) if contours and check_shape else None
+        out = []
+        for contour in contours:
+            area = cv2.contourArea(contour) * inv_area
+            if area < self.cfg.min_area_px:
+                continue
+            x, y, w, h = cv2.boundingRect(contour)
+            x0, y0 = int(x / s), int(y / s)
+            x1, y1 = min(width, int(np.ceil((x + w) / s))), min(height, int(np.ceil((y + h) / s)))
+            m = cv2.moments(contour)
+            cx, cy = (m["m10"] / m["m00"] / s, m["m01"] / m["m00"] / s) if m["m00"] else ((x0 + x1) / 2, (y0 + y1) / 2)
+            hull_area = cv2.contourArea(cv2.convexHull(contour)) * inv_area
+            solidity = area / hull_area if hull_area > 0 else 1.0
+            edges = frozenset(
+                name
+                for name, hit in (
+                    ("left", x0 <= margin),
+                    ("right", x1 >= width - margin),
+                    ("top", y0 <= margin),
+                    ("bottom", y1 >= height - margin),
+                )
+                if hit
+            )
+            cores, split = 1, False
+            if check_shape and not edges:
+                own = np.zeros((h, w), np.uint8)
+                cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
+                cores = self._cores(dist, own, (x, y, w, h))
+                split = self._two_colour_regions(small[y : y + h, x : x + w], own)
+            overlap = solidity < self.cfg.solidity_min or cores > 1 or split
+            out.append(
+                Detection(
+                    bbox=(x0, y0, x1 - x0, y1 - y0),
+                    area=float(area),
+                    centroid=(float(cx), float(cy)),
+                    edges=edges,
+                    overlap_suspect=overlap,
+                    solidity=float(solidity),
+                    n_cores=cores,
+                    two_colour_regions=split,
+                    shape_checked=check_shape,
+                )
+            )
+        return out
+
+    def _cores(self, dist: np.ndarray | None, own: np.ndarray, rect: tuple[int, int, int, int]) -> int:
+        """Thick parts of a blob: regions above ``core_level`` x its maximum distance to the edge.
+
+        One garment has one thick body (sleeves and legs are thin); two touching garments
+        joined by a narrow contact have two.
+        """
+        if dist is None:
+            return 1
+        x, y, w, h = rect
+        sub = cv2.bitwise_and(dist[y : y + h, x : x + w], dist[y : y + h, x : x + w], mask=own)
+        peak = cv2.minMaxLoc(sub)[1]
+        if peak <= 1.0:
+            return 1
+        core = cv2.threshold(sub, self.cfg.core_level * peak, 255, cv2.THRESH_BINARY)[1].astype(np.uint8)
+        n, _, stats, _ = cv2.connectedComponentsWithStats(core)
+        areas = stats[1:, cv2.CC_STAT_AREA]
+        if n <= 2:
+            return 1
+        return int(np.sum(areas >= self.cfg.core_min_share * areas.max()))
+
+    def _two_colour_regions(self, roi_bgr: np.ndarray, own: np.ndarray) -> bool:
+        """Two garments of different colour lying on each other: the blob's pixels fall into two
+        clearly different colours (Lab distance above ``colour_split_delta``), each a large share
+        of the blob and each mostly one contiguous region (a striped or printed garment gives many
+        small regions instead)."""
+        if self.cfg.colour_split_delta <= 0:
+            return False
+        lab = cv2.cvtColor(roi_bgr[::2, ::2], cv2.COLOR_BGR2Lab).astype(np.float32)
+        inside = own[::2, ::2] > 0
+        pixels = lab[inside]
+        if len(pixels) < 40:
+            return False
+        criteria = (cv2.TERM_CRITERIA_MAX_ITER + cv2.TERM_CRITERIA_EPS, 5, 1.0)
+        _, labels, centres = cv2.kmeans(pixels, 2, None, criteria, 1, cv2.KMEANS_PP_CENTERS)
+        if float(np.linalg.norm(centres[0] - centres[1])) < self.cfg.colour_split_delta:
+            return False
+        labels = labels.ravel()
+        grid = np.zeros(inside.shape, np.uint8)
+        for k in (0, 1):
+            members = labels == k
+            if members.mean() < self.cfg.colour_split_min_share:
+                return False
+            grid[:] = 0
+            grid[inside] = members.astype(np.uint8)
+            n, _, stats, _ = cv2.connectedComponentsWithStats(grid, connectivity=8)
+            if n < 2 or stats[1:, cv2.CC_STAT_AREA].max() < self.cfg.colour_split_contiguity * members.sum():
+                return False
+        return True

@@ -1,0 +1,390 @@
+"""Tracking items along the belt and aggregating their class probabilities over every view.
+
+Motion along the belt is nearly known (belt speed x dt), so each track predicts its next
+centroid and takes the nearest unclaimed detection inside a gate. A track becomes an *item*
+(``confirmed``) once it has been seen ``min_hits`` times and has travelled ``min_travel_px``
+along the belt: static blobs (a stain before the belt model absorbs it) never become items.
+
+Each item is decided exactly once: when its centroid crosses the decision line
+(:meth:`Tracker.due`), or, if it vanishes before the line, as ``lost``
+(:attr:`TrackUpdate.lost`); at shutdown :meth:`Tracker.drain` hands over the rest. A decided
+track keeps being tracked until it leaves, so it is never re-detected as a new item.
+
+Views: an item is classified only while it is whole (touching no frame edge), every
+``classify_every``-th frame and at most ``max_views`` times. An item that touches a *side*
+edge in every frame (cut off by the field of view) is classified from those partial views
+with a lower weight and flagged ``cut_off``. Overlap evidence: blobs with low solidity or far
+above the typical item area, two tracks merging into one blob, or a track appearing mid-belt
+(split off a merged blob).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from sorting.config import StrictModel
+from sorting.serving.segmentation import Detection
+
+log = logging.getLogger(__name__)
+
+Direction = Literal["+x", "-x", "+y", "-y"]
+_EPS = 1e-6
+
+
+class TrackingConfig(StrictModel):
+    """Tracker, decision line and per-item aggregation settings."""
+
+    decision_line_px: float = 480.0
+    max_match_px: float = 60.0
+    max_missed_frames: int = 5
+    min_hits: int = 3
+    min_travel_px: float = 15.0
+    classify_every: int = 2
+    max_views: int = 6
+    border_view_weight: float = 0.3
+    aggregation: Literal["mean", "log_sum"] = "mean"
+    ood_min_fraction: float = 0.5
+    overlap_min_frames: int = 2
+    overlap_min_fraction: float = 0.4
+    fragment_max_whole_frames: int = 10
+    cut_off: Literal["reject", "best_view"] = "reject"
+    velocity_smoothing: float = 0.3
+    large_area_factor: float = 3.0
+    typical_area_window: int = 50
+
+
+@dataclass(frozen=True)
+class BeltAxis:
+    """Which image axis the belt moves along and in which sense."""
+
+    direction: Direction = "+x"
+
+    @property
+    def axis(self) -> int:
+        return 0 if self.direction[1] == "x" else 1
+
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.direction[0] == "+" else -1.0
+
+    @property
+    def entry_exit_edges(self) -> frozenset[str]:
+        return frozenset({"left", "right"}) if self.axis == 0 else frozenset({"top", "bottom"})
+
+    @property
+    def entry_edge(self) -> str:
+        return {"+x": "left", "-x": "right", "+y": "top", "-y": "bottom"}[self.direction]
+
+    def along(self, point: tuple[float, float]) -> float:
+        """Signed position along the belt: grows in the direction of travel."""
+        return self.sign * point[self.axis]
+
+    def velocity(self, speed_px_s: float) -> np.ndarray:
+        v = np.zeros(2)
+        v[self.axis] = self.sign * speed_px_s
+        return v
+
+
+@dataclass
+class Track:
+    """One item (or candidate item) on the belt and the evidence gathered about it."""
+
+    id: int
+    centroid: tuple[float, float]
+    bbox: tuple[int, int, int, int]
+    area: float
+    velocity: np.ndarray
+    first_frame: int
+    first_t: float
+    last_frame: int
+    last_t: float
+    start_along: float
+    hits: int = 1
+    missed: int = 0
+    confirmed: bool = False
+    decided: bool = False
+    detection: Detection | None = None  # this frame's detection, None when missed
+    merged: bool = False  # shares its blob with another track this frame
+    merge_frames: int = 0
+    split_suspect: bool = False  # appeared mid-belt: probably split off a merged blob
+    overlap_frames: int = 0
+    checked_frames: int = 0  # frames whose shape was examined for overlap
+    whole_frames: int = 0
+    side_frames: int = 0
+    n_views: int = 0
+    n_whole_views: int = 0
+    ood_views: int = 0
+    last_view_frame: int = -(10**9)
+    weight_sum: float = 0.0
+    prob_sums: dict[str, np.ndarray] = field(default_factory=dict)
+    log_space: bool = False  # aggregate log-probabilities instead of probabilities
+
+    def add_view(self, probs: dict[str, np.ndarray], *, ood: bool, whole: bool, weight: float, frame: int) -> None:
+        """Fold one classified view into the running aggregate (mean or log-prob sum)."""
+        for head, p in probs.items():
+            p = np.asarray(p, dtype=np.float64)
+            term = np.log(np.clip(p, _EPS, 1.0)) if self.log_space else p
+            self.prob_sums[head] = self.prob_sums.get(head, 0.0) + weight * term
+        self.weight_sum += weight
+        self.n_views += 1
+        self.n_whole_views += int(whole)
+        self.ood_views += int(ood)
+        self.last_view_frame = frame
+
+    def probs(self) -> dict[str, np.ndarray]:
+        """Aggregated class probabilities per head (empty if never classified)."""
+        if self.weight_sum <= 0:
+            return {}
+        out = {}
+        for head, total in self.prob_sums.items():
+            if self.log_space:
+                z = total / self.weight_sum
+                z = np.exp(z - z.max())
+                out[head] = (z / z.sum()).astype(np.float32)
+            else:
+                out[head] = (total / self.weight_sum).astype(np.float32)
+        return out
+
+
+@dataclass(frozen=True)
+class ItemSummary:
+    """What the policy needs about a finished item, plus its tracking history."""
+
+    track_id: int
+    probs: dict[str, np.ndarray]
+    n_views: int
+    ood: bool
+    overlap: bool
+    cut_off: bool
+    first_frame: int
+    last_frame: int
+    centroid: tuple[float, float]
+    bbox: tuple[int, int, int, int]
+
+
+@dataclass
+class TrackUpdate:
+    """Result of :meth:`Tracker.update`: live tracks and items lost before the decision line."""
+
+    active: list[Track]
+    lost: list[Track]
+
+
+class Tracker:
+    """Nearest-prediction tracker along the belt with per-item evidence."""
+
+    def __init__(self, cfg: TrackingConfig, *, speed_px_s: float, direction: Direction = "+x") -> None:
+        self.cfg = cfg
+        self.belt = BeltAxis(direction)
+        self.speed_px_s = float(speed_px_s)
+        self._tracks: list[Track] = []
+        self._next_id = 1
+        self._last_t: float | None = None
+        self._frames_seen = 0
+        self._item_areas: deque[float] = deque(maxlen=cfg.typical_area_window)
+
+    @property
+    def last_t(self) -> float | None:
+        """Source time of the last frame seen."""
+        return self._last_t
+
+    @property
+    def tracks(self) -> list[Track]:
+        return list(self._tracks)
+
+    def _new_track(self, det: Detection, frame: int, t: float) -> Track:
+        track = Track(
+            id=self._next_id, centroid=det.centroid, bbox=det.bbox, area=det.area,
+            velocity=self.belt.velocity(self.speed_px_s), first_frame=frame, first_t=t, last_frame=frame,
+            last_t=t, start_along=self.belt.along(det.centroid), detection=det,
+        )
+        track.log_space = self.cfg.aggregation == "log_sum"
+        # Items enter over the entry edge; one that appears elsewhere after start-up is split off a blob.
+        track.split_suspect = self._frames_seen > 1 and self.belt.entry_edge not in det.edges
+        self._next_id += 1
+        self._note(track, det)
+        return track
+
+    def _note(self, track: Track, det: Detection) -> None:
+        side = det.edges - self.belt.entry_exit_edges
+        if det.edges & self.belt.entry_exit_edges:
+            return
+        typical = float(np.median(self._item_areas)) if len(self._item_areas) >= 5 else None
+        too_big = typical is not None and det.area > self.cfg.large_area_factor * typical
+        if det.shape_checked:
+            track.checked_frames += 1
+            if det.overlap_suspect or too_big:
+                track.overlap_frames += 1
+            elif track.confirmed and not det.edges:
+                self._item_areas.append(det.area)
+        if not det.edges:
+            track.whole_frames += 1
+        elif side:
+            track.side_frames += 1
+
+    def update(self, detections: list[Detection], frame: int, t: float) -> TrackUpdate:
+        """Associate this frame's detections with the tracks; return live and lost tracks."""
+        dt = 0.0 if self._last_t is None else max(0.0, t - self._last_t)
+        self._last_t = t
+        self._frames_seen += 1
+        predicted = {tr.id: np.asarray(tr.centroid) + tr.velocity * dt for tr in self._tracks}
+        pairs = []
+        for ti, tr in enumerate(self._tracks):
+            for di, det in enumerate(detections):
+                dist = float(np.hypot(*(np.asarray(det.centroid) - predicted[tr.id])))
+                if dist <= self.cfg.max_match_px + 0.25 * max(det.bbox[2], det.bbox[3]):
+                    pairs.append((dist, ti, di))
+        pairs.sort()
+        track_of: dict[int, int] = {}
+        owner: dict[int, int] = {}
+        for _, ti, di in pairs:
+            if ti in track_of or di in owner:
+                continue
+            track_of[ti] = di
+            owner[di] = ti
+        # Merges: an unmatched track whose predicted centroid lies inside a claimed, larger blob.
+        sharing: dict[int, list[int]] = {}
+        for ti, tr in enumerate(self._tracks):
+            if ti in track_of:
+                continue
+            px, py = predicted[tr.id]
+            for di in owner:
+                x, y, w, h = detections[di].bbox
+                if x <= px <= x + w and y <= py <= y + h and detections[di].area > 1.3 * tr.area:
+                    track_of[ti] = di
+                    sharing.setdefault(di, [owner[di]]).append(ti)
+                    break
+        absorbed = self._absorb_entering(sharing)
+        shared = {ti for group in sharing.values() for ti in group}
+        lost: list[Track] = []
+        alive: list[Track] = []
+        for ti, tr in enumerate(self._tracks):
+            if ti in absorbed:
+                continue
+            di = track_of.get(ti)
+            if di is None:
+                tr.detection = None
+                tr.merged = False
+                tr.missed += 1
+                tr.centroid = tuple(predicted[tr.id])  # coast on belt motion
+                if tr.missed > self.cfg.max_missed_frames:
+                    self._retire(tr, lost)
+                    continue
+                alive.append(tr)
+                continue
+            det = detections[di]
+            tr.merged = ti in shared
+            if tr.merged:
+                new_centroid = tuple(predicted[tr.id])
+                tr.merge_frames += 1
+            else:
+                new_centroid = det.centroid
+                if not det.edges and not det.overlap_suspect and dt > 0 and tr.missed == 0:
+                    observed = (np.asarray(det.centroid) - np.asarray(tr.centroid)) / dt
+                    a = self.cfg.velocity_smoothing
+                    tr.velocity = (1 - a) * tr.velocity + a * observed
+                tr.area = det.area
+            tr.centroid = (float(new_centroid[0]), float(new_centroid[1]))
+            tr.bbox = det.bbox
+            tr.detection = det
+            tr.hits += 1
+            tr.missed = 0
+            tr.last_frame, tr.last_t = frame, t
+            self._note(tr, det)
+            if not tr.confirmed and tr.hits >= self.cfg.min_hits:
+                travel = self.belt.along(tr.centroid) - tr.start_along
+                tr.confirmed = travel >= self.cfg.min_travel_px
+            alive.append(tr)
+        for di, det in enumerate(detections):
+            if di not in owner:
+                alive.append(self._new_track(det, frame, t))
+        self._tracks = alive
+        return TrackUpdate(active=list(alive), lost=lost)
+
+    def _absorb_entering(self, sharing: dict[int, list[int]]) -> set[int]:
+        """Parts of one garment seen as separate blobs for a short while (two legs entering, a
+        sleeve cut off by a dark fold) that now form one blob: the oldest track takes over and the
+        younger ones, seen whole in fewer than ``fragment_max_whole_frames`` frames, are dropped
+        (they were never separate items). Returns the dropped track indices."""
+        dropped: set[int] = set()
+        for di, group in list(sharing.items()):
+            keep = min(group, key=lambda ti: self._tracks[ti].id)
+            others = [ti for ti in group if ti != keep]
+            if any(self._tracks[ti].decided or self._tracks[ti].whole_frames >= self.cfg.fragment_max_whole_frames
+                   for ti in others):
+                continue
+            for ti in others:
+                dropped.add(ti)
+                log.debug("track %d absorbed into %d (fragment of one garment)", self._tracks[ti].id,
+                          self._tracks[keep].id)
+            del sharing[di]
+        return dropped
+
+    def _retire(self, track: Track, lost: list[Track]) -> None:
+        if track.decided:
+            return
+        if track.confirmed:
+            log.info("item %d lost before the decision line (%d hits)", track.id, track.hits)
+            lost.append(track)
+            track.decided = True
+        else:
+            log.debug("dropped candidate %d (%d hits, never travelled: not an item)", track.id, track.hits)
+
+    def views_to_classify(self, frame: int) -> list[Track]:
+        """Tracks whose detection in this frame should be classified (whole, spaced, capped)."""
+        out = []
+        for tr in self._tracks:
+            det = tr.detection
+            if det is None or tr.decided or tr.merged or tr.n_views >= self.cfg.max_views:
+                continue
+            if det.edges & self.belt.entry_exit_edges:
+                continue
+            if det.edges and tr.whole_frames > 0:
+                continue  # it has been seen whole: side-cut views add nothing
+            if frame - tr.last_view_frame >= self.cfg.classify_every or (self._past_line(tr) and tr.n_views == 0):
+                out.append(tr)
+        return out
+
+    def view_weight(self, track: Track) -> float:
+        det = track.detection
+        return 1.0 if det is not None and not det.edges else self.cfg.border_view_weight
+
+    def _past_line(self, track: Track) -> bool:
+        return self.belt.along(track.centroid) >= self.belt.sign * self.cfg.decision_line_px
+
+    def due(self) -> list[Track]:
+        """Confirmed, undecided tracks whose centroid has reached the decision line (marked decided)."""
+        out = []
+        for tr in self._tracks:
+            if tr.confirmed and not tr.decided and self._past_line(tr):
+                tr.decided = True
+                out.append(tr)
+        return out
+
+    def drain(self) -> list[Track]:
+        """At shutdown: every confirmed, undecided track (marked decided), then forget all tracks."""
+        out = [tr for tr in self._tracks if tr.confirmed and not tr.decided]
+        for tr in out:
+            tr.decided = True
+        self._tracks = []
+        return out
+
+    def summary(self, track: Track) -> ItemSummary:
+        """The evidence gathered about ``track``, with the configured cut-off and OOD rules."""
+        never_whole = track.whole_frames == 0 and track.side_frames > 0
+        cut_off = never_whole and (self.cfg.cut_off == "reject" or track.n_views == 0)
+        ood = track.n_views > 0 and track.ood_views / track.n_views >= self.cfg.ood_min_fraction
+        seen = max(1, track.checked_frames)
+        suspect_frames = track.overlap_frames >= self.cfg.overlap_min_frames and \
+            track.overlap_frames / seen >= self.cfg.overlap_min_fraction
+        overlap = suspect_frames or track.merge_frames > 0 or track.split_suspect
+        return ItemSummary(
+            track_id=track.id, probs=track.probs(), n_views=track.n_views, ood=ood, overlap=overlap,
+            cut_off=cut_off, first_frame=track.first_frame, last_frame=track.last_frame,
+            centroid=track.centroid, bbox=track.bbox,
+        )
