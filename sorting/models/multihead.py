@@ -1,0 +1,78 @@
+"""One backbone, one linear head per task (fibre, colour), plus the embedding.
+
+A head exists for every task in ``head_sizes`` (the training config's ``heads:`` list), whether
+or not a given batch labels it; missing labels are masked out of the loss by the trainer
+(ignore_index ``IGNORE_INDEX``), so fibre-only and colour-only datasets train one model together.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sorting.datasets.preprocess import PreprocessConfig
+from sorting.errors import ConfigError
+from sorting.models.registry import create_backbone
+from sorting.taxonomy import HEADS
+
+IGNORE_INDEX = -100
+EMBEDDING = "embedding"
+
+
+class MultiHeadClassifier(nn.Module):
+    """``forward(x) -> {"fibre": logits, "colour": logits, "embedding": features}`` (heads as configured)."""
+
+    def __init__(self, backbone_module: nn.Module, feature_dim: int, head_sizes: dict[str, int], *, dropout: float = 0.2) -> None:
+        super().__init__()
+        unknown = set(head_sizes) - set(HEADS)
+        if unknown or not head_sizes:
+            raise ConfigError(f"heads must be a non-empty subset of {list(HEADS)}, got {sorted(head_sizes)}")
+        if any(n < 2 for n in head_sizes.values()):
+            raise ConfigError(f"every head needs at least 2 classes, got {head_sizes}")
+        self.heads: tuple[str, ...] = tuple(h for h in HEADS if h in head_sizes)
+        self.feature_dim = feature_dim
+        self.backbone = backbone_module
+        self.backbone_frozen = False
+        self.classifiers = nn.ModuleDict(
+            {h: nn.Sequential(nn.Dropout(dropout), nn.Linear(feature_dim, head_sizes[h])) for h in self.heads}
+        )
+
+    @property
+    def head_sizes(self) -> dict[str, int]:
+        return {h: self.classifiers[h][1].out_features for h in self.heads}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        embedding = self.backbone(x)
+        out = {h: self.classifiers[h](embedding) for h in self.heads}
+        out[EMBEDDING] = embedding
+        return out
+
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Freeze (False) or unfreeze the backbone; a frozen backbone also keeps its BatchNorm statistics."""
+        self.backbone_frozen = not trainable
+        for p in self.backbone.parameters():
+            p.requires_grad_(trainable)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "MultiHeadClassifier":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.eval()
+        return self
+
+
+def build_multihead(
+    backbone: str,
+    head_sizes: dict[str, int],
+    *,
+    pretrained: bool = False,
+    weights_path: str | Path | None = None,
+    dropout: float = 0.2,
+) -> tuple[MultiHeadClassifier, PreprocessConfig]:
+    """Create backbone ``backbone`` from the registry and put heads on it; returns (model, default preprocess)."""
+    bb = create_backbone(backbone, pretrained=pretrained, weights_path=weights_path)
+    model = MultiHeadClassifier(bb.module, bb.feature_dim, head_sizes, dropout=dropout)
+    return model, bb.preprocess
+

@@ -1,0 +1,123 @@
+"""The typed training config: one :class:`TrainConfig` per run, from a recipe YAML plus overrides.
+
+Paths (manifests, weights, output folder) are relative to the current directory.
+``batch_size`` is per process: under ``torchrun --nproc_per_node=N`` the global batch is N x.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sorting.config import StrictModel, load_config
+from sorting.taxonomy import HEADS
+
+HeadName = Literal["fibre", "colour"]
+
+
+class SyntheticDataConfig(StrictModel):
+    """Generate the synthetic crop dataset (``make_crop_dataset``) instead of reading manifests."""
+
+    n: int = Field(2000, ge=20)
+    size: int = Field(96, ge=16)
+    seed: int = 0
+    cache_dir: str | None = None  # default: <runs>/datasets; the set lands in synth-crops-n<n>-s<size>-seed<seed>/
+
+
+class DataConfig(StrictModel):
+    train: list[str] = Field(default_factory=list)  # manifest CSVs; fibre-only and colour-only ones combine
+    val: list[str] | None = None  # default: the train manifests' `val_split` rows
+    train_split: str | None = "train"  # rows of this split are trained on (null: rows without a split)
+    val_split: str | None = "val"
+    taxonomy: str | None = None  # default: datasets/taxonomy.yaml
+    unknown_labels: Literal["error", "ignore"] = "error"  # a label the taxonomy/aliases do not know
+    cache_images: bool = False  # keep decoded images in RAM (small datasets, slow disks)
+    synthetic: SyntheticDataConfig | None = None
+
+    @model_validator(mode="after")
+    def _has_source(self) -> "DataConfig":
+        if not self.train and self.synthetic is None:
+            raise ValueError("set data.train (manifest paths) or data.synthetic")
+        return self
+
+
+class ModelConfig(StrictModel):
+    backbone: str = "tiny"
+    pretrained: bool = False
+    weights_path: str | None = None
+    heads: list[HeadName] = Field(default_factory=lambda: list(HEADS))
+    input_size: int | None = Field(None, ge=16)  # default: the backbone's
+    resize: Literal["letterbox", "stretch", "center_crop"] | None = None
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _heads(self) -> "ModelConfig":
+        if not self.heads or len(set(self.heads)) != len(self.heads):
+            raise ValueError("model.heads must list fibre and/or colour, each once")
+        return self
+
+
+class OptimConfig(StrictModel):
+    lr: float = Field(1e-3, gt=0)
+    backbone_lr_scale: float = Field(1.0, gt=0)  # < 1 fine-tunes pretrained features more gently
+    weight_decay: float = Field(0.05, ge=0)
+    epochs: int = Field(10, ge=1)
+    warmup_epochs: float = Field(1.0, ge=0)
+    schedule: Literal["cosine", "constant"] = "cosine"
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+    grad_clip: float | None = Field(None, gt=0)
+
+
+class AugmentConfig(StrictModel):
+    preset: str = "light"  # a sorting.datasets.augment preset: none, light, medium, heavy
+    colour_safe: bool | None = None  # null: true when the colour head is trained (no hue/colour jitter)
+
+
+class EarlyStoppingConfig(StrictModel):
+    patience: int | None = Field(5, ge=1)  # epochs without val macro-F1 gain; null disables
+    min_delta: float = Field(0.0, ge=0)
+
+
+class TrackingConfig(StrictModel):
+    enabled: bool = False
+    experiment: str = "textile-sorter"
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else a local store under the runs folder
+    registered_model_name: str | None = None
+
+
+class CalibrationConfig(StrictModel):
+    temperature: bool = True  # fit a temperature per head on validation logits
+    ood_quantile: float = Field(0.99, gt=0, le=1)  # energy threshold = this quantile of validation energies
+
+
+class TrainConfig(StrictModel):
+    name: str = "train"
+    output_dir: str | None = None  # default: <runs>/train
+    seed: int = 0
+    deterministic: bool = False  # torch deterministic algorithms (slower; exact re-runs)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = Field(None, ge=1)  # torch CPU threads per process
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    batch_size: int = Field(32, ge=1)  # per process
+    eval_batch_size: int | None = Field(None, ge=1)
+    num_workers: int = Field(2, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    balance: Literal["none", "sampler", "loss_weights"] = "none"
+    freeze_backbone_epochs: int = Field(0, ge=0)  # train heads only first, then fine-tune everything
+    amp: bool = True  # mixed precision, only used on CUDA
+    channels_last: bool = True  # only used on CUDA
+    progress: bool = True
+    resume: str | None = None  # a last.pt to continue from (same run folder)
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Recipe YAML plus ``key=value`` overrides -> :class:`TrainConfig` (ConfigError on bad keys)."""
+    return load_config(TrainConfig, path, overrides)
