@@ -302,7 +302,8 @@ class SorterLoop:
         tic = time.perf_counter()
         if self.white_balance is not None:
             self.corrector = self.white_balance.update(image) or self.corrector
-        detections = self.segmenter.segment(image, self.corrector.apply if self.white_balance is not None else None)
+        detections = self.segmenter.segment(image, self.corrector.apply if self.white_balance is not None else None,
+                                            shape_min_area=self.tracker.shape_evidence_min_area)
         tac = time.perf_counter()
         timings["segment"] = (tac - tic) * 1e3
         update = self.tracker.update(detections, index, t)
@@ -533,8 +534,12 @@ def serve_line(
     max_frames: int | None = None,
     video_out: str | Path | None = None,
     progress: bool = True,
+    on_decision: Callable[[ItemDecision], None] | None = None,
 ) -> ServeSummary:
-    """Run a line until the source ends, ``max_frames``, or SIGINT/SIGTERM (graceful drain)."""
+    """Run a line until the source ends, ``max_frames``, or SIGINT/SIGTERM (graceful drain).
+
+    ``on_decision`` sees every item decision (the demo scores them against ground truth).
+    """
     loop = build_sorter(cfg, source=source, model=model, max_frames=max_frames, keep_images=video_out is not None)
     writer = VideoWriter(video_out, loop.source.fps or cfg.camera.fps or 30.0) if video_out else None
     restore = install_stop_handlers(loop)
@@ -544,6 +549,9 @@ def serve_line(
     bar = tqdm(desc=f"sorting {cfg.name}", unit="frame", disable=not progress, total=max_frames)
     try:
         for result in loop.run(max_frames):
+            if on_decision is not None:
+                for item in result.decisions:
+                    on_decision(item)
             if result.no_frame:
                 no_frames += 1
                 bar.set_postfix_str("NO CAMERA FRAMES", refresh=True)

@@ -44,12 +44,13 @@ class SegmentationConfig(StrictModel):
     scale: float = 0.5
     threshold: int = 30
     chroma_threshold: int = 14
-    shape_check_every: int = 2
+    shape_check_every: int = 3
     min_area_px: int = 1500
     morph_kernel_px: int = 7
     background_rate: float = 0.02
     static_s: float = 3.0
     border_margin_px: int = 3
+    edge_contact_px: int = 4
     solidity_min: float = 0.4
     core_level: float = 0.4
     core_min_share: float = 0.35
@@ -116,37 +117,76 @@ class BeltSegmenter:
             keep[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 0
         self._ignore_mask = keep
         self._shape = full_shape
-        log.debug("belt model started, mean BGR %s", belt.reshape(-1, 3).mean(axis=0).round(1).tolist())
+        log.debug("belt model started, mean YCrCb %s", belt.reshape(-1, 3).mean(axis=0).round(1).tolist())
 
-    def segment(self, image: np.ndarray, normalise: Callable[[np.ndarray], np.ndarray] | None = None) -> list[Detection]:
+    def segment(self, image: np.ndarray, normalise: Callable[[np.ndarray], np.ndarray] | None = None,
+                *, shape_min_area: float | None = None) -> list[Detection]:
         """Detections in this frame (and update the belt model).
 
         ``normalise`` (e.g. the live white balance) is applied to the downscaled frame first, so a
         change of the light's colour does not turn the whole belt into foreground.
+        ``shape_min_area``: blobs smaller than this skip the costly two-bodies / two-colours checks
+        (the tracker counts them only for blobs larger than a typical item).
         """
         full_shape = image.shape[:2]
         small = self._small(image)
         if normalise is not None:
             small = normalise(small)
+        ycc = cv2.cvtColor(small, cv2.COLOR_BGR2YCrCb)  # the belt model lives in YCrCb: one conversion a frame
         if self._background is None or self._shape != full_shape:
-            self._init(small, full_shape)
+            self._init(ycc, full_shape)
         assert self._background is not None and self._fg_count is not None and self._ignore_mask is not None
-        background_u8 = cv2.convertScaleAbs(self._background)
-        mask = self._foreground(small, background_u8)
+        mask = self._foreground(ycc, cv2.convertScaleAbs(self._background))
         mask = cv2.bitwise_and(mask, self._ignore_mask)
-        self._update_background(small, mask)
+        self._update_background(ycc, mask)
         # close first: joins the fragments of a striped or textured garment, then drop specks
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._kernel)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
         self.last_mask = mask
         self._frame += 1
-        return self._detections(mask, small, check_shape=(self._frame - 1) % self.cfg.shape_check_every == 0)
+        check = (self._frame - 1) % self.cfg.shape_check_every == 0
+        return self._detections(mask, small, check_shape=check, shape_min_area=shape_min_area or 0.0,
+                                confirm=lambda edges, box: self._confirm_edges(edges, box, image, normalise))
 
-    def _foreground(self, small: np.ndarray, background: np.ndarray) -> np.ndarray:
-        """Pixels whose brightness (Y) differs by more than ``threshold`` or whose colour
-        (|dCr| + |dCb|) differs by more than ``chroma_threshold`` from the belt model. Belt texture
-        and dirt change brightness only; a dark but coloured garment (brown, navy) differs in colour."""
-        diff = cv2.absdiff(cv2.cvtColor(small, cv2.COLOR_BGR2YCrCb), cv2.cvtColor(background, cv2.COLOR_BGR2YCrCb))
+    def _confirm_edges(self, edges: frozenset[str], bbox: tuple[int, int, int, int], image: np.ndarray,
+                       normalise: Callable[[np.ndarray], np.ndarray] | None) -> frozenset[str]:
+        """Keep only the frame edges the garment really crosses, judged at full resolution.
+
+        At the segmentation scale a garment that ends a pixel or two short of the edge (and the
+        closing kernel) "touches" it; classifying it as cut off would reject a whole garment.
+        Cut means at least ``edge_contact_px`` foreground pixels on the frame's outermost line.
+        Only the side edges (along the belt) are checked: entering and leaving is the tracker's job.
+        """
+        assert self._background is not None
+        height, width = image.shape[:2]
+        x, y, w, h = bbox
+        s = self.cfg.scale
+        sides = ("top", "bottom") if self._along_axis == 0 else ("left", "right")
+        kept = {name for name in edges if name not in sides}
+        for name in edges & frozenset(sides):
+            if name in ("top", "bottom"):
+                line = image[0 if name == "top" else height - 1, x : x + w]
+                small_line = self._background[0 if name == "top" else -1]
+                idx = np.minimum((np.arange(x, x + w) * s).astype(np.intp), small_line.shape[0] - 1)
+            else:
+                line = image[y : y + h, 0 if name == "left" else width - 1]
+                small_line = self._background[:, 0 if name == "left" else -1]
+                idx = np.minimum((np.arange(y, y + h) * s).astype(np.intp), small_line.shape[0] - 1)
+            line = np.ascontiguousarray(line).reshape(1, -1, 3)
+            if normalise is not None:
+                line = normalise(line)
+            line = cv2.cvtColor(line, cv2.COLOR_BGR2YCrCb)
+            belt = cv2.convertScaleAbs(small_line[idx]).reshape(1, -1, 3)
+            if int(np.count_nonzero(self._foreground(line, belt))) >= self.cfg.edge_contact_px:
+                kept.add(name)
+        return frozenset(kept)
+
+    def _foreground(self, ycc: np.ndarray, background: np.ndarray) -> np.ndarray:
+        """Pixels (YCrCb, as the belt model) whose brightness (Y) differs by more than ``threshold``
+        or whose colour (|dCr| + |dCb|) differs by more than ``chroma_threshold`` from the belt model.
+        Belt texture and dirt change brightness only; a dark but coloured garment (brown, navy)
+        differs in colour."""
+        diff = cv2.absdiff(ycc, background)
         y, cr, cb = cv2.split(diff)
         lum = cv2.threshold(y, self.cfg.threshold, 255, cv2.THRESH_BINARY)[1]
         chroma = cv2.threshold(cv2.add(cr, cb), self.cfg.chroma_threshold, 255, cv2.THRESH_BINARY)[1]
@@ -164,7 +204,8 @@ class BeltSegmenter:
             count[static] = 0
             log.debug("absorbed %d static pixels into the belt model", int(static.sum()))
 
-    def _detections(self, mask: np.ndarray, small: np.ndarray, *, check_shape: bool) -> list[Detection]:
+    def _detections(self, mask: np.ndarray, small: np.ndarray, *, check_shape: bool, shape_min_area: float,
+                    confirm: Callable[[frozenset[str], tuple[int, int, int, int]], frozenset[str]]) -> list[Detection]:
         s = self.cfg.scale
         inv_area = 1.0 / (s * s)
         height, width = self._shape or mask.shape
@@ -193,12 +234,14 @@ class BeltSegmenter:
                 )
                 if hit
             )
+            if edges:
+                edges = confirm(edges, (x0, y0, x1 - x0, y1 - y0))
             cores, split = 1, False
-            if check_shape and not edges:
+            if check_shape and not edges and area >= shape_min_area:
                 own = np.zeros((h, w), np.uint8)
                 cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
                 cores = self._cores(dist, own, (x, y, w, h))
-                split = self._two_colour_regions(small[y : y + h, x : x + w], own)
+                split = cores <= 1 and self._two_colour_regions(small[y : y + h, x : x + w], own)
             overlap = solidity < self.cfg.solidity_min or cores > 1 or split
             out.append(
                 Detection(
@@ -242,8 +285,8 @@ class BeltSegmenter:
         small regions instead)."""
         if self.cfg.colour_split_delta <= 0:
             return False
-        lab = cv2.cvtColor(roi_bgr[::2, ::2], cv2.COLOR_BGR2Lab).astype(np.float32)
-        inside = own[::2, ::2] > 0
+        lab = cv2.cvtColor(roi_bgr[::3, ::3], cv2.COLOR_BGR2Lab).astype(np.float32)
+        inside = own[::3, ::3] > 0
         pixels = lab[inside]
         if len(pixels) < 40:
             return False

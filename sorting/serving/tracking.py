@@ -13,14 +13,23 @@ track keeps being tracked until it leaves, so it is never re-detected as a new i
 Views: an item is classified only while it is whole (touching no frame edge), every
 ``classify_every``-th frame and at most ``max_views`` times. An item that touches a *side*
 edge in every frame (cut off by the field of view) is classified from those partial views
-with a lower weight and flagged ``cut_off``. Overlap evidence: blobs with low solidity or far
-above the typical item area, two tracks merging into one blob, or a track appearing mid-belt
-(split off a merged blob).
+with a lower weight and flagged ``cut_off``.
+
+Overlap evidence (the item goes to reject): two tracks merging into one blob; a piece splitting
+off the blob mid-belt (a new blob inside the track's predicted box is absorbed, not made a new
+item, and counts as evidence); and, over the frames whose shape was examined, a share of frames
+with very low solidity, far above the typical item area (``large_area_factor``), or with two
+thick bodies / two large colour regions *while* clearly larger than a typical item
+(``evidence_area_factor``): a single sock has two thick parts and a multicolour garment two
+colours, but neither is larger than a typical item. The typical area is the median over the
+last ``typical_area_window`` decided items (whole, never merged; one sample each, large ones
+included so the median does not drift down); until 5 are known, shape evidence counts alone.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -34,6 +43,7 @@ log = logging.getLogger(__name__)
 
 Direction = Literal["+x", "-x", "+y", "-y"]
 _EPS = 1e-6
+FRAGMENT_MIN_SHARE = 0.3  # of a new blob's box inside a track's predicted box: a piece of that track
 
 
 class TrackingConfig(StrictModel):
@@ -51,11 +61,14 @@ class TrackingConfig(StrictModel):
     ood_min_fraction: float = 0.5
     overlap_min_frames: int = 2
     overlap_min_fraction: float = 0.4
+    colour_min_fraction: float = 0.8
+    evidence_area_factor: float = 1.2
     fragment_max_whole_frames: int = 10
+    fragment_margin_px: float = 10.0
     cut_off: Literal["reject", "best_view"] = "reject"
     velocity_smoothing: float = 0.3
     large_area_factor: float = 3.0
-    typical_area_window: int = 50
+    typical_area_window: int = 50  # items
 
 
 @dataclass(frozen=True)
@@ -112,8 +125,13 @@ class Track:
     merged: bool = False  # shares its blob with another track this frame
     merge_frames: int = 0
     split_suspect: bool = False  # appeared mid-belt: probably split off a merged blob
-    overlap_frames: int = 0
+    overlap_frames: int = 0  # checked frames with any sign of several garments (for display)
     checked_frames: int = 0  # frames whose shape was examined for overlap
+    core_frames: int = 0  # ... with two thick bodies, while larger than a typical item
+    colour_frames: int = 0  # ... with two large regions of different colour, while larger than typical
+    huge_frames: int = 0  # ... far larger than a typical item
+    thin_frames: int = 0  # ... with very low solidity
+    fragment_frames: int = 0  # frames in which a piece split off this track's blob (absorbed)
     whole_frames: int = 0
     side_frames: int = 0
     n_views: int = 0
@@ -187,11 +205,17 @@ class Tracker:
         self._last_t: float | None = None
         self._frames_seen = 0
         self._item_areas: deque[float] = deque(maxlen=cfg.typical_area_window)
+        self._typical_area: float | None = None  # median of _item_areas once 5 are known
 
     @property
     def last_t(self) -> float | None:
         """Source time of the last frame seen."""
         return self._last_t
+
+    @property
+    def shape_evidence_min_area(self) -> float | None:
+        """Blobs below this area cannot give two-bodies/two-colours evidence (None: not known yet)."""
+        return None if self._typical_area is None else self._typical_area * self.cfg.evidence_area_factor
 
     @property
     def tracks(self) -> list[Track]:
@@ -214,14 +238,21 @@ class Tracker:
         side = det.edges - self.belt.entry_exit_edges
         if det.edges & self.belt.entry_exit_edges:
             return
-        typical = float(np.median(self._item_areas)) if len(self._item_areas) >= 5 else None
-        too_big = typical is not None and det.area > self.cfg.large_area_factor * typical
+        typical = self._typical_area
         if det.shape_checked:
+            big = typical is None or det.area >= self.cfg.evidence_area_factor * typical  # = shape_evidence_min_area
+            signs = (
+                big and det.n_cores > 1,
+                big and det.two_colour_regions,
+                typical is not None and det.area > self.cfg.large_area_factor * typical,
+                det.overlap_suspect and det.n_cores <= 1 and not det.two_colour_regions,  # low solidity
+            )
             track.checked_frames += 1
-            if det.overlap_suspect or too_big:
-                track.overlap_frames += 1
-            elif track.confirmed and not det.edges:
-                self._item_areas.append(det.area)
+            track.core_frames += signs[0]
+            track.colour_frames += signs[1]
+            track.huge_frames += signs[2]
+            track.thin_frames += signs[3]
+            track.overlap_frames += any(signs)
         if not det.edges:
             track.whole_frames += 1
         elif side:
@@ -233,10 +264,12 @@ class Tracker:
         self._last_t = t
         self._frames_seen += 1
         predicted = {tr.id: np.asarray(tr.centroid) + tr.velocity * dt for tr in self._tracks}
+        predicted_boxes = {tr.id: _shift_box(tr.bbox, tr.velocity * dt) for tr in self._tracks}
         pairs = []
         for ti, tr in enumerate(self._tracks):
             for di, det in enumerate(detections):
-                dist = float(np.hypot(*(np.asarray(det.centroid) - predicted[tr.id])))
+                px, py = predicted[tr.id]
+                dist = math.hypot(det.centroid[0] - px, det.centroid[1] - py)
                 if dist <= self.cfg.max_match_px + 0.25 * max(det.bbox[2], det.bbox[3]):
                     pairs.append((dist, ti, di))
         pairs.sort()
@@ -301,10 +334,35 @@ class Tracker:
                 tr.confirmed = travel >= self.cfg.min_travel_px
             alive.append(tr)
         for di, det in enumerate(detections):
-            if di not in owner:
-                alive.append(self._new_track(det, frame, t))
+            if di in owner:
+                continue
+            parent = self._fragment_parent(det, self._tracks, predicted_boxes)
+            if parent is not None:
+                parent.fragment_frames += 1
+                parent.bbox = _union(parent.bbox, det.bbox)  # the garment spans both pieces
+                log.debug("blob at %s is a piece of track %d (absorbed)", det.bbox, parent.id)
+                continue
+            alive.append(self._new_track(det, frame, t))
         self._tracks = alive
         return TrackUpdate(active=list(alive), lost=lost)
+
+    def _fragment_parent(self, det: Detection, tracks: list[Track],
+                         boxes: dict[int, tuple[float, float, float, float]]) -> Track | None:
+        """The track whose predicted box (grown by ``fragment_margin_px``) covers a good part of this
+        new blob's box, if the blob appeared mid-belt (not over the entry edge, after start-up): a
+        piece of that track's garment (a sleeve or trouser leg cut off by a fold) or of a touching
+        pair coming apart."""
+        if self._frames_seen <= 1 or self.belt.entry_edge in det.edges:
+            return None
+        bx, by, bw, bh = det.bbox
+        m = self.cfg.fragment_margin_px
+        for tr in tracks:
+            x, y, w, h = boxes[tr.id]
+            ix = min(bx + bw, x + w + m) - max(bx, x - m)
+            iy = min(by + bh, y + h + m) - max(by, y - m)
+            if ix > 0 and iy > 0 and ix * iy >= FRAGMENT_MIN_SHARE * bw * bh:
+                return tr
+        return None
 
     def _absorb_entering(self, sharing: dict[int, list[int]]) -> set[int]:
         """Parts of one garment seen as separate blobs for a short while (two legs entering, a
@@ -364,6 +422,10 @@ class Tracker:
             if tr.confirmed and not tr.decided and self._past_line(tr):
                 tr.decided = True
                 out.append(tr)
+                if tr.whole_frames > 0 and tr.merge_frames == 0:
+                    self._item_areas.append(tr.area)  # one sample per item, big ones included
+                    if len(self._item_areas) >= 5:
+                        self._typical_area = float(np.median(self._item_areas))
         return out
 
     def drain(self) -> list[Track]:
@@ -380,11 +442,28 @@ class Tracker:
         cut_off = never_whole and (self.cfg.cut_off == "reject" or track.n_views == 0)
         ood = track.n_views > 0 and track.ood_views / track.n_views >= self.cfg.ood_min_fraction
         seen = max(1, track.checked_frames)
-        suspect_frames = track.overlap_frames >= self.cfg.overlap_min_frames and \
-            track.overlap_frames / seen >= self.cfg.overlap_min_fraction
-        overlap = suspect_frames or track.merge_frames > 0 or track.split_suspect
+
+        def shown(frames: int, share: float) -> bool:
+            return frames >= self.cfg.overlap_min_frames and frames / seen >= share
+
+        share = self.cfg.overlap_min_fraction
+        overlap = (shown(track.core_frames, share) or shown(track.colour_frames, self.cfg.colour_min_fraction)
+                   or shown(track.huge_frames, share) or shown(track.thin_frames, share)
+                   or track.fragment_frames >= self.cfg.overlap_min_frames
+                   or track.merge_frames > 0 or track.split_suspect)
         return ItemSummary(
             track_id=track.id, probs=track.probs(), n_views=track.n_views, ood=ood, overlap=overlap,
             cut_off=cut_off, first_frame=track.first_frame, last_frame=track.last_frame,
             centroid=track.centroid, bbox=track.bbox,
         )
+
+
+def _shift_box(bbox: tuple[int, int, int, int], shift: np.ndarray) -> tuple[float, float, float, float]:
+    x, y, w, h = bbox
+    return float(x + shift[0]), float(y + shift[1]), float(w), float(h)
+
+
+def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+    x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
+    return x0, y0, x1 - x0, y1 - y0

@@ -1,0 +1,380 @@
+"""``bench-sorter``: sort a synthetic conveyor video offline as fast as it goes and measure it.
+
+The clip is a 640x480 MP4 rendered by the synthetic conveyor world (dense: a fast belt, so
+several garments are in view at once) and decoded by OpenCV, so decoding is part of the
+loop, as on a line fed by a camera. Figures, against the issue's targets:
+
+* frames/s and items/s over the run (wall clock), p50/p99 frame-to-decision latency;
+* loop time per frame against (decode + model inference on that frame's crops) from the
+  same run: ``ratio = wall per frame / (read + classify)``;
+* correctness item by item (:mod:`sorting.serving.scoring`);
+* resident memory (``/proc/self/statm``) over time: growth after warm-up.
+
+Classifiers: an ONNX model, the *GT oracle* (probabilities from the ground-truth labels of
+the garment under the detection: isolates segmentation/tracking errors from model errors),
+or both (``oracle=True`` with a model: the model runs on every batch so its cost is
+measured, the oracle's probabilities decide). ``minutes`` loops the clip for a fixed time
+(the ground truth repeats with shifted frame numbers) for the memory-flat check.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from sorting.datasets.synth.conveyor import render_conveyor_clip
+from sorting.errors import ConfigError
+from sorting.models.onnx_model import OnnxClassifier
+from sorting.serving.actuators import SimulatedActuator
+from sorting.serving.decision_log import DecisionLog
+from sorting.serving.ejector import EjectorScheduler, FixedSpeed
+from sorting.serving.line_config import LineConfig, load_line_config
+from sorting.serving.loop import SorterLoop
+from sorting.serving.policy import Policy, load_policy_config
+from sorting.serving.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
+from sorting.serving.sources import Frame, FrameSource, VideoFileSource
+from sorting.taxonomy import load_taxonomy
+
+log = logging.getLogger(__name__)
+
+TARGETS = {"fps": 60.0, "items_per_s": 10.0, "latency_p99_ms": 50.0, "loop_ratio": 1.3, "correct_rate": 0.98,
+           "rss_growth": 0.05}
+DENSE_BELT_PX_S = 900.0  # 30 px/frame at 30 fps: ~0.2 new garments per frame
+
+
+@dataclass
+class BenchConfig:
+    """What to sort and how (see :func:`run_bench`)."""
+
+    line: Path
+    out_dir: Path
+    model: Path | None = None
+    oracle: bool = True
+    items: int = 300
+    minutes: float | None = None
+    threads: int | None = 1
+    seed: int = 7
+    belt_speed_px_s: float = DENSE_BELT_PX_S
+    hard_fraction: float = 0.12
+    overrides: list[str] = field(default_factory=list)
+    progress: bool = True
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux ``/proc/self/statm``)."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class LoopingVideoSource(FrameSource):
+    """A video file played again and again (frame numbers and times keep counting) until
+    ``seconds`` of wall clock have passed; ``seconds=None`` plays it once."""
+
+    def __init__(self, path: Path, *, seconds: float | None = None) -> None:
+        super().__init__()
+        self.path = path
+        self._seconds = seconds
+        self._inner = VideoFileSource(path)
+        self._offset = 0
+        self._clip_frames = 0
+        self._deadline: float | None = None
+        self.passes = 1
+        self.last_index = -1
+
+    @property
+    def fps(self) -> float:
+        return self._inner.fps
+
+    @property
+    def clip_frames(self) -> int:
+        return self._clip_frames
+
+    def read(self, timeout_s: float = 1.0) -> Frame | None:
+        if self._deadline is None and self._seconds is not None:
+            self._deadline = time.perf_counter() + self._seconds
+        frame = self._inner.read(timeout_s)
+        if frame is None and self._deadline is not None and time.perf_counter() < self._deadline:
+            self._offset += self._inner.stats.frames
+            self._clip_frames = self._inner.stats.frames
+            self._inner.close()
+            self._inner = VideoFileSource(self.path)
+            self.passes += 1
+            frame = self._inner.read(timeout_s)
+        if frame is None:
+            self._clip_frames = self._clip_frames or self._inner.stats.frames
+            self.exhausted = True
+            return None
+        index = frame.index + self._offset
+        self.last_index = index
+        self.stats.frames += 1
+        return Frame(index, index / self.fps, frame.image)
+
+    def close(self) -> None:
+        self._inner.close()
+        self.exhausted = True
+
+
+@dataclass
+class _Meta:
+    labels: dict[str, list[str]]
+
+
+@dataclass
+class _OraclePredictions:
+    probs: dict[str, np.ndarray]
+    ood: dict[str, np.ndarray]
+
+
+class GtOracle:
+    """A classifier that reads the ground truth: each crop gets one-hot probabilities of the
+    GT garment whose track point lies in its detection box (nearest the blob centroid), or
+    flat, out-of-distribution probabilities if there is none (a stain).
+
+    ``predict`` receives only crops, so the oracle asks the loop's tracker again which tracks
+    it is classifying in the current frame (the same, deterministic list the loop cropped).
+    With a ``model``, the model also runs on the crops (its time is what a real line pays).
+    """
+
+    def __init__(self, gt: dict[str, Any], labels: dict[str, list[str]], *, frame_of: Callable[[], int],
+                 tracker_of: Callable[[], Any], clip_frames: Callable[[], int], model: OnnxClassifier | None = None):
+        self.metadata = _Meta(labels)
+        self.model = model
+        self._frame_of, self._tracker_of, self._clip_frames = frame_of, tracker_of, clip_frames
+        self._by_frame: dict[int, list[tuple[float, float, dict[str, Any]]]] = {}
+        for it in gt["items"]:
+            for f, x, y in it["track"]:
+                self._by_frame.setdefault(int(f), []).append((float(x), float(y), it))
+
+    def self_check(self) -> None:
+        """Nothing to check (the wrapped model, if any, was checked when loaded)."""
+
+    def _item_at(self, frame: int, det: Any) -> dict[str, Any] | None:
+        x, y, w, h = det.bbox
+        cx, cy = det.centroid
+        inside = [(np.hypot(px - cx, py - cy), it) for px, py, it in self._by_frame.get(frame, [])
+                  if x - 10 <= px <= x + w + 10 and y - 10 <= py <= y + h + 10]
+        return min(inside, key=lambda c: c[0])[1] if inside else None
+
+    def predict(self, crops: Sequence[np.ndarray]) -> _OraclePredictions:
+        if self.model is not None:
+            self.model.predict(list(crops))
+        frame = self._frame_of()
+        period = self._clip_frames()
+        local = frame % period if period else frame
+        todo = self._tracker_of().views_to_classify(frame)
+        if len(todo) != len(crops):
+            raise RuntimeError(f"oracle out of step with the loop: {len(todo)} tracks, {len(crops)} crops")
+        probs = {h: np.zeros((len(crops), len(v)), np.float32) for h, v in self.metadata.labels.items()}
+        ood = {h: np.zeros(len(crops), bool) for h in self.metadata.labels}
+        for row, tr in enumerate(todo):
+            item = self._item_at(local, tr.detection) if tr.detection is not None else None
+            for head, names in self.metadata.labels.items():
+                if item is None or item.get(head) not in names:
+                    probs[head][row] = 1.0 / len(names)
+                    ood[head][row] = True
+                else:
+                    probs[head][row, names.index(item[head])] = 1.0
+        return _OraclePredictions(probs, ood)
+
+
+@dataclass
+class BenchResult:
+    """Everything ``bench-sorter`` measured (``to_dict`` for JSON)."""
+
+    config: dict[str, Any]
+    frames: int
+    wall_s: float
+    fps: float
+    items: int
+    items_per_s: float
+    latency_ms_p50: float
+    latency_ms_p99: float
+    loop_ms_per_frame: float
+    read_ms_per_frame: float
+    classify_ms_per_frame: float
+    loop_ratio: float | None
+    stage_ms: dict[str, float]
+    rss_mb: list[tuple[float, float]]
+    rss_growth: float
+    score: SortScore
+    load_avg: tuple[float, float, float]
+    passes: int
+
+    def checks(self) -> dict[str, bool | None]:
+        """Each target: met (True), missed (False) or not measurable in this run (None)."""
+        s = self.score
+        return {
+            "fps >= 60": self.fps >= TARGETS["fps"],
+            "items/s >= 10": self.items_per_s >= TARGETS["items_per_s"],
+            "p99 latency < 50 ms": self.latency_ms_p99 < TARGETS["latency_p99_ms"],
+            "loop <= 1.3x (decode + inference)": None if self.loop_ratio is None
+            else self.loop_ratio <= TARGETS["loop_ratio"],
+            "one decision per item": s.one_decision_each,
+            "non-hard correct >= 98%": s.correct_rate >= TARGETS["correct_rate"],
+            "hard items reject-or-correct": s.hard_safe == s.hard_items,
+            "RSS growth < 5%": None if len(self.rss_mb) < 3 else self.rss_growth < TARGETS["rss_growth"],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.__dict__.items() if k != "score"}
+        out["score"] = self.score.to_dict()
+        out["checks"] = self.checks()
+        return out
+
+    def markdown(self) -> str:
+        s = self.score
+        lines = [
+            "# bench-sorter", "",
+            f"config: `{json.dumps(self.config)}`", "",
+            f"load average at end: {self.load_avg[0]:.1f} {self.load_avg[1]:.1f} {self.load_avg[2]:.1f} "
+            f"(2 shared cores: speeds are noisy)", "",
+            "| figure | value | target |", "|---|---|---|",
+            f"| frames/s | {self.fps:.1f} | >= 60 |",
+            f"| items/s | {self.items_per_s:.2f} | >= 10 |",
+            f"| latency p50 / p99 ms | {self.latency_ms_p50:.1f} / {self.latency_ms_p99:.1f} | p99 < 50 |",
+            f"| loop ms/frame (read {self.read_ms_per_frame:.2f} + classify {self.classify_ms_per_frame:.2f}) "
+            f"| {self.loop_ms_per_frame:.2f} (ratio {'n/a' if self.loop_ratio is None else f'{self.loop_ratio:.2f}'})"
+            " | <= 1.3x |",
+            f"| GT items / decisions | {s.gt_items} / {s.decisions} | |",
+            f"| lost / duplicated / phantom / shared pair | {s.lost} / {s.duplicated} / {s.phantom} / {s.shared} "
+            "| 0 / 0 / - / - |",
+            f"| non-hard correct bin | {s.correct_rate:.1%} ({s.non_hard_correct}/{s.non_hard_total}) | >= 98% |",
+            f"| hard items reject-or-correct | {s.hard_safe}/{s.hard_items} | all |",
+            f"| reject rate | {s.reject_rate:.1%} | |",
+            f"| RSS growth after warm-up | {self.rss_growth:+.1%} ({len(self.rss_mb)} samples, "
+            f"{self.rss_mb[-1][1] if self.rss_mb else 0:.0f} MB) | < 5% |", "",
+            "stage ms/frame: " + ", ".join(f"{k} {v:.2f}" for k, v in self.stage_ms.items()), "",
+            "per bin: " + ", ".join(f"{k}={v}" for k, v in s.per_bin.items()), "",
+            "reasons: " + ", ".join(f"{k}={v}" for k, v in s.per_reason.items()), "",
+        ]
+        if s.errors:
+            lines += ["## items not in their correct bin (first 30)", "", "| id | garment | colour | hard | "
+                      "expected | got | reason | extra |", "|---|---|---|---|---|---|---|---|"]
+            lines += [f"| {e['id']} | {e['garment']} | {e['colour']} | {e['hard']} | {e['expected_bin']} | "
+                      f"{e['bin']} | {e['reason']} | {e['extra_decisions']} |" for e in s.errors[:30]]
+        return "\n".join(lines) + "\n"
+
+
+def _repeat_ground_truth(gt: dict[str, Any], clip_frames: int, passes: int) -> dict[str, Any]:
+    """The ground truth of a clip played ``passes`` times back to back."""
+    items = []
+    for p in range(passes):
+        for it in gt["items"]:
+            shifted = dict(it, id=it["id"] + p * 1_000_000,
+                           touching_ids=[t + p * 1_000_000 for t in it.get("touching_ids", [])],
+                           track=[[f + p * clip_frames, x, y] for f, x, y in it["track"]])
+            items.append(shifted)
+    return dict(gt, items=items)
+
+
+def _line_config(bench: BenchConfig, video: Path, speed_px_s: float) -> LineConfig:
+    overrides = [f"camera.source={video}", f"log.path={bench.out_dir / 'decisions.sqlite'}",
+                 f"belt.speed_px_s={speed_px_s}", "model.hot_reload=false",
+                 *bench.overrides]
+    if bench.threads is not None:
+        overrides.append(f"model.threads={bench.threads}")
+    return load_line_config(bench.line, overrides)
+
+
+def render_bench_clip(bench: BenchConfig) -> tuple[Path, Path]:
+    """Render (or reuse) the dense clip for ``bench``; returns (video, ground truth)."""
+    name = f"clip-n{bench.items}-s{bench.seed}-v{bench.belt_speed_px_s:g}-h{bench.hard_fraction:g}"
+    folder = bench.out_dir.parent / "clips" / name
+    video, gt = folder / "conveyor.mp4", folder / "conveyor_gt.json"
+    if not (video.is_file() and gt.is_file()):
+        clip = render_conveyor_clip(folder, n_items=bench.items, seed=bench.seed,
+                                    belt_speed_px_s=bench.belt_speed_px_s, hard_fraction=bench.hard_fraction)
+        video, gt = clip.video_path, clip.ground_truth_path
+    return video, gt
+
+
+def run_bench(bench: BenchConfig) -> BenchResult:
+    """Render/reuse the clip, sort it (or loop it for ``minutes``), measure and score."""
+    if bench.model is None and not bench.oracle:
+        raise ConfigError("bench-sorter needs --model or the GT oracle")
+    model = OnnxClassifier.load(bench.model, threads=bench.threads) if bench.model is not None else None
+    if model is not None:
+        model.self_check()
+    bench.out_dir.mkdir(parents=True, exist_ok=True)
+    video, gt_path = render_bench_clip(bench)
+    gt = load_ground_truth(gt_path)
+    cfg = _line_config(bench, video, float(gt["belt_speed_px_s"]))
+    labels = dict(model.metadata.labels) if model is not None else \
+        {"fibre": list(load_taxonomy().fibre), "colour": list(load_taxonomy().colour)}
+    policy_cfg = load_policy_config(cfg.policy.bins)
+    policy = Policy(policy_cfg, labels)
+    source = LoopingVideoSource(video, seconds=bench.minutes * 60 if bench.minutes else None)
+    holder: dict[str, SorterLoop] = {}
+    classifier: Any = model
+    if bench.oracle:
+        classifier = GtOracle(gt, labels, frame_of=lambda: source.last_index,
+                              tracker_of=lambda: holder["loop"].tracker,
+                              clip_frames=lambda: source.clip_frames or int(gt.get("n_frames", 0)), model=model)
+    scheduler = EjectorScheduler(cfg.ejector, policy_cfg, SimulatedActuator(), FixedSpeed(cfg.belt.pixels_per_second,
+                                 "px"), px_per_m=cfg.belt.px_per_m)
+    db = bench.out_dir / "decisions.sqlite"
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    dlog = DecisionLog(cfg.log, reject_bin=policy_cfg.reject.id)
+    loop = SorterLoop(cfg, source, classifier, policy, decision_log=dlog, scheduler=scheduler, keep_images=False)
+    holder["loop"] = loop
+
+    decisions, latencies, frame_ms = [], [], []
+    rss: list[tuple[float, float]] = []
+    start = time.perf_counter()
+    next_rss = start
+    it = loop.run()
+    total = None if bench.minutes else int(gt.get("n_frames", 0)) or None
+    with tqdm(total=total, desc="bench-sorter", unit="frame", disable=not bench.progress) as bar:
+        while True:
+            tic = time.perf_counter()
+            try:
+                result = next(it)
+            except StopIteration:
+                break
+            toc = time.perf_counter()
+            if result.index >= 0:
+                frame_ms.append((toc - tic) * 1e3)
+                bar.update(1)
+            for d in result.decisions:
+                decisions.append(DecisionPoint.from_item_decision(d))
+                latencies.append(d.latency_ms)
+            if toc >= next_rss:
+                rss.append((toc - start, rss_bytes() / 2**20))
+                next_rss = toc + (10.0 if bench.minutes else 1.0)
+    wall = time.perf_counter() - start
+    rss.append((wall, rss_bytes() / 2**20))
+    stages = loop.stage_means_ms()
+    passes = source.passes
+    gt_run = _repeat_ground_truth(gt, source.clip_frames or int(gt["n_frames"]), passes) if passes > 1 else gt
+    score = score_run(decisions, gt_run, policy)
+    warm = [mb for t, mb in rss if t >= 0.1 * wall] or [rss[-1][1]]
+    frames = len(frame_ms)
+    loop_ms = float(np.mean(frame_ms)) if frame_ms else 0.0
+    base = stages.get("read", 0.0) + stages.get("classify", 0.0)
+    result = BenchResult(
+        config={"line": str(bench.line), "model": str(bench.model) if bench.model else None, "oracle": bench.oracle,
+                "items": bench.items, "minutes": bench.minutes, "threads": bench.threads, "seed": bench.seed,
+                "belt_speed_px_s": gt["belt_speed_px_s"], "video": str(video), "overrides": bench.overrides},
+        frames=frames, wall_s=wall, fps=frames / wall if wall > 0 else 0.0, items=len(decisions),
+        items_per_s=len(decisions) / wall if wall > 0 else 0.0,
+        latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else 0.0,
+        latency_ms_p99=float(np.percentile(latencies, 99)) if latencies else 0.0,
+        loop_ms_per_frame=loop_ms, read_ms_per_frame=stages.get("read", 0.0),
+        classify_ms_per_frame=stages.get("classify", 0.0),
+        loop_ratio=loop_ms / base if model is not None and base > 0 else None,
+        stage_ms=stages, rss_mb=rss, rss_growth=(warm[-1] - warm[0]) / warm[0], score=score,
+        load_avg=os.getloadavg(), passes=passes,
+    )
+    (bench.out_dir / "bench.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
+    (bench.out_dir / "bench.md").write_text(result.markdown())
+    return result
