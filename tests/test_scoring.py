@@ -126,7 +126,7 @@ def test_short_clip_one_decision_per_garment(short_clip_run):
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="known gap: a plain garment touching a multicolour one, seen as one blob "
-                   "of ordinary size and shape, is not flagged (see /work/sorter-notes.md)")
+                   "of ordinary size and shape, is not flagged as overlapping yet (segmentation.py)")
 def test_short_clip_touching_garments_fail_safe(short_clip_run):
     """Every touching garment ends in the reject bin or its own correct bin."""
     _, result = short_clip_run
