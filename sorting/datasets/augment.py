@@ -19,7 +19,7 @@ import cv2
 
 from sorting.errors import ConfigError
 
-PRESETS: tuple[str, ...] = ("none", "light", "medium", "heavy")
+PRESETS: tuple[str, ...] = ("none", "flip", "light", "medium", "heavy")
 
 # Strength per preset. Geometry: rotation (deg), scale, translate (fraction of size),
 # perspective scale. Camera: blur sigma, motion-blur kernel, JPEG quality, noise std (fraction of 255).
@@ -92,7 +92,8 @@ def _camera(preset: str) -> list[A.BasicTransform]:
 def build_augmentation(preset: str, *, colour_safe: bool, seed: int | None = None) -> A.Compose:
     """Build a training augmentation pipeline: ``aug(image=rgb_uint8)["image"]``.
 
-    ``preset``: one of :data:`PRESETS` (``none`` is the identity). ``colour_safe``:
+    ``preset``: one of :data:`PRESETS` (``none`` is the identity, ``flip`` only mirrors left-right:
+    the catalogue recipes that train on cached frozen-backbone features). ``colour_safe``:
     keep photometric changes label-preserving for the colour head. ``seed`` makes the
     random draws reproducible (tests, debugging).
     """
@@ -100,4 +101,6 @@ def build_augmentation(preset: str, *, colour_safe: bool, seed: int | None = Non
         raise ConfigError(f"unknown augmentation preset '{preset}' (expected one of {', '.join(PRESETS)})")
     if preset == "none":
         return A.Compose([], seed=seed)
+    if preset == "flip":
+        return A.Compose([A.HorizontalFlip(p=0.5)], seed=seed)
     return A.Compose([*_geometric(preset), *_photometric(preset, colour_safe), *_camera(preset)], seed=seed)

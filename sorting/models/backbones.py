@@ -1,4 +1,5 @@
-"""Built-in backbones: torchvision MobileNetV3 / ResNet18, EfficientNet-Lite0 and a tiny test CNN.
+"""Built-in backbones: torchvision MobileNetV3 / ResNet18, EfficientNet-Lite0 (plain, colour-aware,
+multi-stage texture pooling) and a tiny test CNN.
 
 Pretrained torchvision weights are read from ``weights_path`` or the torch hub cache
 (``torch.hub.get_dir()/checkpoints/<file>``) and never downloaded: a production line or CI
@@ -18,6 +19,8 @@ from torchvision import models as tvm
 from sorting.datasets.preprocess import IMAGENET_MEAN, IMAGENET_STD, LITE_MEAN, LITE_STD, PreprocessConfig
 from sorting.errors import ModelFileError
 from sorting.models import efficientnet_lite
+from sorting.models.colour_features import ColourAwareBackbone, ColourFeatures
+from sorting.models.multistage import MultiStagePoolBackbone
 from sorting.models.registry import Backbone, register_backbone
 
 log = logging.getLogger(__name__)
@@ -97,6 +100,31 @@ def efficientnet_lite0(*, pretrained: bool = False, weights_path: Path | None = 
     net._dropout = nn.Identity()  # the heads own their dropout
     preprocess = PreprocessConfig(input_size=224, resize="letterbox", mean=LITE_MEAN, std=LITE_STD)
     return Backbone(module=net, feature_dim=efficientnet_lite.FEATURE_DIM, preprocess=preprocess)
+
+
+@register_backbone("efficientnet_lite0_colour")
+def efficientnet_lite0_colour(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
+    """EfficientNet-Lite0 embedding + garment colour descriptor (1280 + 774 features).
+
+    White letterbox padding (``pad_value=255``): the colour branch treats border-connected white
+    as background. Its standardisation buffers must be fitted on training images
+    (``module.fit_statistics``; the trainer does it before the first epoch).
+    """
+    lite = efficientnet_lite0(pretrained=pretrained, weights_path=weights_path)
+    pre = lite.preprocess.model_copy(update={"pad_value": 255})
+    module = ColourAwareBackbone(lite.module, lite.feature_dim, ColourFeatures(mean=pre.mean, std=pre.std))
+    return Backbone(module=module, feature_dim=module.feature_dim, preprocess=pre)
+
+
+@register_backbone("efficientnet_lite0_multistage")
+def efficientnet_lite0_multistage(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
+    """EfficientNet-Lite0 texture features: mean+std pooled stages 2-6 plus the pooled head (2768 features).
+
+    Standardisation buffers must be fitted on training images (``module.fit_statistics``; the trainer does it).
+    """
+    lite = efficientnet_lite0(pretrained=pretrained, weights_path=weights_path)
+    module = MultiStagePoolBackbone(lite.module)
+    return Backbone(module=module, feature_dim=module.feature_dim, preprocess=lite.preprocess)
 
 
 def _conv_bn(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:

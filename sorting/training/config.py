@@ -50,6 +50,7 @@ class ModelConfig(StrictModel):
     heads: list[HeadName] = Field(default_factory=lambda: list(HEADS))
     input_size: int | None = Field(None, ge=16)  # default: the backbone's
     resize: Literal["letterbox", "stretch", "center_crop"] | None = None
+    pad_value: int | None = Field(None, ge=0, le=255)  # letterbox fill; default: the backbone's
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -71,7 +72,7 @@ class OptimConfig(StrictModel):
 
 
 class AugmentConfig(StrictModel):
-    preset: str = "light"  # a sorting.datasets.augment preset: none, light, medium, heavy
+    preset: str = "light"  # a sorting.datasets.augment preset: none, flip, light, medium, heavy
     colour_safe: bool | None = None  # null: true when the colour head is trained (no hue/colour jitter)
 
 
@@ -110,8 +111,11 @@ class TrainConfig(StrictModel):
     eval_batch_size: int | None = Field(None, ge=1)
     num_workers: int = Field(2, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
-    balance: Literal["none", "sampler", "loss_weights"] = "none"
-    freeze_backbone_epochs: int = Field(0, ge=0)  # train heads only first, then fine-tune everything
+    # loss_weights: inverse class frequency; sqrt_loss_weights: its square root (milder)
+    balance: Literal["none", "sampler", "loss_weights", "sqrt_loss_weights"] = "none"
+    # train heads only first, then fine-tune everything; >= optim.epochs with augment none/flip trains the
+    # heads on cached backbone features (sorting.training.feature_cache)
+    freeze_backbone_epochs: int = Field(0, ge=0)
     amp: bool = True  # mixed precision, only used on CUDA
     channels_last: bool = True  # only used on CUDA
     progress: bool = True

@@ -4,6 +4,11 @@ Run folder (written by rank 0 only): ``config.yaml`` (what ran), ``last.pt`` (re
 every epoch), ``best.pt`` (best validation macro-F1; after training it also holds the
 per-head temperature and the energy OOD threshold fitted on validation logits),
 ``history.json``, ``metrics.json`` and ``training_curves.png``.
+
+Before the first epoch (not on resume) a backbone with a ``fit_statistics(batches)`` method (e.g.
+``efficientnet_lite0_colour``'s colour standardisation) is fitted on the unaugmented training images.
+A backbone frozen for the whole run with ``augment.preset`` none/flip trains the heads on cached
+features (:mod:`sorting.training.feature_cache`); the checkpoints still hold the full model.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
 
 from sorting.config import save_config
 from sorting.datasets.preprocess import PreprocessConfig
@@ -35,6 +41,7 @@ from sorting.training import distributed as D
 from sorting.training.calibration import energy_threshold, fit_temperature
 from sorting.training.callbacks import Callback, CallbackList, build_callbacks
 from sorting.training.config import TrainConfig
+from sorting.training.feature_cache import FeatureDataset, HeadsOnly, cache_applies, extract_features
 from sorting.training.data import (
     LabelSpace,
     ManifestDataset,
@@ -148,6 +155,8 @@ def _make_preprocess(default: PreprocessConfig, config: TrainConfig) -> Preproce
         updates["input_size"] = config.model.input_size
     if config.model.resize is not None:
         updates["resize"] = config.model.resize
+    if config.model.pad_value is not None:
+        updates["pad_value"] = config.model.pad_value
     return default.model_copy(update=updates)
 
 
@@ -177,9 +186,11 @@ def _criteria(config: TrainConfig, space: LabelSpace, train: list[Sample], devic
     criteria = {}
     for i, head in enumerate(space.heads):
         weight = None
-        if config.balance == "loss_weights":
-            counts = class_counts(train, i, len(space.classes[head]))
-            weight = torch.tensor(balanced_loss_weights(counts), dtype=torch.float32, device=device)
+        if config.balance in ("loss_weights", "sqrt_loss_weights"):
+            w = balanced_loss_weights(class_counts(train, i, len(space.classes[head])))
+            if config.balance == "sqrt_loss_weights":
+                w = np.sqrt(w) / np.sqrt(w).mean()
+            weight = torch.tensor(w, dtype=torch.float32, device=device)
         criteria[head] = nn.CrossEntropyLoss(weight=weight, ignore_index=IGNORE_INDEX, label_smoothing=config.label_smoothing)
     return criteria
 
@@ -221,6 +232,36 @@ def _calibrate(val: ValidationResult, config: TrainConfig) -> tuple[dict[str, fl
     return temperature, {"method": "energy", "threshold": threshold}
 
 
+def _fit_backbone_statistics(model: MultiHeadClassifier, dataset: ManifestDataset, config: TrainConfig, device: torch.device) -> None:
+    """Let a backbone with fixed input statistics (``fit_statistics``) fit them on unaugmented training images."""
+    fit_stats = getattr(model.backbone, "fit_statistics", None)
+    if fit_stats is None:
+        return
+    loader = DataLoader(dataset, batch_size=config.eval_batch_size or config.batch_size, shuffle=False, num_workers=config.num_workers)
+    bar = tqdm(loader, desc="backbone statistics", leave=False, disable=not config.progress, dynamic_ncols=True)
+    n = fit_stats(x.to(device) for x, _ in bar)
+    log.info("backbone statistics fitted on %d training images", n)
+
+
+def _cached_loaders(
+    model: MultiHeadClassifier, train_ds: ManifestDataset, val_ds: ManifestDataset, sampler: D.ShardedSampler,
+    config: TrainConfig, device: torch.device,
+) -> tuple[DataLoader, DataLoader]:
+    """Extract the frozen backbone's features once; loaders of (features, targets) for train and validation."""
+    model.set_backbone_trainable(False)
+    kw = {"batch_size": config.eval_batch_size or config.batch_size, "device": device, "num_workers": config.num_workers, "progress": config.progress}
+    started = time.perf_counter()
+    train = extract_features(model.backbone, train_ds, flip=config.augment.preset == "flip", desc="train features", **kw)
+    val = extract_features(model.backbone, val_ds, desc="val features", **kw)
+    log.info("cached frozen-backbone features of %d train / %d val images in %.0f s", len(train_ds), len(val_ds), time.perf_counter() - started)
+    per_rank = len(sampler)
+    train_loader = DataLoader(
+        FeatureDataset(train, seed=config.seed), batch_size=config.batch_size, sampler=sampler, drop_last=per_rank > config.batch_size,
+    )
+    val_loader = DataLoader(FeatureDataset(val), batch_size=config.eval_batch_size or config.batch_size, shuffle=False)
+    return train_loader, val_loader
+
+
 def fit(config: TrainConfig, *, callbacks: list[Callback] | None = None) -> TrainResult:
     """Train, validate every epoch, keep the best checkpoint, calibrate it; DDP-aware (see module doc)."""
     ctx = D.init_distributed(config.device)
@@ -260,9 +301,12 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
     channels_last = device.type == "cuda" and config.channels_last
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
-    augmentation = _build_augmentation(config, seed=config.seed + 1000 * ctx.rank)
+    cached = cache_applies(config, ctx.world_size)
+    augmentation = None if cached else _build_augmentation(config, seed=config.seed + 1000 * ctx.rank)
     train_ds = ManifestDataset(train_samples, pre, augmentation, cache_images=config.data.cache_images)
     val_ds = ManifestDataset(val_samples, pre, None, cache_images=config.data.cache_images)
+    if resume is None:
+        _fit_backbone_statistics(model, ManifestDataset(train_samples, pre, None, cache_images=False), config, device)
     weights = balanced_sample_weights(train_samples, space) if config.balance == "sampler" else None
     sampler = D.ShardedSampler(len(train_ds), ctx, seed=config.seed, weights=weights)
     loader_kw: dict[str, Any] = {
@@ -272,14 +316,19 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
         "worker_init_fn": _seed_worker,
     }
     per_rank = len(sampler)
-    train_loader = DataLoader(
-        train_ds, batch_size=config.batch_size, sampler=sampler, drop_last=per_rank > config.batch_size,
-        generator=torch.Generator().manual_seed(config.seed + ctx.rank), **loader_kw,
-    )
-    val_loader = DataLoader(
-        Subset(val_ds, D.shard_indices(len(val_ds), ctx)), batch_size=config.eval_batch_size or config.batch_size,
-        shuffle=False, **loader_kw,
-    )
+    step_model: nn.Module = model  # what a training/validation step runs: the model, or its heads on cached features
+    if cached:
+        train_loader, val_loader = _cached_loaders(model, train_ds, val_ds, sampler, config, device)
+        step_model = HeadsOnly(model)
+    else:
+        train_loader = DataLoader(
+            train_ds, batch_size=config.batch_size, sampler=sampler, drop_last=per_rank > config.batch_size,
+            generator=torch.Generator().manual_seed(config.seed + ctx.rank), **loader_kw,
+        )
+        val_loader = DataLoader(
+            Subset(val_ds, D.shard_indices(len(val_ds), ctx)), batch_size=config.eval_batch_size or config.batch_size,
+            shuffle=False, **loader_kw,
+        )
 
     optimizer = torch.optim.AdamW(_param_groups(model, config))
     steps = len(train_loader)
@@ -292,7 +341,7 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
         ),
     )
     amp_dtype, scaler = _amp_settings(config, device)
-    settings = StepSettings(space.heads, device, amp_dtype, scaler, channels_last, config.optim.grad_clip)
+    settings = StepSettings(space.heads, device, amp_dtype, scaler, channels_last and not cached, config.optim.grad_clip)
     criteria = _criteria(config, space, train_samples, device)
 
     state: dict[str, Any] = {"epoch": -1, "best_score": -1.0, "best_epoch": -1, "bad_epochs": 0, "history": []}
@@ -335,7 +384,7 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
         want_frozen = epoch < config.freeze_backbone_epochs
         if want_frozen != frozen:
             model.set_backbone_trainable(not want_frozen)
-            ddp_model = D.wrap_model(model, ctx)  # DDP must be rebuilt when the trainable set changes
+            ddp_model = step_model if cached else D.wrap_model(model, ctx)  # DDP: rebuilt when the trainable set changes
             frozen = want_frozen
             if ctx.is_main and config.freeze_backbone_epochs:
                 log.info("epoch %d: backbone %s", epoch, "frozen (heads only)" if frozen else "unfrozen (full fine-tune)")
@@ -343,7 +392,7 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
         sampler.set_epoch(epoch)
         train_stats = train_one_epoch(ddp_model, train_loader, optimizer, scheduler, criteria, settings, epoch=epoch, progress=progress)
         D.sync_buffers(model, ctx)
-        val = validate(model, val_loader, settings, ctx, progress=progress)  # plain module: no DDP collectives
+        val = validate(step_model, val_loader, settings, ctx, progress=progress)  # plain module: no DDP collectives
         record = {"epoch": epoch, **{f"train/{k}": v for k, v in train_stats.items()}, **val.flat(), "lr": optimizer.param_groups[-1]["lr"]}
         state["history"].append(record)
         improved = val.score > state["best_score"] + config.early_stopping.min_delta
@@ -378,7 +427,7 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
         raise DataError("no epoch was trained (optim.epochs already reached by the resumed run?)")
     model.load_state_dict(best_state)
     if best_val is None:  # resumed after the best epoch: score the best weights again
-        best_val = validate(model, val_loader, settings, ctx, progress=progress)
+        best_val = validate(step_model, val_loader, settings, ctx, progress=progress)
     metrics: dict[str, Any] = {
         "best_epoch": state["best_epoch"], "epochs_run": state["epoch"] + 1, "stopped_early": stopped_early,
         **best_val.flat(), "train_images": len(train_samples), "val_images": len(val_samples),
