@@ -99,7 +99,7 @@ def _structure_stats(scene: Scene, fibre: str) -> tuple[float, float]:
         img, inner = _on_belt(scene, ItemSpec(fibre, "grey", "towel", 77 + k), rng, Lighting())
         grey = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY).astype(np.float32)
         detail.append(float(np.abs(cv2.Laplacian(grey, cv2.CV_32F))[inner].mean()))
-        highlight.append(float((grey[inner] > 1.35 * np.median(grey[inner])).mean()))
+        highlight.append(float((grey[inner] > 1.6 * np.median(grey[inner])).mean()))
     return float(np.mean(detail)), float(np.mean(highlight))
 
 

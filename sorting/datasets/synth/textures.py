@@ -1,7 +1,8 @@
 """Per-fibre surface appearance: weave/knit structure, yarn irregularity, fuzz and sheen.
 
 Each fibre class has its own construction, exaggerated so it survives the camera's
-scale (a garment is 90-200 px long, so one structure period is a few pixels):
+scale (a garment is 90-200 px long and its crop is shrunk to about 96 px for the model,
+so structure periods are 9-17 frame px: 4-8 px in the crop, above the resize's blur):
 
 =========== ===========================================================
 cotton      plain weave or denim twill (white weft flecks), matte
@@ -76,31 +77,31 @@ def _cotton(h, w, rng):
     xx, yy = _grid(h, w)
     xx, yy = _rotate_coords(xx, yy, rng.uniform(-0.2, 0.2))
     if rng.random() < 0.35:  # denim: steep twill, white weft flecks
-        period = rng.uniform(5.5, 7.0)
+        period = rng.uniform(9.0, 11.0)
         twill = _tri((xx + 0.4 * yy) / period)
-        flecks = (rng.random((h, w)) < 0.12).astype(np.float32)
-        flecks = cv2.GaussianBlur(flecks, (3, 3), 0.7)
-        mod = 1.0 + 0.13 * twill + 0.55 * flecks + 0.05 * smooth_noise(h, w, 20, rng)
+        flecks = (rng.random((h, w)) < 0.05).astype(np.float32)
+        flecks = np.clip(cv2.GaussianBlur(flecks, (5, 5), 1.2) * 3.0, 0.0, 1.0)
+        mod = 1.0 + 0.24 * twill + 0.45 * flecks + 0.05 * smooth_noise(h, w, 20, rng)
         return Surface(mod, (45, 90), 0.55, 0.1, 0.0, 1.0, 0.0, 0.05)
-    period = rng.uniform(6.0, 7.5)
-    mod = 1.0 + 0.17 * _plain_weave(xx, yy, period) + 0.07 * smooth_noise(h, w, 14, rng)
+    period = rng.uniform(10.0, 12.0)
+    mod = 1.0 + 0.26 * _plain_weave(xx, yy, period) + 0.07 * smooth_noise(h, w, 14, rng)
     return Surface(mod, (40, 80), 0.55, 0.15, 0.0, 1.0, 0.0, 0.03)
 
 
 def _polyester(h, w, rng):
     mod = 1.0 + 0.015 * smooth_noise(h, w, 3, rng)
-    return Surface(mod, (50, 110), 0.45, 0.0, rng.uniform(0.45, 0.7), rng.uniform(3.0, 5.0), 0.0, 0.0)
+    return Surface(mod, (70, 140), 0.5, 0.0, rng.uniform(0.35, 0.5), rng.uniform(1.6, 2.4), 0.0, 0.0)
 
 
 def _wool(h, w, rng):
     xx, yy = _grid(h, w)
-    col_w = rng.uniform(7.0, 9.0)
+    col_w = rng.uniform(11.0, 14.0)
     row_h = col_w * rng.uniform(0.7, 0.85)
     local = xx / col_w - np.floor(xx / col_w)
     chevron = np.sin(2 * np.pi * (yy / row_h + 1.1 * np.abs(local - 0.5)))
     column = np.cos(2 * np.pi * xx / col_w)
     fuzz = cv2.GaussianBlur(rng.standard_normal((h, w)).astype(np.float32), (0, 0), 0.9)
-    mod = 1.0 + 0.2 * chevron + 0.08 * column + 0.12 * fuzz
+    mod = 1.0 + 0.3 * chevron + 0.1 * column + 0.12 * fuzz
     return Surface(mod, (60, 120), 0.4, 0.0, 0.0, 1.0, rng.uniform(0.8, 1.0), 0.06)
 
 
@@ -112,37 +113,37 @@ def _viscose(h, w, rng):
 def _polyamide(h, w, rng):
     xx, yy = _grid(h, w)
     xx, yy = _rotate_coords(xx, yy, rng.uniform(-0.15, 0.15))
-    cell = rng.uniform(9.0, 11.5)
+    cell = rng.uniform(14.0, 17.0)
     lines = np.maximum(np.abs(_tri(xx / cell)), np.abs(_tri(yy / cell)))
     grid = np.clip((lines - 0.72) / 0.28, 0.0, 1.0)
-    mod = 1.0 + 0.26 * grid - 0.06 + 0.03 * _plain_weave(xx, yy, 3.0)
+    mod = 1.0 + 0.38 * grid - 0.08 + 0.03 * _plain_weave(xx, yy, 3.0)
     return Surface(mod.astype(np.float32), (50, 100), 0.45, 0.0, rng.uniform(0.2, 0.3), 3.0, 0.0, 0.0)
 
 
 def _acrylic(h, w, rng):
     xx, yy = _grid(h, w)
-    period = rng.uniform(6.5, 8.5)
+    period = rng.uniform(10.0, 13.0)
     ribs = _tri(xx / period + 0.03 * smooth_noise(h, w, 30, rng))
-    pills = (rng.random((h, w)) < 0.02).astype(np.float32)
-    pills = cv2.GaussianBlur(pills, (5, 5), 1.1) * 6.0
-    mod = 1.0 + 0.2 * ribs + 0.35 * np.clip(pills, 0, 1.5) - 0.04
+    pills = (rng.random((h, w)) < 0.012).astype(np.float32)
+    pills = cv2.GaussianBlur(pills, (7, 7), 1.6) * 12.0
+    mod = 1.0 + 0.3 * ribs + 0.35 * np.clip(pills, 0, 1.5) - 0.04
     return Surface(mod, (60, 120), 0.45, 0.0, 0.0, 1.0, 0.35, 0.03)
 
 
 def _linen(h, w, rng):
     xx, yy = _grid(h, w)
-    period = rng.uniform(6.0, 7.5)
+    period = rng.uniform(9.0, 11.0)
     jitter = 0.5 * smooth_noise(h, w, 12, rng)
     weave = _plain_weave(xx + jitter * 2.0, yy, period)
     slubs = np.zeros((h, w), np.float32)
     for _ in range(int(h * w / 450)):
         x0, y0 = rng.uniform(-20, w), rng.uniform(0, h)
         length = rng.uniform(12, 40)
-        thick = int(rng.integers(2, 4))
+        thick = int(rng.integers(3, 5))
         sign = 1.0 if rng.random() < 0.6 else -1.0
         cv2.line(slubs, (int(x0), int(y0)), (int(x0 + length), int(y0 + rng.uniform(-1, 1))), sign, thick)
     slubs = cv2.GaussianBlur(slubs, (3, 3), 0.8)
-    mod = 1.0 + 0.1 * weave + 0.22 * slubs + 0.05 * smooth_noise(h, w, 8, rng)
+    mod = 1.0 + 0.14 * weave + 0.24 * slubs + 0.05 * smooth_noise(h, w, 8, rng)
     return Surface(mod, (35, 70), 0.5, rng.uniform(0.7, 1.0), 0.0, 1.0, 0.0, 0.08)
 
 
@@ -150,22 +151,22 @@ def _silk(h, w, rng):
     _, yy = _grid(h, w)
     floats = 0.03 * np.sin(2 * np.pi * yy / 3.0)
     mod = 1.0 + floats + 0.01 * smooth_noise(h, w, 6, rng)
-    return Surface(mod, (40, 80), 0.5, 0.0, rng.uniform(0.8, 1.0), rng.uniform(9.0, 14.0), 0.0, 0.0)
+    return Surface(mod, (40, 80), 0.5, 0.0, rng.uniform(0.85, 1.0), rng.uniform(10.0, 16.0), 0.0, 0.0)
 
 
 def _polycotton(h, w, rng):
     xx, yy = _grid(h, w)
-    period = rng.uniform(7.0, 8.5)
+    period = rng.uniform(11.0, 13.5)
     twill = _tri((xx + yy) / period)
-    mod = 1.0 + 0.18 * twill + 0.03 * smooth_noise(h, w, 16, rng)
+    mod = 1.0 + 0.26 * twill + 0.03 * smooth_noise(h, w, 16, rng)
     return Surface(mod, (45, 90), 0.5, 0.0, rng.uniform(0.08, 0.14), 2.5, 0.0, 0.0)
 
 
 def _other(h, w, rng):
     loops = rng.random((h, w)).astype(np.float32)
-    loops = cv2.GaussianBlur(loops, (0, 0), 1.6)
+    loops = cv2.GaussianBlur(loops, (0, 0), 2.6)
     loops = (loops - loops.mean()) / (loops.std() + 1e-6)
-    mod = 1.0 + 0.14 * np.clip(loops, -2.0, 2.0)
+    mod = 1.0 + 0.22 * np.clip(loops, -2.0, 2.0)
     return Surface(mod, (50, 100), 0.5, 0.0, 0.0, 1.0, 0.15, 0.02)
 
 
