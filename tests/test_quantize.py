@@ -50,7 +50,7 @@ def test_int8_keeps_metadata_and_records_the_recipe(models: tuple[Path, Path, Pa
     assert int8.quantization["format"] == "qdq" and int8.quantization["per_channel"] is True
     assert int8.quantization["n_calib"] == 16 and int8.quantization["source_model"] == "tiny.onnx"
     props = {p.key: p.value for p in onnx.load(str(models[2])).metadata_props}
-    assert json.loads(props["quantization"])["calibration"] == "minmax"
+    assert json.loads(props["quantization"])["calibration"] == "percentile"
 
 
 def test_int8_predictions_follow_fp32(models: tuple[Path, Path, Path]) -> None:
@@ -100,3 +100,19 @@ def test_histogram_calibration_with_uneven_image_count(models: tuple[Path, Path,
     recipe = OnnxClassifier.load(result.path).metadata.quantization
     assert recipe["calibration"] == "percentile" and recipe["n_calib"] == 16  # equal batches of 8
     assert _float_weight_nodes(result.path, "Conv") == [] and _float_weight_nodes(result.path, "Gemm") == []
+
+
+def test_colour_statistics_branch_stays_float_but_colour_head_does_not() -> None:
+    from onnx import TensorProto, helper
+
+    from sorting.models.quantize import float_nodes
+
+    nodes = [
+        helper.make_node("Mul", ["x", "x"], ["a"], name="/model/backbone/colour/Mul"),
+        helper.make_node("Gemm", ["a", "a"], ["colour_logits"], name="/model/heads/colour/Gemm"),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("colour_logits", TensorProto.FLOAT, [1, 1])])
+    model = helper.make_model(graph)
+    assert float_nodes(model, first_convs=0, heads=False) == ["/model/backbone/colour/Mul"]
+    assert float_nodes(model, first_convs=0, heads=True) == ["/model/backbone/colour/Mul", "/model/heads/colour/Gemm"]

@@ -64,8 +64,8 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib-split", help="use only this split of --calib (e.g. val)")
     p.add_argument("-o", "--output", type=Path, required=True, help="INT8 ONNX file to write")
     p.add_argument("--n-calib", type=int, default=300, help="calibration images (300)")
-    p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="minmax",
-                   help="activation range calibration (minmax)")
+    p.add_argument("--method", choices=["minmax", "percentile", "entropy"], default="percentile",
+                   help="activation range calibration (percentile: robust to outlier activations)")
     p.add_argument("--format", choices=["qdq", "qoperator"], default="qdq", help="quantized graph format (qdq)")
     p.add_argument("--no-reduce-range", dest="reduce_range", action="store_false",
                    help="full 8-bit weights (default 7-bit: avoids u8s8 saturation on CPUs without VNNI)")
