@@ -388,7 +388,7 @@ def _markdown(rows: list[dict[str, Any]], keys: list[str], machine: dict, config
         f"Speed: latency over {config['repeats']} single-image runs after {config['warmup']} warm-up runs; "
         f"throughput = median of repeated batch-{config['batch']} runs; all models measured in "
         f"{config['rounds']} interleaved rounds so machine noise hits them alike. "
-        f"INT8: static {config['int8_format'].upper()}, per-channel weights, MinMax calibration on "
+        f"INT8: static {config['int8_format'].upper()}, per-channel weights, percentile calibration (minmax where the histogram fails, e.g. untrained weights) on "
         f"up to {config['n_calib']} images "
         f"of {config['calib'] or '-'}.",
         f"Data (`PATH:SPLIT`): {', '.join(config['manifests']) or 'none'}. "

@@ -25,7 +25,7 @@ import logging
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -143,20 +143,16 @@ def quantize_model(
         try:
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             excluded = float_nodes(onnx.load(str(prepared)), options.float_first_convs, options.float_heads)
-            with _quiet_root_logger():
-                quantize_static(
-                    str(prepared),
-                    str(out_path),
-                    reader,
-                    quant_format=_FORMATS[options.format],
-                    per_channel=options.per_channel,
-                    reduce_range=options.reduce_range,
-                    activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=_METHODS[options.calibration],
-                    nodes_to_exclude=excluded,
-                    extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
-                )
+            try:
+                _quantize_static(prepared, out_path, reader, options, options.calibration, excluded)
+            except ValueError as exc:
+                if options.calibration == "minmax":
+                    raise
+                # Histogram calibrators fail on degenerate activation ranges (e.g. untrained weights).
+                log.warning("%s calibration failed (%s); falling back to minmax", options.calibration, exc)
+                reader.rewind()
+                options = replace(options, calibration="minmax")
+                _quantize_static(prepared, out_path, reader, options, "minmax", excluded)
         except (DataError, ModelFileError):
             raise
         except Exception as exc:  # onnxruntime's quantizer raises many types for graphs it cannot handle
@@ -170,6 +166,24 @@ def quantize_model(
 
 
 COLOUR_FEATURE_SCOPE = "/backbone/colour/"  # ONNX node-name scope of ColourAwareBackbone.colour
+
+
+def _quantize_static(prepared: Path, out_path: Path, reader: "ImageCalibrationReader", options: QuantizeOptions,
+                     method: str, excluded: list[str]) -> None:
+    with _quiet_root_logger():
+        quantize_static(
+            str(prepared),
+            str(out_path),
+            reader,
+            quant_format=_FORMATS[options.format],
+            per_channel=options.per_channel,
+            reduce_range=options.reduce_range,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=_METHODS[method],
+            nodes_to_exclude=excluded,
+            extra_options={"WeightSymmetric": True, "ActivationSymmetric": False},
+        )
 
 
 def float_nodes(model: onnx.ModelProto, first_convs: int, heads: bool) -> list[str]:
