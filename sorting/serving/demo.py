@@ -20,12 +20,14 @@ import numpy as np
 from sorting.config import load_config
 from sorting.datasets.synth.conveyor import render_conveyor_clip
 from sorting.models.export import export_checkpoint
+from sorting.models.onnx_model import read_metadata
 from sorting.paths import project_root
 from sorting.serving.line_config import load_line_config
 from sorting.serving.loop import ItemDecision, ServeSummary, serve_line
 from sorting.serving.policy import Policy, load_policy_config
 from sorting.serving.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
 from sorting.training.config import TrainConfig
+from sorting.training.plots import plot_counts, plot_histogram
 from sorting.training.trainer import fit
 
 log = logging.getLogger(__name__)
@@ -108,32 +110,11 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 
 def _plots(out_dir: Path, score: SortScore, latencies: list[float]) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    names = sorted(score.per_bin)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.bar(names, [score.per_bin[n] for n in names], color="#4c72b0")
-    ax.set_ylabel("items")
-    ax.set_title("items per bin")
-    ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    paths.append(out_dir / "bins.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    ax.hist(latencies or [0.0], bins=40, color="#55a868")
-    ax.set_xlabel("frame-to-decision latency (ms)")
-    ax.set_ylabel("items")
-    ax.set_title("decision latency")
-    fig.tight_layout()
-    paths.append(out_dir / "latency.png")
-    fig.savefig(paths[-1], dpi=100)
-    plt.close(fig)
-    return paths
+    return [
+        plot_counts(score.per_bin, out_dir / "bins.png", title="items per bin"),
+        plot_histogram(latencies, out_dir / "latency.png", title="decision latency",
+                       xlabel="frame-to-decision latency (ms)"),
+    ]
 
 
 def run_demo(cfg: DemoConfig) -> DemoReport:
@@ -174,9 +155,8 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
 
 
 def _labels_of(onnx_path: Path) -> dict[str, list[str]]:
-    from sorting.models.onnx_model import OnnxClassifier
-
-    return {h: list(v) for h, v in OnnxClassifier.load(onnx_path).metadata.labels.items()}
+    """Label names from the model's metadata (no second inference session)."""
+    return {h: list(v) for h, v in read_metadata(onnx_path).labels.items()}
 
 
 def _write_report(report: DemoReport, cfg: DemoConfig) -> None:

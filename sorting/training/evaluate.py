@@ -59,6 +59,20 @@ class ModelInfo:
     kind: str = "checkpoint"
 
 
+def _model_info(source: Any, heads: tuple[str, ...], kind: str) -> ModelInfo:
+    """ModelInfo from a loaded checkpoint or ONNX metadata (both carry the same fields)."""
+    return ModelInfo(
+        model_name=str(source.model_name),
+        heads=heads,
+        labels={h: list(source.labels[h]) for h in heads},
+        preprocess=source.preprocess,
+        temperature={h: float((source.temperature or {}).get(h, 1.0)) for h in heads},
+        ood=source.ood,
+        run_id=source.run_id,
+        kind=kind,
+    )
+
+
 class Predictor(Protocol):
     """A loaded model: ``info`` plus a forward pass on a preprocessed float32 NCHW batch."""
 
@@ -78,17 +92,7 @@ class TorchPredictor:
         self._threads = threads
         ckpt = load_checkpoint(path)
         self._model = ckpt.model.eval()
-        heads = tuple(h for h in HEADS if h in ckpt.labels)
-        self.info = ModelInfo(
-            model_name=str(ckpt.model_name),
-            heads=heads,
-            labels={h: list(ckpt.labels[h]) for h in heads},
-            preprocess=ckpt.preprocess,
-            temperature={h: float((ckpt.temperature or {}).get(h, 1.0)) for h in heads},
-            ood=ckpt.ood,
-            run_id=ckpt.run_id,
-            kind="checkpoint",
-        )
+        self.info = _model_info(ckpt, tuple(h for h in HEADS if h in ckpt.labels), "checkpoint")
 
     def forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         import torch
@@ -106,17 +110,7 @@ class OnnxPredictor:
 
         self._clf = OnnxClassifier.load(path, threads=threads)
         meta = self._clf.metadata
-        heads = tuple(h for h in HEADS if h in meta.heads)
-        self.info = ModelInfo(
-            model_name=str(meta.model_name),
-            heads=heads,
-            labels={h: list(meta.labels[h]) for h in heads},
-            preprocess=meta.preprocess,
-            temperature={h: float((meta.temperature or {}).get(h, 1.0)) for h in heads},
-            ood=meta.ood,
-            run_id=meta.run_id,
-            kind="onnx",
-        )
+        self.info = _model_info(meta, tuple(h for h in HEADS if h in meta.heads), "onnx")
 
     def forward(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         out = self._clf.predict_logits(np.ascontiguousarray(batch, dtype=np.float32))

@@ -113,3 +113,26 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     if title:
         fig.suptitle(title)
     return _save(fig, path)
+
+
+def plot_counts(counts: Mapping[str, int], path: str | Path, *, title: str = "", ylabel: str = "items") -> Path:
+    """Bar chart of named counts (e.g. items per bin), names sorted."""
+    plt = _pyplot()
+    names = sorted(counts)
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar(names, [counts[n] for n in names], color="#4c72b0")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    return _save(fig, path)
+
+
+def plot_histogram(values: Sequence[float], path: str | Path, *, title: str = "", xlabel: str = "") -> Path:
+    """Histogram of values (e.g. decision latencies)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.hist(list(values) or [0.0], bins=40, color="#55a868")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("count")
+    ax.set_title(title)
+    return _save(fig, path)
