@@ -242,7 +242,7 @@ def test_synthetic_conveyor_clip_one_decision_per_garment(tmp_path):
     scheduler = EjectorScheduler(cfg.ejector, policy_cfg, SimulatedActuator(), FixedSpeed(200.0, "px"), px_per_m=500)
     frames = [img for _, _, img in world.frames()]
     loop = SorterLoop(cfg, _TimedList(frames, gt["fps"]), clf, Policy(policy_cfg, clf.metadata.labels),
-                      scheduler=scheduler, keep_images=False)
+                      scheduler=scheduler, keep_images=True)
     results = list(loop.run())
     decisions = {d.track_id: d for r in results for d in r.decisions}
     owners: dict[int, dict[int, int]] = {it["id"]: {} for it in gt["items"]}

@@ -98,7 +98,8 @@ class ItemDecision:
 
 @dataclass
 class FrameResult:
-    """What happened in one loop iteration. ``image`` is the raw frame (None if not kept)."""
+    """What happened in one loop iteration. ``image`` is the raw frame and ``tracks`` the live
+    tracks' display views; both only when the loop keeps images for drawing."""
 
     index: int
     t: float
@@ -214,6 +215,8 @@ class SorterLoop:
         self.keep_images = keep_images
         self.clock = clock
         self.labels = {h: list(v) for h, v in classifier.metadata.labels.items()}
+        # only the heads the bins depend on may reject as OOD (a colour line ignores an unsure fibre head)
+        self.ood_heads = policy.config.heads_used() or frozenset(self.labels)
         cal = cfg.calibration
         self.corrector = ColourCorrector(cal.white_balance if cal.apply else (1, 1, 1),
                                          cal.exposure_gain if cal.apply else 1.0)
@@ -317,7 +320,7 @@ class SorterLoop:
             preds = self.classifier.predict(crops)
             for row, (tr, crop) in enumerate(zip(todo, crops)):
                 probs = {h: preds.probs[h][row] for h in preds.probs}
-                ood = any(bool(preds.ood[h][row]) for h in preds.ood)
+                ood = any(bool(preds.ood[h][row]) for h in preds.ood if h in self.ood_heads)
                 whole = tr.detection is not None and not tr.detection.edges
                 tr.add_view(probs, ood=ood, whole=whole, weight=self.tracker.view_weight(tr), frame=index)
                 area = tr.detection.area if tr.detection is not None else 0.0
@@ -345,7 +348,8 @@ class SorterLoop:
         self.frames_done += 1
         return FrameResult(
             index=index, t=t, image=image if self.keep_images else None, detections=detections,
-            tracks=[self._view(tr) for tr in self.tracker.tracks], decisions=items, timings_ms=timings,
+            tracks=[self._view(tr) for tr in self.tracker.tracks] if self.keep_images else [],
+            decisions=items, timings_ms=timings,
             n_classified=len(crops), items_decided=self.items_decided,
         )
 

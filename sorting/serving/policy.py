@@ -133,6 +133,17 @@ class PolicyConfig(StrictModel):
         """All bin ids (reject included) -> names."""
         return {self.reject.id: self.reject.name, **{b.id: b.name for b in self.bins}}
 
+    def heads_used(self) -> frozenset[str]:
+        """Heads the decision depends on: named by a rule, a threshold or a rule's min_confidence.
+
+        A colour-only line does not care whether the fibre head is unsure or out of its
+        distribution, so only these heads' OOD flags may reject an item.
+        """
+        used = set(self.thresholds)
+        for rule in self.rules:
+            used.update(rule.heads(), rule.min_confidence)
+        return frozenset(used)
+
 
 def load_policy_config(path: str | Path, overrides: list[str] | None = None) -> PolicyConfig:
     """Load and validate a bins YAML (structure only; labels are checked by :class:`Policy`)."""

@@ -36,6 +36,8 @@ from sorting.config import StrictModel
 log = logging.getLogger(__name__)
 
 Roi = tuple[int, int, int, int]
+BODY_MIN_LEVEL_PX = 2.0  # lowest cut of the distance map: below it, outline noise makes "peaks"
+BODY_LEVEL_STEP = 1.25
 
 
 class SegmentationConfig(StrictModel):
@@ -47,15 +49,17 @@ class SegmentationConfig(StrictModel):
     shape_check_every: int = 3
     min_area_px: int = 1500
     morph_kernel_px: int = 7
-    background_rate: float = 0.02
+    background_rate: float = 0.02  # per frame
+    background_every: int = 2  # update the belt model every n-th frame (at n x the rate): it drifts slowly
     static_s: float = 3.0
     border_margin_px: int = 3
     edge_contact_px: int = 4
     solidity_min: float = 0.4
-    core_level: float = 0.4
-    core_min_share: float = 0.35
+    body_prominence: float = 0.5
+    body_colour_delta: float = 12.0  # two bodies count only if their colours differ this much (0: always)
     colour_split_delta: float = 30.0
-    colour_split_min_share: float = 0.25
+    colour_split_lightness_weight: float = 0.25  # weight of L* against a*b*: < 1 ignores shading and folds
+    colour_split_min_share: float = 0.12
     colour_split_contiguity: float = 0.8
     ignore_rois: list[Roi] = []
 
@@ -91,6 +95,7 @@ class BeltSegmenter:
         self._static_frames = max(1, int(round(cfg.static_s * fps)))
         self._ignore = list(cfg.ignore_rois) + list(extra_ignore or [])
         self._background: np.ndarray | None = None
+        self._background_u8: np.ndarray | None = None  # the belt model rounded, refreshed on update
         self._fg_count: np.ndarray | None = None
         self._ignore_mask: np.ndarray | None = None
         self._shape: tuple[int, int] | None = None
@@ -108,6 +113,7 @@ class BeltSegmenter:
         # numpy axis of the belt's travel: columns (1) for x, rows (0) for y
         belt = np.median(small, axis=1 if self._along_axis == 0 else 0, keepdims=True).astype(np.float32)
         self._background = np.ascontiguousarray(np.broadcast_to(belt, small.shape), dtype=np.float32)
+        self._background_u8 = cv2.convertScaleAbs(self._background)
         self._fg_count = np.zeros(small.shape[:2], dtype=np.uint16)
         keep = np.full(small.shape[:2], 255, dtype=np.uint8)
         for x, y, w, h in self._ignore:
@@ -135,10 +141,11 @@ class BeltSegmenter:
         ycc = cv2.cvtColor(small, cv2.COLOR_BGR2YCrCb)  # the belt model lives in YCrCb: one conversion a frame
         if self._background is None or self._shape != full_shape:
             self._init(ycc, full_shape)
-        assert self._background is not None and self._fg_count is not None and self._ignore_mask is not None
-        mask = self._foreground(ycc, cv2.convertScaleAbs(self._background))
+        assert self._background_u8 is not None and self._ignore_mask is not None
+        mask = self._foreground(ycc, self._background_u8)
         mask = cv2.bitwise_and(mask, self._ignore_mask)
-        self._update_background(ycc, mask)
+        if self._frame % max(1, self.cfg.background_every) == 0:
+            self._update_background(ycc, mask)
         # close first: joins the fragments of a striped or textured garment, then drop specks
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._kernel)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
@@ -194,15 +201,18 @@ class BeltSegmenter:
 
     def _update_background(self, small: np.ndarray, raw_mask: np.ndarray) -> None:
         assert self._background is not None and self._fg_count is not None
-        cv2.accumulateWeighted(small, self._background, self.cfg.background_rate, mask=cv2.bitwise_not(raw_mask))
+        every = max(1, self.cfg.background_every)
+        rate = min(1.0, self.cfg.background_rate * every)
+        cv2.accumulateWeighted(small, self._background, rate, mask=cv2.bitwise_not(raw_mask))
         count = self._fg_count
-        count += 1
+        count += every
         count[raw_mask == 0] = 0
         if cv2.minMaxLoc(count)[1] >= self._static_frames:
             static = count >= self._static_frames
             self._background[static] = small[static]
             count[static] = 0
             log.debug("absorbed %d static pixels into the belt model", int(static.sum()))
+        self._background_u8 = cv2.convertScaleAbs(self._background)
 
     def _detections(self, mask: np.ndarray, small: np.ndarray, *, check_shape: bool, shape_min_area: float,
                     confirm: Callable[[frozenset[str], tuple[int, int, int, int]], frozenset[str]]) -> list[Detection]:
@@ -211,7 +221,6 @@ class BeltSegmenter:
         height, width = self._shape or mask.shape
         margin = self.cfg.border_margin_px
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        dist = cv2.distanceTransform(mask, cv2.DIST_L2, 3) if contours and check_shape else None
         out = []
         for contour in contours:
             area = cv2.contourArea(contour) * inv_area
@@ -237,11 +246,12 @@ class BeltSegmenter:
             if edges:
                 edges = confirm(edges, (x0, y0, x1 - x0, y1 - y0))
             cores, split = 1, False
-            if check_shape and not edges and area >= shape_min_area:
+            if check_shape and not edges:
                 own = np.zeros((h, w), np.uint8)
                 cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
-                cores = self._cores(dist, own, (x, y, w, h))
-                split = cores <= 1 and self._two_colour_regions(small[y : y + h, x : x + w], own)
+                cores = self._cores(own, small[y : y + h, x : x + w])
+                split = cores <= 1 and area >= shape_min_area and \
+                    self._two_colour_regions(small[y : y + h, x : x + w], own)
             overlap = solidity < self.cfg.solidity_min or cores > 1 or split
             out.append(
                 Detection(
@@ -258,25 +268,48 @@ class BeltSegmenter:
             )
         return out
 
-    def _cores(self, dist: np.ndarray | None, own: np.ndarray, rect: tuple[int, int, int, int]) -> int:
-        """Thick parts of a blob: regions above ``core_level`` x its maximum distance to the edge.
+    def _cores(self, own: np.ndarray, roi_bgr: np.ndarray) -> int:
+        """Separate bodies of a blob (``own``: its filled outline): peaks of its distance-to-edge map
+        that stand out by at least ``body_prominence`` of their own height above the saddle
+        joining them.
 
-        One garment has one thick body (sleeves and legs are thin); two touching garments
-        joined by a narrow contact have two.
+        Cut the map at a level L: a part whose own peak reaches L / (1 - prominence) rises at least
+        that share above any saddle to the rest. Sleeves, legs and sock feet widen into the
+        garment's body without a saddle, so one garment has one body at every level; two garments
+        joined by a narrow contact have two, even a thin sock beside a thick sweater (which a
+        single level relative to the blob's highest peak misses). Levels rise geometrically from
+        2 px (at the segmentation scale). The outline is filled first: holes where a fold's
+        shadow matched the belt must not cut one garment in two.
         """
-        if dist is None:
-            return 1
-        x, y, w, h = rect
-        sub = cv2.bitwise_and(dist[y : y + h, x : x + w], dist[y : y + h, x : x + w], mask=own)
+        sub = cv2.distanceTransform(cv2.copyMakeBorder(own, 1, 1, 1, 1, cv2.BORDER_CONSTANT), cv2.DIST_L2, 3)
         peak = cv2.minMaxLoc(sub)[1]
-        if peak <= 1.0:
+        if peak <= 4.0:
             return 1
-        core = cv2.threshold(sub, self.cfg.core_level * peak, 255, cv2.THRESH_BINARY)[1].astype(np.uint8)
-        n, _, stats, _ = cv2.connectedComponentsWithStats(core)
-        areas = stats[1:, cv2.CC_STAT_AREA]
-        if n <= 2:
-            return 1
-        return int(np.sum(areas >= self.cfg.core_min_share * areas.max()))
+        rise = 1.0 / (1.0 - self.cfg.body_prominence)
+        best = 1
+        level = BODY_MIN_LEVEL_PX
+        while level * rise <= peak:
+            parts = cv2.threshold(sub, level, 255, cv2.THRESH_BINARY)[1].astype(np.uint8)
+            n, labels = cv2.connectedComponents(parts)
+            if n > 2:
+                tops = np.zeros(n, np.float32)
+                np.maximum.at(tops, labels.ravel(), sub.ravel())
+                bodies = [k for k in range(1, n) if tops[k] >= rise * level]
+                if len(bodies) > 1 and self._colours_differ(roi_bgr, labels[1:-1, 1:-1], bodies):
+                    best = max(best, len(bodies))
+            level *= BODY_LEVEL_STEP
+        return best
+
+    def _colours_differ(self, roi_bgr: np.ndarray, labels: np.ndarray, bodies: list[int]) -> bool:
+        """Whether some two bodies differ in mean colour (weighted Lab, as the colour split) by more
+        than ``body_colour_delta``: a garment pinched in two by a fold's shadow has one colour."""
+        if self.cfg.body_colour_delta <= 0:
+            return True
+        lab = cv2.cvtColor(roi_bgr, cv2.COLOR_BGR2Lab)
+        means = np.array([cv2.mean(lab, mask=(labels == k).astype(np.uint8))[:3] for k in bodies], np.float32)
+        means[:, 0] *= self.cfg.colour_split_lightness_weight
+        gaps = np.linalg.norm(means[:, None, :] - means[None, :, :], axis=2)
+        return float(gaps.max()) > self.cfg.body_colour_delta
 
     def _two_colour_regions(self, roi_bgr: np.ndarray, own: np.ndarray) -> bool:
         """Two garments of different colour lying on each other: the blob's pixels fall into two
@@ -286,7 +319,9 @@ class BeltSegmenter:
         if self.cfg.colour_split_delta <= 0:
             return False
         lab = cv2.cvtColor(roi_bgr[::3, ::3], cv2.COLOR_BGR2Lab).astype(np.float32)
-        inside = own[::3, ::3] > 0
+        lab[..., 0] *= self.cfg.colour_split_lightness_weight
+        core = cv2.erode(own, None, iterations=2, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        inside = core[::3, ::3] > 0  # the outline's pixels are part belt
         pixels = lab[inside]
         if len(pixels) < 40:
             return False

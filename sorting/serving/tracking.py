@@ -61,7 +61,7 @@ class TrackingConfig(StrictModel):
     ood_min_fraction: float = 0.5
     overlap_min_frames: int = 2
     overlap_min_fraction: float = 0.4
-    colour_min_fraction: float = 0.8
+    colour_min_fraction: float = 0.6
     evidence_area_factor: float = 1.2
     fragment_max_whole_frames: int = 10
     fragment_margin_px: float = 10.0
@@ -124,7 +124,7 @@ class Track:
     detection: Detection | None = None  # this frame's detection, None when missed
     merged: bool = False  # shares its blob with another track this frame
     merge_frames: int = 0
-    split_suspect: bool = False  # appeared mid-belt: probably split off a merged blob
+    split_suspect: bool = False  # appeared mid-belt next to another item: probably split off a merged blob
     overlap_frames: int = 0  # checked frames with any sign of several garments (for display)
     checked_frames: int = 0  # frames whose shape was examined for overlap
     core_frames: int = 0  # ... with two thick bodies, while larger than a typical item
@@ -221,15 +221,16 @@ class Tracker:
     def tracks(self) -> list[Track]:
         return list(self._tracks)
 
-    def _new_track(self, det: Detection, frame: int, t: float) -> Track:
+    def _new_track(self, det: Detection, frame: int, t: float, *, beside_track: bool = False) -> Track:
         track = Track(
             id=self._next_id, centroid=det.centroid, bbox=det.bbox, area=det.area,
             velocity=self.belt.velocity(self.speed_px_s), first_frame=frame, first_t=t, last_frame=frame,
             last_t=t, start_along=self.belt.along(det.centroid), detection=det,
         )
         track.log_space = self.cfg.aggregation == "log_sum"
-        # Items enter over the entry edge; one that appears elsewhere after start-up is split off a blob.
-        track.split_suspect = self._frames_seen > 1 and self.belt.entry_edge not in det.edges
+        # Items enter over the entry edge; one that appears elsewhere after start-up, right beside
+        # another item, split off a blob. Alone, it is a low-contrast garment seen late.
+        track.split_suspect = self._frames_seen > 1 and self.belt.entry_edge not in det.edges and beside_track
         self._next_id += 1
         self._note(track, det)
         return track
@@ -242,7 +243,7 @@ class Tracker:
         if det.shape_checked:
             big = typical is None or det.area >= self.cfg.evidence_area_factor * typical  # = shape_evidence_min_area
             signs = (
-                big and det.n_cores > 1,
+                det.n_cores > 1,
                 big and det.two_colour_regions,
                 typical is not None and det.area > self.cfg.large_area_factor * typical,
                 det.overlap_suspect and det.n_cores <= 1 and not det.two_colour_regions,  # low solidity
@@ -342,7 +343,7 @@ class Tracker:
                 parent.bbox = _union(parent.bbox, det.bbox)  # the garment spans both pieces
                 log.debug("blob at %s is a piece of track %d (absorbed)", det.bbox, parent.id)
                 continue
-            alive.append(self._new_track(det, frame, t))
+            alive.append(self._new_track(det, frame, t, beside_track=self._beside_track(det, predicted_boxes)))
         self._tracks = alive
         return TrackUpdate(active=list(alive), lost=lost)
 
@@ -363,6 +364,13 @@ class Tracker:
             if ix > 0 and iy > 0 and ix * iy >= FRAGMENT_MIN_SHARE * bw * bh:
                 return tr
         return None
+
+    def _beside_track(self, det: Detection, boxes: dict[int, tuple[float, float, float, float]]) -> bool:
+        """Whether a track's predicted box, grown by ``max_match_px``, touches this blob's box."""
+        bx, by, bw, bh = det.bbox
+        m = self.cfg.max_match_px
+        return any(bx < x + w + m and x - m < bx + bw and by < y + h + m and y - m < by + bh
+                   for x, y, w, h in boxes.values())
 
     def _absorb_entering(self, sharing: dict[int, list[int]]) -> set[int]:
         """Parts of one garment seen as separate blobs for a short while (two legs entering, a
