@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sorting.datasets.synth.conveyor import render_conveyor_clip
+from sorting.datasets.synth.conveyor import WORLD_VERSION, render_conveyor_clip
 from sorting.errors import ConfigError
 from sorting.models.onnx_model import OnnxClassifier
 from sorting.serving.actuators import SimulatedActuator
@@ -287,7 +287,7 @@ def _line_config(bench: BenchConfig, video: Path, speed_px_s: float) -> LineConf
 
 def render_bench_clip(bench: BenchConfig) -> tuple[Path, Path]:
     """Render (or reuse) the dense clip for ``bench``; returns (video, ground truth)."""
-    name = f"clip-n{bench.items}-s{bench.seed}-v{bench.belt_speed_px_s:g}-h{bench.hard_fraction:g}"
+    name = f"clip-w{WORLD_VERSION}-n{bench.items}-s{bench.seed}-v{bench.belt_speed_px_s:g}-h{bench.hard_fraction:g}"
     folder = bench.out_dir.parent / "clips" / name
     video, gt = folder / "conveyor.mp4", folder / "conveyor_gt.json"
     if not (video.is_file() and gt.is_file()):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from sorting.config import load_config
-from sorting.datasets.synth.conveyor import render_conveyor_clip
+from sorting.datasets.synth.conveyor import WORLD_VERSION, render_conveyor_clip
 from sorting.models.export import export_checkpoint
 from sorting.models.onnx_model import read_metadata
 from sorting.paths import project_root
@@ -123,7 +123,7 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path, ckpt_path, trained_now = _train_and_export(cfg, root)
 
-    clip_dir = cfg.out_dir / f"clip-n{cfg.items}-s{cfg.seed}"
+    clip_dir = cfg.out_dir / f"clip-w{WORLD_VERSION}-n{cfg.items}-s{cfg.seed}"
     gt_path = clip_dir / "conveyor_gt.json"
     if not gt_path.is_file():
         render_conveyor_clip(clip_dir, n_items=cfg.items, seed=cfg.seed, belt_speed_px_s=cfg.belt_speed_px_s)

@@ -124,14 +124,12 @@ class Track:
     detection: Detection | None = None  # this frame's detection, None when missed
     merged: bool = False  # shares its blob with another track this frame
     merge_frames: int = 0
-    split_suspect: bool = False  # appeared mid-belt next to another item: probably split off a merged blob
     overlap_frames: int = 0  # checked frames with any sign of several garments (for display)
     checked_frames: int = 0  # frames whose shape was examined for overlap
     core_frames: int = 0  # ... with two thick bodies, while larger than a typical item
     colour_frames: int = 0  # ... with two large regions of different colour, while larger than typical
     huge_frames: int = 0  # ... far larger than a typical item
     thin_frames: int = 0  # ... with very low solidity
-    fragment_frames: int = 0  # frames in which a piece split off this track's blob (absorbed)
     whole_frames: int = 0
     side_frames: int = 0
     n_views: int = 0
@@ -221,16 +219,13 @@ class Tracker:
     def tracks(self) -> list[Track]:
         return list(self._tracks)
 
-    def _new_track(self, det: Detection, frame: int, t: float, *, beside_track: bool = False) -> Track:
+    def _new_track(self, det: Detection, frame: int, t: float) -> Track:
         track = Track(
             id=self._next_id, centroid=det.centroid, bbox=det.bbox, area=det.area,
             velocity=self.belt.velocity(self.speed_px_s), first_frame=frame, first_t=t, last_frame=frame,
             last_t=t, start_along=self.belt.along(det.centroid), detection=det,
         )
         track.log_space = self.cfg.aggregation == "log_sum"
-        # Items enter over the entry edge; one that appears elsewhere after start-up, right beside
-        # another item, split off a blob. Alone, it is a low-contrast garment seen late.
-        track.split_suspect = self._frames_seen > 1 and self.belt.entry_edge not in det.edges and beside_track
         self._next_id += 1
         self._note(track, det)
         return track
@@ -339,11 +334,10 @@ class Tracker:
                 continue
             parent = self._fragment_parent(det, self._tracks, predicted_boxes)
             if parent is not None:
-                parent.fragment_frames += 1
                 parent.bbox = _union(parent.bbox, det.bbox)  # the garment spans both pieces
                 log.debug("blob at %s is a piece of track %d (absorbed)", det.bbox, parent.id)
                 continue
-            alive.append(self._new_track(det, frame, t, beside_track=self._beside_track(det, predicted_boxes)))
+            alive.append(self._new_track(det, frame, t))
         self._tracks = alive
         return TrackUpdate(active=list(alive), lost=lost)
 
@@ -364,13 +358,6 @@ class Tracker:
             if ix > 0 and iy > 0 and ix * iy >= FRAGMENT_MIN_SHARE * bw * bh:
                 return tr
         return None
-
-    def _beside_track(self, det: Detection, boxes: dict[int, tuple[float, float, float, float]]) -> bool:
-        """Whether a track's predicted box, grown by ``max_match_px``, touches this blob's box."""
-        bx, by, bw, bh = det.bbox
-        m = self.cfg.max_match_px
-        return any(bx < x + w + m and x - m < bx + bw and by < y + h + m and y - m < by + bh
-                   for x, y, w, h in boxes.values())
 
     def _absorb_entering(self, sharing: dict[int, list[int]]) -> set[int]:
         """Parts of one garment seen as separate blobs for a short while (two legs entering, a
@@ -457,8 +444,7 @@ class Tracker:
         share = self.cfg.overlap_min_fraction
         overlap = (shown(track.core_frames, share) or shown(track.colour_frames, self.cfg.colour_min_fraction)
                    or shown(track.huge_frames, share) or shown(track.thin_frames, share)
-                   or track.fragment_frames >= self.cfg.overlap_min_frames
-                   or track.merge_frames > 0 or track.split_suspect)
+                   or track.merge_frames > 0)
         return ItemSummary(
             track_id=track.id, probs=track.probs(), n_views=track.n_views, ood=ood, overlap=overlap,
             cut_off=cut_off, first_frame=track.first_frame, last_frame=track.last_frame,

@@ -45,6 +45,10 @@ from sorting.taxonomy import Taxonomy, load_taxonomy
 log = logging.getLogger(__name__)
 
 MIN_GAP_PX = 10  # clear belt between non-touching garments (mask to mask)
+# A whole garment keeps this clear of the frame's side edge: the camera sees the full belt width,
+# so one that touches the edge is indistinguishable from one cut by it (that is the cut_off case).
+EDGE_CLEARANCE_PX = 6
+WORLD_VERSION = 2  # bump when the same config renders a different clip (names of cached clips)
 CAST_GAINS_BGR = (0.72, 1.04, 1.3)  # strong warm/orange cast (e.g. a sodium lamp switched on)
 
 
@@ -214,7 +218,7 @@ class ConveyorWorld:
         if cut_off:
             y_mask = bottom - int(bh * rng.uniform(0.55, 0.8))
         else:
-            y_mask = int(rng.integers(top, max(top + 1, bottom - bh)))
+            y_mask = int(rng.integers(top, max(top + 1, bottom - bh - EDGE_CLEARANCE_PX)))
         x_mask1 = min(cursor, self._conflicts((0, y_mask, bw, bh), placed, None))
         return PlannedItem(item_id, spec, sil, x_mask1 - bw - bx, y_mask - by, box,
                            hard_reason="cut_off" if cut_off else None)
@@ -232,7 +236,8 @@ class ConveyorWorld:
         pmask = partner.silhouette.posed_mask() > 127
         grown = cv2.dilate(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
         for _ in range(8):  # a few vertical offsets; keep the first that touches only the partner
-            y_mask = int(np.clip(py + ph / 2 - bh / 2 + rng.uniform(-0.35, 0.35) * ph, top, max(top, bottom - bh)))
+            y_mask = int(np.clip(py + ph / 2 - bh / 2 + rng.uniform(-0.35, 0.35) * ph, top,
+                                 max(top, bottom - bh - EDGE_CLEARANCE_PX)))
             x_mask1 = self._touch_position(grown, box, y_mask, partner, pmask)
             if x_mask1 is not None and x_mask1 <= self._conflicts((0, y_mask, bw, bh), placed, ignore=partner.id):
                 break
