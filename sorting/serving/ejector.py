@@ -87,7 +87,8 @@ class EncoderSpeed:
 
     Speed is the count rate over the last ``window_s`` times ``distance_per_count``. With no new
     counts for ``stale_s`` the belt is treated as stopped (0): pending items then wait instead of
-    being fired at a wrong time. ``wrap`` is the counter modulus (e.g. 2**32) when it rolls over.
+    being fired at a wrong time. ``wrap`` is the counter modulus (e.g. 2**32) when it rolls over;
+    a step of more than half of it counts as a step back (ignored), not as a leap forward.
     """
 
     def __init__(
@@ -118,6 +119,8 @@ class EncoderSpeed:
                 delta = counts - self._last_raw
                 if self.wrap is not None:
                     delta %= self.wrap
+                    if delta >= self.wrap // 2:  # a small step back (jitter), not most of a turn forward
+                        delta -= self.wrap
                 if delta < 0:
                     log.warning("encoder counter went backwards (%d -> %d); belt reversing?", self._last_raw, counts)
                     delta = 0
@@ -126,6 +129,16 @@ class EncoderSpeed:
             self._samples.append((t, self._total))
             while len(self._samples) > 2 and t - self._samples[1][0] >= self.window_s:
                 self._samples.popleft()
+
+    def reset(self) -> None:
+        """Forget the last reading: the next one starts a new baseline (speed 0 until a second one).
+
+        Call after a lost link: the PLC may have restarted its counter meanwhile, and a jump
+        measured across the outage (or a wrap of it) must not turn into a burst of speed.
+        """
+        with self._lock:
+            self._samples.clear()
+            self._last_raw = None
 
     def speed(self, now: float) -> float:
         with self._lock:

@@ -18,6 +18,7 @@ from sorting.errors import ConfigError
 from sorting.serving.actuators import ActuatorConfig
 from sorting.serving.decision_log import DecisionLogConfig
 from sorting.serving.ejector import EjectorConfig
+from sorting.serving.encoder import EncoderConfig
 from sorting.serving.segmentation import SegmentationConfig
 from sorting.serving.sources import Backoff
 from sorting.serving.telemetry import TelemetryConfig
@@ -66,15 +67,25 @@ class CalibrationConfig(StrictModel):
 
 
 class BeltConfig(StrictModel):
+    """Belt speed: fixed (``speed_px_s`` or ``speed_m_s``), or measured by ``encoder``.
+
+    With an encoder the fixed speed stays required as the nominal speed: the tracker's first
+    guess for a new item, and the speed used for recorded clips (they run on their own clock).
+    """
+
     speed_px_s: float | None = Field(default=None, gt=0)
     speed_m_s: float | None = Field(default=None, gt=0)
     px_per_m: float | None = Field(default=None, gt=0)
     direction: Literal["+x", "-x", "+y", "-y"] = "+x"
+    encoder: EncoderConfig | None = None
 
     @model_validator(mode="after")
     def _speed(self) -> "BeltConfig":
         if self.speed_px_s is None and (self.speed_m_s is None or self.px_per_m is None):
             raise ValueError("give belt.speed_px_s, or belt.speed_m_s together with belt.px_per_m")
+        if self.encoder is not None and self.px_per_m is None:
+            raise ValueError("belt.encoder measures the belt in metres: set belt.px_per_m (image pixels per metre) "
+                             "to convert it to pixels")
         return self
 
     @property

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,8 @@ from sorting.serving.actuators import Actuator, bin_addresses, make_actuator
 from sorting.serving.annotate import VideoWriter, annotate_frame
 from sorting.serving.colour_calibration import ColourCorrector, ContinuousWhiteBalance
 from sorting.serving.decision_log import DecisionLog
-from sorting.serving.ejector import EjectorScheduler, FixedSpeed
+from sorting.serving.ejector import EjectorScheduler
+from sorting.serving.encoder import EncoderReader, belt_speed, drop_held_firings
 from sorting.serving.line_config import LineConfig
 from sorting.serving.policy import Decision, ItemEvidence, Policy, load_policy_config
 from sorting.serving.segmentation import BeltSegmenter, Detection
@@ -201,6 +203,7 @@ class SorterLoop:
         scheduler: EjectorScheduler | None = None,
         telemetry: Telemetry | None = None,
         watcher: ModelWatcher | None = None,
+        encoder: EncoderReader | None = None,
         keep_images: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -212,6 +215,8 @@ class SorterLoop:
         self.scheduler = scheduler
         self.telemetry = telemetry
         self.watcher = watcher
+        self.encoder = encoder
+        self.encoder_px_per_m = cfg.belt.px_per_m or 0.0
         self.keep_images = keep_images
         self.clock = clock
         self.labels = {h: list(v) for h, v in classifier.metadata.labels.items()}
@@ -309,6 +314,8 @@ class SorterLoop:
                                             shape_min_area=self.tracker.shape_evidence_min_area)
         tac = time.perf_counter()
         timings["segment"] = (tac - tic) * 1e3
+        if self.encoder is not None and (speed := self.encoder.speed.speed(self.clock())) > 0:
+            self.tracker.speed_px_s = speed * self.encoder_px_per_m  # new items start at the measured speed
         update = self.tracker.update(detections, index, t)
         tic = time.perf_counter()
         timings["track"] = (tic - tac) * 1e3
@@ -458,7 +465,7 @@ class SorterLoop:
         return {stage: total / n for stage, total in self.stage_totals_ms.items()}
 
     def close(self) -> None:
-        """Release source, actuator, log and metrics endpoint (idempotent).
+        """Release source, belt encoder, actuator, log and metrics endpoint (idempotent).
 
         The decision log's summary is kept in :attr:`log_summary` before the log is closed.
         """
@@ -466,6 +473,8 @@ class SorterLoop:
             return
         self._closed = True
         self.source.close()
+        if self.encoder is not None:
+            self.encoder.close()
         if self.scheduler is not None:
             self.scheduler.actuator.close()
         if self.decision_log is not None:
@@ -504,14 +513,17 @@ def build_sorter(
                                  on_missed=lambda f, why: decision_log.mark_missed(f.item_id, why)
                                  if f.item_id is not None else None,
                                  on_connection=telemetry.on_actuator_connection)
-    belt = cfg.belt
-    speed = FixedSpeed(belt.pixels_per_second, "px")
-    scheduler = EjectorScheduler(cfg.ejector, policy_cfg, actuator, speed, px_per_m=belt.px_per_m)
+    speed, encoder = belt_speed(cfg.belt, live=frames.live, on_status=telemetry.on_encoder)
+    scheduler = EjectorScheduler(cfg.ejector, policy_cfg, actuator, speed, px_per_m=cfg.belt.px_per_m)
     watcher = ModelWatcher(model_path, threads=cfg.model.threads, poll_s=cfg.model.reload_poll_s) \
         if cfg.model.hot_reload else None
     telemetry.start()
-    return SorterLoop(cfg, frames, classifier, policy, decision_log=decision_log, scheduler=scheduler,
-                      telemetry=telemetry, watcher=watcher, keep_images=keep_images)
+    loop = SorterLoop(cfg, frames, classifier, policy, decision_log=decision_log, scheduler=scheduler,
+                      telemetry=telemetry, watcher=watcher, encoder=encoder, keep_images=keep_images)
+    if encoder is not None:
+        encoder.on_gap = partial(drop_held_firings, scheduler, decision_log, telemetry)
+        encoder.start()
+    return loop
 
 
 @dataclass

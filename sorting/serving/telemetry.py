@@ -66,6 +66,10 @@ class Telemetry:
                                       ["bin", "reason"], namespace=ns, registry=reg)
         self.actuator_connected = Gauge("actuator_connected", "1 when the actuator link is up",
                                         namespace=ns, registry=reg)
+        self.belt_speed = Gauge("belt_speed_m_s", "Belt speed measured by the encoder (lines with one)",
+                                ["encoder"], namespace=ns, registry=reg)
+        self.encoder_connected = Gauge("encoder_connected", "1 when the belt encoder link is up", ["encoder"],
+                                       namespace=ns, registry=reg)
         self.model_info = Gauge("model_info", "1 for the model currently serving", ["model_id"],
                                 namespace=ns, registry=reg)
         self.actuator_connected.set(1)
@@ -124,6 +128,11 @@ class Telemetry:
     def on_actuator_connection(self, connected: bool) -> None:
         """Hook for ``ModbusTcpActuator(on_connection=...)``."""
         self.actuator_connected.set(1 if connected else 0)
+
+    def on_encoder(self, encoder: str, connected: bool, speed_m_s: float) -> None:
+        """Hook for ``EncoderReader(on_status=...)``: link state and measured speed of ``encoder``."""
+        self.encoder_connected.labels(encoder=encoder).set(1 if connected else 0)
+        self.belt_speed.labels(encoder=encoder).set(speed_m_s)
 
     def set_model(self, model_id: str) -> None:
         """Mark ``model_id`` as the serving model (after start-up or a hot reload)."""

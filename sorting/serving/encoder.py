@@ -1,0 +1,261 @@
+"""Measured belt speed: a shaft encoder's counter read from a PLC over Modbus TCP.
+
+:class:`EncoderReader` polls the counter register every ``poll_s`` in its own thread and feeds
+an :class:`~sorting.serving.ejector.EncoderSpeed` (``reader.speed``, in m/s), which is the
+ejector scheduler's speed source. The counter is read as unsigned (a signed PLC counter works
+the same) and may wrap at 2**16 (``words: 1``) or 2**32 (``words: 2``, both words in one request;
+``word_order: high_first`` means the register at ``address`` holds the high 16 bits).
+
+Link loss: the reader logs it, closes the socket and reconnects with exponential back-off; it
+never raises into the loop. While no reading arrives the speed goes stale and reads 0 after
+``stale_s``, so the scheduler *holds* pending items instead of firing them at a time computed
+from a speed nobody measures. The belt may have run on meanwhile, so when readings resume
+after such a gap the held firings are not made late either: ``on_gap`` (wired to
+:func:`drop_held_firings` by the loop) drops them as missed ``encoder`` and their items ride
+to the end-of-belt reject. After a reconnect the counter baseline starts afresh (the PLC may
+have restarted its counter), so a jump across the outage never shows up as a burst of speed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field, model_validator
+
+from sorting.config import StrictModel
+from sorting.serving.actuators import Firing
+from sorting.serving.ejector import EjectorScheduler, EncoderSpeed, FixedSpeed, SpeedSource
+
+if TYPE_CHECKING:
+    from sorting.serving.decision_log import DecisionLog
+    from sorting.serving.line_config import BeltConfig
+    from sorting.serving.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+# (encoder name "host:port", link up, speed in m/s): called from the reader thread after every poll
+EncoderStatusCallback = Callable[[str, bool, float], None]
+# seconds without a reading (longer than stale_s): called from the reader thread when readings resume
+GapCallback = Callable[[float], None]
+
+
+class EncoderConfig(StrictModel):
+    """``belt.encoder`` section of the line config (see serving/README.md)."""
+
+    kind: Literal["modbus"] = "modbus"
+    host: str = "127.0.0.1"
+    port: int = Field(default=502, ge=1, le=65535)
+    unit_id: int = Field(default=1, ge=0, le=255, description="Modbus device (unit/slave) id")
+    address: int = Field(ge=0, le=65535, description="register address of the counter (its first word)")
+    register_type: Literal["input", "holding"] = "holding"
+    words: Literal[1, 2] = Field(default=1, description="1: 16-bit counter, 2: 32-bit counter")
+    word_order: Literal["high_first", "low_first"] = "high_first"
+    distance_per_count_m: float = Field(gt=0, description="belt travel per counter step, metres")
+    poll_s: float = Field(default=0.02, gt=0)
+    window_s: float = Field(default=0.3, gt=0, description="speed = counts over this window")
+    stale_s: float = Field(default=0.5, gt=0, description="no reading this long: speed 0, held items dropped later")
+    timeout_ms: float = Field(default=200, gt=0, description="Modbus connect/request timeout")
+    retry_initial_ms: float = Field(default=100, gt=0)
+    retry_max_ms: float = Field(default=5000, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> EncoderConfig:
+        if self.address + self.words - 1 > 65535:
+            raise ValueError(f"belt.encoder: a {16 * self.words}-bit counter at address {self.address} "
+                             "runs past register 65535")
+        if self.window_s <= self.poll_s or self.stale_s <= self.poll_s:
+            raise ValueError(
+                f"belt.encoder: window_s ({self.window_s}) and stale_s ({self.stale_s}) must be longer than "
+                f"poll_s ({self.poll_s}), or the speed drops to 0 between two readings"
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class EncoderReader:
+    """Polls the encoder counter in a thread; ``speed`` is the measured belt speed in m/s.
+
+    Call :meth:`start` (or use it as a context manager) and :meth:`close` at the end.
+    ``on_status`` (see :data:`EncoderStatusCallback`) and ``on_gap`` (see :data:`GapCallback`;
+    may be set until :meth:`start`) are called from the reader thread.
+    """
+
+    def __init__(
+        self,
+        config: EncoderConfig,
+        *,
+        on_status: EncoderStatusCallback | None = None,
+        on_gap: GapCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        from pymodbus.client import ModbusTcpClient
+
+        self.config = config
+        self.clock = clock
+        self.on_status = on_status
+        self.on_gap = on_gap
+        self.speed = EncoderSpeed(config.distance_per_count_m, "m", window_s=config.window_s,
+                                  stale_s=config.stale_s, wrap=2 ** (16 * config.words))
+        self.readings = 0
+        self.reconnects = 0
+        self._client = ModbusTcpClient(
+            config.host, port=config.port, timeout=config.timeout_ms / 1000.0, retries=0, reconnect_delay=0
+        )
+        self._connected = False
+        self._ever_connected = False
+        self._last_reading: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="belt-encoder", daemon=True)
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def start(self) -> EncoderReader:
+        """Start polling (idempotent)."""
+        if not self._thread.is_alive() and not self._stop.is_set():
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop polling and close the connection (idempotent)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(self.config.timeout_ms / 1000.0 * 2 + 1.0)
+            if self._thread.is_alive():
+                log.error("belt encoder reader did not stop in time")
+
+    def __enter__(self) -> EncoderReader:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reader thread ---------------------------------------------------------------------
+    def _connect(self) -> bool:
+        try:
+            ok = bool(self._client.connect())
+        except Exception as exc:  # pymodbus raises ModbusException/OSError subclasses
+            log.debug("encoder connect failed: %s", exc)
+            ok = False
+        if not ok:
+            self._client.close()
+            return False
+        self.speed.reset()  # the PLC may have restarted its counter while we were away
+        if self._ever_connected:
+            self.reconnects += 1
+        self._ever_connected = self._connected = True
+        log.info("belt encoder connected to %s (%s register %d)", self.config.name, self.config.register_type,
+                 self.config.address)
+        return True
+
+    def _read(self) -> int:
+        cfg = self.config
+        read = self._client.read_input_registers if cfg.register_type == "input" else \
+            self._client.read_holding_registers
+        resp = read(cfg.address, count=cfg.words, device_id=cfg.unit_id)
+        if resp.isError():
+            raise OSError(f"PLC refused to read {cfg.register_type} register {cfg.address} (x{cfg.words}): {resp}")
+        words = list(resp.registers)
+        if cfg.word_order == "low_first":
+            words.reverse()
+        value = 0
+        for word in words:
+            value = (value << 16) | (word & 0xFFFF)
+        return value
+
+    def _report(self) -> None:
+        if self.on_status is None:
+            return
+        try:
+            self.on_status(self.config.name, self._connected, self.speed.speed(self.clock()))
+        except Exception:  # a faulty callback must not stop the speed measurement
+            log.exception("encoder on_status callback failed")
+
+    def _after_gap(self, t: float) -> None:
+        last, self._last_reading = self._last_reading, t
+        if last is None or t - last <= self.config.stale_s or self.on_gap is None:
+            return
+        try:
+            self.on_gap(t - last)
+        except Exception:  # a faulty callback must not stop the speed measurement
+            log.exception("encoder on_gap callback failed")
+
+    def _run(self) -> None:
+        cfg = self.config
+        initial = cfg.retry_initial_ms / 1000.0
+        backoff = initial
+        next_poll = self.clock()
+        while not self._stop.is_set():
+            if self._connected or self._connect():
+                t0 = self.clock()
+                try:
+                    counts = self._read()
+                except Exception as exc:  # link lost or register refused: reconnect with back-off
+                    log.warning("belt encoder at %s: %s; reconnecting (speed reads 0 once stale)", cfg.name, exc)
+                    self._client.close()
+                    self._connected = False
+                else:
+                    # the PLC sampled the counter between request and response: take the middle
+                    t = (t0 + self.clock()) / 2.0
+                    self._after_gap(t)
+                    self.speed.update(counts, t)
+                    self.readings += 1
+                    backoff = initial
+                    self._report()
+                    next_poll = max(next_poll + cfg.poll_s, self.clock())  # behind: no burst of catch-up polls
+                    self._stop.wait(next_poll - self.clock())
+                    continue
+            elif backoff == initial:
+                log.warning("cannot reach belt encoder at %s; retrying with back-off", cfg.name)
+            self._report()
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2.0, cfg.retry_max_ms / 1000.0)
+        self._client.close()
+        self._connected = False
+
+
+def belt_speed(
+    belt: BeltConfig, *, live: bool, on_status: EncoderStatusCallback | None = None
+) -> tuple[SpeedSource, EncoderReader | None]:
+    """The ejector's speed source for ``belt``, plus the encoder reader to start and close (if any).
+
+    A source that is not live (file, folder, synthetic) runs on its own clock, which a live
+    encoder cannot follow: it uses the nominal speed (``speed_px_s`` or ``speed_m_s``) even
+    when ``belt.encoder`` is set.
+    """
+    if belt.encoder is None:
+        return FixedSpeed(belt.pixels_per_second, "px"), None
+    if not live:
+        log.warning("belt.encoder ignored: the source is not live (file, folder or synthetic); "
+                    "using the nominal belt speed")
+        return FixedSpeed(belt.pixels_per_second, "px"), None
+    reader = EncoderReader(belt.encoder, on_status=on_status)
+    return reader.speed, reader
+
+
+def drop_held_firings(
+    scheduler: EjectorScheduler, decision_log: DecisionLog | None, telemetry: Telemetry | None, gap_s: float
+) -> list[Firing]:
+    """After ``gap_s`` without encoder readings: drop every firing the scheduler held meanwhile.
+
+    Nobody measured the belt during the gap; fired now, a pulse would hit whatever is in front
+    of its jet. The items are marked missed ``encoder`` and ride to the end-of-belt reject.
+    """
+    dropped = scheduler.shutdown()
+    for firing in dropped:
+        if decision_log is not None and firing.item_id is not None:
+            decision_log.mark_missed(firing.item_id, "encoder")
+        if telemetry is not None:
+            telemetry.on_missed(firing.bin, "encoder")
+    if dropped:
+        log.warning("belt encoder readings resumed after %.1f s: %d held firing(s) dropped (end-of-belt reject)",
+                    gap_s, len(dropped))
+    return dropped
