@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 Roi = tuple[int, int, int, int]
 BODY_MIN_LEVEL_PX = 2.0  # lowest cut of the distance map: below it, outline noise makes "peaks"
-BODY_LEVEL_STEP = 1.25
+BODY_LEVEL_STEP = 1.4
 
 
 class SegmentationConfig(StrictModel):
@@ -286,7 +286,6 @@ class BeltSegmenter:
         if peak <= 4.0:
             return 1
         rise = 1.0 / (1.0 - self.cfg.body_prominence)
-        best = 1
         level = BODY_MIN_LEVEL_PX
         while level * rise <= peak:
             parts = cv2.threshold(sub, level, 255, cv2.THRESH_BINARY)[1].astype(np.uint8)
@@ -296,9 +295,9 @@ class BeltSegmenter:
                 np.maximum.at(tops, labels.ravel(), sub.ravel())
                 bodies = [k for k in range(1, n) if tops[k] >= rise * level]
                 if len(bodies) > 1 and self._colours_differ(roi_bgr, labels[1:-1, 1:-1], bodies):
-                    best = max(best, len(bodies))
+                    return len(bodies)
             level *= BODY_LEVEL_STEP
-        return best
+        return 1
 
     def _colours_differ(self, roi_bgr: np.ndarray, labels: np.ndarray, bodies: list[int]) -> bool:
         """Whether some two bodies differ in mean colour (weighted Lab, as the colour split) by more
