@@ -14,8 +14,13 @@ turns grey into beige and blue into navy, and the colour label becomes a lie.
 
 from __future__ import annotations
 
-import albumentations as A
-import cv2
+import os
+
+# albumentations asks PyPI for a newer version on import; a sorting line is offline, so never ask
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+import cv2  # noqa: E402
 
 from sorting.errors import ConfigError
 
