@@ -176,6 +176,31 @@ def test_lost_item_gets_one_lost_decision():
     assert len(lost) == 1 and not tracker.drain()
 
 
+def _travel(tracker: Tracker, boxes_at, frames: int) -> list:
+    """Feed ``boxes_at(f)`` (list of x, y, w, h) as detections for ``frames`` frames; return decided tracks."""
+    decided = []
+    for f in range(frames):
+        dets = [Detection(bbox=b, area=float(b[2] * b[3]), centroid=(b[0] + b[2] / 2, b[1] + b[3] / 2))
+                for b in boxes_at(f)]
+        decided += tracker.update(dets, f, f / FPS).lost + tracker.due()
+    return decided + tracker.drain()
+
+
+def test_piece_of_a_garment_riding_inside_its_box_is_not_a_second_item():
+    # a sleeve cut off by a shadow band: a small blob inside the garment's box, moving with it from entry
+    step = SPEED / FPS
+    tracker = Tracker(track_config(), speed_px_s=SPEED)
+    decided = _travel(tracker, lambda f: [(int(step * f), 100, 80, 70), (int(step * f) + 50, 95, 30, 25)], 80)
+    assert len(decided) == 1 and decided[0].area == 80 * 70
+
+
+def test_small_garment_beside_a_large_one_keeps_its_own_decision():
+    step = SPEED / FPS
+    tracker = Tracker(track_config(), speed_px_s=SPEED)
+    decided = _travel(tracker, lambda f: [(int(step * f), 100, 80, 70), (int(step * f) + 20, 185, 30, 25)], 80)
+    assert len(decided) == 2
+
+
 def test_static_blob_never_becomes_an_item():
     tracker = Tracker(track_config(), speed_px_s=SPEED)
     stain = Detection(bbox=(140, 50, 20, 20), area=400.0, centroid=(150.0, 60.0))

@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 Direction = Literal["+x", "-x", "+y", "-y"]
 _EPS = 1e-6
 FRAGMENT_MIN_SHARE = 0.3  # of a new blob's box inside a track's predicted box: a piece of that track
+SATELLITE_MAX_AREA_SHARE = 0.5  # a piece is at most this share of the garment's visible area ...
+SATELLITE_MIN_INSIDE = 0.5  # ... with at least this share of its box inside the garment's box
 
 
 class TrackingConfig(StrictModel):
@@ -124,6 +126,7 @@ class Track:
     detection: Detection | None = None  # this frame's detection, None when missed
     merged: bool = False  # shares its blob with another track this frame
     merge_frames: int = 0
+    satellite_frames: int = 0  # consecutive frames spent mostly inside a much larger track's box
     overlap_frames: int = 0  # checked frames with any sign of several garments (for display)
     checked_frames: int = 0  # frames whose shape was examined for overlap
     core_frames: int = 0  # ... with two thick bodies, while larger than a typical item
@@ -288,7 +291,7 @@ class Tracker:
                     track_of[ti] = di
                     sharing.setdefault(di, [owner[di]]).append(ti)
                     break
-        absorbed = self._absorb_entering(sharing)
+        absorbed = self._absorb_entering(sharing) | self._absorb_satellites(track_of, detections)
         shared = {ti for group in sharing.values() for ti in group}
         lost: list[Track] = []
         alive: list[Track] = []
@@ -358,6 +361,33 @@ class Tracker:
             if ix > 0 and iy > 0 and ix * iy >= FRAGMENT_MIN_SHARE * bw * bh:
                 return tr
         return None
+
+    def _absorb_satellites(self, track_of: dict[int, int], detections: list[Detection]) -> set[int]:
+        """Pieces of one dark garment that entered as separate blobs and never join (a shadow band
+        cuts a sleeve off): a much smaller track whose box lies mostly inside a larger track's box
+        for ``fragment_max_whole_frames`` frames in a row is that garment's piece and is dropped
+        (the larger track's box takes it in). Returns the dropped track indices."""
+        dropped: set[int] = set()
+        m = self.cfg.fragment_margin_px
+        for ti, di in track_of.items():
+            small, det = self._tracks[ti], detections[di]
+            inside = False
+            for tj, dj in track_of.items():
+                big = detections[dj]
+                if tj == ti or dj == di or det.area >= SATELLITE_MAX_AREA_SHARE * big.area:
+                    continue
+                bx, by, bw, bh = det.bbox
+                x, y, w, h = big.bbox
+                ix = min(bx + bw, x + w + m) - max(bx, x - m)
+                iy = min(by + bh, y + h + m) - max(by, y - m)
+                inside = ix > 0 and iy > 0 and ix * iy >= SATELLITE_MIN_INSIDE * bw * bh
+                if inside:
+                    break
+            small.satellite_frames = small.satellite_frames + 1 if inside else 0
+            if inside and not small.decided and small.satellite_frames >= self.cfg.fragment_max_whole_frames:
+                dropped.add(ti)
+                log.debug("track %d is a piece of a larger garment beside it (absorbed)", small.id)
+        return dropped
 
     def _absorb_entering(self, sharing: dict[int, list[int]]) -> set[int]:
         """Parts of one garment seen as separate blobs for a short while (two legs entering, a
