@@ -24,7 +24,7 @@ import cv2  # noqa: E402
 
 from sorting.errors import ConfigError
 
-PRESETS: tuple[str, ...] = ("none", "flip", "light", "medium", "heavy")
+PRESETS: tuple[str, ...] = ("none", "flip", "light", "medium", "heavy", "texture")
 
 # Strength per preset. Geometry: rotation (deg), scale, translate (fraction of size),
 # perspective scale. Camera: blur sigma, motion-blur kernel, JPEG quality, noise std (fraction of 255).
@@ -94,11 +94,23 @@ def _camera(preset: str) -> list[A.BasicTransform]:
     return transforms
 
 
+def _texture() -> list[A.BasicTransform]:
+    """Close-up fabric photos: any orientation and up to 1.6x zoom (a crop of the weave), no colour,
+    blur or JPEG changes: the label lives in the fine texture, which blur and heavy compression erase."""
+    return [
+        A.HorizontalFlip(p=0.5),
+        A.VerticalFlip(p=0.5),
+        A.Affine(rotate=(-180, 180), scale=(1.0, 1.6), translate_percent=(-0.1, 0.1), border_mode=cv2.BORDER_REFLECT_101, p=0.9),
+        A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.3),
+    ]
+
+
 def build_augmentation(preset: str, *, colour_safe: bool, seed: int | None = None) -> A.Compose:
     """Build a training augmentation pipeline: ``aug(image=rgb_uint8)["image"]``.
 
     ``preset``: one of :data:`PRESETS` (``none`` is the identity, ``flip`` only mirrors left-right:
-    the catalogue recipes that train on cached frozen-backbone features). ``colour_safe``:
+    the catalogue recipes that train on cached frozen-backbone features; ``texture`` is geometry-only
+    for close-up fabric photos). ``colour_safe``:
     keep photometric changes label-preserving for the colour head. ``seed`` makes the
     random draws reproducible (tests, debugging).
     """
@@ -108,4 +120,6 @@ def build_augmentation(preset: str, *, colour_safe: bool, seed: int | None = Non
         return A.Compose([], seed=seed)
     if preset == "flip":
         return A.Compose([A.HorizontalFlip(p=0.5)], seed=seed)
+    if preset == "texture":
+        return A.Compose(_texture(), seed=seed)
     return A.Compose([*_geometric(preset), *_photometric(preset, colour_safe), *_camera(preset)], seed=seed)

@@ -175,3 +175,20 @@ class ColourAwareBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         colour = (self.colour(x) - self.colour_mean) / self.colour_std
         return torch.cat([self.backbone(x), colour], dim=1)
+
+    # Split for partial fine-tuning (sorting.training.feature_cache): the colour descriptor has no weights,
+    # so it is computed with the CNN's frozen prefix and cached with it (unstandardised, last part).
+    def prefix(self, x: torch.Tensor, start: int) -> list[torch.Tensor]:
+        """The CNN's prefix parts followed by the raw colour descriptor; needs a CNN with ``prefix``."""
+        return [*self.backbone.prefix(x, start), self.colour(x)]
+
+    def suffix(self, parts: list[torch.Tensor], start: int) -> torch.Tensor:
+        colour = (parts[-1] - self.colour_mean) / self.colour_std
+        return torch.cat([self.backbone.suffix(parts[:-1], start), colour], dim=1)
+
+    def suffix_modules(self, start: int) -> list[nn.Module]:
+        return self.backbone.suffix_modules(start)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.backbone.num_blocks

@@ -27,6 +27,7 @@ LITE0_STAGES = (
 BN_MOMENTUM = 0.01  # TF decay 0.99
 BN_EPS = 1e-3
 FEATURE_DIM = 1280
+NUM_BLOCKS = sum(stage[4] for stage in LITE0_STAGES)  # 16 MBConv blocks
 
 
 class MBConv(nn.Module):
@@ -69,6 +70,7 @@ class EfficientNetLite0(nn.Module):
                 blocks.append(MBConv(in_ch, out_ch, kernel, stride if i == 0 else 1, expand))
                 in_ch = out_ch
         self._blocks = nn.ModuleList(blocks)
+        self.num_blocks = len(blocks)
         self._conv_head = nn.Conv2d(in_ch, FEATURE_DIM, 1, bias=False)
         self._bn1 = nn.BatchNorm2d(FEATURE_DIM, momentum=BN_MOMENTUM, eps=BN_EPS)
         self.act = nn.ReLU6(inplace=True)
@@ -89,14 +91,35 @@ class EfficientNetLite0(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.act(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
-        x = self.act(self._bn1(self._conv_head(x)))
-        return torch.flatten(self._avg_pooling(x), 1)
+        x = self.run_blocks(self.prefix(x, 0)[0], 0, NUM_BLOCKS)
+        return torch.flatten(self._avg_pooling(self.head_map(x)), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._fc(self._dropout(self.forward_features(x)))
+
+    # Split point for partial fine-tuning (sorting.training.feature_cache): ``prefix`` is the frozen part
+    # whose outputs are cached; ``suffix(prefix(x, s), s) == forward(x)`` for every s in 0..NUM_BLOCKS.
+    def prefix(self, x: torch.Tensor, start: int) -> list[torch.Tensor]:
+        """Stem and blocks ``0 .. start-1``: ``[feature map]``."""
+        return [self.run_blocks(self.act(self._bn0(self._conv_stem(x))), 0, start)]
+
+    def suffix(self, parts: list[torch.Tensor], start: int) -> torch.Tensor:
+        """Blocks ``start ..``, head, pooling (and ``_fc``) on the output of :meth:`prefix`."""
+        x = self.run_blocks(parts[0], start, NUM_BLOCKS)
+        return self._fc(self._dropout(torch.flatten(self._avg_pooling(self.head_map(x)), 1)))
+
+    def run_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for block in self._blocks[start:stop]:
+            x = block(x)
+        return x
+
+    def head_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The 1x1 head convolution (before pooling)."""
+        return self.act(self._bn1(self._conv_head(x)))
+
+    def suffix_modules(self, start: int) -> list[nn.Module]:
+        """Modules whose parameters train when blocks ``start ..`` are fine-tuned (head conv included)."""
+        return [*self._blocks[start:], self._conv_head, self._bn1, self._fc]
 
 
 def packaged_weights_path() -> Path:

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from sorting.models.efficientnet_lite import FEATURE_DIM, LITE0_STAGES, EfficientNetLite0
+from sorting.models.efficientnet_lite import FEATURE_DIM, LITE0_STAGES, NUM_BLOCKS, EfficientNetLite0
 
 POOLED_STAGES = (2, 3, 4, 5, 6)  # indices into LITE0_STAGES whose outputs are pooled
 
@@ -41,17 +41,44 @@ class MultiStagePoolBackbone(nn.Module):
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """Unstandardised pooled features (N, feature_dim)."""
-        net = self.net
-        x = net.act(net._bn0(net._conv_stem(x)))
-        maps = []
-        for i, block in enumerate(net._blocks):
-            x = block(x)
+        x, means, stds = self._pooled_blocks(self.net.prefix(x, 0)[0], 0, NUM_BLOCKS)
+        return torch.cat([*means, self.net.head_map(x).mean(dim=(2, 3)), *stds], dim=1)
+
+    def _pooled_blocks(self, x: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """Run blocks ``start .. stop-1``; mean and std of the pooled stage outputs met on the way."""
+        means, stds = [], []
+        for i in range(start, stop):
+            x = self.net._blocks[i](x)
             if i in self.stage_ends:
-                maps.append(x)
-        head = net.act(net._bn1(net._conv_head(x)))
-        means = [m.mean(dim=(2, 3)) for m in [*maps, head]]
-        stds = [m.std(dim=(2, 3)) for m in maps]
-        return torch.cat(means + stds, dim=1)
+                means.append(x.mean(dim=(2, 3)))
+                stds.append(x.std(dim=(2, 3)))
+        return x, means, stds
+
+    # Split for partial fine-tuning (sorting.training.feature_cache): the prefix also returns the pooled
+    # statistics of the stages it covers, so ``suffix(prefix(x, s), s) == forward(x)``.
+    def prefix(self, x: torch.Tensor, start: int) -> list[torch.Tensor]:
+        """Stem and blocks ``0 .. start-1``: ``[feature map, pooled means so far, pooled stds so far]``."""
+        x = self.net.prefix(x, 0)[0]
+        x, means, stds = self._pooled_blocks(x, 0, start)
+        empty = x.new_zeros(x.shape[0], 0)
+        return [x, torch.cat(means, dim=1) if means else empty, torch.cat(stds, dim=1) if stds else empty]
+
+    def _raw_suffix(self, parts: list[torch.Tensor], start: int) -> torch.Tensor:
+        x, early_means, early_stds = parts
+        x, means, stds = self._pooled_blocks(x, start, NUM_BLOCKS)
+        head = self.net.head_map(x).mean(dim=(2, 3))
+        return torch.cat([early_means, *means, head, early_stds, *stds], dim=1)
+
+    def suffix(self, parts: list[torch.Tensor], start: int) -> torch.Tensor:
+        """Standardised features from the output of :meth:`prefix` (blocks ``start ..`` run here)."""
+        return (self._raw_suffix(parts, start) - self.feat_mean) / self.feat_std
+
+    def suffix_modules(self, start: int) -> list[nn.Module]:
+        return self.net.suffix_modules(start)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.net.num_blocks
 
     @torch.no_grad()
     def fit_statistics(self, batches: Iterable[torch.Tensor]) -> int:

@@ -52,6 +52,12 @@ class ModelConfig(StrictModel):
     resize: Literal["letterbox", "stretch", "center_crop"] | None = None
     pad_value: int | None = Field(None, ge=0, le=255)  # letterbox fill; default: the backbone's
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # partial fine-tuning: backbone blocks before this index stay frozen and their output is cached once
+    # (sorting.training.feature_cache); blocks from it on (EfficientNet-Lite0: 0..16) train with the heads
+    trainable_from: int | None = Field(None, ge=0)
+    # with trainable_from: keep the BatchNorm running statistics of the trained blocks (small data; without it
+    # the standardised efficientnet_lite0_multistage features drift and the loss blew up in research runs)
+    freeze_bn: bool = False
 
     @model_validator(mode="after")
     def _heads(self) -> "ModelConfig":
@@ -72,8 +78,18 @@ class OptimConfig(StrictModel):
 
 
 class AugmentConfig(StrictModel):
-    preset: str = "light"  # a sorting.datasets.augment preset: none, flip, light, medium, heavy
+    preset: str = "light"  # a sorting.datasets.augment preset: none, flip, light, medium, heavy, texture
     colour_safe: bool | None = None  # null: true when the colour head is trained (no hue/colour jitter)
+    # cached runs (frozen backbone or model.trainable_from) with a preset other than none/flip: how many views
+    # per training image to cache (the unaugmented image + views-1 random draws of the preset, made once)
+    views: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _views(self) -> "AugmentConfig":
+        fixed = {"none": 1, "flip": 2}.get(self.preset)
+        if fixed is not None and self.views not in (None, fixed):
+            raise ValueError(f"augment.preset={self.preset} caches {fixed} view(s) per image; leave augment.views unset")
+        return self
 
 
 class EarlyStoppingConfig(StrictModel):
@@ -120,6 +136,23 @@ class TrainConfig(StrictModel):
     channels_last: bool = True  # only used on CUDA
     progress: bool = True
     resume: str | None = None  # a last.pt to continue from (same run folder)
+
+    @model_validator(mode="after")
+    def _partial(self) -> "TrainConfig":
+        if self.model.trainable_from is not None and self.freeze_backbone_epochs >= self.optim.epochs:
+            raise ValueError(
+                "model.trainable_from fine-tunes the backbone from that block on, but freeze_backbone_epochs >= "
+                "optim.epochs keeps it frozen the whole run: lower freeze_backbone_epochs (heads-only warm-up epochs)"
+            )
+        cached = self.model.trainable_from is not None or self.freeze_backbone_epochs >= self.optim.epochs
+        if self.augment.views is not None and not cached:
+            raise ValueError(
+                "augment.views (cached augmented views) needs a cached run: model.trainable_from, or a backbone "
+                "frozen for all epochs (freeze_backbone_epochs >= optim.epochs)"
+            )
+        if self.model.freeze_bn and self.model.trainable_from is None:
+            raise ValueError("model.freeze_bn applies to partial fine-tuning only: set model.trainable_from")
+        return self
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

@@ -7,8 +7,10 @@ per-head temperature and the energy OOD threshold fitted on validation logits),
 
 Before the first epoch (not on resume) a backbone with a ``fit_statistics(batches)`` method (e.g.
 ``efficientnet_lite0_colour``'s colour standardisation) is fitted on the unaugmented training images.
-A backbone frozen for the whole run with ``augment.preset`` none/flip trains the heads on cached
-features (:mod:`sorting.training.feature_cache`); the checkpoints still hold the full model.
+A backbone frozen for the whole run (with ``augment.preset`` none/flip or ``augment.views``) trains the
+heads on cached features; ``model.trainable_from: K`` caches the frozen prefix (blocks before K) and
+fine-tunes the rest on the cache (:mod:`sorting.training.feature_cache`). The checkpoints still hold
+the full model.
 """
 
 from __future__ import annotations
@@ -41,7 +43,15 @@ from sorting.training import distributed as D
 from sorting.training.calibration import energy_threshold, fit_temperature
 from sorting.training.callbacks import Callback, CallbackList, build_callbacks
 from sorting.training.config import TrainConfig
-from sorting.training.feature_cache import FeatureDataset, HeadsOnly, cache_applies, extract_features
+from sorting.training.feature_cache import (
+    FeatureDataset,
+    HeadsOnly,
+    SuffixAndHeads,
+    cache_applies,
+    check_splittable,
+    extract_features,
+    view_count,
+)
 from sorting.training.data import (
     LabelSpace,
     ManifestDataset,
@@ -244,22 +254,45 @@ def _fit_backbone_statistics(model: MultiHeadClassifier, dataset: ManifestDatase
 
 
 def _cached_loaders(
-    model: MultiHeadClassifier, train_ds: ManifestDataset, val_ds: ManifestDataset, sampler: D.ShardedSampler,
-    config: TrainConfig, device: torch.device,
-) -> tuple[DataLoader, DataLoader]:
-    """Extract the frozen backbone's features once; loaders of (features, targets) for train and validation."""
+    model: MultiHeadClassifier, train_samples: list[Sample], val_ds: ManifestDataset, pre: PreprocessConfig,
+    sampler: D.ShardedSampler, config: TrainConfig, device: torch.device,
+) -> tuple[DataLoader, DataLoader, nn.Module]:
+    """Run the frozen backbone (or its frozen prefix) once per training view and validation image.
+
+    Returns loaders of (cached rows, targets) and the module a step runs on them: the heads, or the
+    trainable backbone suffix plus heads.
+    """
     model.set_backbone_trainable(False)
-    kw = {"batch_size": config.eval_batch_size or config.batch_size, "device": device, "num_workers": config.num_workers, "progress": config.progress}
+    model.backbone.eval()
+    start = config.model.trainable_from
+    backbone = model.backbone
+    encoder = (lambda x: [backbone(x)]) if start is None else (lambda x: backbone.prefix(x, start))
+    n_views = view_count(config)
+    flip = config.augment.preset == "flip"
+    views = [ManifestDataset(train_samples, pre, None, cache_images=False)]
+    for v in range(1, 1 if flip else n_views):
+        views.append(ManifestDataset(train_samples, pre, _build_augmentation(config, seed=config.seed + v), cache_images=False))
+    kw = {
+        "batch_size": config.eval_batch_size or config.batch_size, "device": device, "num_workers": config.num_workers,
+        "progress": config.progress, "dtype": torch.float32 if start is None else torch.float16,  # activation maps: half the RAM
+    }
     started = time.perf_counter()
-    train = extract_features(model.backbone, train_ds, flip=config.augment.preset == "flip", desc="train features", **kw)
-    val = extract_features(model.backbone, val_ds, desc="val features", **kw)
-    log.info("cached frozen-backbone features of %d train / %d val images in %.0f s", len(train_ds), len(val_ds), time.perf_counter() - started)
+    train = extract_features(encoder, views, flip=flip, desc="train features", **kw)
+    val = extract_features(encoder, [val_ds], desc="val features", **kw)
+    log.info(
+        "cached %s of %d train images x %d views / %d val images in %.0f s (%.0f MB)",
+        "frozen-backbone features" if start is None else f"backbone blocks 0-{start - 1} outputs",
+        len(train_samples), n_views, len(val_ds), time.perf_counter() - started,
+        (train.views.numel() + val.views.numel()) * train.views.element_size() / 1e6,
+    )
     per_rank = len(sampler)
     train_loader = DataLoader(
         FeatureDataset(train, seed=config.seed), batch_size=config.batch_size, sampler=sampler, drop_last=per_rank > config.batch_size,
     )
     val_loader = DataLoader(FeatureDataset(val), batch_size=config.eval_batch_size or config.batch_size, shuffle=False)
-    return train_loader, val_loader
+    if start is None:
+        return train_loader, val_loader, HeadsOnly(model)
+    return train_loader, val_loader, SuffixAndHeads(model, start, train.layout, freeze_bn=config.model.freeze_bn)
 
 
 def fit(config: TrainConfig, *, callbacks: list[Callback] | None = None) -> TrainResult:
@@ -302,6 +335,10 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
     model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
     cached = cache_applies(config, ctx.world_size)
+    if config.model.trainable_from is not None:
+        if ctx.world_size != 1:
+            raise ConfigError("model.trainable_from (cached frozen prefix) runs in one process; drop torchrun or the option")
+        check_splittable(model.backbone, config.model.trainable_from, config.model.backbone)
     augmentation = None if cached else _build_augmentation(config, seed=config.seed + 1000 * ctx.rank)
     train_ds = ManifestDataset(train_samples, pre, augmentation, cache_images=config.data.cache_images)
     val_ds = ManifestDataset(val_samples, pre, None, cache_images=config.data.cache_images)
@@ -318,8 +355,7 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
     per_rank = len(sampler)
     step_model: nn.Module = model  # what a training/validation step runs: the model, or its heads on cached features
     if cached:
-        train_loader, val_loader = _cached_loaders(model, train_ds, val_ds, sampler, config, device)
-        step_model = HeadsOnly(model)
+        train_loader, val_loader, step_model = _cached_loaders(model, train_samples, val_ds, pre, sampler, config, device)
     else:
         train_loader = DataLoader(
             train_ds, batch_size=config.batch_size, sampler=sampler, drop_last=per_rank > config.batch_size,
@@ -383,11 +419,15 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
     for epoch in range(state["epoch"] + 1, config.optim.epochs):
         want_frozen = epoch < config.freeze_backbone_epochs
         if want_frozen != frozen:
-            model.set_backbone_trainable(not want_frozen)
+            if isinstance(step_model, SuffixAndHeads):  # the cached prefix stays frozen; the rest trains after warm-up
+                step_model.set_suffix_trainable(not want_frozen)
+            else:
+                model.set_backbone_trainable(not want_frozen)
             ddp_model = step_model if cached else D.wrap_model(model, ctx)  # DDP: rebuilt when the trainable set changes
             frozen = want_frozen
             if ctx.is_main and config.freeze_backbone_epochs:
-                log.info("epoch %d: backbone %s", epoch, "frozen (heads only)" if frozen else "unfrozen (full fine-tune)")
+                what = "full fine-tune" if config.model.trainable_from is None else f"blocks {config.model.trainable_from}.. fine-tuned"
+                log.info("epoch %d: backbone %s", epoch, "frozen (heads only)" if frozen else f"unfrozen ({what})")
         assert ddp_model is not None
         sampler.set_epoch(epoch)
         train_stats = train_one_epoch(ddp_model, train_loader, optimizer, scheduler, criteria, settings, epoch=epoch, progress=progress)
