@@ -33,12 +33,42 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_train(args: argparse.Namespace) -> int:
+    import torch
+
+    from sorting.training.throughput import training_throughput
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    for amp in ((False, True) if args.compare else (args.amp,)):
+        r = training_throughput(args.backbone, batch=args.batch, input_size=args.input_size, steps=args.steps,
+                                device=args.device, amp=amp, channels_last=amp)
+        print(f"{r.backbone} on {r.device}, batch {r.batch} at {r.input_size} px, "
+              f"{'bf16 + channels-last' if amp else 'FP32'}: {r.images_per_s:,.0f} train img/s ({r.steps} steps)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Register ``train`` (and ``evaluate`` from its own module)."""
     parser = add_command(sub, "train", "Train a fibre/colour classifier from a recipe (DDP under torchrun).", TRAIN_EXAMPLES)
     parser.add_argument("--config", "-c", help="training recipe YAML (see training/README.md); omit to give every key as KEY=VALUE")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4 model.backbone=resnet18")
     parser.set_defaults(func=_train)
+
+    bench = add_command(sub, "bench-train", "Training throughput (images/s) of a backbone + heads, FP32 and mixed precision.",
+                        """
+  textile-sorter bench-train efficientnet_lite0 --batch 64                       # CPU or GPU (auto)
+  textile-sorter bench-train efficientnet_lite0 --batch 256 --device cuda --compare   # FP32 vs bf16 + channels-last
+""")
+    bench.add_argument("backbone", help="registry backbone name")
+    bench.add_argument("--batch", type=int, default=64, help="images per step (64)")
+    bench.add_argument("--input-size", type=int, default=224, help="square input side in pixels (224)")
+    bench.add_argument("--steps", type=int, default=30, help="timed steps after 3 warm-up steps (30)")
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bench.add_argument("--amp", action="store_true", help="bf16 autocast + channels-last (the trainer's CUDA setting)")
+    bench.add_argument("--compare", action="store_true", help="measure FP32 and --amp one after the other")
+    bench.add_argument("--threads", type=int, help="torch CPU threads")
+    bench.set_defaults(func=_bench_train)
 
     # --- evaluate: owned by the evaluation engineer, registered from sorting/cli/evaluate_cmd.py ---
     from sorting.cli.evaluate_cmd import register as register_evaluate
