@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import statistics
-import threading
 import time
 from functools import partial
 from pathlib import Path
 
 import pytest
-from pymodbus.server import ModbusTcpServer
-from pymodbus.simulator.simdata import DataType, SimData
-from pymodbus.simulator.simdevice import SimDevice
-from test_actuators import free_port, wait_for
+from _modbus_fixtures import LoopbackModbusServer, free_port, wait_for
 
 from sorting.config import build_config
 from sorting.errors import ConfigError
@@ -30,7 +25,7 @@ READ_HOLDING, READ_INPUT = 3, 4
 REGISTER = 10
 
 
-class EncoderPlc:
+class EncoderPlc(LoopbackModbusServer):
     """A Modbus TCP server on 127.0.0.1 whose counter at ``REGISTER`` runs at ``rate`` counts/s.
 
     The count is computed when a read arrives (like a PLC's live counter), wrapped at 16 or 32 bits.
@@ -38,9 +33,9 @@ class EncoderPlc:
 
     def __init__(self, port: int, *, words: int = 1, fc: int = READ_HOLDING, low_first: bool = False,
                  rate: float = 0.0, start: int = 0) -> None:
-        self.port, self.words, self.fc, self.low_first = port, words, fc, low_first
+        super().__init__(port)
+        self.words, self.fc, self.low_first = words, fc, low_first
         self.rate, self._base, self._t_base = rate, float(start), time.monotonic()
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def count(self) -> int:
         return int(self._base + self.rate * (time.monotonic() - self._t_base)) % 2 ** (16 * self.words)
@@ -59,27 +54,6 @@ class EncoderPlc:
             if self.low_first:
                 words.reverse()
             regs[REGISTER - start:REGISTER - start + self.words] = words
-
-    def start(self) -> EncoderPlc:
-        bits = [SimData(0, count=32, values=False, datatype=DataType.BITS)]
-        regs = [SimData(0, count=32, values=0, datatype=DataType.REGISTERS)]
-        device = SimDevice(1, simdata=(bits, list(bits), regs, list(regs)), action=self._action)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
-
-        async def listen() -> None:
-            self._server = ModbusTcpServer(device, address=("127.0.0.1", self.port))
-            await self._server.listen()
-
-        asyncio.run_coroutine_threadsafe(listen(), self._loop).result(5)
-        return self
-
-    def stop(self) -> None:
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(5)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
 
 def encoder_config(port: int, **kw) -> EncoderConfig:

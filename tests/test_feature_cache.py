@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from _swatches import red_blue_manifest
 
-from sorting.datasets.manifest import ManifestRow, write_manifest
 from sorting.datasets.preprocess import preprocess
 from sorting.models.checkpoint import load_checkpoint
 from sorting.training import trainer
@@ -19,22 +18,9 @@ from sorting.training.feature_cache import cache_applies
 torch.set_num_threads(1)
 
 
-def _manifest(folder: Path) -> Path:
-    """24 red / 24 blue swatches (colour head), every 4th in val."""
-    rng = np.random.default_rng(0)
-    (folder / "img").mkdir(parents=True)
-    rows = []
-    for i in range(48):
-        colour, bgr = ("red", (0, 0, 230)) if i % 2 else ("blue", (230, 40, 0))
-        img = np.clip(np.full((24, 24, 3), bgr, np.int32) + rng.integers(-15, 15, (24, 24, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / "img" / f"{i}.png"), img)
-        rows.append(ManifestRow(f"img/{i}.png", colour=colour, split="val" if i % 4 == 0 else "train"))
-    return write_manifest(rows, folder / "manifest.csv")
-
-
 def test_cached_heads_training_gives_a_full_checkpoint(tmp_path, monkeypatch) -> None:
     config = load_train_config(None, [
-        f"data.train=[{_manifest(tmp_path / 'data')}]", f"output_dir={tmp_path / 'runs'}", "model.heads=[colour]",
+        f"data.train=[{red_blue_manifest(tmp_path / 'data', 48)}]", f"output_dir={tmp_path / 'runs'}", "model.heads=[colour]",
         "model.input_size=32", "batch_size=8", "num_workers=0", "progress=false", "threads=1", "optim.epochs=4",
         "optim.lr=0.05", "optim.warmup_epochs=0", "freeze_backbone_epochs=4", "augment.preset=flip",
         "balance=sqrt_loss_weights", "model.pad_value=255",

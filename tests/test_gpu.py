@@ -46,15 +46,13 @@ def _config(manifest: Path, tmp_path: Path, *extra: str):
 def _cpu_accuracy(checkpoint: Path, manifest: Path) -> float:
     """Accuracy of the saved checkpoint, loaded and run on the CPU, over every image of the manifest."""
     from sorting.datasets.manifest import read_manifest
-    from sorting.datasets.preprocess import preprocess_batch
+    from sorting.training.evaluate import load_predictor, predict_logits
 
     ckpt = load_checkpoint(checkpoint)
     assert all(p.device.type == "cpu" for p in ckpt.model.parameters())
     rows = read_manifest(manifest)
-    images = [cv2.imread(str(rows.image_path(r))) for r in rows.rows]
-    with torch.no_grad():
-        logits = ckpt.model(torch.from_numpy(preprocess_batch(images, ckpt.preprocess)))["colour"]
-    predicted = [ckpt.labels["colour"][int(k)] for k in logits.argmax(1)]
+    logits = predict_logits(load_predictor(checkpoint), [cv2.imread(str(rows.image_path(r))) for r in rows.rows])
+    predicted = [ckpt.labels["colour"][int(k)] for k in logits["colour"].argmax(1)]
     return float(np.mean([p == r.colour for p, r in zip(predicted, rows.rows)]))
 
 

@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from _swatches import red_blue_manifest
 
-from sorting.datasets.manifest import ManifestRow, write_manifest
 from sorting.datasets.preprocess import preprocess
 from sorting.errors import ConfigError
 from sorting.models.checkpoint import load_checkpoint
@@ -39,23 +39,10 @@ def test_cached_prefix_plus_suffix_equals_the_whole_backbone(name: str) -> None:
     assert 0 < len(trainable) < len(list(module.parameters()))
 
 
-def _manifest(folder: Path) -> Path:
-    """16 red / 16 blue swatches (colour head), every 4th in val."""
-    rng = np.random.default_rng(0)
-    (folder / "img").mkdir(parents=True)
-    rows = []
-    for i in range(32):
-        colour, bgr = ("red", (0, 0, 230)) if i % 2 else ("blue", (230, 40, 0))
-        img = np.clip(np.full((24, 24, 3), bgr, np.int32) + rng.integers(-15, 15, (24, 24, 3)), 0, 255).astype(np.uint8)
-        cv2.imwrite(str(folder / "img" / f"{i}.png"), img)
-        rows.append(ManifestRow(f"img/{i}.png", colour=colour, split="val" if i % 4 == 0 else "train"))
-    return write_manifest(rows, folder / "manifest.csv")
-
-
 def _overrides(tmp_path: Path, *extra: str) -> list[str]:
     manifest = tmp_path / "data" / "manifest.csv"
     return [
-        f"data.train=[{manifest if manifest.is_file() else _manifest(tmp_path / 'data')}]", f"output_dir={tmp_path / 'runs'}", "model.heads=[colour]",
+        f"data.train=[{manifest if manifest.is_file() else red_blue_manifest(tmp_path / 'data', 32)}]", f"output_dir={tmp_path / 'runs'}", "model.heads=[colour]",
         "model.backbone=efficientnet_lite0", "model.input_size=32", "batch_size=8", "num_workers=0", "progress=false",
         "threads=1", "optim.epochs=3", "optim.lr=0.01", "optim.warmup_epochs=0", "model.trainable_from=14", *extra,
     ]

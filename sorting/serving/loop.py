@@ -216,7 +216,6 @@ class SorterLoop:
         self.telemetry = telemetry
         self.watcher = watcher
         self.encoder = encoder
-        self.encoder_px_per_m = cfg.belt.px_per_m or 0.0
         self.keep_images = keep_images
         self.clock = clock
         self.labels = {h: list(v) for h, v in classifier.metadata.labels.items()}
@@ -315,7 +314,8 @@ class SorterLoop:
         tac = time.perf_counter()
         timings["segment"] = (tac - tic) * 1e3
         if self.encoder is not None and (speed := self.encoder.speed.speed(self.clock())) > 0:
-            self.tracker.speed_px_s = speed * self.encoder_px_per_m  # new items start at the measured speed
+            # new items start at the measured speed (an encoder line config always has px_per_m)
+            self.tracker.speed_px_s = speed * (self.cfg.belt.px_per_m or 0.0)
         update = self.tracker.update(detections, index, t)
         tic = time.perf_counter()
         timings["track"] = (tic - tac) * 1e3

@@ -312,9 +312,9 @@ class BeltSegmenter:
 
     def _two_colour_regions(self, roi_bgr: np.ndarray, own: np.ndarray) -> bool:
         """Two garments of different colour lying on each other: the blob's pixels fall into two
-        clearly different colours (Lab distance above ``colour_split_delta``), each a large share
-        of the blob and each mostly one contiguous region (a striped or printed garment gives many
-        small regions instead)."""
+        clearly different colours (weighted Lab distance above ``colour_split_delta``), each at least
+        ``colour_split_min_share`` of the blob (a sock against a shirt) and each mostly one contiguous
+        region (a striped or printed garment gives many small regions instead)."""
         if self.cfg.colour_split_delta <= 0:
             return False
         lab = cv2.cvtColor(roi_bgr[::3, ::3], cv2.COLOR_BGR2Lab).astype(np.float32)
