@@ -11,7 +11,8 @@ import pytest
 from pydantic import Field
 
 from sorting.config import StrictModel, load_config, parse_overrides
-from sorting.datasets.preprocess import PreprocessConfig, preprocess, preprocess_batch
+from sorting.datasets.preprocess import PreprocessConfig, garment_crop, preprocess, preprocess_batch
+from sorting.datasets.synth.crops import crop_box
 from sorting.errors import ConfigError
 from sorting.taxonomy import load_aliases, load_taxonomy
 
@@ -106,6 +107,17 @@ def test_preprocess_shape_and_colour_order(mode: str) -> None:
     same = preprocess(bgr[..., ::-1].copy(), cfg, input_order="RGB")
     np.testing.assert_array_equal(out, same)
     assert preprocess_batch([bgr, bgr], cfg).shape == (2, 3, 32, 32)
+
+
+def test_sorter_cuts_garments_like_the_training_crops() -> None:
+    """Train/serve skew check: the crop dataset and the sorter grow a garment's box the same way."""
+    mask = np.zeros((100, 200), bool)
+    mask[30:70, 50:150] = True  # tight box x=50 y=30 w=100 h=40
+    assert crop_box(mask) == (40, 26, 120, 48)
+    image = np.arange(100 * 200 * 3, dtype=np.uint32).reshape(100, 200, 3)
+    crop = garment_crop(image, (50, 30, 100, 40))
+    np.testing.assert_array_equal(crop, image[26:74, 40:160])
+    assert garment_crop(image, (0, 0, 100, 40)).shape[:2] == (44, 110)  # clipped at the frame edge
 
 
 def test_preprocess_config_round_trips_json() -> None:

@@ -22,6 +22,10 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 # EfficientNet-Lite weights expect (x - 127) / 128 per channel.
 LITE_MEAN = (127.0, 127.0, 127.0)
 LITE_STD = (128.0, 128.0, 128.0)
+# A garment crop is its bounding box grown by this share of its width/height on each side.
+# The synthetic crop dataset and the sorter both cut crops this way: a model trained on one
+# margin sees different belt/garment proportions (and higher OOD energies) on another.
+GARMENT_CROP_MARGIN = 0.10
 
 
 class PreprocessConfig(StrictModel):
@@ -40,6 +44,22 @@ class PreprocessConfig(StrictModel):
     @classmethod
     def from_json(cls, text: str) -> "PreprocessConfig":
         return build_config(cls, json.loads(text), "preprocessing metadata")
+
+
+def grow_box(
+    bbox: tuple[int, int, int, int], margin: float = GARMENT_CROP_MARGIN
+) -> tuple[int, int, int, int]:
+    """Box (x, y, w, h) grown by ``margin`` of its width/height on each side (may leave the image)."""
+    x, y, w, h = bbox
+    mx, my = int(round(w * margin)), int(round(h * margin))
+    return x - mx, y - my, w + 2 * mx, h + 2 * my
+
+
+def garment_crop(image: np.ndarray, bbox: tuple[int, int, int, int]) -> np.ndarray:
+    """The classifier's view of a garment: its box grown by :data:`GARMENT_CROP_MARGIN`, clipped to the image."""
+    x, y, w, h = grow_box(bbox)
+    H, W = image.shape[:2]
+    return image[max(0, y):min(H, y + h), max(0, x):min(W, x + w)]
 
 
 def resize_to_input(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

@@ -6,8 +6,8 @@ whose colour is the whole question: on the synthetic crops almost every colour e
 its colours. :class:`~sorting.models.colour_features.ColourFeatures` measures "how much of the garment
 has which colour" explicitly, but its background mask removes border-connected *white*; a conveyor
 crop has a dark belt around the garment and grey letterbox bands, which would otherwise count as
-grey/black garment pixels in varying amounts (the sorter's crops have a smaller margin than the
-training crops).
+grey/black garment pixels in varying amounts (a crop's margin of belt depends on the garment's
+size and on where the segmenter put its box).
 
 :class:`BeltColourFeatures` therefore defines the background per crop: the letterbox padding plus
 the pixels connected to the crop border whose colour is close to the mean colour of the crop's

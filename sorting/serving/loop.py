@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from tqdm import tqdm
 
+from sorting.datasets.preprocess import garment_crop
 from sorting.errors import ConfigError
 from sorting.models.onnx_model import OnnxClassifier
 from sorting.serving.actuators import Actuator, bin_addresses, make_actuator
@@ -58,7 +58,6 @@ from sorting.serving.tracking import ItemSummary, Track, Tracker
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "segment", "track", "calibrate", "classify", "decide", "log_actuate")
-CROP_PAD_PX = 4
 
 
 @dataclass(frozen=True)
@@ -179,14 +178,6 @@ class ModelWatcher:
         """Wait for a running load (tests)."""
         if self._worker is not None:
             self._worker.join(timeout)
-
-
-def _crop(image: np.ndarray, bbox: tuple[int, int, int, int]) -> np.ndarray:
-    x, y, w, h = bbox
-    H, W = image.shape[:2]
-    x0, y0 = max(0, x - CROP_PAD_PX), max(0, y - CROP_PAD_PX)
-    x1, y1 = min(W, x + w + CROP_PAD_PX), min(H, y + h + CROP_PAD_PX)
-    return image[y0:y1, x0:x1]
 
 
 class SorterLoop:
@@ -320,7 +311,7 @@ class SorterLoop:
         tic = time.perf_counter()
         timings["track"] = (tic - tac) * 1e3
         todo = self.tracker.views_to_classify(index)
-        crops = [self.corrector.apply(_crop(image, tr.bbox)) for tr in todo]
+        crops = [self.corrector.apply(garment_crop(image, tr.bbox)) for tr in todo]
         tac = time.perf_counter()
         timings["calibrate"] = (tac - tic) * 1e3
         if crops:

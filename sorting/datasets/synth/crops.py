@@ -3,8 +3,8 @@
 Every sample is one garment rendered by the conveyor renderer (same scale, belt,
 vignette, lighting variation, sensor noise) at a random place in a 640x480 frame,
 optionally passed through JPEG compression (the video path is compressed too), and
-cut out as the garment's bounding box plus a 10% margin, like the serving segmenter
-does. The crop keeps its aspect ratio; its longer side is scaled to ``size``.
+cut out as the garment's bounding box plus a 10% margin (``grow_box``), exactly as the
+sorter cuts its crops. The crop keeps its aspect ratio; its longer side is scaled to ``size``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sorting.datasets.manifest import ManifestRow, write_manifest
+from sorting.datasets.preprocess import grow_box
 from sorting.datasets.synth.colours import check_colours
 from sorting.datasets.synth.garments import GARMENTS
 from sorting.datasets.synth.scene import ItemSpec, Scene, render_sprite, random_lighting
@@ -30,7 +31,6 @@ from sorting.taxonomy import Taxonomy, load_taxonomy
 
 log = logging.getLogger(__name__)
 
-CROP_MARGIN = 0.10
 FRAME_SIZE = (640, 480)
 SPLIT_FRACTIONS = {"train": 0.7, "val": 0.15, "test": 0.15}
 SOURCE = "synth"
@@ -44,14 +44,13 @@ class CropJob:
     sample_seed: int
 
 
-def crop_box(mask: np.ndarray, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
-    """Bounding box (x, y, w, h) of a boolean mask grown by ``margin`` of its size on each side."""
+def crop_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """Bounding box (x, y, w, h) of a boolean mask grown as the sorter grows its crops."""
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         raise ValueError("empty mask")
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    mx, my = int(round((x1 - x0) * margin)), int(round((y1 - y0) * margin))
-    return int(x0 - mx), int(y0 - my), int(x1 - x0 + 2 * mx), int(y1 - y0 + 2 * my)
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    return grow_box((x0, y0, x1 - x0, y1 - y0))
 
 
 def render_crop(scene: Scene, spec: ItemSpec, sample_seed: int, size: int) -> np.ndarray:
