@@ -241,6 +241,15 @@ def test_calibration_recovers_a_colour_cast():
     assert gains.white_balance[1] == 1.0 and gains.white_balance[0] > 1.3 and gains.white_balance[2] < 0.85
 
 
+def test_colour_correction_rounds_and_saturates_per_channel():
+    image = np.random.default_rng(1).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    gains = np.array([1.37, 1.0, 0.61])
+    expected = np.clip(np.rint(image * gains), 0, 255)
+    corrected = ColourCorrector(gains, 1.0).apply(image[5:30, 7:50])  # a crop: a strided view
+    assert corrected.dtype == np.uint8
+    np.testing.assert_array_equal(corrected, expected[5:30, 7:50])
+
+
 def test_calibration_rejects_unusable_patch():
     frames = [np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)]
     with pytest.raises(DataError):

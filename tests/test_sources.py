@@ -97,7 +97,7 @@ def test_live_source_keeps_only_the_newest_frame():
 def _write_video(path: Path, n: int) -> None:
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (64, 48))
     for i in range(n):
-        writer.write(np.full((48, 64, 3), i * 10, np.uint8))
+        writer.write(np.full((48, 64, 3), (i * 10) % 250, np.uint8))
     writer.release()
 
 
@@ -110,6 +110,29 @@ def test_video_file_plays_every_frame_with_file_clock(tmp_path):
     assert [f.index for f in frames] == list(range(12))
     assert frames[5].t == pytest.approx(5 / 25.0)
     assert src.exhausted
+
+
+def test_read_ahead_delivers_every_frame_in_order_and_times_decoding(tmp_path):
+    path = tmp_path / "clip.mp4"
+    _write_video(path, 15)
+    with VideoFileSource(path, read_ahead=0) as inline:
+        expected = [int(f.image[0, 0, 0]) for f in inline]
+    with VideoFileSource(path, read_ahead=3) as ahead:
+        got = [(f.index, int(f.image[0, 0, 0])) for f in ahead]
+        assert ahead.stats.decode_s > 0.0
+    assert [i for i, _ in got] == list(range(15))
+    assert [v for _, v in got] == expected
+
+
+def test_closing_mid_file_stops_the_decoder(tmp_path):
+    path = tmp_path / "clip.mp4"
+    _write_video(path, 30)
+    src = VideoFileSource(path, read_ahead=2)
+    assert src.read() is not None
+    time.sleep(0.05)  # the decoder is now blocked on a full queue
+    src.close()
+    assert src._decoder is not None and not src._decoder.is_alive()
+    assert src.read() is None and src.exhausted
 
 
 def test_realtime_video_is_paced(tmp_path):

@@ -118,7 +118,7 @@ def _bench_sorter(args: argparse.Namespace) -> int:
     ratio = "n/a (no model)" if r.loop_ratio is None else f"{r.loop_ratio:.2f}x"
     print(f"{r.frames} frames in {r.wall_s:.1f} s: {r.fps:.1f} frames/s, {r.items_per_s:.2f} items/s, "
           f"latency p50 {r.latency_ms_p50:.1f} ms p99 {r.latency_ms_p99:.1f} ms (load {r.load_avg[0]:.1f})")
-    print(f"loop {r.loop_ms_per_frame:.2f} ms/frame vs read {r.read_ms_per_frame:.2f} + classify "
+    print(f"loop {r.loop_ms_per_frame:.2f} ms/frame vs decode {r.decode_ms_per_frame:.2f} + classify "
           f"{r.classify_ms_per_frame:.2f}: {ratio}")
     print("stage ms/frame: " + "  ".join(f"{k} {v:.2f}" for k, v in r.stage_ms.items()))
     print(f"GT items {s.gt_items}, decisions {s.decisions}: lost {s.lost}, duplicated {s.duplicated}, "

@@ -12,11 +12,17 @@ frame: OpenCV's internal buffer otherwise hands out stale frames and adds latenc
 dropped-frame counter says how many frames the loop never saw. A capture that fails or
 disconnects is reopened with exponential back-off while ``read`` keeps returning ``None``
 within its timeout, so the loop never blocks forever.
+
+Video files are decoded ``read_ahead`` frames ahead on their own thread (every frame is
+still delivered, in order): decoding then overlaps segmentation and inference instead of
+adding to them, as a camera's capture pipeline would. ``stats.decode_s`` keeps the decode
+time either way, so benchmarks can still compare the loop with decode + inference.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -53,6 +59,7 @@ class SourceStats:
     dropped: int = 0
     reconnects: int = 0
     connected: bool = True
+    decode_s: float = 0.0  # seconds spent decoding frames (files; on the decoder thread if any)
 
 
 class Capture(Protocol):
@@ -230,9 +237,14 @@ class LiveCaptureSource(FrameSource):
 
 
 class VideoFileSource(FrameSource):
-    """Every frame of a video file, as fast as possible or paced at the file's frame rate."""
+    """Every frame of a video file, as fast as possible or paced at the file's frame rate.
 
-    def __init__(self, path: str | Path, *, realtime: bool = False, fps: float | None = None) -> None:
+    ``read_ahead`` > 0 decodes up to that many frames ahead on a decoder thread (bounded
+    memory); 0 decodes in :meth:`read`.
+    """
+
+    def __init__(self, path: str | Path, *, realtime: bool = False, fps: float | None = None,
+                 read_ahead: int = 4) -> None:
         super().__init__()
         self.path = Path(path)
         if not self.path.is_file():
@@ -245,16 +257,56 @@ class VideoFileSource(FrameSource):
         self._realtime = realtime
         self._index = 0
         self._start: float | None = None
+        self._stop = threading.Event()
+        self._queue: queue.Queue[np.ndarray | None] | None = None
+        self._decoder: threading.Thread | None = None
+        if read_ahead > 0:
+            self._queue = queue.Queue(maxsize=read_ahead)
+            self._decoder = threading.Thread(target=self._decode_loop, name=f"decoder-{self.path.name}", daemon=True)
+            self._decoder.start()
 
     @property
     def fps(self) -> float:
         return self._fps
 
+    def _decode(self) -> np.ndarray | None:
+        tic = time.perf_counter()
+        try:
+            ok, image = self._cap.read()
+        except cv2.error as exc:  # a corrupt stream ends the file, it does not kill the loop
+            log.error("%s: decoding failed after frame %d: %s", self.path, self._index, exc)
+            ok, image = False, None
+        self.stats.decode_s += time.perf_counter() - tic
+        return image if ok else None
+
+    def _decode_loop(self) -> None:
+        assert self._queue is not None
+        while not self._stop.is_set():
+            image = self._decode()
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(image, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if image is None:
+                return
+
+    def _next_image(self) -> np.ndarray | None:
+        if self._queue is None:
+            return self._decode()
+        while not self._stop.is_set():
+            try:
+                return self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
+
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         if self.exhausted:
             return None
-        ok, image = self._cap.read()
-        if not ok or image is None:
+        image = self._next_image()
+        if image is None:
             self.exhausted = True
             return None
         t = self._index / self._fps
@@ -270,6 +322,9 @@ class VideoFileSource(FrameSource):
         return frame
 
     def close(self) -> None:
+        self._stop.set()
+        if self._decoder is not None:
+            self._decoder.join()  # before release: the decoder may be inside cap.read()
         self._cap.release()
         self.exhausted = True
 
