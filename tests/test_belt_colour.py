@@ -85,3 +85,26 @@ def test_backbone_fits_both_standardisations_exports_and_keeps_colour_branch_flo
     assert result.check.passed and max(result.check.max_abs_diff.values()) < 1e-3
     kept = float_nodes(onnx.load(str(result.path)), first_convs=0, heads=False)
     assert len(kept) > 20 and all("/backbone/colour/" in name for name in kept)
+
+
+def test_statistics_from_cached_outputs_equal_a_fitting_pass() -> None:
+    """The trainer fits a frozen backbone's standardisation from its cached raw outputs instead of a
+    separate pass over the training images: both must give the same buffers and features."""
+    pre = PRE.model_copy(update={"input_size": 64})
+
+    def build() -> MultiStageColourBackbone:
+        torch.manual_seed(0)
+        return MultiStageColourBackbone(MultiStagePoolBackbone(EfficientNetLite0(num_classes=0)),
+                                        BeltColourFeatures(pre.mean, pre.std, pad_value=pre.pad_value)).eval()
+
+    crops = [_belt_crop(tuple(int(v) for v in np.random.default_rng(i).integers(0, 255, 3)), seed=i) for i in range(6)]
+    x = torch.from_numpy(np.stack([preprocess(c, pre, input_order="BGR") for c in crops]))
+    by_pass, by_cache = build(), build()
+    by_pass.fit_statistics([x[:3], x[3:]])
+    with torch.no_grad():
+        raw = by_cache(x)  # unfitted: the raw features
+        mean, std = by_cache.statistics_from_features(raw)
+        expected = by_pass(x)
+        torch.testing.assert_close((raw - mean) / std, expected, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(by_cache(x), expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(mean, torch.zeros_like(mean))

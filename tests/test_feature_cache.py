@@ -44,3 +44,26 @@ def test_cached_heads_training_gives_a_full_checkpoint(tmp_path, monkeypatch) ->
         pred = ckpt.model(x)["colour"].argmax(1).tolist()
     labels = ckpt.labels["colour"]
     assert [labels[p] for p in pred] == ["red" if i % 2 else "blue" for i in rows]
+
+
+def test_frozen_backbone_standardisation_is_fitted_from_the_cache(tmp_path, monkeypatch) -> None:
+    """No separate statistics pass: the standardisation comes from the cached unaugmented view and the
+    saved backbone's buffers are the statistics of the training images' colour descriptors."""
+    manifest = red_blue_manifest(tmp_path / "data", 48)
+    config = load_train_config(None, [
+        f"data.train=[{manifest}]", f"output_dir={tmp_path / 'runs'}", "model.heads=[colour]",
+        "model.backbone=efficientnet_lite0_colour", "model.pretrained=false", "model.input_size=32",
+        "batch_size=8", "num_workers=0", "progress=false", "threads=1", "optim.epochs=2", "optim.warmup_epochs=0",
+        "freeze_backbone_epochs=2", "augment.preset=flip",
+    ])
+    monkeypatch.setattr(trainer, "_fit_backbone_statistics", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("extra pass")))
+    ckpt = load_checkpoint(trainer.fit(config).best_checkpoint)
+    train_rows = [r for r in range(48) if r % 4 != 0]
+    imgs = [cv2.imread(str(tmp_path / "data" / "img" / f"{i}.png")) for i in train_rows]
+    x = torch.from_numpy(np.stack([preprocess(img, ckpt.preprocess, input_order="BGR") for img in imgs]))
+    backbone = ckpt.model.backbone.eval()
+    with torch.no_grad():
+        raw = backbone.colour(x)
+    assert raw.std(0).max() > 0.1  # the swatches do vary
+    torch.testing.assert_close(backbone.colour_mean, raw.mean(0), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(backbone.colour_std, raw.std(0).clamp(min=1e-3), atol=1e-4, rtol=1e-4)

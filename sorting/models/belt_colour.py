@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from sorting.models.colour_features import ColourAwareBackbone, ColourFeatures
 from sorting.models.multistage import MultiStagePoolBackbone
+from sorting.models.standardise import column_statistics
 
 PAD_TOLERANCE = 1.5 / 255.0  # a grid cell this close to the padding colour (all channels) is padding
 
@@ -94,7 +95,10 @@ class MultiStageColourBackbone(ColourAwareBackbone):
                 yield x
 
         n = self.backbone.fit_statistics(tapped())
-        feats = torch.cat(colour)
-        self.colour_mean.copy_(feats.mean(0))
-        self.colour_std.copy_(feats.std(0).clamp(min=1e-3))
+        mean, std = column_statistics(torch.cat(colour))
+        self.colour_mean.copy_(mean)
+        self.colour_std.copy_(std)
         return n
+
+    def _cnn_statistics(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.backbone.statistics_from_features(feats)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sorting.models.standardise import column_statistics
+
 _RGB2XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
 _WHITE_D65 = (0.950456, 1.0, 1.088754)
 
@@ -166,11 +168,26 @@ class ColourAwareBackbone(nn.Module):
     def fit_statistics(self, batches: Iterable[torch.Tensor]) -> int:
         """Set the colour standardisation from preprocessed, unaugmented training batches; returns the image count."""
         feats = torch.cat([self.colour(x) for x in batches])
-        if feats.shape[0] < 2:
-            raise ValueError("fit_statistics needs at least 2 images")
-        self.colour_mean.copy_(feats.mean(0))
-        self.colour_std.copy_(feats.std(0).clamp(min=1e-3))
+        mean, std = column_statistics(feats)
+        self.colour_mean.copy_(mean)
+        self.colour_std.copy_(std)
         return int(feats.shape[0])
+
+    @torch.no_grad()
+    def statistics_from_features(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit every standardisation from this module's outputs before any fit (CNN part first, then
+        the raw colour descriptor); returns the per-column (mean, std) now applied (mean 0, std 1 for
+        CNN columns that are not standardised)."""
+        cnn_dim = self.feature_dim - self.colour.out_dim
+        mean, std = column_statistics(feats)
+        mean[:cnn_dim], std[:cnn_dim] = self._cnn_statistics(feats[:, :cnn_dim])
+        self.colour_mean.copy_(mean[cnn_dim:])
+        self.colour_std.copy_(std[cnn_dim:])
+        return mean, std
+
+    def _cnn_statistics(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The CNN embedding is used as it is here (a subclass may standardise it)."""
+        return torch.zeros(feats.shape[1]), torch.ones(feats.shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         colour = (self.colour(x) - self.colour_mean) / self.colour_std

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from sorting.models.efficientnet_lite import FEATURE_DIM, LITE0_STAGES, NUM_BLOCKS, EfficientNetLite0
+from sorting.models.standardise import column_statistics
 
 POOLED_STAGES = (2, 3, 4, 5, 6)  # indices into LITE0_STAGES whose outputs are pooled
 
@@ -87,11 +88,18 @@ class MultiStagePoolBackbone(nn.Module):
         self.eval()
         feats = torch.cat([self.raw(x) for x in batches])
         self.train(was_training)
-        if feats.shape[0] < 2:
-            raise ValueError("fit_statistics needs at least 2 images")
-        self.feat_mean.copy_(feats.mean(0))
-        self.feat_std.copy_(feats.std(0).clamp(min=1e-3))
+        self.statistics_from_features(feats)
         return int(feats.shape[0])
+
+    @torch.no_grad()
+    def statistics_from_features(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit the standardisation from this module's *unstandardised* outputs (its forward before any
+        fit: mean 0, std 1). Returns the per-column (mean, std) now applied, so cached outputs can be
+        standardised without a second pass of the network."""
+        mean, std = column_statistics(feats)
+        self.feat_mean.copy_(mean)
+        self.feat_std.copy_(std)
+        return mean, std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.raw(x) - self.feat_mean) / self.feat_std

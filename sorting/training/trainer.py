@@ -6,8 +6,9 @@ per-head temperature and the energy OOD threshold fitted on validation logits),
 ``history.json``, ``metrics.json`` and ``training_curves.png``.
 
 Before the first epoch (not on resume) a backbone with a ``fit_statistics(batches)`` method (e.g.
-``efficientnet_lite0_colour``'s colour standardisation) is fitted on the unaugmented training images.
-A backbone frozen for the whole run (with ``augment.preset`` none/flip or ``augment.views``) trains the
+``efficientnet_lite0_colour``'s colour standardisation) is fitted on the unaugmented training images;
+when the whole backbone is frozen and cached, the fit uses the cached outputs (``statistics_from_features``)
+instead of a pass of its own. A backbone frozen for the whole run (with ``augment.preset`` none/flip or ``augment.views``) trains the
 heads on cached features; ``model.trainable_from: K`` caches the frozen prefix (blocks before K) and
 fine-tunes the rest on the cache (:mod:`sorting.training.feature_cache`). The checkpoints still hold
 the full model.
@@ -253,11 +254,20 @@ def _fit_backbone_statistics(model: MultiHeadClassifier, dataset: ManifestDatase
     log.info("backbone statistics fitted on %d training images", n)
 
 
+def _fits_statistics_from_cache(model: MultiHeadClassifier, config: TrainConfig, cached: bool) -> bool:
+    """Whether the backbone's standardisation can be fitted from its cached outputs (saves a pass)."""
+    return cached and config.model.trainable_from is None and hasattr(model.backbone, "statistics_from_features")
+
+
 def _cached_loaders(
     model: MultiHeadClassifier, train_samples: list[Sample], val_ds: ManifestDataset, pre: PreprocessConfig,
-    sampler: D.ShardedSampler, config: TrainConfig, device: torch.device,
+    sampler: D.ShardedSampler, config: TrainConfig, device: torch.device, *, fit_statistics: bool = False,
 ) -> tuple[DataLoader, DataLoader, nn.Module]:
     """Run the frozen backbone (or its frozen prefix) once per training view and validation image.
+
+    With ``fit_statistics`` the backbone is still unfitted (its outputs are the raw features): its
+    standardisation is fitted on the cached unaugmented view and applied to the cache, which equals
+    fitting first and caching the standardised outputs.
 
     Returns loaders of (cached rows, targets) and the module a step runs on them: the heads, or the
     trainable backbone suffix plus heads.
@@ -279,6 +289,11 @@ def _cached_loaders(
     started = time.perf_counter()
     train = extract_features(encoder, views, flip=flip, desc="train features", **kw)
     val = extract_features(encoder, [val_ds], desc="val features", **kw)
+    if fit_statistics:
+        mean, std = backbone.statistics_from_features(train.views[0])  # view 0: unaugmented, not mirrored
+        for cache in (train, val):
+            cache.views.sub_(mean.to(cache.views.dtype)).div_(std.to(cache.views.dtype))
+        log.info("backbone statistics fitted on %d cached training images", train.views.shape[1])
     log.info(
         "cached %s of %d train images x %d views / %d val images in %.0f s (%.0f MB)",
         "frozen-backbone features" if start is None else f"backbone blocks 0-{start - 1} outputs",
@@ -342,7 +357,8 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
     augmentation = None if cached else _build_augmentation(config, seed=config.seed + 1000 * ctx.rank)
     train_ds = ManifestDataset(train_samples, pre, augmentation, cache_images=config.data.cache_images)
     val_ds = ManifestDataset(val_samples, pre, None, cache_images=config.data.cache_images)
-    if resume is None:
+    stats_from_cache = resume is None and _fits_statistics_from_cache(model, config, cached)
+    if resume is None and not stats_from_cache:
         _fit_backbone_statistics(model, ManifestDataset(train_samples, pre, None, cache_images=False), config, device)
     weights = balanced_sample_weights(train_samples, space) if config.balance == "sampler" else None
     sampler = D.ShardedSampler(len(train_ds), ctx, seed=config.seed, weights=weights)
@@ -355,7 +371,8 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
     per_rank = len(sampler)
     step_model: nn.Module = model  # what a training/validation step runs: the model, or its heads on cached features
     if cached:
-        train_loader, val_loader, step_model = _cached_loaders(model, train_samples, val_ds, pre, sampler, config, device)
+        train_loader, val_loader, step_model = _cached_loaders(model, train_samples, val_ds, pre, sampler, config, device,
+                                                               fit_statistics=stats_from_cache)
     else:
         train_loader = DataLoader(
             train_ds, batch_size=config.batch_size, sampler=sampler, drop_last=per_rank > config.batch_size,
