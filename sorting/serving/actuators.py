@@ -35,6 +35,7 @@ from pydantic import Field
 
 from sorting.config import StrictModel
 from sorting.errors import ConfigError
+from sorting.serving.modbus_link import ModbusLink
 from sorting.serving.policy import BinConfig
 
 log = logging.getLogger(__name__)
@@ -186,24 +187,18 @@ class ModbusTcpActuator(Actuator):
         on_missed: MissedCallback | None = None,
         on_connection: ConnectionCallback | None = None,
     ) -> None:
-        from pymodbus.client import ModbusTcpClient
-
         self.config = config
         self.addresses = dict(addresses)
         self.clock = clock
         self.on_missed = on_missed
-        self.on_connection = on_connection
         self.sent = 0
         self.missed = 0
-        self.reconnects = 0
-        self._client = ModbusTcpClient(
-            config.host, port=config.port, timeout=config.timeout_ms / 1000.0, retries=0, reconnect_delay=0
+        self.link = ModbusLink(
+            config.host, config.port, name=f"PLC at {config.host}:{config.port}", timeout_s=config.timeout_ms / 1000.0,
+            retry_initial_s=config.retry_initial_ms / 1000.0, retry_max_s=config.retry_max_ms / 1000.0,
+            on_connect=lambda _client: self._clear_outputs(), on_change=on_connection, clock=clock,
         )
-        self._connected = False
-        self._ever_connected = False
         self._close_timeout_s = 2.0
-        self._backoff_s = config.retry_initial_ms / 1000.0
-        self._next_try = 0.0
         self._last_io = 0.0
         self._inbox: queue.Queue[object] = queue.Queue(maxsize=config.queue_size)
         self._heap: list[_Event] = []
@@ -216,7 +211,11 @@ class ModbusTcpActuator(Actuator):
     # -- loop side -------------------------------------------------------------------------
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self.link.connected
+
+    @property
+    def reconnects(self) -> int:
+        return self.link.reconnects
 
     def fire(self, bin: int, at_time: float, pulse_s: float, *, item_id: int | str | None = None) -> None:
         firing = Firing(bin, _address(self.addresses, bin), at_time, pulse_s, item_id)
@@ -251,82 +250,42 @@ class ModbusTcpActuator(Actuator):
             except Exception:  # a faulty callback must not kill the worker
                 log.exception("on_missed callback failed")
 
-    def _set_connected(self, value: bool) -> None:
-        if value == self._connected:
-            return
-        self._connected = value
-        if value:
-            if self._ever_connected:
-                self.reconnects += 1
-            self._ever_connected = True
-            log.info("modbus actuator connected to %s:%d", self.config.host, self.config.port)
-        else:
-            log.warning("modbus actuator lost connection to %s:%d; retrying", self.config.host, self.config.port)
-        if self.on_connection is not None:
-            try:
-                self.on_connection(value)
-            except Exception:
-                log.exception("on_connection callback failed")
-
     def _write(self, address: int, on: bool) -> None:
         unit = self.config.unit_id
+        client = self.link.client
         if self.config.output == "coil":
-            resp = self._client.write_coil(address, on, device_id=unit)
+            resp = client.write_coil(address, on, device_id=unit)
         else:
-            resp = self._client.write_register(address, self.config.on_value if on else 0, device_id=unit)
+            resp = client.write_register(address, self.config.on_value if on else 0, device_id=unit)
         if resp.isError():
             raise OSError(f"PLC refused write to {self.config.output} {address}: {resp}")
         self._last_io = self.clock()
+        self.link.ok()
 
-    def _drop_link(self, exc: BaseException) -> None:
-        log.debug("modbus error: %s", exc)
-        self._client.close()
-        self._set_connected(False)
-        self._next_try = self.clock() + self._backoff_s
-
-    def _ensure_connected(self) -> bool:
-        if self._connected:
-            return True
-        now = self.clock()
-        if now < self._next_try:
-            return False
-        try:
-            ok = self._client.connect()
-            if ok:
-                for address in sorted(set(self.addresses.values())):
-                    self._write(address, False)  # fail safe: start from all outputs cleared
-        except Exception as exc:  # pymodbus raises ModbusException/OSError subclasses
-            log.debug("modbus connect failed: %s", exc)
-            ok = False
-        if ok:
-            self._backoff_s = self.config.retry_initial_ms / 1000.0
-            self._set_connected(True)
-            return True
-        self._client.close()
-        if not self._ever_connected and self._backoff_s == self.config.retry_initial_ms / 1000.0:
-            log.warning("cannot reach PLC at %s:%d; retrying with back-off", self.config.host, self.config.port)
-        log.debug("modbus connect failed; next try in %.2fs", self._backoff_s)
-        self._next_try = self.clock() + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2.0, self.config.retry_max_ms / 1000.0)
-        return False
+    def _clear_outputs(self) -> None:
+        """Fail safe: every bin output off (on each connect and at close)."""
+        for address in sorted(set(self.addresses.values())):
+            self._write(address, False)
 
     def _heartbeat(self) -> None:
         """Notice a dead link while idle (reads one output)."""
         if not self.addresses or self.clock() - self._last_io < self.config.heartbeat_ms / 1000.0:
             return
-        if not self._ensure_connected():
+        if not self.link.ensure():
             return
         address = min(self.addresses.values())
+        client = self.link.client
         try:
             if self.config.output == "coil":
-                resp = self._client.read_coils(address, count=1, device_id=self.config.unit_id)
+                resp = client.read_coils(address, count=1, device_id=self.config.unit_id)
             else:
-                resp = self._client.read_holding_registers(address, count=1, device_id=self.config.unit_id)
+                resp = client.read_holding_registers(address, count=1, device_id=self.config.unit_id)
             if resp.isError():
                 raise OSError(f"PLC refused read: {resp}")
             self._last_io = self.clock()
+            self.link.ok()
         except Exception as exc:
-            self._drop_link(exc)
+            self.link.drop(exc)
 
     def _push(self, firing: Firing) -> None:
         pulse = _Pulse(firing)
@@ -341,7 +300,7 @@ class ModbusTcpActuator(Actuator):
             return
         for event in sorted(late):
             event.pulse.dropped = True
-            self._report_missed(event.pulse.firing, "late" if self._connected else "disconnected")
+            self._report_missed(event.pulse.firing, "late" if self.link.connected else "disconnected")
         self._heap = [e for e in self._heap if not e.pulse.dropped]
         heapq.heapify(self._heap)
 
@@ -353,12 +312,12 @@ class ModbusTcpActuator(Actuator):
             if not event.on and not pulse.sent_on:
                 heapq.heappop(self._heap)
                 continue
-            if not self._ensure_connected():
+            if not self.link.ensure():
                 return
             try:
                 self._write(pulse.firing.address, event.on)
             except Exception as exc:
-                self._drop_link(exc)
+                self.link.drop(exc)
                 return
             heapq.heappop(self._heap)
             if event.on:
@@ -373,9 +332,9 @@ class ModbusTcpActuator(Actuator):
             due = self._heap[0].t - now
             if due > 0:
                 wait = min(wait, due)
-            elif not self._connected:  # due but no link: wake at the next retry or when pulses turn late
+            elif not self.link.connected:  # due but no link: wake at the next retry or when pulses turn late
                 first_late = min((e.t for e in self._heap if e.on), default=now) + self.config.max_late_ms / 1000.0
-                wait = min(wait, self._next_try - now, first_late - now + 0.001)
+                wait = min(wait, self.link.next_try - now, first_late - now + 0.001)
             else:
                 wait = 0.0
         return min(max(wait, 0.0), 0.5)
@@ -407,14 +366,12 @@ class ModbusTcpActuator(Actuator):
             if event.on:
                 self._report_missed(event.pulse.firing, "shutdown")
         self._heap.clear()
-        if self._connected:
+        if self.link.connected:
             try:
-                for address in sorted(set(self.addresses.values())):
-                    self._write(address, False)
+                self._clear_outputs()
             except Exception as exc:
                 log.warning("could not clear outputs at close: %s", exc)
-        self._client.close()
-        self._set_connected(False)
+        self.link.close()
 
 
 def make_actuator(

@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 from sorting.config import StrictModel
 from sorting.serving.actuators import Firing
 from sorting.serving.ejector import EjectorScheduler, EncoderSpeed, FixedSpeed, SpeedSource
+from sorting.serving.modbus_link import ModbusLink
 
 if TYPE_CHECKING:
     from sorting.serving.decision_log import DecisionLog
@@ -95,8 +96,6 @@ class EncoderReader:
         on_gap: GapCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        from pymodbus.client import ModbusTcpClient
-
         self.config = config
         self.clock = clock
         self.on_status = on_status
@@ -104,19 +103,23 @@ class EncoderReader:
         self.speed = EncoderSpeed(config.distance_per_count_m, "m", window_s=config.window_s,
                                   stale_s=config.stale_s, wrap=2 ** (16 * config.words))
         self.readings = 0
-        self.reconnects = 0
-        self._client = ModbusTcpClient(
-            config.host, port=config.port, timeout=config.timeout_ms / 1000.0, retries=0, reconnect_delay=0
+        # after a reconnect the counter baseline starts afresh: the PLC may have restarted its counter
+        self.link = ModbusLink(
+            config.host, config.port, name=f"belt encoder at {config.name}", timeout_s=config.timeout_ms / 1000.0,
+            retry_initial_s=config.retry_initial_ms / 1000.0, retry_max_s=config.retry_max_ms / 1000.0,
+            on_connect=lambda _client: self.speed.reset(), clock=clock,
         )
-        self._connected = False
-        self._ever_connected = False
         self._last_reading: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="belt-encoder", daemon=True)
 
     @property
     def connected(self) -> bool:
-        return self._connected
+        return self.link.connected
+
+    @property
+    def reconnects(self) -> int:
+        return self.link.reconnects
 
     def start(self) -> EncoderReader:
         """Start polling (idempotent)."""
@@ -139,27 +142,10 @@ class EncoderReader:
         self.close()
 
     # -- reader thread ---------------------------------------------------------------------
-    def _connect(self) -> bool:
-        try:
-            ok = bool(self._client.connect())
-        except Exception as exc:  # pymodbus raises ModbusException/OSError subclasses
-            log.debug("encoder connect failed: %s", exc)
-            ok = False
-        if not ok:
-            self._client.close()
-            return False
-        self.speed.reset()  # the PLC may have restarted its counter while we were away
-        if self._ever_connected:
-            self.reconnects += 1
-        self._ever_connected = self._connected = True
-        log.info("belt encoder connected to %s (%s register %d)", self.config.name, self.config.register_type,
-                 self.config.address)
-        return True
-
     def _read(self) -> int:
         cfg = self.config
-        read = self._client.read_input_registers if cfg.register_type == "input" else \
-            self._client.read_holding_registers
+        client = self.link.client
+        read = client.read_input_registers if cfg.register_type == "input" else client.read_holding_registers
         resp = read(cfg.address, count=cfg.words, device_id=cfg.unit_id)
         if resp.isError():
             raise OSError(f"PLC refused to read {cfg.register_type} register {cfg.address} (x{cfg.words}): {resp}")
@@ -175,7 +161,7 @@ class EncoderReader:
         if self.on_status is None:
             return
         try:
-            self.on_status(self.config.name, self._connected, self.speed.speed(self.clock()))
+            self.on_status(self.config.name, self.link.connected, self.speed.speed(self.clock()))
         except Exception:  # a faulty callback must not stop the speed measurement
             log.exception("encoder on_status callback failed")
 
@@ -190,36 +176,28 @@ class EncoderReader:
 
     def _run(self) -> None:
         cfg = self.config
-        initial = cfg.retry_initial_ms / 1000.0
-        backoff = initial
         next_poll = self.clock()
         while not self._stop.is_set():
-            if self._connected or self._connect():
+            if self.link.ensure():
                 t0 = self.clock()
                 try:
                     counts = self._read()
                 except Exception as exc:  # link lost or register refused: reconnect with back-off
-                    log.warning("belt encoder at %s: %s; reconnecting (speed reads 0 once stale)", cfg.name, exc)
-                    self._client.close()
-                    self._connected = False
+                    self.link.drop(exc)
                 else:
                     # the PLC sampled the counter between request and response: take the middle
                     t = (t0 + self.clock()) / 2.0
+                    self.link.ok()
                     self._after_gap(t)
                     self.speed.update(counts, t)
                     self.readings += 1
-                    backoff = initial
                     self._report()
                     next_poll = max(next_poll + cfg.poll_s, self.clock())  # behind: no burst of catch-up polls
                     self._stop.wait(next_poll - self.clock())
                     continue
-            elif backoff == initial:
-                log.warning("cannot reach belt encoder at %s; retrying with back-off", cfg.name)
-            self._report()
-            self._stop.wait(backoff)
-            backoff = min(backoff * 2.0, cfg.retry_max_ms / 1000.0)
-        self._client.close()
-        self._connected = False
+            self._report()  # speed reads 0 once stale
+            self._stop.wait(max(0.0, self.link.next_try - self.clock()))
+        self.link.close()
 
 
 def belt_speed(
