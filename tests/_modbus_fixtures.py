@@ -59,3 +59,21 @@ class LoopbackModbusServer:
         asyncio.run_coroutine_threadsafe(self._server.shutdown(), self._loop).result(5)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+WRITE_COIL, WRITE_REGISTER = 5, 6
+
+
+class LoopbackPlc(LoopbackModbusServer):
+    """A real Modbus TCP server on 127.0.0.1 that records every write (fc, address, values, t)."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.writes: list[tuple[int, int, list, float]] = []
+
+    async def _action(self, fc, start, address, count, regs, set_values):  # noqa: ANN001 (pymodbus signature)
+        if set_values is not None:
+            self.writes.append((fc, address, list(set_values), time.monotonic()))
+
+    def sets(self, fc: int = WRITE_COIL) -> list[tuple[int, object, float]]:
+        return [(a, v[0], t) for f, a, v, t in self.writes if f == fc]

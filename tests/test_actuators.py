@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from _modbus_fixtures import LoopbackModbusServer, free_port, wait_for
+from _modbus_fixtures import WRITE_REGISTER, LoopbackPlc, free_port, wait_for
 
 from sorting.errors import ConfigError
 from sorting.serving.actuators import (
@@ -17,24 +17,6 @@ from sorting.serving.actuators import (
     SimulatedActuator,
     make_actuator,
 )
-
-WRITE_COIL, WRITE_REGISTER = 5, 6
-
-
-class LoopbackPlc(LoopbackModbusServer):
-    """A real Modbus TCP server on 127.0.0.1 that records every write (fc, address, values, t)."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(port)
-        self.writes: list[tuple[int, int, list, float]] = []
-
-    async def _action(self, fc, start, address, count, regs, set_values):  # noqa: ANN001 (pymodbus signature)
-        if set_values is not None:
-            self.writes.append((fc, address, list(set_values), time.monotonic()))
-
-    def sets(self, fc: int = WRITE_COIL) -> list[tuple[int, object, float]]:
-        return [(a, v[0], t) for f, a, v, t in self.writes if f == fc]
-
 
 def test_simulated_records_firings_with_addresses() -> None:
     act = SimulatedActuator({1: 10, 2: 11})

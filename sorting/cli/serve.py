@@ -1,8 +1,9 @@
-"""Sorter commands: ``serve``, ``calibrate``, ``demo`` and ``bench-sorter``."""
+"""Sorter commands: ``serve``, ``calibrate``, ``pulse``, ``demo`` and ``bench-sorter``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from sorting.cli.common import add_command
@@ -42,8 +43,51 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pulse(args: argparse.Namespace) -> int:
+    from sorting.serving.commissioning import pulse_bins
+
+    cfg = load_line_config(args.line, args.set)
+    act = cfg.actuator
+    target = f"the PLC at {act.host}:{act.port}" if act.kind == "modbus" else f"the {act.kind} actuator"
+    if act.kind == "simulated":
+        print("actuator.kind is 'simulated': nothing physical will move (use --set actuator.kind=modbus)")
+    elif not args.yes:
+        if not sys.stdin.isatty():
+            print(f"refusing to fire the ejectors through {target} without --yes", file=sys.stderr)
+            return 2
+        answer = input(f"Fire the ejectors of {'bins ' + str(args.bin) if args.bin else 'every bin'} through "
+                       f"{target}? Keep hands off the belt. [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing fired")
+            return 1
+    checks = pulse_bins(cfg, args.bin, pulse_ms=args.pulse_ms, interval_s=args.interval)
+    for c in checks:
+        status = "sent" if c.sent else f"MISSED ({c.reason})"
+        print(f"bin {c.bin:2d} {c.name:<20} address {c.address:3d}  {c.pulse_ms:.0f} ms  {status}")
+    failed = sum(not c.sent for c in checks)
+    print(f"{len(checks) - failed}/{len(checks)} pulses sent through {target}")
+    return 1 if failed else 0
+
+
+def _register_pulse(sub: argparse._SubParsersAction) -> None:
+    p = add_command(
+        sub, "pulse", "Commissioning: fire each bin's ejector once through the line's actuator (wiring check).",
+        """
+  textile-sorter pulse --line serving/line-fibre-colour.yaml               # every bin, 1 s apart (asks first)
+  textile-sorter pulse --line serving/line-fibre-colour.yaml --bin 3 --bin 4 --pulse-ms 200 --yes
+Watch each valve or pusher: the bin printed as 'sent' should move, and only that one.""",
+    )
+    p.add_argument("--line", required=True, help="line config YAML (its bins file gives names and addresses)")
+    p.add_argument("--bin", type=int, action="append", help="bin id to pulse (repeatable; default: every bin)")
+    p.add_argument("--pulse-ms", type=float, help="pulse length (default: the bin's pulse_ms, else ejector.pulse_ms)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between two bins (default 1)")
+    p.add_argument("--yes", action="store_true", help="do not ask before firing (scripts)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a line config key")
+    p.set_defaults(func=_pulse)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register ``serve``, ``calibrate`` and ``bench-sorter``."""
+    """Register ``serve``, ``calibrate``, ``pulse``, ``demo`` and ``bench-sorter``."""
     p = add_command(
         sub, "serve", "Run a sorting line: camera -> segment -> track -> classify -> bins, until stopped.",
         """
@@ -73,6 +117,7 @@ Ctrl-C or SIGTERM stops after the current frame: items in flight go to reject ('
     c.add_argument("--source", help="override camera.source")
     c.add_argument("--frames", type=int, default=30, help="frames to measure (median over them; default 30)")
     c.set_defaults(func=_calibrate)
+    _register_pulse(sub)
     _register_demo(sub)
     _register_bench_sorter(sub)
 
