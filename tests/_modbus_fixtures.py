@@ -77,3 +77,11 @@ class LoopbackPlc(LoopbackModbusServer):
 
     def sets(self, fc: int = WRITE_COIL) -> list[tuple[int, object, float]]:
         return [(a, v[0], t) for f, a, v, t in self.writes if f == fc]
+
+
+class SlowPlc(LoopbackPlc):
+    """Answers each write after 30 ms: clearing many outputs on connect outlasts a pulse's allowed lateness."""
+
+    async def _action(self, fc, start, address, count, regs, set_values):  # noqa: ANN001 (pymodbus signature)
+        await asyncio.sleep(0.03)
+        await super()._action(fc, start, address, count, regs, set_values)

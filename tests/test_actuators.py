@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from _modbus_fixtures import WRITE_REGISTER, LoopbackPlc, free_port, wait_for
+from _modbus_fixtures import WRITE_REGISTER, LoopbackPlc, SlowPlc, free_port, wait_for
 
 from sorting.errors import ConfigError
 from sorting.serving.actuators import (
@@ -149,3 +149,20 @@ def test_close_returns_when_the_link_dies_mid_pulse() -> None:
     assert time.monotonic() - t < 2.0 and not act.connected
     act.fire(1, time.monotonic() + 1.0, 0.1, item_id=2)
     assert missed[-1][1] == "closed"
+
+
+def test_a_pulse_due_during_a_slow_connect_is_missed_not_sent_late() -> None:
+    port = free_port()
+    plc = SlowPlc(port).start()
+    missed = []
+    addresses = {b: b - 1 for b in range(1, 10)}  # 9 outputs to clear on connect: ~0.3 s
+    act = ModbusTcpActuator(ActuatorConfig(kind="modbus", host="127.0.0.1", port=port, timeout_ms=1000), addresses,
+                            on_missed=lambda f, why: missed.append((f.item_id, why)))
+    try:
+        act.fire(1, time.monotonic() + 0.05, 0.02, item_id=7)
+        assert wait_for(lambda: missed == [(7, "late")], timeout=3.0), missed
+        time.sleep(0.1)
+        assert (0, True) not in {(a, v) for a, v, _ in plc.sets()}
+    finally:
+        act.close()
+        plc.stop()

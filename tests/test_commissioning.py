@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from _modbus_fixtures import LoopbackPlc, free_port
+from _modbus_fixtures import LoopbackPlc, SlowPlc, free_port
 
 from sorting.cli import main
 from sorting.errors import ConfigError
@@ -36,8 +36,21 @@ def test_each_chosen_bin_pulses_its_own_address(repo_root) -> None:
     assert plc.sets()[-1][1] is False  # closing clears the outputs
 
 
+def test_the_first_pulse_waits_for_a_slow_link(repo_root) -> None:
+    """Connecting clears 9 outputs (~0.3 s here): a pulse fired at once would be dropped as late."""
+    port = free_port()
+    plc = SlowPlc(port).start()
+    try:
+        checks = pulse_bins(_line(repo_root, port, "actuator.timeout_ms=1000"), [1], interval_s=0.0)
+    finally:
+        plc.stop()
+    assert checks[0].sent, checks[0].reason
+    assert (0, True) in {(a, v) for a, v, _ in plc.sets()}
+
+
 def test_without_a_plc_every_pulse_is_reported_missed(repo_root) -> None:
-    checks = pulse_bins(_line(repo_root, free_port(), "actuator.retry_initial_ms=50"), [1, 3], interval_s=0.0)
+    checks = pulse_bins(_line(repo_root, free_port(), "actuator.retry_initial_ms=50"), [1, 3], interval_s=0.0,
+                        connect_timeout_s=0.2)
     assert [c.sent for c in checks] == [False, False]
     assert all(c.reason in ("disconnected", "shutdown") for c in checks)
 

@@ -314,6 +314,9 @@ class ModbusTcpActuator(Actuator):
                 continue
             if not self.link.ensure():
                 return
+            if event.on and self.clock() > event.t + self.config.max_late_ms / 1000.0:
+                self._drop_late(self.clock())  # (re)connecting took too long: never start a pulse late
+                continue
             try:
                 self._write(pulse.firing.address, event.on)
             except Exception as exc:

@@ -42,13 +42,16 @@ def pulse_bins(
     *,
     pulse_ms: float | None = None,
     interval_s: float = 1.0,
+    connect_timeout_s: float = 3.0,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[PulseCheck]:
     """Fire each of ``bins`` (default: every product bin of the line) once; returns one check per bin.
 
     ``pulse_ms`` overrides the bin's own pulse length (``pulse_ms`` of the bin, else ``ejector.pulse_ms``).
-    The actuator is closed at the end, which clears every output.
+    The first pulse waits up to ``connect_timeout_s`` for the actuator's link (connecting and clearing every
+    output can take longer than a pulse may be late). The actuator is closed at the end, which clears every
+    output.
     """
     policy = load_policy_config(line.policy.bins)
     known = {b.id: b for b in policy.bins}
@@ -66,6 +69,12 @@ def pulse_bins(
     actuator = make_actuator(line.actuator, bin_addresses(policy.bins), clock=clock, on_missed=on_missed)
     lengths = {b: pulse_ms or known[b].pulse_ms or line.ejector.pulse_ms for b in chosen}
     try:
+        deadline = clock() + connect_timeout_s
+        while not actuator.connected and clock() < deadline:
+            sleep(0.02)
+        if not actuator.connected:
+            log.warning("the actuator is not connected after %.1f s: the pulses will be reported missed",
+                        connect_timeout_s)
         for i, b in enumerate(chosen):
             if i:
                 sleep(interval_s)
