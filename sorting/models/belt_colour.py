@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from sorting.models.colour_features import ColourAwareBackbone, ColourFeatures
+from sorting.models.colour_features import ColourAwareBackbone, ColourFeatures, border_ring
 from sorting.models.multistage import MultiStagePoolBackbone
 from sorting.models.standardise import column_statistics
 
@@ -55,9 +55,7 @@ class BeltColourFeatures(ColourFeatures):
     def foreground(self, rgb: torch.Tensor) -> torch.Tensor:
         """(N,3,G,G) RGB 0..1 -> (N,1,G,G) float mask, 1 = garment (not padding, not border-connected belt)."""
         pad = ((rgb - self.pad_level).abs().amax(dim=1, keepdim=True) < PAD_TOLERANCE).to(rgb.dtype)
-        g = rgb.shape[-1]
-        ring = torch.ones(1, 1, g, g, dtype=rgb.dtype, device=rgb.device)
-        ring[:, :, 1:-1, 1:-1] = 0.0
+        ring = border_ring(rgb)
         ring_weight = ring * (1.0 - pad)
         belt = (rgb * ring_weight).sum(dim=(2, 3), keepdim=True) / ring_weight.sum(dim=(2, 3), keepdim=True).clamp(min=1.0)
         near = ((rgb - belt).abs().amax(dim=1, keepdim=True) < self.belt_tolerance).to(rgb.dtype)
@@ -66,12 +64,7 @@ class BeltColourFeatures(ColourFeatures):
         t = (((rgb - belt) * span).sum(dim=1, keepdim=True) / (span * span).sum(dim=1, keepdim=True).clamp(min=1e-6)).clamp(0.0, 1.0)
         mixed = ((rgb - belt - t * span).abs().amax(dim=1, keepdim=True) < self.belt_tolerance).to(rgb.dtype)
         near = torch.maximum(torch.maximum(near, pad), mixed * F.max_pool2d(pad, 3, stride=1, padding=1))
-        bg = near * ring
-        for _ in range(self.iters):
-            bg = F.max_pool2d(bg, 5, stride=1, padding=2) * near
-        fg = 1.0 - bg
-        frac = fg.mean(dim=(2, 3), keepdim=True)
-        return torch.where(frac < 0.02, torch.ones_like(fg), fg)
+        return self._garment_mask(near, ring)
 
 
 class MultiStageColourBackbone(ColourAwareBackbone):

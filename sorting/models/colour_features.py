@@ -47,6 +47,14 @@ def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     return torch.cat([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
 
 
+def border_ring(grid: torch.Tensor) -> torch.Tensor:
+    """(1,1,G,G) mask of the outermost cells of an (N,C,G,G) grid."""
+    g = grid.shape[-1]
+    ring = torch.ones(1, 1, g, g, dtype=grid.dtype, device=grid.device)
+    ring[:, :, 1:-1, 1:-1] = 0.0
+    return ring
+
+
 class ColourFeatures(nn.Module):
     """Maps a normalised image batch (N,3,S,S) to a fixed-length colour descriptor (N, ``out_dim``).
 
@@ -96,12 +104,14 @@ class ColourFeatures(nn.Module):
         mx = rgb.amax(dim=1, keepdim=True)
         mn = rgb.amin(dim=1, keepdim=True)
         white = ((mn > self.white_min) & ((mx - mn) < self.white_max_sat)).to(rgb.dtype)
-        g = rgb.shape[-1]
-        border = torch.ones(1, 1, g, g, dtype=rgb.dtype, device=rgb.device)
-        border[:, :, 1:-1, 1:-1] = 0.0
-        bg = white * border
+        return self._garment_mask(white, border_ring(rgb))
+
+    def _garment_mask(self, background_like: torch.Tensor, ring: torch.Tensor) -> torch.Tensor:
+        """Background = cells reached from the border ring through background-like cells (``iters`` geodesic
+        steps of a 5 x 5 window); the rest is garment. All garment when almost nothing is left."""
+        bg = background_like * ring
         for _ in range(self.iters):
-            bg = F.max_pool2d(bg, 5, stride=1, padding=2) * white
+            bg = F.max_pool2d(bg, 5, stride=1, padding=2) * background_like
         fg = 1.0 - bg
         frac = fg.mean(dim=(2, 3), keepdim=True)
         return torch.where(frac < 0.02, torch.ones_like(fg), fg)
@@ -187,7 +197,7 @@ class ColourAwareBackbone(nn.Module):
 
     def _cnn_statistics(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The CNN embedding is used as it is here (a subclass may standardise it)."""
-        return torch.zeros(feats.shape[1]), torch.ones(feats.shape[1])
+        return feats.new_zeros(feats.shape[1]), feats.new_ones(feats.shape[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         colour = (self.colour(x) - self.colour_mean) / self.colour_std

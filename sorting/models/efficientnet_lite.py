@@ -91,11 +91,10 @@ class EfficientNetLite0(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.run_blocks(self.prefix(x, 0)[0], 0, NUM_BLOCKS)
-        return torch.flatten(self._avg_pooling(self.head_map(x)), 1)
+        return self._pooled(self.prefix(x, 0), 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._fc(self._dropout(self.forward_features(x)))
+        return self.suffix(self.prefix(x, 0), 0)
 
     # Split point for partial fine-tuning (sorting.training.feature_cache): ``prefix`` is the frozen part
     # whose outputs are cached; ``suffix(prefix(x, s), s) == forward(x)`` for every s in 0..NUM_BLOCKS.
@@ -105,8 +104,11 @@ class EfficientNetLite0(nn.Module):
 
     def suffix(self, parts: list[torch.Tensor], start: int) -> torch.Tensor:
         """Blocks ``start ..``, head, pooling (and ``_fc``) on the output of :meth:`prefix`."""
+        return self._fc(self._dropout(self._pooled(parts, start)))
+
+    def _pooled(self, parts: list[torch.Tensor], start: int) -> torch.Tensor:
         x = self.run_blocks(parts[0], start, NUM_BLOCKS)
-        return self._fc(self._dropout(torch.flatten(self._avg_pooling(self.head_map(x)), 1)))
+        return torch.flatten(self._avg_pooling(self.head_map(x)), 1)
 
     def run_blocks(self, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         for block in self._blocks[start:stop]:

@@ -42,8 +42,7 @@ class MultiStagePoolBackbone(nn.Module):
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         """Unstandardised pooled features (N, feature_dim)."""
-        x, means, stds = self._pooled_blocks(self.net.prefix(x, 0)[0], 0, NUM_BLOCKS)
-        return torch.cat([*means, self.net.head_map(x).mean(dim=(2, 3)), *stds], dim=1)
+        return self._raw_suffix(self.prefix(x, 0), 0)
 
     def _pooled_blocks(self, x: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Run blocks ``start .. stop-1``; mean and std of the pooled stage outputs met on the way."""

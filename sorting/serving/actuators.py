@@ -292,17 +292,19 @@ class ModbusTcpActuator(Actuator):
         heapq.heappush(self._heap, _Event(firing.at_time, next(self._seq), True, pulse))
         heapq.heappush(self._heap, _Event(firing.at_time + firing.pulse_s, next(self._seq), False, pulse))
 
-    def _drop_late(self, now: float) -> None:
-        """Report pulses that can no longer start in time, even behind an event waiting for the link."""
+    def _drop_late(self, now: float) -> bool:
+        """Report pulses that can no longer start in time, even behind an event waiting for the link;
+        whether there were any."""
         max_late = self.config.max_late_ms / 1000.0
         late = [e for e in self._heap if e.on and now > e.t + max_late]
         if not late:
-            return
+            return False
         for event in sorted(late):
             event.pulse.dropped = True
             self._report_missed(event.pulse.firing, "late" if self.link.connected else "disconnected")
         self._heap = [e for e in self._heap if not e.pulse.dropped]
         heapq.heapify(self._heap)
+        return True
 
     def _process_due(self) -> None:
         self._drop_late(self.clock())
@@ -314,8 +316,7 @@ class ModbusTcpActuator(Actuator):
                 continue
             if not self.link.ensure():
                 return
-            if event.on and self.clock() > event.t + self.config.max_late_ms / 1000.0:
-                self._drop_late(self.clock())  # (re)connecting took too long: never start a pulse late
+            if self._drop_late(self.clock()):  # (re)connecting took long: never start a pulse late
                 continue
             try:
                 self._write(pulse.firing.address, event.on)

@@ -210,8 +210,6 @@ class SorterLoop:
         self.keep_images = keep_images
         self.clock = clock
         self.labels = {h: list(v) for h, v in classifier.metadata.labels.items()}
-        # only the heads the bins depend on may reject as OOD (a colour line ignores an unsure fibre head)
-        self.ood_heads = policy.config.heads_used() or frozenset(self.labels)
         cal = cfg.calibration
         self.corrector = ColourCorrector(cal.white_balance if cal.apply else (1, 1, 1),
                                          cal.exposure_gain if cal.apply else 1.0)
@@ -318,7 +316,7 @@ class SorterLoop:
             preds = self.classifier.predict(crops)
             for row, (tr, crop) in enumerate(zip(todo, crops)):
                 probs = {h: preds.probs[h][row] for h in preds.probs}
-                ood = any(bool(preds.ood[h][row]) for h in preds.ood if h in self.ood_heads)
+                ood = any(bool(preds.ood[h][row]) for h in preds.ood if h in self.policy.ood_heads)
                 whole = tr.detection is not None and not tr.detection.edges
                 tr.add_view(probs, ood=ood, whole=whole, weight=self.tracker.view_weight(tr), frame=index)
                 area = tr.detection.area if tr.detection is not None else 0.0

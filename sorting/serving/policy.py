@@ -192,6 +192,8 @@ class Policy:
         self.labels = {h: list(v) for h, v in labels.items()}
         self._check_labels()
         self._names = config.bin_names()
+        # only the heads the bins depend on may reject as OOD (a colour line ignores an unsure fibre head)
+        self.ood_heads = config.heads_used() or frozenset(self.labels)
 
     def _check_labels(self) -> None:
         heads = set(self.labels)

@@ -249,9 +249,9 @@ class BeltSegmenter:
             if check_shape and not edges:
                 own = np.zeros((h, w), np.uint8)
                 cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
-                cores = self._cores(own, small[y : y + h, x : x + w])
-                split = cores <= 1 and area >= shape_min_area and \
-                    self._two_colour_regions(small[y : y + h, x : x + w], own)
+                roi = small[y : y + h, x : x + w]
+                cores = self._cores(own, roi)
+                split = cores <= 1 and area >= shape_min_area and self._two_colour_regions(roi, own)
             overlap = solidity < self.cfg.solidity_min or cores > 1 or split
             out.append(
                 Detection(
@@ -304,11 +304,16 @@ class BeltSegmenter:
         than ``body_colour_delta``: a garment pinched in two by a fold's shadow has one colour."""
         if self.cfg.body_colour_delta <= 0:
             return True
-        lab = cv2.cvtColor(roi_bgr, cv2.COLOR_BGR2Lab)
+        lab = self._weighted_lab(roi_bgr)
         means = np.array([cv2.mean(lab, mask=(labels == k).astype(np.uint8))[:3] for k in bodies], np.float32)
-        means[:, 0] *= self.cfg.colour_split_lightness_weight
         gaps = np.linalg.norm(means[:, None, :] - means[None, :, :], axis=2)
         return float(gaps.max()) > self.cfg.body_colour_delta
+
+    def _weighted_lab(self, roi_bgr: np.ndarray) -> np.ndarray:
+        """Lab (float32) with L* scaled by ``colour_split_lightness_weight``: shading is not a second garment."""
+        lab = cv2.cvtColor(roi_bgr, cv2.COLOR_BGR2Lab).astype(np.float32)
+        lab[..., 0] *= self.cfg.colour_split_lightness_weight
+        return lab
 
     def _two_colour_regions(self, roi_bgr: np.ndarray, own: np.ndarray) -> bool:
         """Two garments of different colour lying on each other: the blob's pixels fall into two
@@ -317,8 +322,7 @@ class BeltSegmenter:
         region (a striped or printed garment gives many small regions instead)."""
         if self.cfg.colour_split_delta <= 0:
             return False
-        lab = cv2.cvtColor(roi_bgr[::3, ::3], cv2.COLOR_BGR2Lab).astype(np.float32)
-        lab[..., 0] *= self.cfg.colour_split_lightness_weight
+        lab = self._weighted_lab(roi_bgr[::3, ::3])
         core = cv2.erode(own, None, iterations=2, borderType=cv2.BORDER_CONSTANT, borderValue=0)
         inside = core[::3, ::3] > 0  # the outline's pixels are part belt
         pixels = lab[inside]

@@ -274,7 +274,7 @@ class VideoFileSource(FrameSource):
         try:
             ok, image = self._cap.read()
         except cv2.error as exc:  # a corrupt stream ends the file, it does not kill the loop
-            log.error("%s: decoding failed after frame %d: %s", self.path, self._index, exc)
+            log.error("%s: decoding failed, the file ends here: %s", self.path, exc)
             ok, image = False, None
         self.stats.decode_s += time.perf_counter() - tic
         return image if ok else None

@@ -352,13 +352,8 @@ class Tracker:
         pair coming apart."""
         if self._frames_seen <= 1 or self.belt.entry_edge in det.edges:
             return None
-        bx, by, bw, bh = det.bbox
-        m = self.cfg.fragment_margin_px
         for tr in tracks:
-            x, y, w, h = boxes[tr.id]
-            ix = min(bx + bw, x + w + m) - max(bx, x - m)
-            iy = min(by + bh, y + h + m) - max(by, y - m)
-            if ix > 0 and iy > 0 and ix * iy >= FRAGMENT_MIN_SHARE * bw * bh:
+            if _share_inside(det.bbox, boxes[tr.id], self.cfg.fragment_margin_px) >= FRAGMENT_MIN_SHARE:
                 return tr
         return None
 
@@ -371,18 +366,11 @@ class Tracker:
         m = self.cfg.fragment_margin_px
         for ti, di in track_of.items():
             small, det = self._tracks[ti], detections[di]
-            inside = False
-            for tj, dj in track_of.items():
-                big = detections[dj]
-                if tj == ti or dj == di or det.area >= SATELLITE_MAX_AREA_SHARE * big.area:
-                    continue
-                bx, by, bw, bh = det.bbox
-                x, y, w, h = big.bbox
-                ix = min(bx + bw, x + w + m) - max(bx, x - m)
-                iy = min(by + bh, y + h + m) - max(by, y - m)
-                inside = ix > 0 and iy > 0 and ix * iy >= SATELLITE_MIN_INSIDE * bw * bh
-                if inside:
-                    break
+            inside = any(
+                tj != ti and dj != di and det.area < SATELLITE_MAX_AREA_SHARE * detections[dj].area
+                and _share_inside(det.bbox, detections[dj].bbox, m) >= SATELLITE_MIN_INSIDE
+                for tj, dj in track_of.items()
+            )
             small.satellite_frames = small.satellite_frames + 1 if inside else 0
             if inside and not small.decided and small.satellite_frames >= self.cfg.fragment_max_whole_frames:
                 dropped.add(ti)
@@ -485,6 +473,16 @@ class Tracker:
 def _shift_box(bbox: tuple[int, int, int, int], shift: np.ndarray) -> tuple[float, float, float, float]:
     x, y, w, h = bbox
     return float(x + shift[0]), float(y + shift[1]), float(w), float(h)
+
+
+def _share_inside(box: tuple[float, float, float, float], outer: tuple[float, float, float, float],
+                  margin: float) -> float:
+    """Share of ``box``'s area inside ``outer`` grown by ``margin`` on every side (0 when apart)."""
+    bx, by, bw, bh = box
+    x, y, w, h = outer
+    ix = min(bx + bw, x + w + margin) - max(bx, x - margin)
+    iy = min(by + bh, y + h + margin) - max(by, y - margin)
+    return ix * iy / (bw * bh) if ix > 0 and iy > 0 and bw * bh > 0 else 0.0
 
 
 def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:

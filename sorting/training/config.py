@@ -77,6 +77,10 @@ class OptimConfig(StrictModel):
     grad_clip: float | None = Field(None, gt=0)
 
 
+# presets whose cached views are fixed: the image alone, or the image and its mirror
+FIXED_VIEWS = {"none": 1, "flip": 2}
+
+
 class AugmentConfig(StrictModel):
     preset: str = "light"  # a sorting.datasets.augment preset: none, flip, light, medium, heavy, texture
     colour_safe: bool | None = None  # null: true when the colour head is trained (no hue/colour jitter)
@@ -86,7 +90,7 @@ class AugmentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _views(self) -> "AugmentConfig":
-        fixed = {"none": 1, "flip": 2}.get(self.preset)
+        fixed = FIXED_VIEWS.get(self.preset)
         if fixed is not None and self.views not in (None, fixed):
             raise ValueError(f"augment.preset={self.preset} caches {fixed} view(s) per image; leave augment.views unset")
         return self

@@ -29,9 +29,8 @@ from tqdm import tqdm
 
 from sorting.errors import ConfigError
 from sorting.models.multihead import EMBEDDING, MultiHeadClassifier
-from sorting.training.config import TrainConfig
+from sorting.training.config import FIXED_VIEWS, TrainConfig
 
-CACHEABLE_PRESETS = ("none", "flip")
 SPLIT_METHODS = ("prefix", "suffix", "suffix_modules", "num_blocks")
 
 Encoder = Callable[[torch.Tensor], list[torch.Tensor]]
@@ -44,16 +43,14 @@ def cache_applies(config: TrainConfig, world_size: int = 1) -> bool:
     if config.model.trainable_from is not None:
         return True
     return config.freeze_backbone_epochs >= config.optim.epochs and (
-        config.augment.preset in CACHEABLE_PRESETS or config.augment.views is not None
+        config.augment.preset in FIXED_VIEWS or config.augment.views is not None
     )
 
 
 def view_count(config: TrainConfig) -> int:
     """Cached views per training image: 1 for ``none``, 2 (image + mirror) for ``flip``, else ``augment.views``."""
-    if config.augment.preset == "none":
-        return 1
-    if config.augment.preset == "flip":
-        return 2
+    if config.augment.preset in FIXED_VIEWS:
+        return FIXED_VIEWS[config.augment.preset]
     if config.augment.views is None:
         raise ConfigError(
             f"augment.preset={config.augment.preset} on cached features needs augment.views "
@@ -192,8 +189,9 @@ class SuffixAndHeads(HeadsOnly):
         self.freeze_bn = freeze_bn
         self.suffix_frozen = False
 
-    def set_suffix_trainable(self, trainable: bool) -> None:
-        """Train the suffix (True) or keep it fixed (False, e.g. heads-only warm-up epochs)."""
+    def set_backbone_trainable(self, trainable: bool) -> None:
+        """Train the suffix (True) or keep it fixed (False, e.g. heads-only warm-up epochs); the cached
+        prefix stays frozen either way. Same contract as ``MultiHeadClassifier.set_backbone_trainable``."""
         self.suffix_frozen = not trainable
         for module in self.backbone.suffix_modules(self.start):
             for p in module.parameters():

@@ -7,9 +7,9 @@ per-head temperature and the energy OOD threshold fitted on validation logits),
 
 Before the first epoch (not on resume) a backbone with a ``fit_statistics(batches)`` method (e.g.
 ``efficientnet_lite0_colour``'s colour standardisation) is fitted on the unaugmented training images;
-when the whole backbone is frozen and cached, the fit uses the cached outputs (``statistics_from_features``)
-instead of a pass of its own. A backbone frozen for the whole run (with ``augment.preset`` none/flip or ``augment.views``) trains the
-heads on cached features; ``model.trainable_from: K`` caches the frozen prefix (blocks before K) and
+when the whole backbone is frozen and cached, the fit uses the cached outputs
+(``statistics_from_features``) instead of a pass of its own. A backbone frozen for the whole run (with
+``augment.preset`` none/flip or ``augment.views``) trains the heads on cached features; ``model.trainable_from: K`` caches the frozen prefix (blocks before K) and
 fine-tunes the rest on the cache (:mod:`sorting.training.feature_cache`). The checkpoints still hold
 the full model.
 """
@@ -431,15 +431,14 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
         best_state = read_checkpoint_dict(best_path)["state_dict"]
     ddp_model: nn.Module | None = None
     frozen: bool | None = None
+    # what (un)freezes after the warm-up: the cached suffix of a partial fine-tune, else the model's backbone
+    unfreeze = getattr(step_model, "set_backbone_trainable", model.set_backbone_trainable)
     stopped_early = False
     progress = config.progress and ctx.is_main
     for epoch in range(state["epoch"] + 1, config.optim.epochs):
         want_frozen = epoch < config.freeze_backbone_epochs
         if want_frozen != frozen:
-            if isinstance(step_model, SuffixAndHeads):  # the cached prefix stays frozen; the rest trains after warm-up
-                step_model.set_suffix_trainable(not want_frozen)
-            else:
-                model.set_backbone_trainable(not want_frozen)
+            unfreeze(not want_frozen)
             ddp_model = step_model if cached else D.wrap_model(model, ctx)  # DDP: rebuilt when the trainable set changes
             frozen = want_frozen
             if ctx.is_main and config.freeze_backbone_epochs:
