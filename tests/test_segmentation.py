@@ -132,6 +132,24 @@ def test_segmentation_finds_items_and_ignores_stain_and_patch():
     assert checked > 100
 
 
+@pytest.mark.parametrize(("brighter_threshold", "found"), [(None, set()), (18, {"pale"})])
+def test_brighter_threshold_finds_pale_garments_but_not_darker_stains(brighter_threshold, found):
+    """A grey garment 22 levels brighter than the belt, and a moving stain 22 levels darker: both stay under
+    ``threshold`` 30; a lower ``brighter_threshold`` finds the garment and still not the stain."""
+    cfg = seg_config().model_copy(update={"brighter_threshold": brighter_threshold})
+    seg = BeltSegmenter(cfg, fps=FPS)
+    belt = np.full((H, W, 3), BELT, np.uint8)
+    seen: set[str] = set()
+    for f in range(30):
+        img = belt.copy()
+        x = 20 + 4 * f
+        img[40:90, x:x + 50] = np.add(BELT, 22).astype(np.uint8)  # pale garment
+        img[150:190, x:x + 40] = np.subtract(BELT, 22).astype(np.uint8)  # stain riding on the belt
+        for det in seg.segment(img):
+            seen.add("pale" if det.centroid[1] < 120 else "stain")
+    assert seen == found
+
+
 def test_segmentation_flags_edges():
     frames, items = make_belt_clip(hard=True)
     seg = BeltSegmenter(seg_config(), fps=FPS)

@@ -11,8 +11,9 @@ already knows fixed bands such as a guard rail or the lens vignette across the b
   part of the belt. The tracker only makes items of blobs that travel, so a stain seen before
   it is learned never becomes an item.
 
-Foreground = brightness (Y) difference to the background above ``threshold`` or colour
-(|dCr| + |dCb|) difference above ``chroma_threshold``, then opening/closing and external contours. Regions listed in ``ignore_rois`` (the reference
+Foreground = brightness (Y) difference to the background above ``threshold`` (``brighter_threshold``
+for pixels brighter than the belt) or colour (|dCr| + |dCb|) difference above ``chroma_threshold``,
+then opening/closing and external contours. Regions listed in ``ignore_rois`` (the reference
 patch, a bracket in view) are blanked. Each blob becomes a :class:`Detection` with its
 full-resolution box, area, centroid, which frame edges it touches and (every
 ``shape_check_every``-th frame, the costly part) whether its shape looks
@@ -45,6 +46,9 @@ class SegmentationConfig(StrictModel):
 
     scale: float = 0.5
     threshold: int = 30
+    # pixels brighter than the belt (default: ``threshold``). Dirt and stains are darker than a belt, so a
+    # lower value here finds pale garments on a grey belt without turning stains into items
+    brighter_threshold: int | None = None
     chroma_threshold: int = 14
     shape_check_every: int = 3
     min_area_px: int = 1500
@@ -189,13 +193,17 @@ class BeltSegmenter:
         return frozenset(kept)
 
     def _foreground(self, ycc: np.ndarray, background: np.ndarray) -> np.ndarray:
-        """Pixels (YCrCb, as the belt model) whose brightness (Y) differs by more than ``threshold``
-        or whose colour (|dCr| + |dCb|) differs by more than ``chroma_threshold`` from the belt model.
-        Belt texture and dirt change brightness only; a dark but coloured garment (brown, navy)
-        differs in colour."""
-        diff = cv2.absdiff(ycc, background)
-        y, cr, cb = cv2.split(diff)
-        lum = cv2.threshold(y, self.cfg.threshold, 255, cv2.THRESH_BINARY)[1]
+        """Pixels (YCrCb, as the belt model) darker than the belt model by more than ``threshold``,
+        brighter by more than ``brighter_threshold``, or whose colour (|dCr| + |dCb|) differs by more
+        than ``chroma_threshold``. Belt texture and dirt change brightness only; a dark but coloured
+        garment (brown, navy) differs in colour."""
+        _, cr, cb = cv2.split(cv2.absdiff(ycc, background))
+        y, belt_y = cv2.extractChannel(ycc, 0), cv2.extractChannel(background, 0)
+        brighter_threshold = self.cfg.threshold if self.cfg.brighter_threshold is None else self.cfg.brighter_threshold
+        lum = cv2.bitwise_or(
+            cv2.threshold(cv2.subtract(belt_y, y), self.cfg.threshold, 255, cv2.THRESH_BINARY)[1],
+            cv2.threshold(cv2.subtract(y, belt_y), brighter_threshold, 255, cv2.THRESH_BINARY)[1],
+        )
         chroma = cv2.threshold(cv2.add(cr, cb), self.cfg.chroma_threshold, 255, cv2.THRESH_BINARY)[1]
         return cv2.bitwise_or(lum, chroma)
 
