@@ -17,7 +17,13 @@ from sorting.paths import project_root
 
 log = logging.getLogger(__name__)
 
-HEADS: tuple[str, ...] = ("fibre", "colour")
+HEADS: tuple[str, ...] = ("fibre", "colour")  # the tasks labelled in manifests and taxonomies
+# An optional extra head a model may carry: does the crop show one garment or several (touching)?
+# Its labels are fixed, not a taxonomy; it is trained on synthetic conveyor crops (sorting.training.layout).
+LAYOUT_HEAD = "layout"
+SINGLE_LABEL, SEVERAL_LABEL = "single", "several"
+LAYOUT_LABELS: tuple[str, ...] = (SINGLE_LABEL, SEVERAL_LABEL)
+MODEL_HEADS: tuple[str, ...] = (*HEADS, LAYOUT_HEAD)  # every head a model (checkpoint, ONNX) may have
 
 
 def normalise_label(label: str) -> str:

@@ -71,6 +71,43 @@ def test_decide(policy: Policy, evidence: ItemEvidence, bin_id: int, reason: str
     assert decision.bin_name == {0: "reject", 1: "cotton_white", 2: "polyester", 3: "dark"}[bin_id]
 
 
+def test_two_colour_regions_mean_overlap_for_a_model_without_layout_head(policy: Policy) -> None:
+    assert policy.decide(ev(two_colours=True)).reason == "overlap"
+
+
+LAYOUT_LABELS = {**LABELS, "layout": ["single", "several"]}
+
+
+def layout_ev(p_several: float, **flags) -> ItemEvidence:
+    base = ev(**flags)
+    probs = {**base.probs, "layout": np.array([1.0 - p_several, p_several], dtype=np.float32)}
+    return ItemEvidence(item_id=1, probs=probs, labels=LAYOUT_LABELS, **flags)
+
+
+@pytest.mark.parametrize(
+    ("p_several", "flags", "reason"),
+    [
+        (0.1, {}, "rule:cotton_white"),
+        (0.1, {"two_colours": True}, "rule:cotton_white"),  # the head, not the colour regions, judges
+        (0.5, {}, "overlap"),  # several_threshold 0.5 is inclusive
+        (0.9, {}, "overlap"),
+        (0.1, {"overlap": True}, "overlap"),  # shape evidence still rejects
+    ],
+)
+def test_layout_head_decides_several_garments(p_several: float, flags: dict, reason: str) -> None:
+    policy = Policy(cfg(), LAYOUT_LABELS)
+    assert policy.decide(layout_ev(p_several, **flags)).reason == reason
+
+
+def test_layout_threshold_is_configurable_and_a_missing_head_output_fails_safe() -> None:
+    policy = Policy(cfg(several_threshold=0.95), LAYOUT_LABELS)
+    assert policy.decide(layout_ev(0.9)).reason == "rule:cotton_white"
+    missing = ItemEvidence(1, ev().probs, LAYOUT_LABELS)  # the model has the head but no output reached us
+    assert policy.decide(missing).reason == "overlap"
+    with pytest.raises(ConfigError, match="layout"):
+        Policy(cfg(), {**LABELS, "layout": ["one", "many"]})
+
+
 def test_decision_carries_labels_and_confidence(policy: Policy) -> None:
     d = policy.decide(ev("polyester", "blue", pf=0.75, pc=0.6))
     assert (d.fibre, d.colour) == ("polyester", "blue")

@@ -157,7 +157,8 @@ def _bench_sorter(args: argparse.Namespace) -> int:
     out = args.out or Path("runs") / "bench-sorter" / ("oracle" if args.model is None else Path(args.model).stem)
     bench = BenchConfig(line=args.line, out_dir=out, model=args.model, oracle=args.model is None or args.oracle,
                         items=args.items, minutes=args.minutes, threads=args.threads, seed=args.seed,
-                        belt_speed_px_s=args.belt_speed, overrides=args.set, progress=not args.no_progress)
+                        belt_speed_px_s=args.belt_speed, oracle_layout=args.oracle_layout, overrides=args.set,
+                        progress=not args.no_progress)
     r = run_bench(bench)
     s = r.score
     ratio = "n/a (no model)" if r.loop_ratio is None else f"{r.loop_ratio:.2f}x"
@@ -190,6 +191,8 @@ def _register_bench_sorter(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--model", type=Path, help="ONNX model (default: none, the GT oracle classifies)")
     b.add_argument("--oracle", action="store_true", help="with --model: decide from the GT oracle, "
                                                          "still running the model for its cost")
+    b.add_argument("--oracle-layout", action="store_true", help="the oracle also answers a layout head "
+                   "(touching garments are 'several'): what a perfect layout head would give")
     b.add_argument("--items", type=int, default=300, help="garments in the clip (300)")
     b.add_argument("--minutes", type=float, help="loop the clip for this long (memory check)")
     b.add_argument("--threads", type=int, default=1, help="onnxruntime threads (1)")

@@ -15,7 +15,7 @@ from torch import nn
 from sorting.datasets.preprocess import PreprocessConfig
 from sorting.errors import ConfigError
 from sorting.models.registry import create_backbone
-from sorting.taxonomy import HEADS
+from sorting.taxonomy import MODEL_HEADS
 
 IGNORE_INDEX = -100
 EMBEDDING = "embedding"
@@ -26,12 +26,12 @@ class MultiHeadClassifier(nn.Module):
 
     def __init__(self, backbone_module: nn.Module, feature_dim: int, head_sizes: dict[str, int], *, dropout: float = 0.2) -> None:
         super().__init__()
-        unknown = set(head_sizes) - set(HEADS)
+        unknown = set(head_sizes) - set(MODEL_HEADS)
         if unknown or not head_sizes:
-            raise ConfigError(f"heads must be a non-empty subset of {list(HEADS)}, got {sorted(head_sizes)}")
+            raise ConfigError(f"heads must be a non-empty subset of {list(MODEL_HEADS)}, got {sorted(head_sizes)}")
         if any(n < 2 for n in head_sizes.values()):
             raise ConfigError(f"every head needs at least 2 classes, got {head_sizes}")
-        self.heads: tuple[str, ...] = tuple(h for h in HEADS if h in head_sizes)
+        self.heads: tuple[str, ...] = tuple(h for h in MODEL_HEADS if h in head_sizes)
         self.feature_dim = feature_dim
         self.backbone = backbone_module
         self.backbone_frozen = False
@@ -48,6 +48,15 @@ class MultiHeadClassifier(nn.Module):
         out = {h: self.classifiers[h](embedding) for h in self.heads}
         out[EMBEDDING] = embedding
         return out
+
+    def add_head(self, name: str, linear: nn.Linear) -> None:
+        """Attach a head fitted after training (the layout head) on the same embedding."""
+        if name not in MODEL_HEADS or name in self.heads:
+            raise ConfigError(f"cannot add head '{name}' to a model with heads {list(self.heads)}")
+        if linear.in_features != self.feature_dim or linear.out_features < 2:
+            raise ConfigError(f"head '{name}' must map {self.feature_dim} features to >= 2 classes")
+        self.classifiers[name] = nn.Sequential(nn.Dropout(0.0), linear)
+        self.heads = tuple(h for h in MODEL_HEADS if h in self.classifiers)
 
     def set_backbone_trainable(self, trainable: bool) -> None:
         """Freeze (False) or unfreeze the backbone; a frozen backbone also keeps its BatchNorm statistics."""

@@ -24,7 +24,7 @@ import onnxruntime as ort
 
 from sorting.datasets.preprocess import PreprocessConfig, preprocess_batch
 from sorting.errors import ConfigError, ModelFileError
-from sorting.taxonomy import HEADS
+from sorting.taxonomy import MODEL_HEADS
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,8 @@ class ModelMetadata:
     quantization: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
-        if not self.heads or any(h not in HEADS for h in self.heads):
-            raise ConfigError(f"heads must be a non-empty subset of {list(HEADS)}, got {list(self.heads)}")
+        if not self.heads or any(h not in MODEL_HEADS for h in self.heads):
+            raise ConfigError(f"heads must be a non-empty subset of {list(MODEL_HEADS)}, got {list(self.heads)}")
         missing = [h for h in self.heads if len(self.labels.get(h, [])) < 2]
         if missing:
             raise ConfigError(f"labels missing (or fewer than 2) for head(s) {missing}")

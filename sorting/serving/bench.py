@@ -45,7 +45,7 @@ from sorting.serving.loop import SorterLoop
 from sorting.serving.policy import Policy, load_policy_config
 from sorting.serving.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
 from sorting.serving.sources import Frame, FrameSource, VideoFileSource
-from sorting.taxonomy import load_taxonomy
+from sorting.taxonomy import HEADS, LAYOUT_HEAD, LAYOUT_LABELS, SEVERAL_LABEL, SINGLE_LABEL, load_taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class BenchConfig:
     seed: int = 7
     belt_speed_px_s: float = DENSE_BELT_PX_S
     hard_fraction: float = 0.12
+    oracle_layout: bool = False  # the oracle also answers a layout head: touching garments are "several"
     overrides: list[str] = field(default_factory=list)
     progress: bool = True
 
@@ -143,7 +144,8 @@ class _OraclePredictions:
 class GtOracle:
     """A classifier that reads the ground truth: each crop gets one-hot probabilities of the
     GT garment whose track point lies in its detection box (nearest the blob centroid), or
-    flat, out-of-distribution probabilities if there is none (a stain).
+    flat, out-of-distribution probabilities if there is none (a stain). Asked for a layout head,
+    it calls a touching garment's blob "several" and any other "single".
 
     ``predict`` receives only crops, so the oracle asks the loop's tracker again which tracks
     it is classifying in the current frame (the same, deterministic list the loop cropped).
@@ -183,6 +185,8 @@ class GtOracle:
         ood = {h: np.zeros(len(crops), bool) for h in self.metadata.labels}
         for row, tr in enumerate(todo):
             item = self._item_at(local, tr.detection) if tr.detection is not None else None
+            if item is not None:  # the layout truth: a touching garment shares its blob
+                item = {**item, LAYOUT_HEAD: SEVERAL_LABEL if item.get("hard_reason") == "touching" else SINGLE_LABEL}
             for head, names in self.metadata.labels.items():
                 if item is None or item.get(head) not in names:
                     probs[head][row] = 1.0 / len(names)
@@ -317,6 +321,10 @@ def run_bench(bench: BenchConfig) -> BenchResult:
     cfg = _line_config(bench, video, float(gt["belt_speed_px_s"]))
     labels = dict(model.metadata.labels) if model is not None else \
         {"fibre": list(load_taxonomy().fibre), "colour": list(load_taxonomy().colour)}
+    if bench.oracle:  # the oracle knows fibre and colour, and the layout if asked to
+        labels = {h: v for h, v in labels.items() if h in HEADS}
+        if bench.oracle_layout:
+            labels[LAYOUT_HEAD] = list(LAYOUT_LABELS)
     policy_cfg = load_policy_config(cfg.policy.bins)
     policy = Policy(policy_cfg, labels)
     source = LoopingVideoSource(video, seconds=bench.minutes * 60 if bench.minutes else None)

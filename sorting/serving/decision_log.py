@@ -203,8 +203,8 @@ class DecisionLog:
         row = (
             uid, self.session, str(evidence.item_id), time.time() if wall_time is None else wall_time, t_decision,
             self.model_id, decision.fibre, decision.colour, json.dumps(decision.confidence or {}),
-            _probs_json(evidence), int(evidence.ood), int(evidence.overlap), int(evidence.cut_off),
-            int(evidence.n_views), int(decision.bin), decision.bin_name, decision.reason, latency_ms,
+            _probs_json(evidence), int(evidence.ood), int(evidence.overlap or evidence.two_colours),
+            int(evidence.cut_off), int(evidence.n_views), int(decision.bin), decision.bin_name, decision.reason, latency_ms,
             *(saved or (None, None, None)),
         )
         sql = (

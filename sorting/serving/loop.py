@@ -362,11 +362,13 @@ class SorterLoop:
     def _decide(self, tr: Track, trigger: str) -> tuple[ItemSummary, ItemEvidence, Decision]:
         summary = self.tracker.summary(tr)
         evidence = ItemEvidence(item_id=tr.id, probs=summary.probs, labels=self.labels, ood=summary.ood,
-                                overlap=summary.overlap, cut_off=summary.cut_off, n_views=summary.n_views)
+                                overlap=summary.overlap, two_colours=summary.two_colours, cut_off=summary.cut_off,
+                                n_views=summary.n_views)
         decision = self.policy.decide(evidence)
-        if summary.n_views == 0 and (summary.overlap or summary.cut_off):
+        several = summary.overlap or summary.two_colours
+        if summary.n_views == 0 and (several or summary.cut_off):
             # never classifiable because it was never seen alone and whole: say why
-            decision = self.policy.reject("overlap" if summary.overlap else "cut_off", decision)
+            decision = self.policy.reject("overlap" if several else "cut_off", decision)
         if trigger in ("lost", "shutdown"):
             decision = self.policy.reject(trigger, decision)
         return summary, evidence, decision

@@ -3,7 +3,9 @@
 The bins file (``serving/bins-*.yaml``) lists the bins with their distance from the decision
 line, the reject bin (end of belt, no actuator) and ordered rules on fibre and colour. The
 policy is fail-safe: anything it is not sure of (overlap, cut off, out-of-distribution, low
-confidence, no rule) goes to the reject bin with a reason that the decision log keeps.
+confidence, no rule) goes to the reject bin with a reason that the decision log keeps. Overlap is
+the tracker's shape/colour evidence or, for a model with a ``layout`` head, its p(several) at or
+above ``several_threshold``.
 
 Reasons (``Decision.reason``): ``rule:<name>``, ``low_confidence:<head>``, ``ood``, ``overlap``,
 ``cut_off``, ``unmatched``, ``lost`` (tracked but never classified), and, set by the ejector or
@@ -23,6 +25,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sorting.config import StrictModel, load_config
 from sorting.errors import ConfigError
+from sorting.taxonomy import LAYOUT_HEAD, SEVERAL_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +98,8 @@ class PolicyConfig(StrictModel):
         default_factory=dict, description="min top-1 probability per head before any rule is tried"
     )
     ood: Literal["reject", "ignore"] = "reject"
+    # a model with a layout head: reject as overlap when its p(several), averaged over the views, reaches this
+    several_threshold: float = Field(0.5, ge=0.0, le=1.0)
     rules: list[RuleConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -163,6 +168,7 @@ class ItemEvidence:
     labels: Mapping[str, Sequence[str]]
     ood: bool = False
     overlap: bool = False
+    two_colours: bool = False  # segmentation saw two colour regions (used when the model has no layout head)
     cut_off: bool = False
     n_views: int = 1
 
@@ -198,6 +204,8 @@ class Policy:
     def _check_labels(self) -> None:
         heads = set(self.labels)
         problems = []
+        if LAYOUT_HEAD in heads and SEVERAL_LABEL not in self.labels[LAYOUT_HEAD]:
+            problems.append(f"the model's {LAYOUT_HEAD} head has no '{SEVERAL_LABEL}' label")
         for head in self.config.thresholds:
             if head not in heads:
                 problems.append(f"thresholds: model has no '{head}' head (heads: {sorted(heads)})")
@@ -214,6 +222,20 @@ class Policy:
                     )
         if problems:
             raise ConfigError(f"bins config '{self.config.name}' does not fit the model: " + "; ".join(problems))
+
+    def _looks_several(self, evidence: ItemEvidence) -> bool:
+        """Several garments in one blob, beyond the shape evidence.
+
+        With a layout head, its p(several) decides: it tells a colour-block garment from two touching
+        garments, which the segmentation's two-colour-regions check cannot. Without one, that check does.
+        """
+        if LAYOUT_HEAD not in self.labels:
+            return evidence.two_colours
+        probs = evidence.probs.get(LAYOUT_HEAD)
+        names = self.labels[LAYOUT_HEAD]
+        if probs is None or np.size(probs) != len(names):
+            return True  # the head's evidence is missing or broken: fail safe
+        return float(np.ravel(probs)[names.index(SEVERAL_LABEL)]) >= self.config.several_threshold
 
     @property
     def reject_bin(self) -> int:
@@ -248,7 +270,7 @@ class Policy:
         )
         if evidence.n_views <= 0 or not top:
             return self.reject("lost", base)
-        if evidence.overlap:
+        if evidence.overlap or self._looks_several(evidence):
             return self.reject("overlap", base)
         if evidence.cut_off:
             return self.reject("cut_off", base)

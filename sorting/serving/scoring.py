@@ -29,6 +29,7 @@ import numpy as np
 
 from sorting.errors import DataError
 from sorting.serving.policy import ItemEvidence, Policy
+from sorting.taxonomy import LAYOUT_HEAD, SINGLE_LABEL
 
 GATE_MIN_PX = 40.0
 GATE_SIZE_SHARE = 0.6  # of the item's larger mask side
@@ -109,8 +110,9 @@ def load_ground_truth(path: str | Path) -> dict[str, Any]:
 def expected_bin(policy: Policy, item: Mapping[str, Any]) -> int:
     """The bin the policy gives an item's GT labels (one-hot probabilities, one clean view)."""
     probs, labels = {}, {}
+    truth = {**item, LAYOUT_HEAD: SINGLE_LABEL}  # a GT item is one garment
     for head, names in policy.labels.items():
-        label = item.get(head)
+        label = truth.get(head)
         if label not in names:
             continue
         onehot = np.zeros(len(names), np.float32)

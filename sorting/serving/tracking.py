@@ -178,7 +178,8 @@ class ItemSummary:
     probs: dict[str, np.ndarray]
     n_views: int
     ood: bool
-    overlap: bool
+    overlap: bool  # shape evidence of several garments (two bodies, far too large, ragged, merged tracks)
+    two_colours: bool  # two large regions of different colour: several garments, or one colour-block garment
     cut_off: bool
     first_frame: int
     last_frame: int
@@ -460,13 +461,12 @@ class Tracker:
             return frames >= self.cfg.overlap_min_frames and frames / seen >= share
 
         share = self.cfg.overlap_min_fraction
-        overlap = (shown(track.core_frames, share) or shown(track.colour_frames, self.cfg.colour_min_fraction)
-                   or shown(track.huge_frames, share) or shown(track.thin_frames, share)
-                   or track.merge_frames > 0)
+        overlap = (shown(track.core_frames, share) or shown(track.huge_frames, share)
+                   or shown(track.thin_frames, share) or track.merge_frames > 0)
         return ItemSummary(
             track_id=track.id, probs=track.probs(), n_views=track.n_views, ood=ood, overlap=overlap,
-            cut_off=cut_off, first_frame=track.first_frame, last_frame=track.last_frame,
-            centroid=track.centroid, bbox=track.bbox,
+            two_colours=shown(track.colour_frames, self.cfg.colour_min_fraction), cut_off=cut_off,
+            first_frame=track.first_frame, last_frame=track.last_frame, centroid=track.centroid, bbox=track.bbox,
         )
 
 

@@ -113,6 +113,16 @@ class CalibrationConfig(StrictModel):
     ood_quantile: float = Field(0.99, gt=0, le=1)  # energy threshold = this quantile of validation energies
 
 
+class LayoutConfig(StrictModel):
+    """The layout head: one garment or several touching, fitted after training on synthetic conveyor crops
+    (``sorting.training.layout``); the sorter rejects items it calls "several" as overlapping."""
+
+    worlds: int = Field(8, ge=2)  # synthetic conveyor worlds rendered for it (the last quarter validates)
+    items_per_world: int = Field(200, ge=20)
+    seed: int = 0
+    l2: float = Field(0.02, ge=0)  # L2 penalty on the standardised weights (logistic regression)
+
+
 class TrainConfig(StrictModel):
     name: str = "train"
     output_dir: str | None = None  # default: <runs>/train
@@ -127,6 +137,7 @@ class TrainConfig(StrictModel):
     early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    layout: LayoutConfig | None = None  # add the layout head (synthetic belt models); null: no such head
     batch_size: int = Field(32, ge=1)  # per process
     eval_batch_size: int | None = Field(None, ge=1)
     num_workers: int = Field(2, ge=0)

@@ -2,8 +2,8 @@
 
 Run folder (written by rank 0 only): ``config.yaml`` (what ran), ``last.pt`` (resumable,
 every epoch), ``best.pt`` (best validation macro-F1; after training it also holds the
-per-head temperature and the energy OOD threshold fitted on validation logits),
-``history.json``, ``metrics.json`` and ``training_curves.png``.
+per-head temperature and the energy OOD threshold fitted on validation logits, and with
+``layout:`` in the recipe the layout head of :mod:`sorting.training.layout`), ``history.json``, ``metrics.json`` and ``training_curves.png``.
 
 Before the first epoch (not on resume) a backbone with a ``fit_statistics(batches)`` method (e.g.
 ``efficientnet_lite0_colour``'s colour standardisation) is fitted on the unaugmented training images;
@@ -39,11 +39,12 @@ from sorting.errors import ConfigError, DataError
 from sorting.models.checkpoint import read_checkpoint_dict, save_checkpoint
 from sorting.models.multihead import IGNORE_INDEX, MultiHeadClassifier, build_multihead
 from sorting.paths import runs_dir
-from sorting.taxonomy import load_taxonomy
+from sorting.taxonomy import LAYOUT_HEAD, LAYOUT_LABELS, load_taxonomy
 from sorting.training import distributed as D
 from sorting.training.calibration import energy_threshold, fit_temperature
 from sorting.training.callbacks import Callback, CallbackList, build_callbacks
 from sorting.training.config import TrainConfig
+from sorting.training.layout import fit_layout_head
 from sorting.training.feature_cache import (
     FeatureDataset,
     HeadsOnly,
@@ -495,8 +496,13 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
     if ctx.is_main:
         temperature, ood = _calibrate(best_val, config)
         metrics.update(temperature=temperature, ood_threshold=ood["threshold"])
+        best_meta = ckpt_meta
+        if config.layout is not None:
+            metrics["layout"] = fit_layout_head(model, pre, config.layout, workers=config.threads or 1,
+                                                progress=progress)
+            best_meta = {**ckpt_meta, "labels": {**ckpt_meta["labels"], LAYOUT_HEAD: list(LAYOUT_LABELS)}}
         save_checkpoint(
-            best_path, model, **ckpt_meta, metrics={k: v for k, v in metrics.items() if k != "weight_digests"},
+            best_path, model, **best_meta, metrics={k: v for k, v in metrics.items() if k != "weight_digests"},
             temperature=temperature, ood=ood, epoch=state["best_epoch"],
         )
         artifacts = [best_path, last_path, _write_json(run_dir / "history.json", state["history"]),

@@ -1,0 +1,87 @@
+"""The layout head: synthetic single/touching crops, the folded logistic regression, and the head's
+path through checkpoint, ONNX export and the sorter's classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from sorting.datasets.preprocess import preprocess_batch
+from sorting.datasets.synth.layout import SEVERAL, SINGLE, render_layout_samples
+from sorting.errors import ConfigError
+from sorting.models.checkpoint import load_checkpoint, save_checkpoint
+from sorting.models.export import export_checkpoint
+from sorting.models.onnx_model import OnnxClassifier
+from sorting.taxonomy import LAYOUT_HEAD, LAYOUT_LABELS
+from sorting.training.config import LayoutConfig
+from sorting.training.layout import fit_layout_head, fit_logistic
+from tests._onnx_fixtures import LABELS, make_model
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return render_layout_samples(worlds=2, items_per_world=40, seed=3, workers=1, progress=False)
+
+
+def test_layout_samples_hold_singles_and_touching_pairs(samples) -> None:
+    labels = [s.label for s in samples]
+    assert labels.count(SINGLE) > 10 and labels.count(SEVERAL) > 3
+    assert {s.world for s in samples} == {3001, 3002}
+    for s in samples:
+        assert s.image.dtype == np.uint8 and s.image.ndim == 3 and min(s.image.shape[:2]) >= 16
+        assert ("+" in s.description) == (s.label == SEVERAL)
+    pairs = [s.image.shape[0] * s.image.shape[1] for s in samples if s.label == SEVERAL]
+    singles = [s.image.shape[0] * s.image.shape[1] for s in samples if s.label == SINGLE]
+    assert np.median(pairs) > np.median(singles)  # a pair's box spans two garments
+
+
+def test_layout_samples_are_reproducible(samples) -> None:
+    again = render_layout_samples(worlds=2, items_per_world=40, seed=3, workers=1, progress=False)
+    assert [s.description for s in again] == [s.description for s in samples]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(again, samples))
+
+
+def test_layout_set_needs_enough_worlds() -> None:
+    with pytest.raises(ConfigError, match="worlds"):
+        render_layout_samples(worlds=1)
+
+
+def test_fit_logistic_folds_the_standardisation_into_the_head() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(0, 1, (400, 5)) * np.array([1, 50, 0.01, 3, 1]) + np.array([0, 500, -2, 0, 7])
+    y = (x[:, 1] - 500 + 40 * x[:, 0] > 0).astype(np.int64)  # separable on two very differently scaled columns
+    linear = fit_logistic(torch.tensor(x, dtype=torch.float32), torch.tensor(y), l2=1e-3)
+    with torch.no_grad():
+        pred = linear(torch.tensor(x, dtype=torch.float32)).argmax(1).numpy()
+    assert (pred == y).mean() > 0.97
+
+
+def test_layout_head_travels_through_checkpoint_and_onnx(samples, tmp_path) -> None:
+    model, preprocess = make_model()
+    metrics = fit_layout_head(model, preprocess, LayoutConfig(worlds=2, items_per_world=40, seed=3), workers=1,
+                              progress=False)
+    assert model.heads == ("fibre", "colour", LAYOUT_HEAD)
+    assert metrics["crops"] == len(samples) and metrics["several"] == sum(s.label == SEVERAL for s in samples)
+    assert 0.0 <= metrics["val_accuracy"] <= 1.0
+    labels = {**LABELS, LAYOUT_HEAD: list(LAYOUT_LABELS)}
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, model_name="tiny", labels=labels, preprocess=preprocess,
+                           taxonomy_version="test", config={})
+    loaded = load_checkpoint(ckpt)
+    assert loaded.labels[LAYOUT_HEAD] == list(LAYOUT_LABELS)
+    onnx_path = export_checkpoint(ckpt, tmp_path / "m.onnx", n_check=4).path
+    classifier = OnnxClassifier.load(onnx_path)
+    preds = classifier.predict([s.image for s in samples[:6]])
+    with torch.no_grad():
+        batch = torch.from_numpy(preprocess_batch([s.image for s in samples[:6]], preprocess))
+        expected = torch.softmax(loaded.model(batch)[LAYOUT_HEAD], dim=1).numpy()
+    np.testing.assert_allclose(preds.probs[LAYOUT_HEAD], expected, atol=1e-4)
+    assert not preds.ood[LAYOUT_HEAD].any()  # no OOD threshold: the layout head never flags OOD
+
+
+def test_a_head_cannot_be_added_twice_or_with_the_wrong_width() -> None:
+    model, _ = make_model()
+    with pytest.raises(ConfigError):
+        model.add_head("colour", torch.nn.Linear(model.feature_dim, 2))
+    with pytest.raises(ConfigError):
+        model.add_head(LAYOUT_HEAD, torch.nn.Linear(model.feature_dim + 1, 2))
