@@ -167,6 +167,9 @@ def test_frames_are_deterministic_and_seekable():
     assert all(np.array_equal(x, y) for x, y in zip(a[30:], b))
     c = next(ConveyorWorld(ConveyorConfig(n_items=4, seed=10, colour_cast=False)).frames(35, 36))[2]
     assert not np.array_equal(a[35], c)
+    picked = list(ConveyorWorld(cfg).frames(0, 40, only={3, 17, 39}))
+    assert [k for k, _, _ in picked] == [3, 17, 39]
+    assert all(np.array_equal(a[k], f) for k, _, f in picked)
 
 
 def test_colour_cast_shifts_the_reference_strip():

@@ -117,7 +117,7 @@ class LayoutConfig(StrictModel):
     """The layout head: one garment or several touching, fitted after training on synthetic conveyor crops
     (``sorting.training.layout``); the sorter rejects items it calls "several" as overlapping."""
 
-    worlds: int = Field(8, ge=2)  # synthetic conveyor worlds rendered for it (the last quarter validates)
+    worlds: int = Field(16, ge=2)  # synthetic conveyor worlds rendered for it (the last quarter validates)
     items_per_world: int = Field(200, ge=20)
     seed: int = 0
     l2: float = Field(0.02, ge=0)  # L2 penalty on the standardised weights (logistic regression)

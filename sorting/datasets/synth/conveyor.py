@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -290,8 +290,10 @@ class ConveyorWorld:
     def _render(self, item: PlannedItem) -> Sprite:
         return _stain_sprite(item.spec) if item.is_stain else render_sprite(item.spec)
 
-    def frames(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
-        """Yield ``(index, t_seconds, frame_bgr)`` for frames ``start..stop-1``."""
+    def frames(self, start: int = 0, stop: int | None = None, *,
+               only: Container[int] | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+        """Yield ``(index, t_seconds, frame_bgr)`` for frames ``start..stop-1`` (with ``only``: just those
+        indices, pixel for pixel as in the full run, without composing the others)."""
         stop = self.n_frames if stop is None else min(stop, self.n_frames)
         # Sprites are pasted in entry order; stains never overlap garments (see _plan).
         order = sorted(((self._visible_frames(it), it) for it in self.items), key=lambda w: w[0][0])
@@ -306,6 +308,8 @@ class ConveyorWorld:
                 pointer += 1
             for item_id in [i for i, (exit_, _, _) in active.items() if exit_ < k]:
                 del active[item_id]
+            if only is not None and k not in only:
+                continue
             shift = self._shift(k)
             canvas = self.scene.belt_region(0, 0, self.world_w, self.world_h, shift)
             for _, item, sprite in active.values():

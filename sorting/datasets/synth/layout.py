@@ -96,7 +96,7 @@ def _render_world(args: tuple[int, int]) -> list[LayoutSample]:
     if not wanted:
         return []
     samples = []
-    for index, _, frame in world.frames(min(wanted), max(wanted) + 1):
+    for index, _, frame in world.frames(min(wanted), max(wanted) + 1, only=wanted):
         for label, description, box in wanted.get(index, []):
             bbox = tuple(int(round(v)) for v in box)
             samples.append(LayoutSample(garment_crop(frame, bbox).copy(), label, seed, description))
