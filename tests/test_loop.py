@@ -8,6 +8,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -226,6 +227,44 @@ def test_hot_reload_swaps_only_a_model_that_passes_self_check(tmp_path):
         watcher.join()
         new = watcher.poll()
         assert (new is not None) == ok
+
+
+class _ReloadedFake(ColourFakeClassifier):
+    """The colour fake as a hot reload delivers it, with or without a layout head (every crop one garment)."""
+
+    def __init__(self, layout: bool) -> None:
+        super().__init__()
+        labels = {"colour": COLOURS, **({"layout": ["single", "several"]} if layout else {})}
+        self.metadata = SimpleNamespace(labels=labels, model_name="fake", run_id="layout" if layout else "plain")
+
+    def predict(self, crops: list[np.ndarray]) -> _Preds:
+        preds = super().predict(crops)
+        if "layout" in self.metadata.labels:
+            preds.probs["layout"] = np.tile(np.array([[0.9, 0.1]], np.float32), (len(crops), 1))
+            preds.ood["layout"] = np.zeros(len(crops), bool)
+        return preds
+
+
+class _OneModelWatcher:
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def poll(self):
+        model, self.model = self.model, None
+        return model
+
+
+def test_two_colour_check_follows_the_model_across_a_hot_reload(tmp_path):
+    """The segmenter looks for two colour regions only while the model has no layout head to judge them."""
+    loop, _, _ = make_loop(tmp_path, [])
+    assert loop.segmenter.check_colours
+    loop.watcher = _OneModelWatcher(_ReloadedFake(layout=True))
+    loop._maybe_reload()
+    assert "layout" in loop.labels and not loop.segmenter.check_colours
+    loop.watcher = _OneModelWatcher(_ReloadedFake(layout=False))
+    loop._maybe_reload()
+    assert loop.segmenter.check_colours
+    loop.close()
 
 
 @pytest.mark.slow

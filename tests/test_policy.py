@@ -99,6 +99,11 @@ def test_layout_head_decides_several_garments(p_several: float, flags: dict, rea
     assert policy.decide(layout_ev(p_several, **flags)).reason == reason
 
 
+def test_two_colour_evidence_is_used_only_without_layout_head() -> None:
+    assert Policy(cfg(), LABELS).uses_two_colours
+    assert not Policy(cfg(), LAYOUT_LABELS).uses_two_colours
+
+
 def test_layout_threshold_is_configurable_and_a_missing_head_output_fails_safe() -> None:
     policy = Policy(cfg(several_threshold=0.95), LAYOUT_LABELS)
     assert policy.decide(layout_ev(0.9)).reason == "rule:cotton_white"

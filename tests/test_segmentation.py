@@ -150,6 +150,20 @@ def test_brighter_threshold_finds_pale_garments_but_not_darker_stains(brighter_t
     assert seen == found
 
 
+@pytest.mark.parametrize("check_colours", [True, False])
+def test_two_colour_check_runs_only_when_asked(check_colours):
+    """A blob of two plain halves shows two colour regions; with ``check_colours`` off (a model whose layout head
+    judges several garments) the costly check is skipped and nothing is flagged."""
+    seg = BeltSegmenter(seg_config().model_copy(update={"shape_check_every": 1}), fps=FPS)
+    seg.check_colours = check_colours
+    img = np.full((H, W, 3), BELT, np.uint8)
+    seg.segment(img)
+    img[60:180, 100:160] = PALETTE["red"]
+    img[60:180, 160:220] = PALETTE["blue"]
+    (det,) = seg.segment(img, shape_min_area=0.0)
+    assert det.two_colour_regions is check_colours
+
+
 def test_segmentation_flags_edges():
     frames, items = make_belt_clip(hard=True)
     seg = BeltSegmenter(seg_config(), fps=FPS)

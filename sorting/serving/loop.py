@@ -222,6 +222,7 @@ class SorterLoop:
         along = 0 if cfg.belt.direction[1] == "x" else 1
         patch = [cal.reference_roi] if cal.reference_roi is not None else []
         self.segmenter = BeltSegmenter(cfg.segmentation, fps=fps, along_axis=along, extra_ignore=patch)
+        self.segmenter.check_colours = policy.uses_two_colours  # no work for evidence the policy ignores
         self.tracker = Tracker(cfg.tracking, speed_px_s=cfg.belt.pixels_per_second, direction=cfg.belt.direction)
         self._best_crop: dict[int, tuple[float, np.ndarray]] = {}
         self._stop = threading.Event()
@@ -414,6 +415,7 @@ class SorterLoop:
             return
         self.classifier, self.policy = new, policy
         self.labels = {h: list(v) for h, v in new.metadata.labels.items()}
+        self.segmenter.check_colours = policy.uses_two_colours
         mid = model_id(new)
         if self.decision_log is not None:
             self.decision_log.set_model(mid)

@@ -223,13 +223,18 @@ class Policy:
         if problems:
             raise ConfigError(f"bins config '{self.config.name}' does not fit the model: " + "; ".join(problems))
 
+    @property
+    def uses_two_colours(self) -> bool:
+        """Whether the segmentation's two-colour-regions evidence counts (the model has no layout head)."""
+        return LAYOUT_HEAD not in self.labels
+
     def _looks_several(self, evidence: ItemEvidence) -> bool:
         """Several garments in one blob, beyond the shape evidence.
 
         With a layout head, its p(several) decides: it tells a colour-block garment from two touching
         garments, which the segmentation's two-colour-regions check cannot. Without one, that check does.
         """
-        if LAYOUT_HEAD not in self.labels:
+        if self.uses_two_colours:
             return evidence.two_colours
         probs = evidence.probs.get(LAYOUT_HEAD)
         names = self.labels[LAYOUT_HEAD]

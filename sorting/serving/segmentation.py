@@ -107,6 +107,8 @@ class BeltSegmenter:
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
         self.last_mask: np.ndarray | None = None
         self._frame = 0
+        # look for two colour regions in large blobs; off when the model's layout head judges several garments
+        self.check_colours = True
 
     def _small(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
@@ -259,7 +261,8 @@ class BeltSegmenter:
                 cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
                 roi = small[y : y + h, x : x + w]
                 cores = self._cores(own, roi)
-                split = cores <= 1 and area >= shape_min_area and self._two_colour_regions(roi, own)
+                split = (self.check_colours and cores <= 1 and area >= shape_min_area
+                         and self._two_colour_regions(roi, own))
             overlap = solidity < self.cfg.solidity_min or cores > 1 or split
             out.append(
                 Detection(
