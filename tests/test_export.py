@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -12,7 +13,8 @@ import torch
 
 from _onnx_fixtures import LABELS, make_checkpoint, make_manifest, make_model
 from sorting.cli import main
-from sorting.errors import ModelFileError
+from sorting.datasets.manifest import read_manifest
+from sorting.errors import ConfigError, ModelFileError
 from sorting.models.export import export_checkpoint, export_model, verify_export
 from sorting.models.onnx_model import SCHEMA_KEY, ModelMetadata, OnnxClassifier, energy_score, softmax
 
@@ -160,3 +162,22 @@ def test_cli_export_and_one_line_error(exported: tuple[Path, Path, Path], tmp_pa
     assert main(["export", str(tmp_path / "nope.pt"), "-o", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("textile-sorter: error:")
+
+
+def test_a_line_can_pick_the_ood_threshold_of_another_validation_quantile(exported: tuple[Path, Path, Path]) -> None:
+    _, manifest, onnx_path = exported
+    clf = OnnxClassifier.load(onnx_path, threads=1)
+    with pytest.raises(ConfigError, match="retrain"):  # this model was trained before the table existed
+        clf.use_ood_quantile(0.995)
+    table = {"fibre": {"0.99": -1.0, "0.995": 5.0}, "colour": {"0.99": -1.0, "0.995": -100.0}}
+    clf.metadata = dataclasses.replace(clf.metadata, ood={**clf.metadata.ood, "by_quantile": table})
+    clf.use_ood_quantile(0.995)
+    rows = read_manifest(manifest)
+    images = [cv2.imread(str(rows.image_path(r))) for r in rows.rows[:6]]
+    pred = clf.predict(images)
+    np.testing.assert_array_equal(pred.ood["fibre"], pred.energy["fibre"] > 5.0)
+    assert pred.ood["colour"].all()
+    with pytest.raises(ConfigError, match="0.98"):
+        clf.use_ood_quantile(0.98)
+    clf.use_ood_quantile(None)
+    np.testing.assert_array_equal(clf.predict(images).ood["colour"], pred.energy["colour"] > -1.0)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from sorting.config import build_config
+from sorting.errors import ConfigError
 from sorting.serving.actuators import SimulatedActuator
 from sorting.serving.annotate import VideoWriter, annotate_frame
 from sorting.serving.decision_log import DecisionLog
@@ -252,6 +253,26 @@ class _OneModelWatcher:
     def poll(self):
         model, self.model = self.model, None
         return model
+
+
+def test_the_bins_files_ood_quantile_reaches_the_model_and_a_model_without_it_is_refused(tmp_path):
+    loop, _, clf = make_loop(tmp_path, [])
+    picked = []
+    clf.use_ood_quantile = picked.append
+    policy = Policy(loop.policy.config.model_copy(update={"ood_quantile": 0.995}), clf.metadata.labels)
+    SorterLoop(loop.cfg, ListSource([]), clf, policy).close()
+    assert picked == [0.995]
+
+    def lacks_table(quantile):
+        raise ConfigError("no OOD threshold at quantile 0.995; retrain")
+
+    new = _ReloadedFake(layout=False)
+    new.use_ood_quantile = lacks_table
+    loop.policy = policy
+    loop.watcher = _OneModelWatcher(new)
+    loop._maybe_reload()
+    assert loop.classifier is clf  # refused: the old model keeps serving
+    loop.close()
 
 
 def test_two_colour_check_follows_the_model_across_a_hot_reload(tmp_path):

@@ -165,6 +165,9 @@ def test_fit_trains_fibre_only_and_colour_only_data_into_one_calibrated_checkpoi
     assert ckpt.run_id == "recorder-run" and ckpt.dataset_hash
     assert set(ckpt.temperature) == {"fibre", "colour"} and all(t > 0 for t in ckpt.temperature.values())
     assert ckpt.ood["method"] == "energy" and set(ckpt.ood["threshold"]) == {"fibre", "colour"}
+    for head, table in ckpt.ood["by_quantile"].items():  # the thresholds a line may pick (ood_quantile)
+        values = [table[k] for k in ("0.95", "0.98", "0.99", "0.995", "0.998", "0.999")]
+        assert values == sorted(values) and table["0.99"] == pytest.approx(ckpt.ood["threshold"][head])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["val"]["fibre"]["n"] == 4 and metrics["val"]["colour"]["n"] == 4
     kinds = [e[0] for e in recorder.events]

@@ -41,6 +41,11 @@ def logits_output(head: str) -> str:
     return f"{head}_logits"
 
 
+def ood_quantile_key(quantile: float) -> str:
+    """How a validation quantile is written in a model's OOD threshold table (``ood.by_quantile``): "0.995"."""
+    return f"{quantile:g}"
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """Everything serving needs to know about a model, stored as ONNX ``metadata_props``.
@@ -74,11 +79,19 @@ class ModelMetadata:
     def temperature_of(self, head: str) -> float:
         return float(self.temperature.get(head, 1.0))
 
-    def ood_threshold(self, head: str) -> float | None:
-        if self.ood is None:
+    def ood_threshold(self, head: str, quantile: float | None = None) -> float | None:
+        """The head's energy threshold (None: no OOD check); ``quantile`` picks one from the model's table of
+        validation quantiles instead of the one it was trained with (ConfigError if the model has none)."""
+        if self.ood is None or self.ood.get("threshold", {}).get(head) is None:
             return None
-        value = self.ood.get("threshold", {}).get(head)
-        return None if value is None else float(value)
+        if quantile is None:
+            return float(self.ood["threshold"][head])
+        table = self.ood.get("by_quantile", {}).get(head, {})
+        key = ood_quantile_key(quantile)
+        if key not in table:
+            raise ConfigError(f"model {self.model_name} has no {head} OOD threshold at quantile {key} (it has: "
+                              f"{', '.join(sorted(table)) or 'none; retrain it to get the table'})")
+        return float(table[key])
 
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for ``ModelProto.metadata_props``."""
@@ -199,6 +212,7 @@ class OnnxClassifier:
         self._output_names = [logits_output(h) for h in metadata.heads] + [EMBEDDING_OUTPUT]
         self._temperatures = {h: metadata.temperature_of(h) for h in metadata.heads}
         self._thresholds = {h: metadata.ood_threshold(h) for h in metadata.heads}
+        self.ood_quantile: float | None = None
         self._check_graph()
 
     @classmethod
@@ -264,6 +278,11 @@ class OnnxClassifier:
             ood[head] = energy[head] > threshold if threshold is not None else np.zeros(len(energy[head]), dtype=bool)
         logits = {h: raw[h] for h in self.metadata.heads}
         return Predictions(self.metadata.labels, logits, probs, energy, ood, raw[EMBEDDING_OUTPUT])
+
+    def use_ood_quantile(self, quantile: float | None) -> None:
+        """Flag OOD at the model's threshold for this validation quantile (None: the trained one)."""
+        self._thresholds = {h: self.metadata.ood_threshold(h, quantile) for h in self.metadata.heads}
+        self.ood_quantile = quantile
 
     def self_check(self) -> None:
         """Run a dummy batch of 2 and verify output shapes and finiteness; ModelFileError otherwise."""

@@ -165,6 +165,9 @@ class GtOracle:
     def self_check(self) -> None:
         """Nothing to check (the wrapped model, if any, was checked when loaded)."""
 
+    def use_ood_quantile(self, quantile: float | None) -> None:
+        """The oracle's OOD flags come from the ground truth (a stain); a line's quantile changes nothing."""
+
     def _item_at(self, frame: int, det: Any) -> dict[str, Any] | None:
         x, y, w, h = det.bbox
         cx, cy = det.centroid

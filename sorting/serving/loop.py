@@ -115,6 +115,13 @@ class FrameResult:
     no_frame: bool = False
 
 
+def _apply_ood_quantile(classifier: OnnxClassifier, policy: Policy) -> None:
+    """The bins file's ``ood_quantile``, if set, picks the model's OOD thresholds (ConfigError if it lacks them)."""
+    if policy.config.ood_quantile is not None:
+        classifier.use_ood_quantile(policy.config.ood_quantile)
+        log.info("OOD thresholds at the validation quantile %g (bins file)", policy.config.ood_quantile)
+
+
 def model_id(classifier: OnnxClassifier) -> str:
     """Short id of a model for logs and metrics: name plus run id (or file name)."""
     meta = classifier.metadata
@@ -210,6 +217,7 @@ class SorterLoop:
         self.keep_images = keep_images
         self.clock = clock
         self.labels = {h: list(v) for h, v in classifier.metadata.labels.items()}
+        _apply_ood_quantile(classifier, policy)
         cal = cfg.calibration
         self.corrector = ColourCorrector(cal.white_balance if cal.apply else (1, 1, 1),
                                          cal.exposure_gain if cal.apply else 1.0)
@@ -410,7 +418,8 @@ class SorterLoop:
             return
         try:
             policy = Policy(self.policy.config, new.metadata.labels)
-        except Exception as exc:  # labels no longer fit the bins file: keep the old model
+            _apply_ood_quantile(new, policy)
+        except Exception as exc:  # labels (or OOD table) no longer fit the bins file: keep the old model
             log.error("hot reload rejected: %s", exc)
             return
         self.classifier, self.policy = new, policy

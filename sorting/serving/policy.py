@@ -98,6 +98,9 @@ class PolicyConfig(StrictModel):
         default_factory=dict, description="min top-1 probability per head before any rule is tried"
     )
     ood: Literal["reject", "ignore"] = "reject"
+    # the model's OOD threshold at this validation quantile instead of the trained one (models store 0.95, 0.98,
+    # 0.99, 0.995, 0.998, 0.999): higher rejects fewer in-distribution garments and catches fewer unknown items
+    ood_quantile: float | None = Field(None, gt=0.0, lt=1.0)
     # a model with a layout head: reject as overlap when its p(several), averaged over the views, reaches this
     several_threshold: float = Field(0.5, ge=0.0, le=1.0)
     rules: list[RuleConfig] = Field(min_length=1)

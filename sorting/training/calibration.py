@@ -16,6 +16,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+# Validation quantiles whose energy thresholds every model stores, for a line's ``ood_quantile`` (serving/BINS.md)
+LINE_OOD_QUANTILES = (0.95, 0.98, 0.99, 0.995, 0.998, 0.999)
 # Temperatures outside this range mean the fit is degenerate (e.g. a handful of perfectly
 # separated samples drive T -> 0); clamping keeps the stored value usable.
 MIN_TEMPERATURE = 0.05

@@ -38,10 +38,11 @@ from sorting.datasets.preprocess import PreprocessConfig
 from sorting.errors import ConfigError, DataError
 from sorting.models.checkpoint import read_checkpoint_dict, save_checkpoint
 from sorting.models.multihead import IGNORE_INDEX, MultiHeadClassifier, build_multihead
+from sorting.models.onnx_model import ood_quantile_key
 from sorting.paths import runs_dir
 from sorting.taxonomy import LAYOUT_HEAD, LAYOUT_LABELS, load_taxonomy
 from sorting.training import distributed as D
-from sorting.training.calibration import energy_threshold, fit_temperature
+from sorting.training.calibration import LINE_OOD_QUANTILES, energy_threshold, fit_temperature
 from sorting.training.callbacks import Callback, CallbackList, build_callbacks
 from sorting.training.config import TrainConfig
 from sorting.training.layout import fit_layout_head
@@ -235,13 +236,16 @@ def _write_json(path: Path, data: Any) -> Path:
 
 
 def _calibrate(val: ValidationResult, config: TrainConfig) -> tuple[dict[str, float], dict[str, Any]]:
-    """Per-head temperature (NLL on validation logits) and energy OOD threshold at the configured quantile."""
-    temperature, threshold = {}, {}
+    """Per-head temperature (NLL on validation logits) and energy OOD threshold at the configured quantile,
+    plus the thresholds at :data:`LINE_OOD_QUANTILES`, from which a sorting line may pick its own."""
+    temperature, threshold, by_quantile = {}, {}, {}
     for head, logits in val.logits.items():
         t = fit_temperature(logits, val.labels[head]) if config.calibration.temperature else 1.0
         temperature[head] = float(t)
         threshold[head] = float(energy_threshold(logits, t, config.calibration.ood_quantile))
-    return temperature, {"method": "energy", "threshold": threshold}
+        by_quantile[head] = {ood_quantile_key(q): energy_threshold(logits, t, q) for q in LINE_OOD_QUANTILES}
+    return temperature, {"method": "energy", "quantile": config.calibration.ood_quantile, "threshold": threshold,
+                         "by_quantile": by_quantile}
 
 
 def _fit_backbone_statistics(model: MultiHeadClassifier, dataset: ManifestDataset, config: TrainConfig, device: torch.device) -> None:
