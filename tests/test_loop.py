@@ -324,3 +324,14 @@ def test_synthetic_conveyor_clip_one_decision_per_garment(tmp_path):
         if it["hard_reason"] == "cut_off":  # (touching pairs may share one decision; colours are fake here)
             assert decisions[next(iter(tracks))].bin_name == "reject"
     assert used == set(decisions), "decisions without a garment"
+
+
+def test_demo_without_progress_trains_without_progress_bars():
+    from sorting.config import load_config
+    from sorting.serving.demo import DemoConfig, train_overrides
+    from sorting.training.config import TrainConfig
+
+    recipe = REPO / "training" / "synthetic-quick.yaml"
+    quiet = load_config(TrainConfig, recipe, train_overrides(DemoConfig(progress=False, train_overrides=["optim.epochs=3"])))
+    assert quiet.progress is False and quiet.optim.epochs == 3 and quiet.output_dir == str(Path("runs/demo/train"))
+    assert load_config(TrainConfig, recipe, train_overrides(DemoConfig())).progress is True

@@ -87,14 +87,19 @@ class DemoReport:
         ]
 
 
+def train_overrides(cfg: DemoConfig) -> list[str]:
+    """Overrides of the demo recipe: the run folder, no progress bars with ``--no-progress``, then the user's."""
+    return [f"output_dir={cfg.out_dir / 'train'}", *([] if cfg.progress else ["progress=false"]),
+            *cfg.train_overrides]
+
+
 def _train_and_export(cfg: DemoConfig, root: Path) -> tuple[Path, Path, bool]:
     """Return (onnx, checkpoint, trained_now); reuse an earlier demo model unless ``retrain``."""
     onnx_path, ckpt_path = cfg.out_dir / "model.onnx", cfg.out_dir / "model.pt"
     if onnx_path.is_file() and ckpt_path.is_file() and not cfg.retrain:
         log.info("reusing the demo model %s (pass --retrain to train a new one)", onnx_path)
         return onnx_path, ckpt_path, False
-    overrides = [f"output_dir={cfg.out_dir / 'train'}", *cfg.train_overrides]
-    train_cfg = load_config(TrainConfig, root / DEMO_RECIPE, overrides)
+    train_cfg = load_config(TrainConfig, root / DEMO_RECIPE, train_overrides(cfg))
     log.info("training the demo model (%s)", DEMO_RECIPE)
     result = fit(train_cfg)
     shutil.copyfile(result.best_checkpoint, ckpt_path)
