@@ -37,7 +37,7 @@ def test_reconnects_are_counted_and_a_good_request_resets_the_back_off() -> None
     port = free_port()
     server = LoopbackModbusServer(port).start()
     clock, changes, connects = Clock(), [], []
-    link = _link(port, clock, on_connect=connects.append, on_change=changes.append)
+    link = _link(port, clock, on_connect=lambda: connects.append(1), on_change=changes.append)
     try:
         assert link.ensure() and link.connected and len(connects) == 1
         link.drop(OSError("socket closed"))
@@ -62,7 +62,7 @@ def test_failing_on_connect_fails_the_attempt_and_callbacks_never_raise() -> Non
     server = LoopbackModbusServer(port).start()
     clock = Clock()
 
-    def refuse(_client) -> None:
+    def refuse() -> None:
         raise OSError("PLC refused to clear outputs")
 
     def broken(_up: bool) -> None:

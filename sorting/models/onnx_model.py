@@ -212,7 +212,6 @@ class OnnxClassifier:
         self._output_names = [logits_output(h) for h in metadata.heads] + [EMBEDDING_OUTPUT]
         self._temperatures = {h: metadata.temperature_of(h) for h in metadata.heads}
         self._thresholds = {h: metadata.ood_threshold(h) for h in metadata.heads}
-        self.ood_quantile: float | None = None
         self._check_graph()
 
     @classmethod
@@ -282,7 +281,6 @@ class OnnxClassifier:
     def use_ood_quantile(self, quantile: float | None) -> None:
         """Flag OOD at the model's threshold for this validation quantile (None: the trained one)."""
         self._thresholds = {h: self.metadata.ood_threshold(h, quantile) for h in self.metadata.heads}
-        self.ood_quantile = quantile
 
     def self_check(self) -> None:
         """Run a dummy batch of 2 and verify output shapes and finiteness; ModelFileError otherwise."""

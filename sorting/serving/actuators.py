@@ -196,7 +196,7 @@ class ModbusTcpActuator(Actuator):
         self.link = ModbusLink(
             config.host, config.port, name=f"PLC at {config.host}:{config.port}", timeout_s=config.timeout_ms / 1000.0,
             retry_initial_s=config.retry_initial_ms / 1000.0, retry_max_s=config.retry_max_ms / 1000.0,
-            on_connect=lambda _client: self._clear_outputs(), on_change=on_connection, clock=clock,
+            on_connect=self._clear_outputs, on_change=on_connection, clock=clock,
         )
         self._close_timeout_s = 2.0
         self._last_io = 0.0

@@ -107,7 +107,7 @@ class EncoderReader:
         self.link = ModbusLink(
             config.host, config.port, name=f"belt encoder at {config.name}", timeout_s=config.timeout_ms / 1000.0,
             retry_initial_s=config.retry_initial_ms / 1000.0, retry_max_s=config.retry_max_ms / 1000.0,
-            on_connect=lambda _client: self.speed.reset(), clock=clock,
+            on_connect=self.speed.reset, clock=clock,
         )
         self._last_reading: float | None = None
         self._stop = threading.Event()

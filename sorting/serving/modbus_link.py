@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +19,7 @@ log = logging.getLogger(__name__)
 class ModbusLink:
     """A pymodbus ``ModbusTcpClient`` plus connection state, reconnect count and back-off.
 
-    ``on_connect(client)`` runs right after each (re)connect, before the link counts as up (the
+    ``on_connect()`` runs right after each (re)connect, before the link counts as up (the
     actuator clears every output there; the encoder forgets its counter baseline); if it raises,
     the attempt fails. ``on_change(up)`` is told when the link goes up or down; a failing
     callback is logged, never raised into the worker.
@@ -35,7 +34,7 @@ class ModbusLink:
         timeout_s: float,
         retry_initial_s: float,
         retry_max_s: float,
-        on_connect: Callable[[Any], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
         on_change: Callable[[bool], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -64,7 +63,7 @@ class ModbusLink:
         try:
             ok = bool(self.client.connect())
             if ok and self.on_connect is not None:
-                self.on_connect(self.client)
+                self.on_connect()
         except Exception as exc:  # pymodbus raises ModbusException/OSError subclasses
             log.debug("%s: connect failed: %s", self.name, exc)
             ok = False

@@ -109,6 +109,7 @@ class BeltSegmenter:
         self._frame = 0
         # look for two colour regions in large blobs; off when the model's layout head judges several garments
         self.check_colours = True
+        self._brighter = cfg.threshold if cfg.brighter_threshold is None else cfg.brighter_threshold
 
     def _small(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
@@ -201,10 +202,9 @@ class BeltSegmenter:
         garment (brown, navy) differs in colour."""
         _, cr, cb = cv2.split(cv2.absdiff(ycc, background))
         y, belt_y = cv2.extractChannel(ycc, 0), cv2.extractChannel(background, 0)
-        brighter_threshold = self.cfg.threshold if self.cfg.brighter_threshold is None else self.cfg.brighter_threshold
         lum = cv2.bitwise_or(
             cv2.threshold(cv2.subtract(belt_y, y), self.cfg.threshold, 255, cv2.THRESH_BINARY)[1],
-            cv2.threshold(cv2.subtract(y, belt_y), brighter_threshold, 255, cv2.THRESH_BINARY)[1],
+            cv2.threshold(cv2.subtract(y, belt_y), self._brighter, 255, cv2.THRESH_BINARY)[1],
         )
         chroma = cv2.threshold(cv2.add(cr, cb), self.cfg.chroma_threshold, 255, cv2.THRESH_BINARY)[1]
         return cv2.bitwise_or(lum, chroma)

@@ -113,9 +113,14 @@ def energy_scores(logits: Any, temperature: float) -> np.ndarray:
 
 def energy_threshold(logits: Any, temperature: float, quantile: float = 0.99) -> float:
     """OOD threshold: the ``quantile`` of in-distribution (validation) energies."""
-    if not 0.0 < quantile <= 1.0:
-        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    return energy_thresholds(logits, temperature, (quantile,))[0]
+
+
+def energy_thresholds(logits: Any, temperature: float, quantiles: tuple[float, ...]) -> list[float]:
+    """:func:`energy_threshold` at each of ``quantiles``, from one pass over the energies."""
+    if not all(0.0 < q <= 1.0 for q in quantiles):
+        raise ValueError(f"quantiles must be in (0, 1], got {quantiles}")
     energies = energy_scores(logits, temperature)
     if energies.size == 0:
         raise ValueError("cannot set an OOD threshold from zero validation samples")
-    return float(np.quantile(energies, quantile))
+    return [float(v) for v in np.quantile(energies, quantiles)]

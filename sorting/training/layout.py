@@ -25,6 +25,7 @@ from torch import nn
 from sorting.datasets.preprocess import PreprocessConfig, preprocess_batch
 from sorting.datasets.synth.layout import SEVERAL, LayoutSample, render_layout_samples
 from sorting.models.multihead import EMBEDDING, MultiHeadClassifier
+from sorting.models.standardise import column_statistics
 from sorting.taxonomy import LAYOUT_HEAD, LAYOUT_LABELS
 from sorting.training.config import LayoutConfig
 
@@ -50,8 +51,7 @@ def embed(model: MultiHeadClassifier, samples: list[LayoutSample], preprocess: P
 
 def fit_logistic(features: torch.Tensor, labels: torch.Tensor, l2: float) -> nn.Linear:
     """Binary logistic regression (two logits) on standardised features; standardisation folded in."""
-    mean = features.mean(0)
-    std = features.std(0).clamp_min(1e-6)
+    mean, std = column_statistics(features)
     z = (features - mean) / std
     w = torch.zeros(features.shape[1], requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
@@ -94,8 +94,8 @@ def fit_layout_head(model: MultiHeadClassifier, preprocess: PreprocessConfig, cf
     features = embed(model, samples, preprocess)
     labels = torch.tensor([s.label for s in samples])
     worlds = np.array([s.world for s in samples])
-    held_out = np.isin(worlds, np.unique(worlds)[-max(1, len(np.unique(worlds)) // 4):])
-    val = torch.from_numpy(held_out)
+    names = np.unique(worlds)
+    val = torch.from_numpy(np.isin(worlds, names[-max(1, len(names) // 4):]))  # the last quarter of the worlds
     check = fit_logistic(features[~val], labels[~val], cfg.l2)
     metrics = {f"val_{k}": v for k, v in _rates(check, features[val], labels[val]).items()}
     head = fit_logistic(features, labels, cfg.l2)

@@ -3,7 +3,8 @@
 Run folder (written by rank 0 only): ``config.yaml`` (what ran), ``last.pt`` (resumable,
 every epoch), ``best.pt`` (best validation macro-F1; after training it also holds the
 per-head temperature and the energy OOD threshold fitted on validation logits, and with
-``layout:`` in the recipe the layout head of :mod:`sorting.training.layout`), ``history.json``, ``metrics.json`` and ``training_curves.png``.
+``layout:`` in the recipe the layout head of :mod:`sorting.training.layout`), ``history.json``,
+``metrics.json`` and ``training_curves.png``.
 
 Before the first epoch (not on resume) a backbone with a ``fit_statistics(batches)`` method (e.g.
 ``efficientnet_lite0_colour``'s colour standardisation) is fitted on the unaugmented training images;
@@ -42,7 +43,7 @@ from sorting.models.onnx_model import ood_quantile_key
 from sorting.paths import runs_dir
 from sorting.taxonomy import LAYOUT_HEAD, LAYOUT_LABELS, load_taxonomy
 from sorting.training import distributed as D
-from sorting.training.calibration import LINE_OOD_QUANTILES, energy_threshold, fit_temperature
+from sorting.training.calibration import LINE_OOD_QUANTILES, energy_thresholds, fit_temperature
 from sorting.training.callbacks import Callback, CallbackList, build_callbacks
 from sorting.training.config import TrainConfig
 from sorting.training.layout import fit_layout_head
@@ -242,8 +243,9 @@ def _calibrate(val: ValidationResult, config: TrainConfig) -> tuple[dict[str, fl
     for head, logits in val.logits.items():
         t = fit_temperature(logits, val.labels[head]) if config.calibration.temperature else 1.0
         temperature[head] = float(t)
-        threshold[head] = float(energy_threshold(logits, t, config.calibration.ood_quantile))
-        by_quantile[head] = {ood_quantile_key(q): energy_threshold(logits, t, q) for q in LINE_OOD_QUANTILES}
+        trained, *line = energy_thresholds(logits, t, (config.calibration.ood_quantile, *LINE_OOD_QUANTILES))
+        threshold[head] = trained
+        by_quantile[head] = {ood_quantile_key(q): v for q, v in zip(LINE_OOD_QUANTILES, line)}
     return temperature, {"method": "energy", "quantile": config.calibration.ood_quantile, "threshold": threshold,
                          "by_quantile": by_quantile}
 
