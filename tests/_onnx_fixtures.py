@@ -31,10 +31,10 @@ def make_manifest(folder: Path, n: int = 32, seed: int = 0) -> Path:
     return write_manifest(rows, folder / "manifest.csv")
 
 
-def make_model(seed: int = 0) -> tuple[torch.nn.Module, object]:
-    """The registry's ``tiny`` backbone with both heads, random weights (eval mode)."""
+def make_model(seed: int = 0, hidden: dict[str, int] | None = None) -> tuple[torch.nn.Module, object]:
+    """The registry's ``tiny`` backbone with both heads (MLP heads where ``hidden`` says), random weights (eval mode)."""
     torch.manual_seed(seed)
-    model, preprocess = build_multihead("tiny", {h: len(v) for h, v in LABELS.items()})
+    model, preprocess = build_multihead("tiny", {h: len(v) for h, v in LABELS.items()}, hidden=hidden)
     return model.eval(), preprocess
 
 

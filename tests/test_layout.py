@@ -58,7 +58,7 @@ def test_fit_logistic_folds_the_standardisation_into_the_head() -> None:
 
 
 def test_layout_head_travels_through_checkpoint_and_onnx(samples, tmp_path) -> None:
-    model, preprocess = make_model()
+    model, preprocess = make_model(hidden={"fibre": 16})  # an MLP fibre head next to the linear layout head
     metrics = fit_layout_head(model, preprocess, LayoutConfig(worlds=2, items_per_world=40, seed=3), workers=1,
                               progress=False)
     assert model.heads == ("fibre", "colour", LAYOUT_HEAD)
@@ -69,6 +69,7 @@ def test_layout_head_travels_through_checkpoint_and_onnx(samples, tmp_path) -> N
                            taxonomy_version="test", config={})
     loaded = load_checkpoint(ckpt)
     assert loaded.labels[LAYOUT_HEAD] == list(LAYOUT_LABELS)
+    assert loaded.model.head_hidden == {"fibre": 16, "colour": 0, LAYOUT_HEAD: 0}
     onnx_path = export_checkpoint(ckpt, tmp_path / "m.onnx", n_check=4).path
     classifier = OnnxClassifier.load(onnx_path)
     preds = classifier.predict([s.image for s in samples[:6]])

@@ -14,6 +14,7 @@ from sorting.models.checkpoint import load_checkpoint, save_checkpoint
 from sorting.models.efficientnet_lite import efficientnet_lite0
 from sorting.models.multihead import MultiHeadClassifier, build_multihead
 from sorting.models.registry import BackboneRegistry, create_backbone, list_backbones, register_backbone
+from sorting.training.config import load_train_config
 
 torch.set_num_threads(1)
 LABELS = {"fibre": ["cotton", "polyester", "wool"], "colour": ["red", "blue"]}
@@ -92,6 +93,15 @@ def test_multihead_outputs_one_logit_tensor_per_head_plus_embedding() -> None:
         MultiHeadClassifier(nn.Identity(), 8, {"size": 3})
 
 
+def test_a_head_with_hidden_units_is_an_mlp_and_the_others_stay_linear() -> None:
+    model, pre = build_multihead("tiny", {"fibre": 3, "colour": 2}, hidden={"fibre": 32})
+    assert model.head_hidden == {"fibre": 32, "colour": 0} and model.head_sizes == {"fibre": 3, "colour": 2}
+    assert [type(m) for m in model.classifiers["fibre"]] == [nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Linear]
+    assert model(torch.zeros(2, 3, pre.input_size, pre.input_size))["fibre"].shape == (2, 3)
+    with pytest.raises(ConfigError, match="hidden"):
+        build_multihead("tiny", {"colour": 2}, hidden={"fibre": 32})  # no such head
+
+
 def test_frozen_backbone_has_no_trainable_parameters_and_keeps_batchnorm_statistics() -> None:
     model, _ = build_multihead("tiny", {"fibre": 3})
     model.set_backbone_trainable(False)
@@ -154,3 +164,12 @@ def test_bad_checkpoint_files_raise_model_file_error(tmp_path) -> None:
     with pytest.raises(ValueError, match="label names"):
         save_checkpoint(tmp_path / "x.pt", model, model_name="tiny", labels={"fibre": ["a"], "colour": ["r", "b"]},
                         preprocess=pre, taxonomy_version="1", config={})
+
+
+def test_head_hidden_in_a_recipe_must_name_a_trained_head(repo_root) -> None:
+    recipe = repo_root / "training" / "synthetic-quick.yaml"
+    assert load_train_config(recipe, ["model.head_hidden={fibre: 64}"]).model.head_hidden == {"fibre": 64}
+    with pytest.raises(ConfigError, match="head_hidden"):
+        load_train_config(recipe, ["model.heads=[colour]", "model.head_hidden={fibre: 64}"])
+    with pytest.raises(ConfigError, match="head_hidden"):
+        load_train_config(recipe, ["model.head_hidden={fibre: 0}"])

@@ -3,7 +3,7 @@
 Only plain Python values and tensors are stored so :func:`torch.load` runs with
 ``weights_only=True`` (no pickled code). Layout (``format`` = ``textile-sorter-checkpoint``)::
 
-    schema, model_name, heads, labels {head: [names]}, head_sizes, dropout, state_dict,
+    schema, model_name, heads, labels {head: [names]}, head_sizes, dropout, head_hidden {head: units}, state_dict,
     preprocess (PreprocessConfig as dict), taxonomy_version, config (the full training config),
     metrics, temperature {head: T}, ood {"method": "energy", "threshold": {head: t}} | None,
     run_id, dataset_hash, epoch, and for resuming: optimizer, scheduler, scaler, trainer_state.
@@ -108,6 +108,7 @@ def save_checkpoint(
         "labels": {h: list(labels[h]) for h in net.heads},
         "head_sizes": net.head_sizes,
         "dropout": float(dropout),
+        "head_hidden": net.head_hidden,
         "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
         "preprocess": preprocess.model_dump(mode="json"),
         "taxonomy_version": str(taxonomy_version),
@@ -152,7 +153,8 @@ def load_checkpoint(path: str | Path) -> LoadedCheckpoint:
     """Rebuild the model from a checkpoint (no pretrained download; weights come from the file)."""
     raw = read_checkpoint_dict(path)
     try:
-        model, _ = build_multihead(raw["model_name"], dict(raw["head_sizes"]), pretrained=False, dropout=raw["dropout"])
+        model, _ = build_multihead(raw["model_name"], dict(raw["head_sizes"]), pretrained=False, dropout=raw["dropout"],
+                                   hidden=dict(raw.get("head_hidden") or {}))
         model.load_state_dict(raw["state_dict"], strict=True)
         preprocess = PreprocessConfig.model_validate(raw["preprocess"])
     except (KeyError, RuntimeError, ConfigError, ValueError) as exc:

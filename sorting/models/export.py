@@ -189,7 +189,8 @@ def synthetic_check_images(preprocess: PreprocessConfig, n: int, *, seed: int = 
         rng = np.random.default_rng(seed)
         return rng.standard_normal((n, 3, preprocess.input_size, preprocess.input_size)).astype(np.float32), "random"
     with tempfile.TemporaryDirectory() as tmp:
-        manifest = make_crop_dataset(Path(tmp) / "synth", n=max(n, 24), size=min(128, preprocess.input_size), seed=seed)
+        manifest = make_crop_dataset(Path(tmp) / "synth", n=max(n, 24), size=min(128, preprocess.input_size), seed=seed,
+                                     progress=False)
         return check_images_from_manifest(manifest, preprocess, n, seed=seed), "synthetic"
 
 

@@ -131,7 +131,8 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     clip_dir = cfg.out_dir / f"clip-w{WORLD_VERSION}-n{cfg.items}-s{cfg.seed}"
     gt_path = clip_dir / "conveyor_gt.json"
     if not gt_path.is_file():
-        render_conveyor_clip(clip_dir, n_items=cfg.items, seed=cfg.seed, belt_speed_px_s=cfg.belt_speed_px_s)
+        render_conveyor_clip(clip_dir, n_items=cfg.items, seed=cfg.seed, belt_speed_px_s=cfg.belt_speed_px_s,
+                             progress=cfg.progress)
     video_in = clip_dir / "conveyor.mp4"
 
     db_path = cfg.out_dir / "decisions.sqlite"

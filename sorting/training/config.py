@@ -52,6 +52,8 @@ class ModelConfig(StrictModel):
     resize: Literal["letterbox", "stretch", "center_crop"] | None = None
     pad_value: int | None = Field(None, ge=0, le=255)  # letterbox fill; default: the backbone's
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    # hidden units of a head's MLP, e.g. {fibre: 256}; a head not named here is linear
+    head_hidden: dict[HeadName, int] = Field(default_factory=dict)
     # partial fine-tuning: backbone blocks before this index stay frozen and their output is cached once
     # (sorting.training.feature_cache); blocks from it on (EfficientNet-Lite0: 0..16) train with the heads
     trainable_from: int | None = Field(None, ge=0)
@@ -63,6 +65,8 @@ class ModelConfig(StrictModel):
     def _heads(self) -> "ModelConfig":
         if not self.heads or len(set(self.heads)) != len(self.heads):
             raise ValueError("model.heads must list fibre and/or colour, each once")
+        if set(self.head_hidden) - set(self.heads) or any(n < 1 for n in self.head_hidden.values()):
+            raise ValueError(f"model.head_hidden must give >= 1 unit to heads of {self.heads}, got {self.head_hidden}")
         return self
 
 

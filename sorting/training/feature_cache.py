@@ -165,7 +165,7 @@ class HeadsOnly(nn.Module):
 
     @property
     def head_sizes(self) -> dict[str, int]:
-        return {h: self.classifiers[h][1].out_features for h in self.heads}
+        return {h: self.classifiers[h][-1].out_features for h in self.heads}
 
     def forward(self, features: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {h: self.classifiers[h](features) for h in self.heads}

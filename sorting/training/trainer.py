@@ -134,7 +134,7 @@ def _synthetic_manifest(config: TrainConfig, ctx: D.DistContext) -> Path:
         from sorting.datasets.synth import make_crop_dataset
 
         log.info("generating the synthetic crop dataset in %s", folder)
-        manifest = Path(make_crop_dataset(folder, n=syn.n, size=syn.size, seed=syn.seed))
+        manifest = Path(make_crop_dataset(folder, n=syn.n, size=syn.size, seed=syn.seed, progress=config.progress))
     D.barrier(ctx)
     return D.broadcast_object(manifest, ctx)
 
@@ -348,6 +348,7 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
         pretrained=config.model.pretrained and resume is None,
         weights_path=config.model.weights_path,
         dropout=config.model.dropout,
+        hidden=config.model.head_hidden,
     )
     if resume is not None:
         model.load_state_dict(resume["state_dict"])

@@ -412,6 +412,7 @@ def render_conveyor_clip(
     colour_cast: bool = True,
     stains: int = 2,
     taxonomy: Taxonomy | None = None,
+    progress: bool = True,
 ) -> ConveyorClip:
     """Write ``conveyor.mp4`` (mp4v) and ``conveyor_gt.json`` into ``out_dir``."""
     cfg = _config(n_items, seed, width, height, fps, belt_speed_px_s, direction, hard_fraction, colour_cast, stains)
@@ -423,7 +424,7 @@ def render_conveyor_clip(
     if not writer.isOpened():
         raise DataError(f"cannot open a video writer for {video_path} (OpenCV without mp4v support?)")
     try:
-        for _, _, frame in tqdm(world.frames(), total=world.n_frames, desc="synth video", unit="frame"):
+        for _, _, frame in tqdm(world.frames(), total=world.n_frames, desc="synth video", unit="frame", disable=not progress):
             writer.write(frame)
     finally:
         writer.release()

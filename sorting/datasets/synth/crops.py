@@ -136,6 +136,7 @@ def make_crop_dataset(
     seed: int = 0,
     taxonomy: Taxonomy | None = None,
     workers: int = 2,
+    progress: bool = True,
 ) -> Path:
     """Render ``n`` labelled garment crops into ``out_dir`` and return the manifest path.
 
@@ -155,7 +156,7 @@ def make_crop_dataset(
     chunk = max(8, min(100, -(-n // (2 * max(1, workers)))))  # each chunk builds one Scene
     tasks = [(c, size, seed, str(out)) for c in _chunks(jobs, chunk)]
     results: dict[int, tuple[str, str, int, int]] = {}
-    with tqdm(total=n, desc="synth crops", unit="img") as bar:
+    with tqdm(total=n, desc="synth crops", unit="img", disable=not progress) as bar:
         if workers > 1:
             with get_context("spawn").Pool(workers) as pool:
                 for rows in pool.imap_unordered(_render_chunk, tasks):
