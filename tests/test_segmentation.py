@@ -208,11 +208,13 @@ def test_lost_item_gets_one_lost_decision():
     assert len(lost) == 1 and not tracker.drain()
 
 
-def _travel(tracker: Tracker, boxes_at, frames: int) -> list:
-    """Feed ``boxes_at(f)`` (list of x, y, w, h) as detections for ``frames`` frames; return decided tracks."""
+def _travel(tracker: Tracker, boxes_at, frames: int, *, entry_edge: bool = False) -> list:
+    """Feed ``boxes_at(f)`` (list of x, y, w, h) as detections for ``frames`` frames; return decided tracks.
+    ``entry_edge``: boxes starting at x <= 0 are flagged as touching the left (entry) edge."""
     decided = []
     for f in range(frames):
-        dets = [Detection(bbox=b, area=float(b[2] * b[3]), centroid=(b[0] + b[2] / 2, b[1] + b[3] / 2))
+        dets = [Detection(bbox=b, area=float(b[2] * b[3]), centroid=(b[0] + b[2] / 2, b[1] + b[3] / 2),
+                          edges=frozenset({"left"}) if entry_edge and b[0] <= 0 else frozenset())
                 for b in boxes_at(f)]
         decided += tracker.update(dets, f, f / FPS).lost + tracker.due()
     return decided + tracker.drain()
@@ -231,6 +233,24 @@ def test_small_garment_beside_a_large_one_keeps_its_own_decision():
     tracker = Tracker(track_config(), speed_px_s=SPEED)
     decided = _travel(tracker, lambda f: [(int(step * f), 100, 80, 70), (int(step * f) + 20, 185, 30, 25)], 80)
     assert len(decided) == 2
+
+
+@pytest.mark.parametrize("first_seen_on_edge, items", [(False, 1), (True, 2)])
+def test_piece_split_off_while_entering_is_not_a_second_item(first_seen_on_edge: bool, items: int):
+    # A dark sock cut in two by a belt-bright sheen: the foot is seen on the entry edge; the leg, too small
+    # there, first appears beside it a few frames later, away from the edge: one item. A second garment
+    # seen on the entry edge beside a young track stays its own item.
+    step = int(SPEED / FPS)
+    first = 0 if first_seen_on_edge else 8
+    tracker = Tracker(track_config(), speed_px_s=SPEED)
+
+    def boxes(f: int) -> list:
+        foot = (step * f - 20, 100, 60, 30)
+        leg = (step * f - 25 - (40 if first_seen_on_edge else 0), 64, 30, 34)  # 2 px above the foot
+        return [foot, leg] if f >= first else [foot]
+
+    decided = _travel(tracker, boxes, 90, entry_edge=True)
+    assert len(decided) == items
 
 
 def test_static_blob_never_becomes_an_item():

@@ -336,7 +336,7 @@ class Tracker:
         for di, det in enumerate(detections):
             if di in owner:
                 continue
-            parent = self._fragment_parent(det, self._tracks, predicted_boxes)
+            parent = self._fragment_parent(det, self._tracks, predicted_boxes, frame)
             if parent is not None:
                 parent.bbox = _union(parent.bbox, det.bbox)  # the garment spans both pieces
                 log.debug("blob at %s is a piece of track %d (absorbed)", det.bbox, parent.id)
@@ -346,15 +346,24 @@ class Tracker:
         return TrackUpdate(active=list(alive), lost=lost)
 
     def _fragment_parent(self, det: Detection, tracks: list[Track],
-                         boxes: dict[int, tuple[float, float, float, float]]) -> Track | None:
-        """The track whose predicted box (grown by ``fragment_margin_px``) covers a good part of this
-        new blob's box, if the blob appeared mid-belt (not over the entry edge, after start-up): a
-        piece of that track's garment (a sleeve or trouser leg cut off by a fold) or of a touching
-        pair coming apart."""
+                         boxes: dict[int, tuple[float, float, float, float]], frame: int) -> Track | None:
+        """The track this new blob is a piece of, if the blob appeared mid-belt (not over the entry
+        edge, after start-up): the track whose predicted box (grown by ``fragment_margin_px``) covers a
+        good part of the blob's box (a sleeve or trouser leg cut off by a fold, or a touching pair coming
+        apart); else a track that entered in the last ``fragment_max_whole_frames`` frames and whose box
+        is within twice the margin of the blob. The second case is a garment split while it entered (a
+        dark sock whose belt-bright sheen cuts it in two: the trailing piece was below ``min_area_px``
+        while it crossed the edge, so it was never seen there). A separate garment is seen on the entry
+        edge and never comes here."""
         if self._frames_seen <= 1 or self.belt.entry_edge in det.edges:
             return None
+        margin = self.cfg.fragment_margin_px
         for tr in tracks:
-            if _share_inside(det.bbox, boxes[tr.id], self.cfg.fragment_margin_px) >= FRAGMENT_MIN_SHARE:
+            if _share_inside(det.bbox, boxes[tr.id], margin) >= FRAGMENT_MIN_SHARE:
+                return tr
+        for tr in tracks:
+            entering = not tr.decided and frame - tr.first_frame <= self.cfg.fragment_max_whole_frames
+            if entering and _share_inside(det.bbox, boxes[tr.id], 2 * margin) > 0:
                 return tr
         return None
 
