@@ -13,7 +13,13 @@ import pytest
 from sorting.cli import main
 from sorting.datasets.manifest import read_manifest
 from sorting.errors import DataError
-from sorting.serving.decision_log import DecisionLog, DecisionLogConfig, export_todo, labels_to_manifest
+from sorting.serving.decision_log import (
+    DecisionLog,
+    DecisionLogConfig,
+    export_todo,
+    labels_to_manifest,
+    layout_labels_to_csv,
+)
 from sorting.serving.policy import Decision, ItemEvidence
 
 LABELS = {"fibre": ["cotton", "polyester"], "colour": ["white", "black", "red"]}
@@ -128,6 +134,35 @@ def test_export_todo_and_import_labels_to_manifest(log_path, tmp_path) -> None:
     assert manifest.image_path(row).is_file() and (row.width, row.height) == (30, 40) and len(row.sha1) == 40
 
 
+def test_layout_labels_become_a_layout_crop_list(log_path, tmp_path) -> None:
+    fill(log_path).close()
+    todo = tmp_path / "label" / "todo.csv"
+    export_todo(log_path, todo)
+    with open(todo, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert all(r["layout"] == "" for r in rows)
+    rows[0].update(layout="several")
+    rows[1].update(layout="maybe")  # not a layout label: skipped with the reason
+    rows[2].update(layout=" Single ")
+    rows.append({**rows[2], "item_id": "nope-9"})
+    rows.append({**rows[2], "item_id": "s1-1", "layout": ""})  # not labelled for layout: ignored
+    with open(todo, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "ds" / "layout.csv"
+    result = layout_labels_to_csv(log_path, todo, out)
+    assert result.written == 2 and len(result.skipped) == 2 and "maybe" in result.skipped[0]
+    with open(out, newline="") as fh:
+        listed = list(csv.DictReader(fh))
+    assert [r["layout"] for r in listed] == ["several", "single"]
+    assert all((out.parent / r["path"]).is_file() for r in listed)
+    no_layout = tmp_path / "no_layout.csv"
+    no_layout.write_text("item_id,fibre\ns1-2,cotton\n")
+    with pytest.raises(DataError, match="layout"):
+        layout_labels_to_csv(log_path, no_layout, out)
+
+
 def test_import_errors(log_path, tmp_path) -> None:
     fill(log_path).close()
     with pytest.raises(DataError, match="does not exist"):
@@ -156,3 +191,9 @@ def test_cli_round_trip(log_path, tmp_path, capsys) -> None:
     assert len(read_manifest(out).rows) == 1
     assert main(["data", "import-log", str(log_path), "--labels", str(todo)]) == 2
     assert "needs -o" in capsys.readouterr().err
+    lines[2] = lines[2] + "several"  # second crop: no fibre/colour, layout "several"
+    todo.write_text("\n".join(lines) + "\n")
+    layout = tmp_path / "layout.csv"
+    assert main(["data", "import-log", str(log_path), "--labels", str(todo), "--layout-output", str(layout)]) == 0
+    assert "1 layout-labelled crops" in capsys.readouterr().out
+    assert layout.read_text().splitlines()[1].endswith(",several")

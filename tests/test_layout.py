@@ -3,19 +3,21 @@ path through checkpoint, ONNX export and the sorter's classifier."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
+from pydantic import ValidationError
 
 from sorting.datasets.preprocess import preprocess_batch
 from sorting.datasets.synth.layout import SEVERAL, SINGLE, render_layout_samples
-from sorting.errors import ConfigError
+from sorting.errors import ConfigError, DataError
 from sorting.models.checkpoint import load_checkpoint, save_checkpoint
 from sorting.models.export import export_checkpoint
 from sorting.models.onnx_model import OnnxClassifier
 from sorting.taxonomy import LAYOUT_HEAD, LAYOUT_LABELS
 from sorting.training.config import LayoutConfig
-from sorting.training.layout import fit_layout_head, fit_logistic
+from sorting.training.layout import fit_layout_head, fit_logistic, load_layout_crops
 from tests._onnx_fixtures import LABELS, make_model
 
 
@@ -86,3 +88,41 @@ def test_a_head_cannot_be_added_twice_or_with_the_wrong_width() -> None:
         model.add_head("colour", torch.nn.Linear(model.feature_dim, 2))
     with pytest.raises(ConfigError):
         model.add_head(LAYOUT_HEAD, torch.nn.Linear(model.feature_dim + 1, 2))
+
+
+def _crop_list(samples, folder, rows=None) -> str:
+    """Write the samples as a line's labelled crops (PNG files + ``path,layout`` CSV); return the CSV path."""
+    (folder / "crops").mkdir(parents=True, exist_ok=True)
+    lines = ["path,layout"]
+    for i, s in enumerate(samples):
+        cv2.imwrite(str(folder / "crops" / f"{i:03d}.png"), s.image)
+        lines.append(f"crops/{i:03d}.png,{LAYOUT_LABELS[s.label]}")
+    path = folder / "layout.csv"
+    path.write_text("\n".join(rows or lines) + "\n")
+    return str(path)
+
+
+def test_layout_head_from_a_lines_own_crops_only(samples, tmp_path) -> None:
+    crops = _crop_list(samples, tmp_path)
+    loaded = load_layout_crops([crops])
+    assert [s.label for s in loaded] == [s.label for s in samples]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(loaded, samples))
+    model, preprocess = make_model()
+    metrics = fit_layout_head(model, preprocess, LayoutConfig(worlds=0, crops=[crops]), workers=1, progress=False)
+    assert model.heads[-1] == LAYOUT_HEAD and metrics["line_crops"] == metrics["crops"] == len(samples)
+    assert 0.0 <= metrics["val_line_accuracy"] <= 1.0 and metrics["val_line_accuracy"] == metrics["val_accuracy"]
+
+
+def test_layout_crop_lists_and_config_fail_clearly(samples, tmp_path) -> None:
+    with pytest.raises(DataError, match="does not exist"):
+        load_layout_crops([tmp_path / "none.csv"])
+    bad = _crop_list(samples[:2], tmp_path, rows=["path,layout", "crops/000.png,pile"])
+    with pytest.raises(DataError, match=r"layout.csv:2: layout 'pile'"):
+        load_layout_crops([bad])
+    one_class = _crop_list(samples[:2], tmp_path, rows=["path,layout", "crops/000.png,single", "crops/001.png,single"])
+    with pytest.raises(ConfigError, match="single garments and of several"):
+        fit_layout_head(make_model()[0], make_model()[1], LayoutConfig(worlds=0, crops=[one_class]), progress=False)
+    with pytest.raises(ValidationError, match="synthetic worlds or crop lists"):
+        LayoutConfig(worlds=0)
+    with pytest.raises(ValidationError, match="at least 2"):
+        LayoutConfig(worlds=1)

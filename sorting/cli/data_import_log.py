@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sorting.cli.common import add_command
 from sorting.errors import ConfigError
-from sorting.serving.decision_log import export_todo, labels_to_manifest
+from sorting.serving.decision_log import ImportResult, export_todo, labels_to_manifest, layout_labels_to_csv
 from sorting.taxonomy import load_taxonomy
 
 EXAMPLES = """
@@ -18,6 +18,9 @@ EXAMPLES = """
   textile-sorter data import-log runs/serve/decisions.sqlite --export-todo todo.csv
   # 2. fill the fibre and/or colour columns of todo.csv (leave a cell empty if unsure), then
   textile-sorter data import-log runs/serve/decisions.sqlite --labels todo.csv -o datasets/relabelled.csv
+  # 3. layout column filled too (single / several: one garment, or several touching)? the line's own pairs
+  #    for the layout head (recipe: layout: {crops: [datasets/layout.csv]})
+  textile-sorter data import-log runs/serve/decisions.sqlite --labels todo.csv --layout-output datasets/layout.csv
 """
 
 
@@ -33,7 +36,9 @@ def register(group: argparse._SubParsersAction) -> None:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--export-todo", type=Path, metavar="CSV", help="write the crops to label to CSV")
     mode.add_argument("--labels", type=Path, metavar="CSV", help="labelled CSV: item_id, fibre, colour")
-    parser.add_argument("-o", "--output", type=Path, help="manifest to write (with --labels)")
+    parser.add_argument("-o", "--output", type=Path, help="manifest to write from the fibre/colour labels (with --labels)")
+    parser.add_argument("--layout-output", type=Path, metavar="CSV",
+                        help="layout crop list to write from the layout labels (with --labels)")
     parser.add_argument("--taxonomy", type=Path,
                         help="taxonomy YAML for label checks (default: datasets/taxonomy.yaml)")
     parser.add_argument("--split", choices=("train", "val", "test"), help="split for all rows (default: none)")
@@ -45,14 +50,19 @@ def run(args: argparse.Namespace) -> int:
         n = export_todo(args.db, args.export_todo)
         print(f"{n} crops to label -> {args.export_todo} (fill the fibre/colour columns)")
         return 0
-    if args.output is None:
-        raise ConfigError("--labels needs -o/--output MANIFEST")
-    result = labels_to_manifest(
-        args.db, args.labels, args.output, taxonomy=load_taxonomy(args.taxonomy), split=args.split
-    )
-    print(f"{result.written} labelled crops -> {result.manifest} ({len(result.skipped)} rows skipped)")
+    if args.output is None and args.layout_output is None:
+        raise ConfigError("--labels needs -o/--output MANIFEST and/or --layout-output CSV")
+    if args.output is not None:
+        _report(labels_to_manifest(args.db, args.labels, args.output, taxonomy=load_taxonomy(args.taxonomy),
+                                   split=args.split), "labelled crops")
+    if args.layout_output is not None:
+        _report(layout_labels_to_csv(args.db, args.labels, args.layout_output), "layout-labelled crops")
+    return 0
+
+
+def _report(result: ImportResult, what: str) -> None:
+    print(f"{result.written} {what} -> {result.manifest} ({len(result.skipped)} rows skipped)")
     for reason in result.skipped[:10]:
         print(f"  skipped {reason}")
     if len(result.skipped) > 10:
         print(f"  ... and {len(result.skipped) - 10} more")
-    return 0

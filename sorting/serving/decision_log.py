@@ -29,7 +29,7 @@ from sorting.config import StrictModel
 from sorting.datasets.manifest import ManifestRow, file_sha1, relative_path, write_manifest
 from sorting.errors import DataError
 from sorting.serving.policy import Decision, ItemEvidence
-from sorting.taxonomy import HEADS, AliasMap, Taxonomy, load_aliases, load_taxonomy
+from sorting.taxonomy import HEADS, LAYOUT_LABELS, AliasMap, Taxonomy, load_aliases, load_taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -293,11 +293,13 @@ class DecisionLog:
 
 # -- active learning: crops to label, labelled crops to a manifest -------------------------------
 
-TODO_COLUMNS = ("item_id", "crop", "reason", "pred_fibre", "pred_colour", "confidence", "fibre", "colour")
+TODO_COLUMNS = ("item_id", "crop", "reason", "pred_fibre", "pred_colour", "confidence", "fibre", "colour", "layout")
+LAYOUT_COLUMNS = ("path", "layout")  # a layout crop list: crop path (relative to the file), single / several
 
 
 def export_todo(db_path: str | Path, out_csv: str | Path) -> int:
-    """Write a CSV of logged items with a saved crop, to be labelled (fill ``fibre``/``colour``).
+    """Write a CSV of logged items with a saved crop, to be labelled (fill ``fibre``/``colour``, and
+    ``layout`` = ``single`` / ``several`` for crops that show one garment or several touching).
 
     ``crop`` paths are relative to the CSV's folder. Returns the number of rows.
     """
@@ -318,7 +320,7 @@ def export_todo(db_path: str | Path, out_csv: str | Path) -> int:
         writer.writerow(TODO_COLUMNS)
         for r in rows:
             crop = relative_path(db_path.parent / r["crop_path"], out_csv.parent)
-            writer.writerow([r["uid"], crop, r["reason"], r["fibre"] or "", r["colour"] or "", r["confidence"], "", ""])
+            writer.writerow([r["uid"], crop, r["reason"], r["fibre"] or "", r["colour"] or "", r["confidence"], "", "", ""])
     return len(rows)
 
 
@@ -359,21 +361,8 @@ def labels_to_manifest(
     the files cannot be read or no row is usable.
     """
     db_path, labels_csv, out_manifest = Path(db_path), Path(labels_csv), Path(out_manifest)
-    if not labels_csv.is_file():
-        raise DataError(f"labels file {labels_csv} does not exist")
     resolve = _resolver(taxonomy or load_taxonomy())
-    conn = _connect(db_path, read_only=True)
-    try:
-        crops = {
-            r["uid"]: r
-            for r in conn.execute(
-                "SELECT uid, crop_path, crop_width, crop_height FROM decisions WHERE crop_path IS NOT NULL"
-            )
-        }
-    except sqlite3.DatabaseError as exc:
-        raise DataError(f"{db_path} is not a decision log: {exc}") from None
-    finally:
-        conn.close()
+    crops = _saved_crops(db_path, labels_csv)
     rows: list[ManifestRow] = []
     skipped: list[str] = []
     with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
@@ -383,14 +372,8 @@ def labels_to_manifest(
             raise DataError(f"{labels_csv}: needs columns item_id and fibre and/or colour (got {reader.fieldnames})")
         for line, record in enumerate(reader, start=2):
             where = f"{labels_csv.name}:{line}"
-            uid = (record.get("item_id") or "").strip()
-            hit = crops.get(uid)
-            if hit is None:
-                skipped.append(f"{where}: item '{uid}' has no saved crop in {db_path.name}")
-                continue
-            crop = db_path.parent / hit["crop_path"]
-            if not crop.is_file():
-                skipped.append(f"{where}: crop {crop} is missing")
+            hit, crop = _crop_of(record, crops, db_path, where, skipped)
+            if crop is None:
                 continue
             labels: dict[str, str | None] = {}
             bad = []
@@ -422,4 +405,75 @@ def labels_to_manifest(
         raise DataError(f"{labels_csv}: no usable labelled rows ({len(skipped)} skipped)")
     write_manifest(rows, out_manifest)
     return ImportResult(manifest=out_manifest, written=len(rows), skipped=skipped)
+
+
+def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path, out_csv: str | Path) -> ImportResult:
+    """The ``layout`` column of a labelled CSV (``single`` / ``several``; empty: not labelled) as a layout
+    crop list (``path,layout``) for the layout head (recipe ``layout.crops``): the line's own touching pairs.
+
+    Rows with an unknown item, a missing crop or another value are skipped with the reason; raises
+    :class:`DataError` when the files cannot be read or no row carries a layout label.
+    """
+    db_path, labels_csv, out_csv = Path(db_path), Path(labels_csv), Path(out_csv)
+    crops = _saved_crops(db_path, labels_csv)
+    rows: list[tuple[str, str]] = []
+    skipped: list[str] = []
+    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not {"item_id", "layout"} <= set(reader.fieldnames or ()):
+            raise DataError(f"{labels_csv}: needs columns item_id and layout (got {reader.fieldnames})")
+        for line, record in enumerate(reader, start=2):
+            value = (record.get("layout") or "").strip().lower()
+            if not value:
+                continue
+            where = f"{labels_csv.name}:{line}"
+            if value not in LAYOUT_LABELS:
+                skipped.append(f"{where}: layout '{value}' is not one of {list(LAYOUT_LABELS)}")
+                continue
+            _, crop = _crop_of(record, crops, db_path, where, skipped)
+            if crop is not None:
+                rows.append((relative_path(crop, out_csv.parent), value))
+    for reason in skipped:
+        log.warning("skipped %s", reason)
+    if not rows:
+        raise DataError(f"{labels_csv}: no usable layout labels ({len(skipped)} skipped)")
+    out_csv.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_csv, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(LAYOUT_COLUMNS)
+        writer.writerows(rows)
+    return ImportResult(manifest=out_csv, written=len(rows), skipped=skipped)
+
+
+def _saved_crops(db_path: Path, labels_csv: Path) -> dict[str, sqlite3.Row]:
+    """Logged items with a saved crop, by item id."""
+    if not labels_csv.is_file():
+        raise DataError(f"labels file {labels_csv} does not exist")
+    conn = _connect(db_path, read_only=True)
+    try:
+        return {
+            r["uid"]: r
+            for r in conn.execute(
+                "SELECT uid, crop_path, crop_width, crop_height FROM decisions WHERE crop_path IS NOT NULL"
+            )
+        }
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{db_path} is not a decision log: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _crop_of(record: dict[str, str], crops: dict[str, sqlite3.Row], db_path: Path, where: str,
+             skipped: list[str]) -> tuple[sqlite3.Row | None, Path | None]:
+    """The logged item and crop file a labelled row names, or (None, None) with the reason in ``skipped``."""
+    uid = (record.get("item_id") or "").strip()
+    hit = crops.get(uid)
+    if hit is None:
+        skipped.append(f"{where}: item '{uid}' has no saved crop in {db_path.name}")
+        return None, None
+    crop = db_path.parent / hit["crop_path"]
+    if not crop.is_file():
+        skipped.append(f"{where}: crop {crop} is missing")
+        return None, None
+    return hit, crop
 

@@ -119,12 +119,23 @@ class CalibrationConfig(StrictModel):
 
 class LayoutConfig(StrictModel):
     """The layout head: one garment or several touching, fitted after training on synthetic conveyor crops
-    (``sorting.training.layout``); the sorter rejects items it calls "several" as overlapping."""
+    and/or a line's own labelled crops (``sorting.training.layout``); the sorter rejects items it calls
+    "several" as overlapping."""
 
-    worlds: int = Field(16, ge=2)  # synthetic conveyor worlds rendered for it (the last quarter validates)
+    worlds: int = Field(16, ge=0)  # synthetic conveyor worlds rendered for it (the last quarter validates); 0: none
     items_per_world: int = Field(200, ge=20)
     seed: int = 0
     l2: float = Field(0.02, ge=0)  # L2 penalty on the standardised weights (logistic regression)
+    # the line's own crops: CSV files ``path,layout`` (single / several) from ``data import-log --layout-output``
+    crops: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _some_crops(self) -> "LayoutConfig":
+        if self.worlds == 1:
+            raise ValueError("layout.worlds must be 0 (no synthetic crops) or at least 2")
+        if self.worlds == 0 and not self.crops:
+            raise ValueError("layout needs synthetic worlds or crop lists (layout.crops)")
+        return self
 
 
 class TrainConfig(StrictModel):

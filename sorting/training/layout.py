@@ -8,22 +8,33 @@ training a logistic regression on it is fitted to synthetic conveyor crops
 ``layout`` head (labels ``single``/``several``). It is exported with the other heads, and the
 sorting policy sends items it calls "several" to reject as overlapping.
 
+A line's own labelled crops (``layout.crops``: CSV ``path,layout`` written by ``textile-sorter data
+import-log --layout-output``) are added to the synthetic ones, or replace them (``worlds: 0``): the
+synthetic belt is not the line's belt.
+
 The regression is fitted on standardised embeddings (L-BFGS, L2 penalty) and the standardisation
 is folded into the head's weights. Worlds, not crops, are split for validation: crops of one
-world share belt and lighting.
+world share belt and lighting. Of the line's own crops a fixed quarter (by a hash of the path) is
+held out and scored on its own (``val_line_*``).
 """
 
 from __future__ import annotations
 
+import csv
 import logging
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from sorting.datasets.images import load_image
 from sorting.datasets.preprocess import PreprocessConfig, preprocess_batch
 from sorting.datasets.synth.layout import SEVERAL, LayoutSample, render_layout_samples
+from sorting.errors import ConfigError, DataError
 from sorting.models.multihead import EMBEDDING, MultiHeadClassifier
 from sorting.models.standardise import column_statistics
 from sorting.taxonomy import LAYOUT_HEAD, LAYOUT_LABELS
@@ -33,6 +44,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 64
 LBFGS_STEPS = 100
+LINE_WORLD = -1  # the ``world`` of a line's own crops
 
 
 @torch.no_grad()
@@ -86,21 +98,57 @@ def _rates(linear: nn.Linear, features: torch.Tensor, labels: torch.Tensor) -> d
     }
 
 
+def load_layout_crops(paths: Sequence[str | Path]) -> list[LayoutSample]:
+    """A line's own labelled crops from CSV files ``path,layout`` (paths relative to each file)."""
+    samples = []
+    for csv_path in map(Path, paths):
+        if not csv_path.is_file():
+            raise DataError(f"layout crop list {csv_path} does not exist")
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not {"path", "layout"} <= set(reader.fieldnames or ()):
+                raise DataError(f"{csv_path}: needs columns path and layout (got {reader.fieldnames})")
+            for line, row in enumerate(reader, start=2):
+                value = (row["layout"] or "").strip().lower()
+                if value not in LAYOUT_LABELS:
+                    raise DataError(f"{csv_path}:{line}: layout '{value}' is not one of {list(LAYOUT_LABELS)}")
+                image = load_image(csv_path.parent / row["path"])
+                samples.append(LayoutSample(image, LAYOUT_LABELS.index(value), LINE_WORLD, row["path"]))
+    return samples
+
+
+def _held_out(samples: Sequence[LayoutSample]) -> np.ndarray:
+    """Validation mask: the last quarter of the synthetic worlds, and a fixed quarter of the line's crops."""
+    worlds = np.array([s.world for s in samples])
+    names = np.unique(worlds[worlds != LINE_WORLD])
+    val = np.isin(worlds, names[-max(1, len(names) // 4):]) if names.size else np.zeros(len(samples), bool)
+    line_quarter = np.array([zlib.crc32(s.description.encode()) % 4 == 0 for s in samples])
+    return val | ((worlds == LINE_WORLD) & line_quarter)
+
+
 def fit_layout_head(model: MultiHeadClassifier, preprocess: PreprocessConfig, cfg: LayoutConfig, *,
                     workers: int = 2, progress: bool = True) -> dict[str, Any]:
-    """Render the layout set, validate a head on held-out worlds, refit on all and attach it to ``model``."""
-    samples = render_layout_samples(worlds=cfg.worlds, items_per_world=cfg.items_per_world, seed=cfg.seed,
-                                    workers=workers, progress=progress)
-    features = embed(model, samples, preprocess)
+    """Collect the layout set (synthetic worlds and/or the line's crops), validate a head on the held-out
+    part, refit on all and attach it to ``model``."""
+    samples = []
+    if cfg.worlds:
+        samples += render_layout_samples(worlds=cfg.worlds, items_per_world=cfg.items_per_world, seed=cfg.seed,
+                                         workers=workers, progress=progress)
+    samples += load_layout_crops(cfg.crops)
     labels = torch.tensor([s.label for s in samples])
-    worlds = np.array([s.world for s in samples])
-    names = np.unique(worlds)
-    val = torch.from_numpy(np.isin(worlds, names[-max(1, len(names) // 4):]))  # the last quarter of the worlds
+    if len(set(labels.tolist())) < 2:
+        raise ConfigError("the layout set needs crops of single garments and of several touching ones")
+    features = embed(model, samples, preprocess)
+    val = torch.from_numpy(_held_out(samples))
+    line = torch.tensor([s.world == LINE_WORLD for s in samples])
     check = fit_logistic(features[~val], labels[~val], cfg.l2)
     metrics = {f"val_{k}": v for k, v in _rates(check, features[val], labels[val]).items()}
+    if (val & line).any():
+        metrics.update({f"val_line_{k}": v for k, v in _rates(check, features[val & line], labels[val & line]).items()})
     head = fit_logistic(features, labels, cfg.l2)
     model.add_head(LAYOUT_HEAD, head.to(next(model.parameters()).device))
-    metrics.update(crops=len(samples), several=int((labels == SEVERAL).sum()), labels=list(LAYOUT_LABELS))
+    metrics.update(crops=len(samples), several=int((labels == SEVERAL).sum()), line_crops=int(line.sum()),
+                   labels=list(LAYOUT_LABELS))
     log.info("layout head: %d crops (%d several); held-out worlds: accuracy %.3f, several caught %.3f, "
              "single flagged %.3f", len(samples), metrics["several"], metrics["val_accuracy"],
              metrics["val_several_caught"], metrics["val_single_flagged"])
