@@ -122,8 +122,8 @@ def _held_out(samples: Sequence[LayoutSample]) -> np.ndarray:
     worlds = np.array([s.world for s in samples])
     names = np.unique(worlds[worlds != LINE_WORLD])
     val = np.isin(worlds, names[-max(1, len(names) // 4):]) if names.size else np.zeros(len(samples), bool)
-    line_quarter = np.array([zlib.crc32(s.description.encode()) % 4 == 0 for s in samples])
-    return val | ((worlds == LINE_WORLD) & line_quarter)
+    line_quarter = np.array([s.world == LINE_WORLD and zlib.crc32(s.description.encode()) % 4 == 0 for s in samples])
+    return val | line_quarter
 
 
 def fit_layout_head(model: MultiHeadClassifier, preprocess: PreprocessConfig, cfg: LayoutConfig, *,
