@@ -142,7 +142,7 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     line = load_line_config(cfg.line or root / DEMO_LINE, [
         f"camera.source={video_in}", f"belt.speed_px_s={cfg.belt_speed_px_s}", "belt.speed_m_s=null",
         f"model.path={onnx_path.resolve()}", "model.hot_reload=false", f"policy.bins={bins}",
-        f"log.path={db_path.resolve()}", "telemetry.port=0",
+        f"log.path={db_path.resolve()}", "telemetry.port=0", f"name=demo-{bins.stem}",
     ])
     decisions: list[ItemDecision] = []
     video_out = cfg.out_dir / "annotated.mp4" if cfg.video else None
