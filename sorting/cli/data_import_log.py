@@ -48,7 +48,7 @@ def register(group: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.export_todo is not None:
         n = export_todo(args.db, args.export_todo)
-        print(f"{n} crops to label -> {args.export_todo} (fill the fibre/colour columns)")
+        print(f"{n} crops to label -> {args.export_todo} (fill the fibre/colour columns, and layout: single / several)")
         return 0
     if args.output is None and args.layout_output is None:
         raise ConfigError("--labels needs -o/--output MANIFEST and/or --layout-output CSV")

@@ -149,7 +149,7 @@ def fit_layout_head(model: MultiHeadClassifier, preprocess: PreprocessConfig, cf
     model.add_head(LAYOUT_HEAD, head.to(next(model.parameters()).device))
     metrics.update(crops=len(samples), several=int((labels == SEVERAL).sum()), line_crops=int(line.sum()),
                    labels=list(LAYOUT_LABELS))
-    log.info("layout head: %d crops (%d several); held-out worlds: accuracy %.3f, several caught %.3f, "
+    log.info("layout head: %d crops (%d several); held out: accuracy %.3f, several caught %.3f, "
              "single flagged %.3f", len(samples), metrics["several"], metrics["val_accuracy"],
              metrics["val_several_caught"], metrics["val_single_flagged"])
     return metrics
