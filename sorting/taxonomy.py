@@ -23,6 +23,8 @@ HEADS: tuple[str, ...] = ("fibre", "colour")  # the tasks labelled in manifests 
 LAYOUT_HEAD = "layout"
 SINGLE_LABEL, SEVERAL_LABEL = "single", "several"
 LAYOUT_LABELS: tuple[str, ...] = (SINGLE_LABEL, SEVERAL_LABEL)
+# a line's layout crop list (CSV): crop path relative to the file, and its layout label
+LAYOUT_CROP_COLUMNS: tuple[str, ...] = ("path", "layout")
 MODEL_HEADS: tuple[str, ...] = (*HEADS, LAYOUT_HEAD)  # every head a model (checkpoint, ONNX) may have
 
 

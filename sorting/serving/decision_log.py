@@ -29,7 +29,7 @@ from sorting.config import StrictModel
 from sorting.datasets.manifest import ManifestRow, file_sha1, relative_path, write_manifest
 from sorting.errors import DataError
 from sorting.serving.policy import Decision, ItemEvidence
-from sorting.taxonomy import HEADS, LAYOUT_LABELS, AliasMap, Taxonomy, load_aliases, load_taxonomy
+from sorting.taxonomy import HEADS, LAYOUT_CROP_COLUMNS, LAYOUT_LABELS, AliasMap, Taxonomy, load_aliases, load_taxonomy
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,6 @@ class DecisionLog:
 # -- active learning: crops to label, labelled crops to a manifest -------------------------------
 
 TODO_COLUMNS = ("item_id", "crop", "reason", "pred_fibre", "pred_colour", "confidence", "fibre", "colour", "layout")
-LAYOUT_COLUMNS = ("path", "layout")  # a layout crop list: crop path (relative to the file), single / several
 
 
 def export_todo(db_path: str | Path, out_csv: str | Path) -> int:
@@ -440,7 +439,7 @@ def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path, out_csv: s
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
-        writer.writerow(LAYOUT_COLUMNS)
+        writer.writerow(LAYOUT_CROP_COLUMNS)
         writer.writerows(rows)
     return ImportResult(manifest=out_csv, written=len(rows), skipped=skipped)
 

@@ -37,7 +37,7 @@ from sorting.datasets.synth.layout import SEVERAL, LayoutSample, render_layout_s
 from sorting.errors import ConfigError, DataError
 from sorting.models.multihead import EMBEDDING, MultiHeadClassifier
 from sorting.models.standardise import column_statistics
-from sorting.taxonomy import LAYOUT_HEAD, LAYOUT_LABELS
+from sorting.taxonomy import LAYOUT_CROP_COLUMNS, LAYOUT_HEAD, LAYOUT_LABELS
 from sorting.training.config import LayoutConfig
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,8 @@ def load_layout_crops(paths: Sequence[str | Path]) -> list[LayoutSample]:
             raise DataError(f"layout crop list {csv_path} does not exist")
         with open(csv_path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
-            if not {"path", "layout"} <= set(reader.fieldnames or ()):
-                raise DataError(f"{csv_path}: needs columns path and layout (got {reader.fieldnames})")
+            if not set(LAYOUT_CROP_COLUMNS) <= set(reader.fieldnames or ()):
+                raise DataError(f"{csv_path}: needs columns {', '.join(LAYOUT_CROP_COLUMNS)} (got {reader.fieldnames})")
             for line, row in enumerate(reader, start=2):
                 value = (row["layout"] or "").strip().lower()
                 if value not in LAYOUT_LABELS:
