@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 
 from sorting.datasets.preprocess import PreprocessConfig
 from sorting.models.onnx_model import ModelMetadata
+from sorting.training.cross_validate import CrossValidationReport, FoldResult, summarise
 from sorting.training.evaluate import EvaluationReport, evaluate_head
 from sorting.training.config import TrackingConfig
 from sorting.training.tracking import MlflowCallback, MlflowTracker, default_tracking_uri, flatten, numeric_metrics
@@ -118,6 +119,22 @@ def test_log_evaluation(store: str, tmp_path: Path):
     assert run.data.metrics["colour_accuracy"] == pytest.approx(2 / 3)
     assert run.data.tags["textile_sorter.train_run_id"] == "abc"
     assert {"evaluation/metrics.json", "evaluation/confusion_colour.png"} <= _artifacts(client, run_id)
+
+
+def test_log_cross_validation(store: str, tmp_path: Path):
+    results = [FoldResult(k, 8, 2, 5, f"fold-{k + 1}/best.pt", 3.0, {"fibre": acc}, {"fibre": acc / 2}, {"fibre": 5},
+                          {"fibre": ["cotton", "wool"]}, {"fibre": [[2, 1], [0, 2]]}) for k, acc in enumerate((0.6, 1.0))]
+    report = CrossValidationReport("tiny", "m.csv", 2, 0, None, tmp_path, results, summarise(results))
+    (tmp_path / "cv.md").write_text(report.summary_markdown())
+    (tmp_path / "cv.json").write_text("{}")
+    (tmp_path / "confusion_fibre.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
+    run_id = MlflowTracker(experiment="unit", tracking_uri=store).log_cross_validation(report)
+    run = _client(store).get_run(run_id)
+    assert run.data.metrics["cv/fibre/accuracy_mean"] == pytest.approx(0.8)
+    assert run.data.metrics["cv/fibre/pooled_accuracy"] == pytest.approx(0.8)
+    assert run.data.params["folds"] == "2" and run.data.tags["textile_sorter.job"] == "cross-validate"
+    assert {"cross-validation/cv.md", "cross-validation/cv.json", "cross-validation/confusion_fibre.png"} <= \
+        _artifacts(_client(store), run_id)
 
 
 def test_broken_store_warns_instead_of_crashing(caplog: pytest.LogCaptureFixture, tmp_path: Path):

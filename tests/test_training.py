@@ -14,7 +14,7 @@ import yaml
 from sorting.cli import main
 from sorting.datasets.manifest import ManifestRow, write_manifest
 from sorting.datasets.preprocess import PreprocessConfig
-from sorting.errors import DataError
+from sorting.errors import ConfigError, DataError
 from sorting.models.checkpoint import load_checkpoint
 from sorting.models.multihead import IGNORE_INDEX, build_multihead
 from sorting.taxonomy import load_taxonomy
@@ -187,6 +187,16 @@ def test_early_stopping_ends_a_run_that_stops_improving(manifests, tmp_path) -> 
     result = fit(config)
     assert result.stopped_early and result.epochs_run == 2 and result.best_epoch == 0
     assert load_checkpoint(result.best_checkpoint).heads == ("colour",)
+
+
+def test_select_last_keeps_the_final_epoch_even_when_validation_does_not_improve(manifests, tmp_path) -> None:
+    config = _config(manifests, tmp_path, "optim.epochs=3", "optim.lr=1e-9", "early_stopping.patience=null",
+                     "early_stopping.select=last", "augment.preset=none", "model.heads=[colour]")
+    result = fit(config)
+    assert result.best_epoch == 2 and result.epochs_run == 3
+    assert load_checkpoint(result.best_checkpoint).epoch == 2
+    with pytest.raises(ConfigError, match="patience to null"):
+        _config(manifests, tmp_path, "early_stopping.select=last", "early_stopping.patience=3")
 
 
 def test_cli_train_reports_the_run_and_bad_keys_in_one_line(manifests, tmp_path, capsys) -> None:

@@ -6,6 +6,8 @@ The ``evaluate`` command lives in :mod:`sorting.cli.evaluate_cmd` (registered be
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
 
 from sorting.cli.common import add_command
 
@@ -33,6 +35,26 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cross_validate(args: argparse.Namespace) -> int:
+    from sorting.paths import runs_dir
+    from sorting.training.config import load_train_config
+    from sorting.training.cross_validate import cross_validate
+
+    config = load_train_config(args.config, args.overrides)
+    out = Path(args.out) if args.out else runs_dir() / "cv" / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = cross_validate(config, args.manifest, folds=args.folds, seed=args.seed, group_by=args.group_by, out_dir=out)
+    print(report.summary_markdown(), end="")
+    print(f"\nwritten: {out / 'cv.md'}, {out / 'cv.json'}, pooled confusion matrices and one folder per fold in {out}")
+    if config.tracking.enabled:
+        from sorting.training.tracking import MlflowTracker
+
+        tracker = MlflowTracker(config.tracking)
+        run_id = tracker.log_cross_validation(report)
+        if run_id:
+            print(f"MLflow run {run_id} in {tracker.tracking_uri}")
+    return 0
+
+
 def _bench_train(args: argparse.Namespace) -> int:
     import torch
 
@@ -54,6 +76,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--config", "-c", help="training recipe YAML (see training/README.md); omit to give every key as KEY=VALUE")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. optim.lr=3e-4 model.backbone=resnet18")
     parser.set_defaults(func=_train)
+
+    cv = add_command(sub, "cross-validate",
+                     "K-fold cross-validation of a recipe on one manifest: every image tested once; mean, spread, pooled.",
+                     """
+  textile-sorter cross-validate --manifest runs/data/fibre4.csv --config training/fibre-photos.yaml --folds 5
+  textile-sorter cross-validate -m runs/data/colour.csv -c training/colour-catalogue.yaml --folds 3 optim.epochs=30
+""")
+    cv.add_argument("--manifest", "-m", required=True, help="manifest CSV of labelled images (its split column is ignored)")
+    cv.add_argument("--config", "-c", required=True, help="training recipe YAML; its data.train is replaced per fold")
+    cv.add_argument("--folds", type=int, default=5, help="number of folds (5)")
+    cv.add_argument("--seed", type=int, default=0, help="seed of the fold assignment (0)")
+    cv.add_argument("--group-by", help="manifest column whose equal values stay in one fold (e.g. garment)")
+    cv.add_argument("--out", "-o", help="output folder (default: <runs>/cv/<recipe name>-<time>)")
+    cv.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, as for train")
+    cv.set_defaults(func=_cross_validate)
 
     bench = add_command(sub, "bench-train", "Training throughput (images/s) of a backbone + heads, FP32 and mixed precision.",
                         """

@@ -117,6 +117,45 @@ def split_rows(
     return result
 
 
+def assign_folds(
+    rows: list[ManifestRow],
+    folds: int,
+    *,
+    seed: int = 0,
+    group_by: str | None = None,
+) -> list[int]:
+    """Fold index (0..folds-1) of each row, for k-fold cross-validation.
+
+    Stratified and grouped like :func:`split_rows`: within each (fibre, colour) stratum the groups
+    (same SHA-1 or ``group_by`` value) are shuffled with ``seed`` and each goes to the fold holding
+    the fewest rows of that stratum so far (ties: fewest rows overall, then the lower index).
+    """
+    if folds < 2:
+        raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
+    if group_by is not None and group_by not in _GROUPABLE:
+        raise ConfigError(f"cannot group by '{group_by}' (choose one of {', '.join(_GROUPABLE)})")
+    strata: dict[tuple[str, str], list[list[int]]] = defaultdict(list)
+    groups = _group_rows(rows, group_by)
+    if len(groups) < folds:
+        raise DataError(f"{len(groups)} distinct images/groups cannot fill {folds} folds")
+    for members in groups:
+        strata[_stratum(rows, members)].append(members)
+    rng = random.Random(seed)
+    fold_of = [0] * len(rows)
+    overall = [0] * folds
+    for key in sorted(strata):
+        ordered = sorted(strata[key], key=lambda m: min(rows[i].path for i in m))
+        rng.shuffle(ordered)
+        filled = [0] * folds
+        for members in ordered:
+            chosen = min(range(folds), key=lambda f: (filled[f], overall[f], f))
+            filled[chosen] += len(members)
+            overall[chosen] += len(members)
+            for i in members:
+                fold_of[i] = chosen
+    return fold_of
+
+
 def check_no_leak(rows: list[ManifestRow], *, group_by: str | None = None, max_examples: int = 5) -> None:
     """Raise :class:`DataError` when one SHA-1 (or ``group_by`` value) is in two splits."""
     keys = [("sha1", "same image bytes")] + ([(group_by, f"same {group_by}")] if group_by else [])

@@ -103,6 +103,15 @@ class AugmentConfig(StrictModel):
 class EarlyStoppingConfig(StrictModel):
     patience: int | None = Field(5, ge=1)  # epochs without val macro-F1 gain; null disables
     min_delta: float = Field(0.0, ge=0)
+    # which epoch's weights become best.pt: the best validation macro-F1, or the last epoch. A validation split
+    # of a few dozen images picks epochs by noise; with a fixed schedule the last epoch is the steadier choice
+    select: Literal["best", "last"] = "best"
+
+    @model_validator(mode="after")
+    def _last_has_no_patience(self) -> "EarlyStoppingConfig":
+        if self.select == "last" and self.patience is not None:
+            raise ValueError("early_stopping.select=last keeps the final epoch: set early_stopping.patience to null")
+        return self
 
 
 class TrackingConfig(StrictModel):

@@ -36,6 +36,7 @@ from sorting.paths import runs_dir
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from sorting.training.cross_validate import CrossValidationReport
     from sorting.training.evaluate import EvaluationReport
 
 log = logging.getLogger(__name__)
@@ -294,6 +295,18 @@ class MlflowTracker:
         metrics.update(n_evaluated=float(report.n_evaluated), n_unreadable=float(report.n_unreadable))
         self._log_metrics(run_id, metrics, step=0)
         self.client.log_artifacts(run_id, str(report.out_dir), "evaluation")
+        self.client.set_terminated(run_id, "FINISHED")
+        return run_id
+
+    @_never_raises
+    def log_cross_validation(self, report: "CrossValidationReport") -> str:
+        """Log a cross-validation summary (mean / std / pooled per head, cv.md, cv.json, plots) as one run."""
+        run_id = self._new_run(self.run_name or f"cross-validate-{report.name}", {"textile_sorter.job": "cross-validate"})
+        self._log_params(run_id, {"manifest": report.manifest, "folds": report.folds, "seed": report.seed,
+                                  "group_by": report.group_by or "", "recipe": report.name})
+        self._log_metrics(run_id, report.flat_metrics(), step=0)
+        for name in ("cv.md", "cv.json", *sorted(p.name for p in report.out_dir.glob("confusion_*.png"))):
+            self.client.log_artifact(run_id, str(report.out_dir / name), "cross-validation")
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 

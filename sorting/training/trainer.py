@@ -460,16 +460,19 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
         record = {"epoch": epoch, **{f"train/{k}": v for k, v in train_stats.items()}, **val.flat(), "lr": optimizer.param_groups[-1]["lr"]}
         state["history"].append(record)
         improved = val.score > state["best_score"] + config.early_stopping.min_delta
+        keep = improved or config.early_stopping.select == "last"
         if improved:
-            state.update(best_score=val.score, best_epoch=epoch, bad_epochs=0)
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-            best_val = val
+            state.update(best_score=val.score, bad_epochs=0)
         else:
             state["bad_epochs"] += 1
+        if keep:  # best_epoch: the epoch whose weights are best.pt
+            state["best_epoch"] = epoch
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_val = val
         state["epoch"] = epoch
         if ctx.is_main:
             metrics_now = {k: v for k, v in record.items() if k != "epoch"}
-            if improved:
+            if keep:
                 save_checkpoint(best_path, model, **ckpt_meta, metrics=metrics_now, epoch=epoch)
             save_checkpoint(
                 last_path, model, **ckpt_meta, metrics=metrics_now, epoch=epoch,
@@ -478,7 +481,8 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
             )
             cbs.on_epoch_end(epoch, {k: float(v) for k, v in record.items() if k != "epoch"})
             heads_txt = "  ".join(f"{h} acc {m['accuracy']:.3f} F1 {m['macro_f1']:.3f}" for h, m in val.metrics.items())
-            log.info("epoch %d/%d  loss %.4f  val: %s%s", epoch + 1, config.optim.epochs, train_stats["loss"], heads_txt, "  *best*" if improved else "")
+            log.info("epoch %d/%d  loss %.4f  val: %s%s", epoch + 1, config.optim.epochs, train_stats["loss"], heads_txt,
+                     "  *best*" if improved else "")
         patience = config.early_stopping.patience
         if patience is not None and state["bad_epochs"] >= patience and epoch + 1 < config.optim.epochs:
             stopped_early = True
