@@ -44,7 +44,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_torchrun_two_processes_end_with_identical_weights_and_one_run_folder(tmp_path: Path) -> None:
+def test_torchrun_two_processes_end_with_identical_weights_one_run_folder_and_one_mlflow_run(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()
     rows = []
@@ -57,7 +57,9 @@ def test_torchrun_two_processes_end_with_identical_weights_and_one_run_folder(tm
         rows.append(ManifestRow(f"img/{i}.png", fibre=fibre, colour=colour, split="val" if i % 4 == 0 else "train"))
     manifest = write_manifest(rows, tmp_path / "manifest.csv")
     out = tmp_path / "runs"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    store = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "MLFLOW_TRACKING_URI": store}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
         "-m", "sorting", "train", f"data.train=[{manifest}]", f"output_dir={out}", "model.input_size=32",
@@ -74,3 +76,8 @@ def test_torchrun_two_processes_end_with_identical_weights_and_one_run_folder(tm
     last = load_checkpoint(run / "last.pt").model
     assert state_digest(last) == digest0  # what rank 0 saved is what both ranks hold
     assert metrics["train_images"] == 12 and metrics["val"]["fibre"]["n"] == 4  # val gathered from both ranks
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    [tracked] = client.search_runs([e.experiment_id for e in client.search_experiments()])  # rank 0 alone logs
+    assert tracked.data.metrics["val/fibre/accuracy"] == pytest.approx(metrics["val"]["fibre"]["accuracy"])

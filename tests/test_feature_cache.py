@@ -22,7 +22,7 @@ def test_cached_heads_training_gives_a_full_checkpoint(tmp_path, monkeypatch) ->
     config = load_train_config(None, [
         f"data.train=[{red_blue_manifest(tmp_path / 'data', 48)}]", f"output_dir={tmp_path / 'runs'}", "model.heads=[colour]",
         "model.input_size=32", "batch_size=8", "num_workers=0", "progress=false", "threads=1", "optim.epochs=4",
-        "optim.lr=0.05", "optim.warmup_epochs=0", "freeze_backbone_epochs=4", "augment.preset=flip",
+        "tracking.enabled=false", "optim.lr=0.05", "optim.warmup_epochs=0", "freeze_backbone_epochs=4", "augment.preset=flip",
         "balance=sqrt_loss_weights", "model.pad_value=255",
     ])
     assert cache_applies(config) and not cache_applies(config.model_copy(update={"freeze_backbone_epochs": 3}))
@@ -54,7 +54,7 @@ def test_frozen_backbone_standardisation_is_fitted_from_the_cache(tmp_path, monk
         f"data.train=[{manifest}]", f"output_dir={tmp_path / 'runs'}", "model.heads=[colour]",
         "model.backbone=efficientnet_lite0_colour", "model.pretrained=false", "model.input_size=32",
         "batch_size=8", "num_workers=0", "progress=false", "threads=1", "optim.epochs=2", "optim.warmup_epochs=0",
-        "freeze_backbone_epochs=2", "augment.preset=flip",
+        "freeze_backbone_epochs=2", "augment.preset=flip", "tracking.enabled=false",
     ])
     monkeypatch.setattr(trainer, "_fit_backbone_statistics", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("extra pass")))
     ckpt = load_checkpoint(trainer.fit(config).best_checkpoint)

@@ -39,7 +39,7 @@ def _config(manifest: Path, tmp_path: Path, *extra: str):
     return load_train_config(None, [
         f"data.train=[{manifest}]", f"output_dir={tmp_path / 'runs'}", "model.heads=[colour]", "model.input_size=32",
         "device=cuda", "amp=true", "channels_last=true", "batch_size=16", "num_workers=0", "progress=false",
-        "optim.epochs=4", "optim.lr=0.01", "optim.warmup_epochs=0", *extra,
+        "optim.epochs=4", "optim.lr=0.01", "optim.warmup_epochs=0", "tracking.enabled=false", *extra,
     ])
 
 

@@ -44,7 +44,8 @@ def _overrides(tmp_path: Path, *extra: str) -> list[str]:
     return [
         f"data.train=[{manifest if manifest.is_file() else red_blue_manifest(tmp_path / 'data', 32)}]", f"output_dir={tmp_path / 'runs'}", "model.heads=[colour]",
         "model.backbone=efficientnet_lite0", "model.input_size=32", "batch_size=8", "num_workers=0", "progress=false",
-        "threads=1", "optim.epochs=3", "optim.lr=0.01", "optim.warmup_epochs=0", "model.trainable_from=14", *extra,
+        "threads=1", "optim.epochs=3", "optim.lr=0.01", "optim.warmup_epochs=0", "model.trainable_from=14",
+        "tracking.enabled=false", *extra,
     ]
 
 

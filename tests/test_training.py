@@ -66,7 +66,7 @@ def _config(manifests: tuple[Path, Path], tmp_path: Path, *extra: str) -> TrainC
     return load_train_config(None, [
         f"data.train=[{manifests[0]}, {manifests[1]}]", f"output_dir={tmp_path / 'runs'}", "model.input_size=32",
         "batch_size=8", "num_workers=0", "progress=false", "threads=1", "optim.epochs=2", "optim.lr=0.01",
-        "optim.warmup_epochs=0", "augment.preset=light", *extra,
+        "optim.warmup_epochs=0", "augment.preset=light", "tracking.enabled=false", *extra,
     ])
 
 

@@ -115,7 +115,7 @@ class EarlyStoppingConfig(StrictModel):
 
 
 class TrackingConfig(StrictModel):
-    enabled: bool = False
+    enabled: bool = True  # every run is tracked; false for throwaway runs (tests, quick experiments)
     experiment: str = "textile-sorter"
     tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else a local store under the runs folder
     registered_model_name: str | None = None

@@ -170,7 +170,6 @@ def cross_validate(
         fold_manifest = write_manifest(rows, fold_dir / "manifest.csv", root=manifest.root)
         log.info("fold %d/%d: %d train, %d val, %d test rows", k + 1, folds,
                  sum(r.split == "train" for r in rest), sum(r.split == "val" for r in rest), len(test))
-        print(f"cross-validate: fold {k + 1}/{folds} ({len(test)} test images)", flush=True)
         fold_config = config.model_copy(update={
             "name": f"{config.name}-fold{k + 1}",
             "output_dir": str(fold_dir / "train"),
