@@ -153,12 +153,26 @@ def test_loader_errors_are_one_clear_model_file_error(tmp_path: Path, case: str,
         OnnxClassifier.load(path)
 
 
-def test_cli_export_and_one_line_error(exported: tuple[Path, Path, Path], tmp_path: Path,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.slow  # creates an MLflow SQLite store (~10 s of migrations)
+def test_cli_export_logs_the_onnx_model_and_errors_in_one_line(exported: tuple[Path, Path, Path], tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{(tmp_path / 'mlflow.db').as_posix()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     ckpt = exported[0]
     out = tmp_path / "cli.onnx"
     assert main(["export", str(ckpt), "-o", str(out), "--n-check", "4"]) == 0  # checks on synthetic crops
-    assert "check passed: 4 synthetic images" in capsys.readouterr().out and out.is_file()
+    printed = capsys.readouterr().out
+    assert "check passed: 4 synthetic images" in printed and out.is_file()
+    assert "MLflow: cli.onnx logged to run" in printed
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    [model] = client.search_registered_models()
+    [version] = client.search_model_versions(f"name='{model.name}'")
+    assert version.tags["format"] == "onnx"
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "quiet.onnx"), "--n-check", "4", "--no-track"]) == 0
+    assert "MLflow" not in capsys.readouterr().out
     assert main(["export", str(tmp_path / "nope.pt"), "-o", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("textile-sorter: error:")

@@ -76,7 +76,7 @@ def test_cli_quantize_reports_accuracy_and_speed(models: tuple[Path, Path, Path]
     manifest, fp32, _ = models
     out = tmp_path / "cli.int8.onnx"
     argv = ["quantize", str(fp32), "--calib", str(manifest), "--calib-split", "val", "--n-calib", "8",
-            "-o", str(out), "--eval", str(manifest), "--eval-split", "test"]
+            "-o", str(out), "--eval", str(manifest), "--eval-split", "test", "--no-track"]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "colour top-1: FP32" in text and "INT8" in text and "img/s" in text

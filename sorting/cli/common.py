@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -23,3 +24,24 @@ def add_command(sub: argparse._SubParsersAction, name: str, help: str, examples:
         epilog="examples:\n" + examples.strip("\n"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def add_no_track(parser: argparse.ArgumentParser) -> None:
+    """``--no-track``: skip MLflow for this command (``args.track`` is False)."""
+    parser.add_argument("--no-track", dest="track", action="store_false",
+                        help="do not log the model to MLflow (default: into its training run, $MLFLOW_TRACKING_URI or "
+                             "the local store under runs/)")
+
+
+def track_onnx(path: Path) -> None:
+    """Log an exported or quantized ONNX file to MLflow (its training run when that is in the store) and say where."""
+    from sorting.training.tracking import MlflowTracker
+
+    tracker = MlflowTracker()
+    run_id = tracker.log_onnx(path)
+    if run_id:
+        print(f"MLflow: {path.name} logged to run {run_id}, registered version {tracker.model_version} "
+              f"({tracker.tracking_uri})")
+    else:
+        print("MLflow logging failed (see the warning above); the model file is written")
+

@@ -6,7 +6,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from sorting.cli.common import add_command
+from sorting.cli.common import add_command, add_no_track, track_onnx
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-check", type=int, default=16, help="images used for the torch/onnxruntime check (16)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (18)")
     p.add_argument("--dynamo", action="store_true", help="use torch's torch.export-based exporter (slower)")
+    add_no_track(p)
     p.set_defaults(func=_export)
 
 
@@ -46,6 +47,8 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB): {meta.model_name}, heads "
           + ", ".join(f"{h} ({len(meta.labels[h])} classes)" for h in meta.heads))
     print(f"check passed: {result.check.summary()}")
+    if args.track:
+        track_onnx(result.path)
     return 0
 
 
@@ -75,6 +78,7 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval", type=Path, help="held-out manifest: report accuracy before/after and the speed-up")
     p.add_argument("--eval-split", help="split of --eval to score (default: all rows)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the speed comparison (1)")
+    add_no_track(p)
     p.set_defaults(func=_quantize)
 
 
@@ -92,6 +96,8 @@ def _quantize(args: argparse.Namespace) -> int:
         cmp = compare_models(args.model, args.output, args.eval, split=args.eval_split, threads=args.threads)
         for line in cmp.lines():
             print(line)
+    if args.track:
+        track_onnx(result.path)
     return 0
 
 

@@ -28,6 +28,7 @@ from sorting.serving.policy import Policy, load_policy_config
 from sorting.serving.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
 from sorting.training.config import TrainConfig
 from sorting.training.plots import plot_counts, plot_histogram
+from sorting.training.tracking import MlflowTracker
 from sorting.training.trainer import fit
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,8 @@ def _train_and_export(cfg: DemoConfig, root: Path) -> tuple[Path, Path, bool]:
     result = fit(train_cfg)
     shutil.copyfile(result.best_checkpoint, ckpt_path)
     export_checkpoint(ckpt_path, onnx_path)
+    if train_cfg.tracking.enabled:
+        MlflowTracker(train_cfg.tracking).log_onnx(onnx_path)  # into the demo model's training run
     return onnx_path, ckpt_path, True
 
 
