@@ -46,9 +46,6 @@ class Taxonomy:
             raise ConfigError(f"unknown head '{head}' (expected one of {', '.join(HEADS)})")
         return getattr(self, head)
 
-    def as_dict(self) -> dict[str, object]:
-        return {"version": self.version, "fibre": list(self.fibre), "colour": list(self.colour)}
-
 
 def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
     """Load a taxonomy YAML (default: ``datasets/taxonomy.yaml``)."""

@@ -90,9 +90,6 @@ class EfficientNetLite0(nn.Module):
                 nn.init.normal_(m.weight, std=0.01)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self._pooled(self.prefix(x, 0), 0)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.suffix(self.prefix(x, 0), 0)
 

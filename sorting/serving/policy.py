@@ -134,9 +134,6 @@ class PolicyConfig(StrictModel):
     def distance_unit(self) -> Literal["m", "px"]:
         return "m" if self.bins[0].distance_m is not None else "px"
 
-    def bin_by_id(self, bin_id: int) -> BinConfig | None:
-        return next((b for b in self.bins if b.id == bin_id), None)
-
     def bin_names(self) -> dict[int, str]:
         """All bin ids (reject included) -> names."""
         return {self.reject.id: self.reject.name, **{b.id: b.name for b in self.bins}}

@@ -63,11 +63,6 @@ class Silhouette:
     posed: np.ndarray
     size: tuple[int, int]
 
-    def local_mask(self) -> np.ndarray:
-        mask = np.zeros((self.local_size[1], self.local_size[0]), np.uint8)
-        cv2.fillPoly(mask, [np.round(self.local * 4).astype(np.int32)], 255, cv2.LINE_AA, shift=2)
-        return mask
-
     def posed_mask(self) -> np.ndarray:
         mask = np.zeros((self.size[1], self.size[0]), np.uint8)
         cv2.fillPoly(mask, [np.round(self.posed * 4).astype(np.int32)], 255, cv2.LINE_AA, shift=2)
