@@ -210,3 +210,9 @@ def test_callbacks_only_on_the_main_process(manifests, tmp_path) -> None:
     config = _config(manifests, tmp_path, "tracking.enabled=true")
     assert build_callbacks(config, tmp_path, is_main_process=False) == []
     assert build_callbacks(_config(manifests, tmp_path), tmp_path, is_main_process=True) == []
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "training").glob("*.yaml")))
+def test_shipped_recipes_are_valid_configs(recipe: str, repo_root: Path) -> None:
+    config = load_train_config(repo_root / "training" / recipe)
+    assert config.name == Path(recipe).stem
