@@ -14,7 +14,8 @@ import yaml
 
 from sorting.errors import DataError
 from sorting.serving.colour_calibration import ColourCorrector, measure_gains, write_gains
-from sorting.serving.segmentation import BeltSegmenter, Detection, SegmentationConfig
+from sorting.datasets.preprocess import garment_crop_box
+from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker, SegmentationConfig
 from sorting.serving.tracking import Tracker, TrackingConfig
 
 W, H, FPS, SPEED = 320, 240, 30.0, 150.0
@@ -162,6 +163,47 @@ def test_two_colour_check_runs_only_when_asked(check_colours):
     img[60:180, 160:220] = PALETTE["blue"]
     (det,) = seg.segment(img, shape_min_area=0.0)
     assert det.two_colour_regions is check_colours
+
+
+@pytest.mark.parametrize("kernel_px", [5, 7, 8])
+def test_detection_box_is_where_the_garment_is_for_odd_and_even_kernels(kernel_px):
+    """Morphology with an even kernel (7 px at scale 0.5 -> 4 px) must not move the mask (it once put every box
+    4 px down and right of its garment)."""
+    seg = BeltSegmenter(seg_config().model_copy(update={"morph_kernel_px": kernel_px}), fps=FPS)
+    img = np.full((H, W, 3), BELT, np.uint8)
+    seg.segment(img)
+    img[60:180, 100:200] = PALETTE["red"]
+    (det,) = seg.segment(img)
+    assert det.bbox == (100, 60, 100, 120)
+    assert det.centroid == pytest.approx((149.5, 119.5), abs=0.6)
+
+
+def test_crop_paints_the_neighbour_out_and_keeps_the_garment():
+    """A crop's margin reaching into a neighbour: the neighbour's pixels become belt-coloured, the garment's
+    own pixels are untouched; a crop without a neighbour in reach is the plain cut."""
+    seg = BeltSegmenter(seg_config(), fps=FPS)
+    img = np.full((H, W, 3), BELT, np.uint8)
+    seg.segment(img)
+    img[60:180, 100:200] = PALETTE["red"]  # the garment
+    img[60:180, 206:256] = PALETTE["blue"]  # a neighbour 6 px away: inside the red one's 10% crop margin
+    img[200:230, 20:60] = PALETTE["blue"]  # far away
+    dets = seg.segment(img)
+    red = min(dets, key=lambda d: abs(d.centroid[0] - 150) + abs(d.centroid[1] - 120))
+    far = min(dets, key=lambda d: d.centroid[0])
+    assert len(dets) == 3
+    masker = NeighbourMasker(seg.cfg.scale)
+    box = garment_crop_box(img.shape, red.bbox)
+    x, y, w, h = box
+    crop = masker.crop(img, box, red, dets)
+    plain = img[y : y + h, x : x + w]
+    blue = np.all(plain == PALETTE["blue"], axis=2)
+    assert blue.sum() > 100 and not np.all(crop == PALETTE["blue"], axis=2).any()
+    own = np.all(plain == PALETTE["red"], axis=2)
+    assert np.array_equal(crop[own], plain[own])
+    assert np.abs(crop[blue].astype(int) - BELT).max() <= 2  # painted with the belt's colour
+    far_box = garment_crop_box(img.shape, far.bbox)
+    fx, fy, fw, fh = far_box
+    assert np.array_equal(masker.crop(img, far_box, far, dets), img[fy : fy + fh, fx : fx + fw])
 
 
 def test_segmentation_flags_edges():

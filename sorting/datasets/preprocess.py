@@ -55,11 +55,17 @@ def grow_box(
     return x - mx, y - my, w + 2 * mx, h + 2 * my
 
 
+def garment_crop_box(shape: tuple[int, ...], bbox: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The box (x, y, w, h) of :func:`garment_crop` in an image of ``shape`` (grown, clipped)."""
+    x, y, w, h = grow_box(bbox)
+    x0, y0 = max(0, x), max(0, y)
+    return x0, y0, min(shape[1], x + w) - x0, min(shape[0], y + h) - y0
+
+
 def garment_crop(image: np.ndarray, bbox: tuple[int, int, int, int]) -> np.ndarray:
     """The classifier's view of a garment: its box grown by :data:`GARMENT_CROP_MARGIN`, clipped to the image."""
-    x, y, w, h = grow_box(bbox)
-    H, W = image.shape[:2]
-    return image[max(0, y):min(H, y + h), max(0, x):min(W, x + w)]
+    x, y, w, h = garment_crop_box(image.shape, bbox)
+    return image[y : y + h, x : x + w]
 
 
 def resize_to_input(image: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:

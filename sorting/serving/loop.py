@@ -12,7 +12,9 @@ Per frame, in order:
 ``segment``     belt model -> detections (with continuous white balance: re-measure the
                 reference patch every few frames and segment the white-balanced frame)
 ``track``       association, lost items
-``calibrate``   crop the items due for a view and apply the colour correction to the crops only
+``calibrate``   crop the items due for a view (neighbouring garments painted out as belt,
+                :class:`~sorting.serving.segmentation.NeighbourMasker`) and apply the colour correction
+                to the crops only
 ``classify``    ONE ``OnnxClassifier.predict`` call for all crops of the frame
 ``decide``      policy for items at the decision line (or lost)
 ``log_actuate`` decision log row (committed) BEFORE the ejector/actuator hears of it; ejector tick
@@ -39,7 +41,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from sorting.datasets.preprocess import garment_crop
+from sorting.datasets.preprocess import garment_crop_box
 from sorting.errors import ConfigError
 from sorting.models.onnx_model import OnnxClassifier
 from sorting.serving.actuators import Actuator, bin_addresses, make_actuator
@@ -50,7 +52,7 @@ from sorting.serving.ejector import EjectorScheduler
 from sorting.serving.encoder import EncoderReader, belt_speed, drop_held_firings
 from sorting.serving.line_config import LineConfig
 from sorting.serving.policy import Decision, ItemEvidence, Policy, load_policy_config
-from sorting.serving.segmentation import BeltSegmenter, Detection
+from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker
 from sorting.serving.sources import FrameSource, open_source
 from sorting.serving.telemetry import Telemetry
 from sorting.serving.tracking import ItemSummary, Track, Tracker
@@ -230,6 +232,7 @@ class SorterLoop:
         along = 0 if cfg.belt.direction[1] == "x" else 1
         patch = [cal.reference_roi] if cal.reference_roi is not None else []
         self.segmenter = BeltSegmenter(cfg.segmentation, fps=fps, along_axis=along, extra_ignore=patch)
+        self.masker = NeighbourMasker(cfg.segmentation.scale)
         self.segmenter.check_colours = policy.uses_two_colours  # no work for evidence the policy ignores
         self.tracker = Tracker(cfg.tracking, speed_px_s=cfg.belt.pixels_per_second, direction=cfg.belt.direction)
         self._best_crop: dict[int, tuple[float, np.ndarray]] = {}
@@ -295,6 +298,14 @@ class SorterLoop:
         """Ejector time: the source clock for files (offline runs), the wall clock for live cameras."""
         return self.clock() if self.source.live else t_frame
 
+    def _crop(self, image: np.ndarray, track: Track, detections: list[Detection]) -> np.ndarray:
+        """The classifier's view of ``track``: its garment crop, neighbours' pixels painted as belt."""
+        box = garment_crop_box(image.shape, track.bbox)
+        if track.detection is None:
+            x, y, w, h = box
+            return image[y : y + h, x : x + w]
+        return self.masker.crop(image, box, track.detection, detections)
+
     def _no_frame(self) -> FrameResult:
         log.debug("no frame from %s", self.cfg.camera.source)
         if self.scheduler is not None and self.source.live:
@@ -318,7 +329,7 @@ class SorterLoop:
         tic = time.perf_counter()
         timings["track"] = (tic - tac) * 1e3
         todo = self.tracker.views_to_classify(index)
-        crops = [self.corrector.apply(garment_crop(image, tr.bbox)) for tr in todo]
+        crops = [self.corrector.apply(self._crop(image, tr, detections)) for tr in todo]
         tac = time.perf_counter()
         timings["calibrate"] = (tac - tic) * 1e3
         if crops:

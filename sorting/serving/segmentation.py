@@ -81,6 +81,8 @@ class Detection:
     n_cores: int = 1
     two_colour_regions: bool = False
     shape_checked: bool = True  # cores / colour regions were examined in this frame
+    # outline at the segmentation scale (OpenCV contour, int32 (N, 1, 2)); for painting neighbours out of a crop
+    outline: np.ndarray | None = field(default=None, compare=False, repr=False)
 
     @property
     def touches_border(self) -> bool:
@@ -105,6 +107,9 @@ class BeltSegmenter:
         self._shape: tuple[int, int] | None = None
         k = max(1, int(round(cfg.morph_kernel_px * cfg.scale)))
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+        # OpenCV anchors an even kernel off-centre, so closing and opening each move the mask by half a
+        # pixel-pair (+1 px for k = 4); opening with the anchor one pixel lower moves it back (-1 px)
+        self._open_anchor = ((k - 1) // 2, (k - 1) // 2)
         self.last_mask: np.ndarray | None = None
         self._frame = 0
         # look for two colour regions in large blobs; off when the model's layout head judges several garments
@@ -155,7 +160,7 @@ class BeltSegmenter:
             self._update_background(ycc, mask)
         # close first: joins the fragments of a striped or textured garment, then drop specks
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._kernel)
-        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel)
+        mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel, anchor=self._open_anchor)
         self.last_mask = mask
         self._frame += 1
         check = (self._frame - 1) % self.cfg.shape_check_every == 0
@@ -240,7 +245,9 @@ class BeltSegmenter:
             x0, y0 = int(x / s), int(y / s)
             x1, y1 = min(width, int(np.ceil((x + w) / s))), min(height, int(np.ceil((y + h) / s)))
             m = cv2.moments(contour)
-            cx, cy = (m["m10"] / m["m00"] / s, m["m01"] / m["m00"] / s) if m["m00"] else ((x0 + x1) / 2, (y0 + y1) / 2)
+            # pixel centre i at the segmentation scale is (i + 0.5) / s - 0.5 at full resolution
+            cx, cy = (((m["m10"] / m["m00"] + 0.5) / s - 0.5, (m["m01"] / m["m00"] + 0.5) / s - 0.5) if m["m00"]
+                      else ((x0 + x1) / 2, (y0 + y1) / 2))
             hull_area = cv2.contourArea(cv2.convexHull(contour)) * inv_area
             solidity = area / hull_area if hull_area > 0 else 1.0
             edges = frozenset(
@@ -275,6 +282,7 @@ class BeltSegmenter:
                     n_cores=cores,
                     two_colour_regions=split,
                     shape_checked=check_shape,
+                    outline=contour,
                 )
             )
         return out
@@ -355,3 +363,40 @@ class BeltSegmenter:
             if n < 2 or stats[1:, cv2.CC_STAT_AREA].max() < self.cfg.colour_split_contiguity * members.sum():
                 return False
         return True
+
+
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+class NeighbourMasker:
+    """Crops that show one garment, as the training crops do.
+
+    A crop's margin around its garment (``garment_crop``) often takes in the edge of a neighbour on a
+    dense belt. The classifier never saw that in training, and its colour descriptor counts the
+    neighbour's pixels as garment. This paints every other detection's outline (filled, plus a
+    ``edge_px`` band for the blur around it) inside a crop with the belt's colour: the median of the
+    crop's outermost pixels, which are belt apart from where a neighbour reaches the edge.
+    """
+
+    def __init__(self, scale: float, *, edge_px: int = 5) -> None:
+        self.scale = scale
+        self.edge_px = edge_px
+
+    def crop(self, image: np.ndarray, box: tuple[int, int, int, int], own: Detection,
+             detections: list[Detection]) -> np.ndarray:
+        """``image`` cut to ``box`` (x, y, w, h, already clipped to the image) with other detections painted as belt."""
+        x, y, w, h = box
+        crop = image[y : y + h, x : x + w]
+        others = [d.outline for d in detections
+                  if d is not own and d.outline is not None and _overlaps(box, d.bbox)]
+        if not others or w < 4 or h < 4:
+            return crop
+        ring = np.concatenate([crop[0, ::2], crop[-1, ::2], crop[::2, 0], crop[::2, -1]])
+        belt = tuple(float(v) for v in np.median(ring, axis=0))
+        inv = 1.0 / self.scale
+        outlines = [np.round((c + 0.5) * inv - 0.5 - (x, y)).astype(np.int32) for c in others]
+        out = crop.copy()
+        cv2.drawContours(out, outlines, -1, belt, thickness=cv2.FILLED)
+        cv2.drawContours(out, outlines, -1, belt, thickness=2 * self.edge_px)
+        return out
