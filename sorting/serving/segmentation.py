@@ -392,8 +392,8 @@ class NeighbourMasker:
                   if d is not own and d.outline is not None and _overlaps(box, d.bbox)]
         if not others or w < 4 or h < 4:
             return crop
-        ring = np.concatenate([crop[0, ::2], crop[-1, ::2], crop[::2, 0], crop[::2, -1]])
-        belt = tuple(float(v) for v in np.median(ring, axis=0))
+        ring = np.concatenate([crop[0, ::4], crop[-1, ::4], crop[::4, 0], crop[::4, -1]])
+        belt = tuple(float(v) for v in np.sort(ring, axis=0)[len(ring) // 2])  # per-channel median
         inv = 1.0 / self.scale
         outlines = [np.round((c + 0.5) * inv - 0.5 - (x, y)).astype(np.int32) for c in others]
         out = crop.copy()
