@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import statistics
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ import numpy as np
 from sorting.datasets.manifest import read_manifest, write_manifest
 from sorting.datasets.split import assign_folds, split_rows
 from sorting.errors import ConfigError, DataError
+from sorting.taxonomy import HEADS
 from sorting.training import plots
 from sorting.training.config import TrainConfig
 from sorting.training.evaluate import evaluate_model
@@ -105,16 +106,13 @@ class CrossValidationReport:
 
 
 def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
 def summarise(results: list[FoldResult]) -> dict[str, HeadSummary]:
     """Mean / std over folds and the pooled accuracy, per head scored in at least one fold."""
-    heads = sorted({h for r in results for h in r.accuracy}, key=lambda h: ("fibre", "colour").index(h)
-                   if h in ("fibre", "colour") else 2)
+    heads = sorted({h for r in results for h in r.accuracy},
+                   key=lambda h: HEADS.index(h) if h in HEADS else len(HEADS))
     out = {}
     for head in heads:
         scored = [r for r in results if head in r.accuracy]
@@ -122,7 +120,7 @@ def summarise(results: list[FoldResult]) -> dict[str, HeadSummary]:
         f1s = [r.macro_f1[head] for r in scored]
         n = sum(r.n_scored[head] for r in scored)
         correct = sum(round(r.accuracy[head] * r.n_scored[head]) for r in scored)
-        out[head] = HeadSummary(sum(accs) / len(accs), _std(accs), sum(f1s) / len(f1s), _std(f1s), correct / n, n)
+        out[head] = HeadSummary(statistics.mean(accs), _std(accs), statistics.mean(f1s), _std(f1s), correct / n, n)
     return out
 
 
