@@ -299,12 +299,9 @@ class SorterLoop:
         return self.clock() if self.source.live else t_frame
 
     def _crop(self, image: np.ndarray, track: Track, detections: list[Detection]) -> np.ndarray:
-        """The classifier's view of ``track``: its garment crop, neighbours' pixels painted as belt."""
-        box = garment_crop_box(image.shape, track.bbox)
-        if track.detection is None:
-            x, y, w, h = box
-            return image[y : y + h, x : x + w]
-        return self.masker.crop(image, box, track.detection, detections)
+        """The classifier's view of ``track`` (seen in this frame): its garment crop, neighbours painted as belt."""
+        assert track.detection is not None  # views_to_classify returns tracks detected in this frame
+        return self.masker.crop(image, garment_crop_box(image.shape, track.bbox), track.detection, detections)
 
     def _no_frame(self) -> FrameResult:
         log.debug("no frame from %s", self.cfg.camera.source)
