@@ -26,11 +26,10 @@ def add_command(sub: argparse._SubParsersAction, name: str, help: str, examples:
     )
 
 
-def add_no_track(parser: argparse.ArgumentParser) -> None:
+def add_no_track(parser: argparse.ArgumentParser, what: str = "the model (into its training run when known)") -> None:
     """``--no-track``: skip MLflow for this command (``args.track`` is False)."""
     parser.add_argument("--no-track", dest="track", action="store_false",
-                        help="do not log the model to MLflow (default: into its training run, $MLFLOW_TRACKING_URI or "
-                             "the local store under runs/)")
+                        help=f"do not log {what} to MLflow ($MLFLOW_TRACKING_URI or <runs>/mlflow.db)")
 
 
 def track_onnx(path: Path) -> None:

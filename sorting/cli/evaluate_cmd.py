@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sorting.cli.common import add_command
+from sorting.cli.common import add_command, add_no_track
 from sorting.datasets.manifest import SPLITS
 from sorting.paths import runs_dir
 
@@ -58,7 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: average logits over flips")
     parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
     parser.add_argument("--threads", type=int, help="CPU threads for inference (default: library default)")
-    parser.add_argument("--no-track", dest="track", action="store_false",
-                        help="do not log the evaluation to MLflow ($MLFLOW_TRACKING_URI or <runs>/mlflow.db)")
+    add_no_track(parser, "the evaluation")
     parser.add_argument("--experiment", default="textile-sorter", help="MLflow experiment name")
     parser.set_defaults(func=_evaluate)

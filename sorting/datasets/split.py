@@ -79,6 +79,23 @@ def _stratum(rows: list[ManifestRow], members: list[int]) -> tuple[str, str]:
     return min(counts, key=lambda key: (-counts[key], key))
 
 
+def _shuffled_strata(rows: list[ManifestRow], group_by: str | None, seed: int) -> list[list[list[int]]]:
+    """The row groups (same SHA-1 or ``group_by`` value) of each (fibre, colour) stratum, strata in sorted order,
+    each stratum's groups ordered by content (not input order) and then shuffled with ``seed``."""
+    if group_by is not None and group_by not in _GROUPABLE:
+        raise ConfigError(f"cannot group by '{group_by}' (choose one of {', '.join(_GROUPABLE)})")
+    strata: dict[tuple[str, str], list[list[int]]] = defaultdict(list)
+    for members in _group_rows(rows, group_by):
+        strata[_stratum(rows, members)].append(members)
+    rng = random.Random(seed)
+    out = []
+    for key in sorted(strata):
+        groups = sorted(strata[key], key=lambda m: min(rows[i].path for i in m))
+        rng.shuffle(groups)
+        out.append(groups)
+    return out
+
+
 def split_rows(
     rows: list[ManifestRow],
     *,
@@ -88,19 +105,10 @@ def split_rows(
 ) -> list[ManifestRow]:
     """Return copies of ``rows`` (same order) with ``split`` set to train/val/test."""
     targets = _check_fractions(fractions)
-    if group_by is not None and group_by not in _GROUPABLE:
-        raise ConfigError(f"cannot group by '{group_by}' (choose one of {', '.join(_GROUPABLE)})")
-    strata: dict[tuple[str, str], list[list[int]]] = defaultdict(list)
-    for members in _group_rows(rows, group_by):
-        strata[_stratum(rows, members)].append(members)
-    rng = random.Random(seed)
     open_splits = [s for s in range(3) if targets[s] > 0]
     assignment: dict[int, str] = {}
     overall = [0, 0, 0]  # rows per split over all strata: breaks ties so rounding does not pile up in one split
-    for key in sorted(strata):
-        # order groups by content, not input order, then shuffle with the seed
-        groups = sorted(strata[key], key=lambda m: min(rows[i].path for i in m))
-        rng.shuffle(groups)
+    for groups in _shuffled_strata(rows, group_by, seed):
         total = sum(len(m) for m in groups)
         filled = [0, 0, 0]
         for members in groups:
@@ -132,22 +140,15 @@ def assign_folds(
     """
     if folds < 2:
         raise ConfigError(f"cross-validation needs at least 2 folds, got {folds}")
-    if group_by is not None and group_by not in _GROUPABLE:
-        raise ConfigError(f"cannot group by '{group_by}' (choose one of {', '.join(_GROUPABLE)})")
-    strata: dict[tuple[str, str], list[list[int]]] = defaultdict(list)
-    groups = _group_rows(rows, group_by)
-    if len(groups) < folds:
-        raise DataError(f"{len(groups)} distinct images/groups cannot fill {folds} folds")
-    for members in groups:
-        strata[_stratum(rows, members)].append(members)
-    rng = random.Random(seed)
+    strata = _shuffled_strata(rows, group_by, seed)
+    n_groups = sum(len(groups) for groups in strata)
+    if n_groups < folds:
+        raise DataError(f"{n_groups} distinct images/groups cannot fill {folds} folds")
     fold_of = [0] * len(rows)
     overall = [0] * folds
-    for key in sorted(strata):
-        ordered = sorted(strata[key], key=lambda m: min(rows[i].path for i in m))
-        rng.shuffle(ordered)
+    for groups in strata:
         filled = [0] * folds
-        for members in ordered:
+        for members in groups:
             chosen = min(range(folds), key=lambda f: (filled[f], overall[f], f))
             filled[chosen] += len(members)
             overall[chosen] += len(members)

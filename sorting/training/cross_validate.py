@@ -164,10 +164,10 @@ def cross_validate(
         test = [r for r, f in zip(manifest.rows, fold_of) if f == k]
         rest = split_rows([r for r, f in zip(manifest.rows, fold_of) if f != k],
                           fractions=(1.0 - val_fraction, val_fraction, 0.0), seed=seed, group_by=group_by)
-        rows = rest + [replace(r, split="test") for r in test]
-        fold_manifest = write_manifest(rows, fold_dir / "manifest.csv", root=manifest.root)
-        log.info("fold %d/%d: %d train, %d val, %d test rows", k + 1, folds,
-                 sum(r.split == "train" for r in rest), sum(r.split == "val" for r in rest), len(test))
+        n_train, n_val = sum(r.split == "train" for r in rest), sum(r.split == "val" for r in rest)
+        fold_manifest = write_manifest(rest + [replace(r, split="test") for r in test], fold_dir / "manifest.csv",
+                                       root=manifest.root)
+        log.info("fold %d/%d: %d train, %d val, %d test rows", k + 1, folds, n_train, n_val, len(test))
         fold_config = config.model_copy(update={
             "name": f"{config.name}-fold{k + 1}",
             "output_dir": str(fold_dir / "train"),
@@ -178,8 +178,7 @@ def cross_validate(
         evaluation = evaluate_model(trained.best_checkpoint, fold_manifest, split="test", out_dir=fold_dir / "eval",
                                     threads=config.threads, progress=config.progress)
         report.results.append(FoldResult(
-            fold=k, n_train=sum(r.split == "train" for r in rest), n_val=sum(r.split == "val" for r in rest),
-            n_test=len(test), checkpoint=str(trained.best_checkpoint), seconds=round(trained.seconds, 1),
+            fold=k, n_train=n_train, n_val=n_val, n_test=len(test), checkpoint=str(trained.best_checkpoint), seconds=round(trained.seconds, 1),
             accuracy={h: float(r.metrics["accuracy"]) for h, r in evaluation.heads.items()},
             macro_f1={h: float(r.metrics["macro_f1"]) for h, r in evaluation.heads.items()},
             n_scored={h: r.n for h, r in evaluation.heads.items()},

@@ -472,7 +472,7 @@ def _fit(config: TrainConfig, ctx: D.DistContext, extra_callbacks: list[Callback
         state["epoch"] = epoch
         if ctx.is_main:
             metrics_now = {k: v for k, v in record.items() if k != "epoch"}
-            if keep:
+            if improved and config.early_stopping.select == "best":  # "last": best.pt is written once, after the run
                 save_checkpoint(best_path, model, **ckpt_meta, metrics=metrics_now, epoch=epoch)
             save_checkpoint(
                 last_path, model, **ckpt_meta, metrics=metrics_now, epoch=epoch,
