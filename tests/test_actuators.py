@@ -93,7 +93,7 @@ def test_modbus_pulses_arrive_and_link_loss_is_survived() -> None:
 
         plc = LoopbackPlc(port).start()
         assert wait_for(lambda: act.connected), "reconnect with back-off after the PLC is back"
-        assert act.reconnects == 1 and links[-1] is True
+        assert act.link.reconnects == 1 and links[-1] is True
         time.sleep(0.1)
         assert all(a != 5 or v is False for a, v, _ in plc.sets()), "late firing must not be sent after reconnect"
         act.fire(2, time.monotonic() + 0.05, 0.02, item_id=4)

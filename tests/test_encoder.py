@@ -15,7 +15,8 @@ from sorting.config import build_config
 from sorting.errors import ConfigError
 from sorting.serving.actuators import SimulatedActuator, bin_addresses
 from sorting.serving.ejector import EjectorConfig, EjectorScheduler, FixedSpeed
-from sorting.serving.encoder import EncoderConfig, EncoderReader, belt_speed, drop_held_firings
+from sorting.serving.builder import belt_speed, drop_held_firings
+from sorting.serving.encoder import EncoderConfig, EncoderReader
 from sorting.serving.line_config import LineConfig, load_line_config
 from sorting.serving.policy import Decision, PolicyConfig
 from sorting.serving.telemetry import Telemetry, TelemetryConfig
@@ -84,10 +85,10 @@ def test_reader_measures_speed_and_sees_the_belt_stop() -> None:
             running = [speed for _, _, speed in status[-20:]]  # what telemetry was told meanwhile
             plc.set_rate(0.0)
             assert wait_for(lambda: reader.speed.speed(time.monotonic()) == 0.0), "stopped belt reads 0"
-            assert reader.connected  # stopped, not disconnected
+            assert reader.link.connected  # stopped, not disconnected
             plc.shift(-3)  # the stopped shaft rocks back: 3 counts back, not 65533 forward
             assert max(speeds(reader, 0.1)) == 0.0
-        assert not reader.connected
+        assert not reader.link.connected
         assert status[-1][0] == f"127.0.0.1:{port}" and status[-1][1] is True
         assert statistics.median(running) == pytest.approx(0.5, rel=0.1)
     finally:
@@ -116,14 +117,14 @@ def test_dropped_link_reads_zero_and_reconnects_without_a_burst() -> None:
     try:
         assert wait_for(lambda: reader.speed.speed(time.monotonic()) > 0.4)
         plc.stop()
-        assert wait_for(lambda: not reader.connected)
+        assert wait_for(lambda: not reader.link.connected)
         assert wait_for(lambda: reader.speed.speed(time.monotonic()) == 0.0), "stale speed must read 0"
         time.sleep(0.3)  # several failed reconnects with back-off, no crash
         assert reader._thread.is_alive() and reader.speed.speed(time.monotonic()) == 0.0
         # the PLC comes back with its counter restarted at 0: 20000 counts back, ~45000 forward mod 2**16
         plc = EncoderPlc(port, rate=1000.0, start=0).start()
-        assert wait_for(lambda: reader.connected), "reconnect once the server is back"
-        assert reader.reconnects == 1
+        assert wait_for(lambda: reader.link.connected), "reconnect once the server is back"
+        assert reader.link.reconnects == 1
         assert wait_for(lambda: reader.speed.speed(time.monotonic()) > 0)
         samples = speeds(reader, 0.4)
         assert max(samples) < 1.5, "a counter restart must not show up as a burst of speed"
@@ -247,7 +248,7 @@ def test_firing_held_across_an_outage_is_dropped_not_made_late() -> None:
             tick_for(sched, 0.6)  # past its time, but the speed went stale: held, not fired
             assert sched.pending == 1 and not act.firings
             plc = EncoderPlc(port, rate=1000.0).start()
-            assert wait_for(lambda: reader.connected and reader.readings > 0 and sched.pending == 0)
+            assert wait_for(lambda: reader.link.connected and reader.readings > 0 and sched.pending == 0)
             tick_for(sched, 0.3)
     finally:
         plc.stop()

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from sorting.errors import DataError
+from sorting.serving.backoff import Backoff
 from sorting.serving.sources import (
-    Backoff,
     FolderSource,
     LiveCaptureSource,
     SyntheticSource,

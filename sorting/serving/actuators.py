@@ -213,10 +213,6 @@ class ModbusTcpActuator(Actuator):
     def connected(self) -> bool:
         return self.link.connected
 
-    @property
-    def reconnects(self) -> int:
-        return self.link.reconnects
-
     def fire(self, bin: int, at_time: float, pulse_s: float, *, item_id: int | str | None = None) -> None:
         firing = Firing(bin, _address(self.addresses, bin), at_time, pulse_s, item_id)
         if bin not in self.addresses:

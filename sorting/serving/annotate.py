@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from sorting.errors import DataError
-
-if TYPE_CHECKING:
-    from sorting.serving.loop import FrameResult
+from sorting.serving.records import FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +24,7 @@ def _label(img: np.ndarray, text: str, org: tuple[int, int], colour: tuple[int, 
     cv2.putText(img, text, (x + 1, y - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def annotate_frame(result: "FrameResult", *, decision_line_px: float, axis: int = 0) -> np.ndarray:
+def annotate_frame(result: FrameResult, *, decision_line_px: float, axis: int = 0) -> np.ndarray:
     """A copy of ``result.image`` with boxes, ids, labels + confidence, bins, decision line and fps."""
     if result.image is None:
         raise ValueError("frame result carries no image (loop run with keep_images=False)")

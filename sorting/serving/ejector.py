@@ -33,7 +33,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from pydantic import Field
@@ -41,7 +41,7 @@ from pydantic import Field
 from sorting.config import StrictModel
 from sorting.errors import ConfigError
 from sorting.serving.actuators import Actuator, Firing
-from sorting.serving.policy import Decision, PolicyConfig
+from sorting.serving.policy import Decision, PolicyConfig, RejectReason, as_reject
 
 log = logging.getLogger(__name__)
 
@@ -240,8 +240,7 @@ class EjectorScheduler:
             if (eta is not None and eta - now < self._latency_s) or too_many:
                 if too_many:
                     log.error("ejector queue full (%d items): item %s goes to reject", len(self._pending), item_id)
-                late = replace(decision, bin=self.policy.reject.id, bin_name=self.policy.reject.name, reason="late")
-                return Plan(item_id, late, t_decision, None)
+                return Plan(item_id, as_reject(decision, self.policy.reject, RejectReason.LATE), t_decision, None)
             return Plan(item_id, decision, t_decision, eta, target)
 
     def commit(self, plan: Plan) -> None:

@@ -11,7 +11,7 @@ never raises into the loop. While no reading arrives the speed goes stale and re
 ``stale_s``, so the scheduler *holds* pending items instead of firing them at a time computed
 from a speed nobody measures. The belt may have run on meanwhile, so when readings resume
 after such a gap the held firings are not made late either: ``on_gap`` (wired to
-:func:`drop_held_firings` by the loop) drops them as missed ``encoder`` and their items ride
+:func:`~sorting.serving.builder.drop_held_firings` by the builder) drops them as missed ``encoder`` and their items ride
 to the end-of-belt reject. After a reconnect the counter baseline starts afresh (the PLC may
 have restarted its counter), so a jump across the outage never shows up as a burst of speed.
 """
@@ -22,19 +22,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from sorting.config import StrictModel
-from sorting.serving.actuators import Firing
-from sorting.serving.ejector import EjectorScheduler, EncoderSpeed, FixedSpeed, SpeedSource
+from sorting.serving.ejector import EncoderSpeed
 from sorting.serving.modbus_link import ModbusLink
-
-if TYPE_CHECKING:
-    from sorting.serving.decision_log import DecisionLog
-    from sorting.serving.line_config import BeltConfig
-    from sorting.serving.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +107,6 @@ class EncoderReader:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="belt-encoder", daemon=True)
 
-    @property
-    def connected(self) -> bool:
-        return self.link.connected
-
-    @property
-    def reconnects(self) -> int:
-        return self.link.reconnects
-
     def start(self) -> EncoderReader:
         """Start polling (idempotent)."""
         if not self._thread.is_alive() and not self._stop.is_set():
@@ -198,42 +184,3 @@ class EncoderReader:
             self._report()  # speed reads 0 once stale
             self._stop.wait(max(0.0, self.link.next_try - self.clock()))
         self.link.close()
-
-
-def belt_speed(
-    belt: BeltConfig, *, live: bool, on_status: EncoderStatusCallback | None = None
-) -> tuple[SpeedSource, EncoderReader | None]:
-    """The ejector's speed source for ``belt``, plus the encoder reader to start and close (if any).
-
-    A source that is not live (file, folder, synthetic) runs on its own clock, which a live
-    encoder cannot follow: it uses the nominal speed (``speed_px_s`` or ``speed_m_s``) even
-    when ``belt.encoder`` is set.
-    """
-    if belt.encoder is None:
-        return FixedSpeed(belt.pixels_per_second, "px"), None
-    if not live:
-        log.warning("belt.encoder ignored: the source is not live (file, folder or synthetic); "
-                    "using the nominal belt speed")
-        return FixedSpeed(belt.pixels_per_second, "px"), None
-    reader = EncoderReader(belt.encoder, on_status=on_status)
-    return reader.speed, reader
-
-
-def drop_held_firings(
-    scheduler: EjectorScheduler, decision_log: DecisionLog | None, telemetry: Telemetry | None, gap_s: float
-) -> list[Firing]:
-    """After ``gap_s`` without encoder readings: drop every firing the scheduler held meanwhile.
-
-    Nobody measured the belt during the gap; fired now, a pulse would hit whatever is in front
-    of its jet. The items are marked missed ``encoder`` and ride to the end-of-belt reject.
-    """
-    dropped = scheduler.shutdown()
-    for firing in dropped:
-        if decision_log is not None and firing.item_id is not None:
-            decision_log.mark_missed(firing.item_id, "encoder")
-        if telemetry is not None:
-            telemetry.on_missed(firing.bin, "encoder")
-    if dropped:
-        log.warning("belt encoder readings resumed after %.1f s: %d held firing(s) dropped (end-of-belt reject)",
-                    gap_s, len(dropped))
-    return dropped

@@ -20,7 +20,7 @@ from sorting.serving.decision_log import DecisionLogConfig
 from sorting.serving.ejector import EjectorConfig
 from sorting.serving.encoder import EncoderConfig
 from sorting.serving.segmentation import SegmentationConfig
-from sorting.serving.sources import Backoff
+from sorting.serving.backoff import Backoff
 from sorting.serving.telemetry import TelemetryConfig
 from sorting.serving.tracking import TrackingConfig
 

@@ -7,9 +7,11 @@ confidence, no rule) goes to the reject bin with a reason that the decision log 
 the tracker's shape/colour evidence or, for a model with a ``layout`` head, its p(several) at or
 above ``several_threshold``.
 
-Reasons (``Decision.reason``): ``rule:<name>``, ``low_confidence:<head>``, ``ood``, ``overlap``,
-``cut_off``, ``unmatched``, ``lost`` (tracked but never classified), and, set by the ejector or
-the loop, ``late`` (cannot be reached in time) and ``shutdown``.
+Reasons (``Decision.reason``, the decision log's text): ``rule:<name>`` for a product bin, else a
+:class:`RejectReason` (``low_confidence:<head>`` names the unsure head). The policy owns them all:
+the item's fate when it ended (crossed the line, lost by the tracker, in flight at shutdown) is
+part of its :class:`ItemEvidence`, and the ejector turns a decision it cannot reach in time into
+``late`` with :func:`as_reject`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +33,23 @@ from sorting.taxonomy import LAYOUT_HEAD, SEVERAL_LABEL
 log = logging.getLogger(__name__)
 
 MAX_BINS = 64
+RULE_PREFIX = "rule:"
+
+
+class RejectReason(str, Enum):
+    """Why an item went to the reject bin; the value is what the decision log stores."""
+
+    LOST = "lost"  # tracked but never classified, or lost by the tracker before the decision line
+    OVERLAP = "overlap"  # several garments in one blob
+    CUT_OFF = "cut_off"  # never seen whole (the field of view cuts it)
+    OOD = "ood"  # out of the model's distribution
+    LOW_CONFIDENCE = "low_confidence"  # stored as ``low_confidence:<head>``
+    UNMATCHED = "unmatched"  # no rule matches its classes
+    LATE = "late"  # its bin cannot be reached in time
+    SHUTDOWN = "shutdown"  # in flight when the line stopped
+
+
+Ended = Literal["line", "lost", "shutdown"]
 
 
 class BinConfig(StrictModel):
@@ -171,11 +191,15 @@ class ItemEvidence:
     two_colours: bool = False  # segmentation saw two colour regions (used when the model has no layout head)
     cut_off: bool = False
     n_views: int = 1
+    ended: Ended = "line"  # crossed the decision line, lost by the tracker, or in flight at shutdown
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Where one item goes, and why. ``fibre``/``colour`` are the top-1 labels (None if no head)."""
+    """Where one item goes, and why. ``fibre``/``colour`` are the top-1 labels (None if no head).
+
+    ``reason`` is ``rule:<name>`` or a :class:`RejectReason` value (see the module docstring).
+    """
 
     bin: int
     bin_name: str
@@ -183,6 +207,17 @@ class Decision:
     fibre: str | None = None
     colour: str | None = None
     confidence: dict[str, float] | None = None
+
+    @property
+    def kind(self) -> str:
+        """``rule`` for a product bin, else the reject reason without its head (a metric label)."""
+        return "rule" if self.reason.startswith(RULE_PREFIX) else self.reason.split(":", 1)[0]
+
+
+def as_reject(decision: Decision, reject: RejectBinConfig, reason: RejectReason, head: str | None = None) -> Decision:
+    """``decision`` sent to the reject bin for ``reason``, keeping its labels and confidences."""
+    text = reason.value if head is None else f"{reason.value}:{head}"
+    return replace(decision, bin=reject.id, bin_name=reject.name, reason=text)
 
 
 class Policy:
@@ -246,14 +281,49 @@ class Policy:
     def reject_bin(self) -> int:
         return self.config.reject.id
 
-    def reject(self, reason: str, decision: Decision | None = None) -> Decision:
-        """A reject decision with ``reason``, keeping the labels/confidences of ``decision``."""
-        if decision is None:
-            return Decision(bin=self.reject_bin, bin_name=self.config.reject.name, reason=reason)
-        return replace(decision, bin=self.reject_bin, bin_name=self.config.reject.name, reason=reason)
+    def reject(self, reason: RejectReason, decision: Decision | None = None, head: str | None = None) -> Decision:
+        """A reject decision for ``reason``, keeping the labels/confidences of ``decision``."""
+        base = decision or Decision(bin=self.reject_bin, bin_name=self.config.reject.name, reason="")
+        return as_reject(base, self.config.reject, reason, head)
 
     def decide(self, evidence: ItemEvidence) -> Decision:
         """The bin for one item (never raises for odd evidence: unsure items go to reject)."""
+        base = self._top_labels(evidence)
+        if evidence.ended != "line":
+            return self.reject(RejectReason(evidence.ended), base)
+        if evidence.n_views <= 0 or not base.confidence:
+            return self.reject(self._never_classified(evidence), base)
+        if evidence.overlap or self._looks_several(evidence):
+            return self.reject(RejectReason.OVERLAP, base)
+        if evidence.cut_off:
+            return self.reject(RejectReason.CUT_OFF, base)
+        if evidence.ood and self.config.ood == "reject":
+            return self.reject(RejectReason.OOD, base)
+        conf = base.confidence
+        for head, threshold in self.config.thresholds.items():
+            if conf.get(head, 0.0) < threshold:
+                return self.reject(RejectReason.LOW_CONFIDENCE, base, head)
+        top = {"fibre": base.fibre, "colour": base.colour}
+        for rule in self.config.rules:
+            constrained = rule.heads()
+            if all(top.get(head) in wanted for head, wanted in constrained.items()):
+                for head, minimum in rule.min_confidence.items():
+                    if conf.get(head, 0.0) < minimum:
+                        return self.reject(RejectReason.LOW_CONFIDENCE, base, head)
+                return replace(base, bin=rule.bin, bin_name=self._names[rule.bin], reason=f"{RULE_PREFIX}{rule.name}")
+        return self.reject(RejectReason.UNMATCHED, base)
+
+    @staticmethod
+    def _never_classified(evidence: ItemEvidence) -> RejectReason:
+        """Why an item with no usable view is rejected: never seen alone (overlap), never whole, or lost."""
+        if evidence.n_views <= 0 and (evidence.overlap or evidence.two_colours):
+            return RejectReason.OVERLAP
+        if evidence.n_views <= 0 and evidence.cut_off:
+            return RejectReason.CUT_OFF
+        return RejectReason.LOST
+
+    def _top_labels(self, evidence: ItemEvidence) -> Decision:
+        """A reject-bin decision carrying the top-1 label and confidence of every usable head."""
         top: dict[str, str] = {}
         conf: dict[str, float] = {}
         for head, probs in evidence.probs.items():
@@ -265,30 +335,5 @@ class Policy:
                 continue
             k = int(np.argmax(p))
             top[head], conf[head] = names[k], float(p[k])
-        base = Decision(
-            bin=self.reject_bin,
-            bin_name=self.config.reject.name,
-            reason="",
-            fibre=top.get("fibre"),
-            colour=top.get("colour"),
-            confidence=conf,
-        )
-        if evidence.n_views <= 0 or not top:
-            return self.reject("lost", base)
-        if evidence.overlap or self._looks_several(evidence):
-            return self.reject("overlap", base)
-        if evidence.cut_off:
-            return self.reject("cut_off", base)
-        if evidence.ood and self.config.ood == "reject":
-            return self.reject("ood", base)
-        for head, threshold in self.config.thresholds.items():
-            if conf.get(head, 0.0) < threshold:
-                return self.reject(f"low_confidence:{head}", base)
-        for rule in self.config.rules:
-            constrained = rule.heads()
-            if all(top.get(head) in wanted for head, wanted in constrained.items()):
-                for head, minimum in rule.min_confidence.items():
-                    if conf.get(head, 0.0) < minimum:
-                        return self.reject(f"low_confidence:{head}", base)
-                return replace(base, bin=rule.bin, bin_name=self._names[rule.bin], reason=f"rule:{rule.name}")
-        return self.reject("unmatched", base)
+        return Decision(bin=self.reject_bin, bin_name=self.config.reject.name, reason="", fibre=top.get("fibre"),
+                        colour=top.get("colour"), confidence=conf)

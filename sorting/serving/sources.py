@@ -36,6 +36,7 @@ import numpy as np
 
 from sorting.datasets.synth.conveyor import iter_conveyor_frames
 from sorting.errors import DataError
+from sorting.serving.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +111,6 @@ class FrameSource(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential back-off for reopening a capture: initial, initial*factor, ... capped at max."""
-
-    initial_s: float = 0.5
-    factor: float = 2.0
-    max_s: float = 10.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.max_s, self.initial_s * self.factor ** max(0, attempt))
 
 
 class LiveCaptureSource(FrameSource):

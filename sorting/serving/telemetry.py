@@ -85,9 +85,8 @@ class Telemetry:
     # -- loop hooks ------------------------------------------------------------------------
     def on_decision(self, decision: Decision) -> None:
         """Count one decided item (call once per item, with the logged decision)."""
-        kind = decision.reason.split(":", 1)[0]
         name = self.bin_names.get(decision.bin, decision.bin_name)
-        self.items.labels(bin=str(decision.bin), bin_name=name, reason=kind).inc()
+        self.items.labels(bin=str(decision.bin), bin_name=name, reason=decision.kind).inc()
         with self._lock:
             self._decided += 1
             self._rejected += int(decision.bin == self.reject_bin)

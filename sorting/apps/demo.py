@@ -17,15 +17,16 @@ from typing import Any
 
 import numpy as np
 
+from sorting.apps.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
 from sorting.config import load_config
 from sorting.datasets.synth.conveyor import WORLD_VERSION, render_conveyor_clip
 from sorting.models.export import export_checkpoint
 from sorting.models.onnx_model import read_metadata
 from sorting.paths import project_root
 from sorting.serving.line_config import load_line_config
-from sorting.serving.loop import ItemDecision, ServeSummary, serve_line
 from sorting.serving.policy import Policy, load_policy_config
-from sorting.serving.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
+from sorting.serving.records import ItemDecision
+from sorting.serving.runner import ServeSummary, serve_line
 from sorting.training.config import TrainConfig
 from sorting.training.plots import plot_counts, plot_histogram
 from sorting.training.tracking import MlflowTracker

@@ -10,7 +10,7 @@ loop, as on a line fed by a camera. Figures, against the issue's targets:
   ahead on its own thread (as a camera pipeline decodes while the loop works), so the loop's
   ``read`` stage is only the wait for a decoded frame; the decode time itself is measured on
   the decoder thread (``SourceStats.decode_s``);
-* correctness item by item (:mod:`sorting.serving.scoring`);
+* correctness item by item (:mod:`sorting.apps.scoring`);
 * resident memory (``/proc/self/statm``) over time: growth after warm-up.
 
 Classifiers: an ONNX model, the *GT oracle* (probabilities from the ground-truth labels of
@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,16 +34,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from sorting.apps.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
 from sorting.datasets.synth.conveyor import WORLD_VERSION, render_conveyor_clip
 from sorting.errors import ConfigError
-from sorting.models.onnx_model import OnnxClassifier
 from sorting.serving.actuators import SimulatedActuator
-from sorting.serving.decision_log import DecisionLog
-from sorting.serving.ejector import EjectorScheduler, FixedSpeed
+from sorting.serving.builder import build_sorter
+from sorting.serving.classifier import Classifier, ClassScores, CropBatch, ModelClassifier
+from sorting.serving.ejector import FixedSpeed
 from sorting.serving.line_config import LineConfig, load_line_config
-from sorting.serving.loop import SorterLoop
-from sorting.serving.policy import Policy, load_policy_config
-from sorting.serving.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
+from sorting.serving.segmentation import Detection
 from sorting.serving.sources import Frame, FrameSource, VideoFileSource
 from sorting.taxonomy import HEADS, LAYOUT_HEAD, LAYOUT_LABELS, SEVERAL_LABEL, SINGLE_LABEL, load_taxonomy
 
@@ -130,73 +129,59 @@ class LoopingVideoSource(FrameSource):
         self.exhausted = True
 
 
-@dataclass
-class _Meta:
-    labels: dict[str, list[str]]
-
-
-@dataclass
-class _OraclePredictions:
-    probs: dict[str, np.ndarray]
-    ood: dict[str, np.ndarray]
-
-
 class GtOracle:
     """A classifier that reads the ground truth: each crop gets one-hot probabilities of the
     GT garment whose track point lies in its detection box (nearest the blob centroid), or
     flat, out-of-distribution probabilities if there is none (a stain). Asked for a layout head,
     it calls a touching garment's blob "several" and any other "single".
 
-    ``predict`` receives only crops, so the oracle asks the loop's tracker again which tracks
-    it is classifying in the current frame (the same, deterministic list the loop cropped).
-    With a ``model``, the model also runs on the crops (its time is what a real line pays).
+    It implements :class:`~sorting.serving.classifier.Classifier`: the batch says which frame and
+    which detections the crops come from. ``clip_frames`` is the clip's length once known (the
+    benchmark may loop the clip, frame numbers keep counting). With a ``model``, the model also
+    runs on the crops (its time is what a real line pays).
     """
 
-    def __init__(self, gt: dict[str, Any], labels: dict[str, list[str]], *, frame_of: Callable[[], int],
-                 tracker_of: Callable[[], Any], clip_frames: Callable[[], int], model: OnnxClassifier | None = None):
-        self.metadata = _Meta(labels)
+    model_id = "gt-oracle"
+
+    def __init__(self, gt: dict[str, Any], labels: dict[str, list[str]], *, clip_frames: Callable[[], int],
+                 model: Classifier | None = None):
+        self.labels = labels
         self.model = model
-        self._frame_of, self._tracker_of, self._clip_frames = frame_of, tracker_of, clip_frames
+        self._clip_frames = clip_frames
         self._by_frame: dict[int, list[tuple[float, float, dict[str, Any]]]] = {}
         for it in gt["items"]:
             for f, x, y in it["track"]:
                 self._by_frame.setdefault(int(f), []).append((float(x), float(y), it))
 
-    def self_check(self) -> None:
-        """Nothing to check (the wrapped model, if any, was checked when loaded)."""
-
-    def use_ood_quantile(self, quantile: float | None) -> None:
+    def use_ood_quantile(self, quantile: float) -> None:
         """The oracle's OOD flags come from the ground truth (a stain); a line's quantile changes nothing."""
 
-    def _item_at(self, frame: int, det: Any) -> dict[str, Any] | None:
+    def _item_at(self, frame: int, det: Detection) -> dict[str, Any] | None:
         x, y, w, h = det.bbox
         cx, cy = det.centroid
         inside = [(np.hypot(px - cx, py - cy), it) for px, py, it in self._by_frame.get(frame, [])
                   if x - 10 <= px <= x + w + 10 and y - 10 <= py <= y + h + 10]
         return min(inside, key=lambda c: c[0])[1] if inside else None
 
-    def predict(self, crops: Sequence[np.ndarray]) -> _OraclePredictions:
+    def classify(self, batch: CropBatch) -> ClassScores:
         if self.model is not None:
-            self.model.predict(list(crops))
-        frame = self._frame_of()
+            self.model.classify(batch)
         period = self._clip_frames()
-        local = frame % period if period else frame
-        todo = self._tracker_of().views_to_classify(frame)
-        if len(todo) != len(crops):
-            raise RuntimeError(f"oracle out of step with the loop: {len(todo)} tracks, {len(crops)} crops")
-        probs = {h: np.zeros((len(crops), len(v)), np.float32) for h, v in self.metadata.labels.items()}
-        ood = {h: np.zeros(len(crops), bool) for h in self.metadata.labels}
-        for row, tr in enumerate(todo):
-            item = self._item_at(local, tr.detection) if tr.detection is not None else None
+        local = batch.frame % period if period else batch.frame
+        n = len(batch.crops)
+        probs = {h: np.zeros((n, len(v)), np.float32) for h, v in self.labels.items()}
+        ood = {h: np.zeros(n, bool) for h in self.labels}
+        for row, det in enumerate(batch.detections):
+            item = self._item_at(local, det)
             if item is not None:  # the layout truth: a touching garment shares its blob
                 item = {**item, LAYOUT_HEAD: SEVERAL_LABEL if item.get("hard_reason") == "touching" else SINGLE_LABEL}
-            for head, names in self.metadata.labels.items():
+            for head, names in self.labels.items():
                 if item is None or item.get(head) not in names:
                     probs[head][row] = 1.0 / len(names)
                     ood[head][row] = True
                 else:
                     probs[head][row, names.index(item[head])] = 1.0
-        return _OraclePredictions(probs, ood)
+        return ClassScores(probs, ood)
 
 
 @dataclass
@@ -290,9 +275,19 @@ def _repeat_ground_truth(gt: dict[str, Any], clip_frames: int, passes: int) -> d
     return dict(gt, items=items)
 
 
+def _oracle_labels(model: ModelClassifier | None, layout: bool) -> dict[str, list[str]]:
+    """The heads the oracle answers: fibre and colour (the model's label sets if there is one), and the layout."""
+    tax = load_taxonomy()
+    labels = {h: list(v) for h, v in model.labels.items() if h in HEADS} if model is not None else \
+        {"fibre": list(tax.fibre), "colour": list(tax.colour)}
+    if layout:
+        labels[LAYOUT_HEAD] = list(LAYOUT_LABELS)
+    return labels
+
+
 def _line_config(bench: BenchConfig, video: Path, speed_px_s: float) -> LineConfig:
     overrides = [f"camera.source={video}", f"log.path={bench.out_dir / 'decisions.sqlite'}",
-                 f"belt.speed_px_s={speed_px_s}", "model.hot_reload=false",
+                 f"belt.speed_px_s={speed_px_s}", "model.hot_reload=false", "telemetry.port=0",
                  *bench.overrides]
     if bench.threads is not None:
         overrides.append(f"model.threads={bench.threads}")
@@ -305,8 +300,8 @@ def render_bench_clip(bench: BenchConfig) -> tuple[Path, Path]:
     folder = bench.out_dir.parent / "clips" / name
     video, gt = folder / "conveyor.mp4", folder / "conveyor_gt.json"
     if not (video.is_file() and gt.is_file()):
-        clip = render_conveyor_clip(folder, n_items=bench.items, seed=bench.seed,
-                                    belt_speed_px_s=bench.belt_speed_px_s, hard_fraction=bench.hard_fraction)
+        clip = render_conveyor_clip(folder, n_items=bench.items, seed=bench.seed, belt_speed_px_s=bench.belt_speed_px_s,
+                                    hard_fraction=bench.hard_fraction, progress=bench.progress)
         video, gt = clip.video_path, clip.ground_truth_path
     return video, gt
 
@@ -315,37 +310,21 @@ def run_bench(bench: BenchConfig) -> BenchResult:
     """Render/reuse the clip, sort it (or loop it for ``minutes``), measure and score."""
     if bench.model is None and not bench.oracle:
         raise ConfigError("bench-sorter needs --model or the GT oracle")
-    model = OnnxClassifier.load(bench.model, threads=bench.threads) if bench.model is not None else None
-    if model is not None:
-        model.self_check()
+    model = ModelClassifier.load(bench.model, threads=bench.threads) if bench.model is not None else None
     bench.out_dir.mkdir(parents=True, exist_ok=True)
     video, gt_path = render_bench_clip(bench)
     gt = load_ground_truth(gt_path)
     cfg = _line_config(bench, video, float(gt["belt_speed_px_s"]))
-    labels = dict(model.metadata.labels) if model is not None else \
-        {"fibre": list(load_taxonomy().fibre), "colour": list(load_taxonomy().colour)}
-    if bench.oracle:  # the oracle knows fibre and colour, and the layout if asked to
-        labels = {h: v for h, v in labels.items() if h in HEADS}
-        if bench.oracle_layout:
-            labels[LAYOUT_HEAD] = list(LAYOUT_LABELS)
-    policy_cfg = load_policy_config(cfg.policy.bins)
-    policy = Policy(policy_cfg, labels)
     source = LoopingVideoSource(video, seconds=bench.minutes * 60 if bench.minutes else None)
-    holder: dict[str, SorterLoop] = {}
-    classifier: Any = model
+    classifier: Classifier | None = model
     if bench.oracle:
-        classifier = GtOracle(gt, labels, frame_of=lambda: source.last_index,
-                              tracker_of=lambda: holder["loop"].tracker,
+        classifier = GtOracle(gt, _oracle_labels(model, bench.oracle_layout),
                               clip_frames=lambda: source.clip_frames or int(gt.get("n_frames", 0)), model=model)
-    scheduler = EjectorScheduler(cfg.ejector, policy_cfg, SimulatedActuator(), FixedSpeed(cfg.belt.pixels_per_second,
-                                 "px"), px_per_m=cfg.belt.px_per_m)
-    db = bench.out_dir / "decisions.sqlite"
+    assert classifier is not None
     for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    dlog = DecisionLog(cfg.log, reject_bin=policy_cfg.reject.id)
-    loop = SorterLoop(cfg, source, classifier, policy, decision_log=dlog, scheduler=scheduler, keep_images=False)
-    holder["loop"] = loop
-
+        Path(f"{cfg.log.path}{suffix}").unlink(missing_ok=True)
+    loop = build_sorter(cfg, source=source, classifier=classifier, actuator=SimulatedActuator(),
+                        speed=FixedSpeed(cfg.belt.pixels_per_second, "px"), keep_images=False)
     decisions, latencies, frame_ms = [], [], []
     rss: list[tuple[float, float]] = []
     start = time.perf_counter()
@@ -374,7 +353,7 @@ def run_bench(bench: BenchConfig) -> BenchResult:
     stages = loop.stage_means_ms()
     passes = source.passes
     gt_run = _repeat_ground_truth(gt, source.clip_frames or int(gt["n_frames"]), passes) if passes > 1 else gt
-    score = score_run(decisions, gt_run, policy)
+    score = score_run(decisions, gt_run, loop.policy)
     warm = [mb for t, mb in rss if t >= 0.1 * wall] or [rss[-1][1]]
     frames = len(frame_ms)
     loop_ms = float(np.mean(frame_ms)) if frame_ms else 0.0
@@ -388,7 +367,7 @@ def run_bench(bench: BenchConfig) -> BenchResult:
         items_per_s=len(decisions) / wall if wall > 0 else 0.0,
         latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else 0.0,
         latency_ms_p99=float(np.percentile(latencies, 99)) if latencies else 0.0,
-        loop_ms_per_frame=loop_ms, read_ms_per_frame=stages.get("read", 0.0), decode_ms_per_frame=decode_ms,
+        loop_ms_per_frame=loop_ms, read_ms_per_frame=stages.get("wait_frame", 0.0), decode_ms_per_frame=decode_ms,
         classify_ms_per_frame=stages.get("classify", 0.0),
         loop_ratio=loop_ms / base if model is not None and base > 0 else None,
         stage_ms=stages, rss_mb=rss, rss_growth=(warm[-1] - warm[0]) / warm[0], score=score,

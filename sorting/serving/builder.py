@@ -1,0 +1,135 @@
+"""The one wiring of a sorting line: :func:`build_sorter`.
+
+``serve``, ``bench-sorter``, the demo and the tests all build their :class:`SorterLoop` here.
+Each part can be handed in (a test's fake classifier, the benchmark's looping video and GT oracle,
+a simulated actuator, a fixed speed); what is not handed in is made from the line config. The
+decision log, the metrics and the ejector scheduler are always the line config's.
+
+Parts are made in an order that fails early and leaves nothing running on failure: the model and
+the bins file are checked first, the camera is opened last, and whatever was opened before a
+start-up error is closed again before the error reaches the caller.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import ExitStack
+from functools import partial
+
+from sorting.errors import ConfigError
+from sorting.serving.actuators import Actuator, Firing, bin_addresses, make_actuator
+from sorting.serving.classifier import Classifier, ModelClassifier, ModelWatcher
+from sorting.serving.decision_log import DecisionLog
+from sorting.serving.ejector import EjectorScheduler, FixedSpeed, SpeedSource
+from sorting.serving.encoder import EncoderReader, EncoderStatusCallback
+from sorting.serving.line_config import BeltConfig, LineConfig
+from sorting.serving.loop import SorterLoop
+from sorting.serving.policy import Policy, load_policy_config
+from sorting.serving.sources import FrameSource, open_source
+from sorting.serving.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+def build_sorter(
+    cfg: LineConfig,
+    *,
+    source: FrameSource | None = None,
+    classifier: Classifier | None = None,
+    actuator: Actuator | None = None,
+    speed: SpeedSource | None = None,
+    keep_images: bool = True,
+    max_frames: int | None = None,
+) -> SorterLoop:
+    """Wire a :class:`SorterLoop` for ``cfg``; parts not given come from the config.
+
+    ``source``: default ``camera.source``; ``classifier``: default the model at ``model.path``
+    (hot-reloaded when ``model.hot_reload``); ``actuator``: default ``actuator``; ``speed``:
+    default ``belt`` (its encoder when the source is live). ``max_frames`` caps a source opened here.
+    """
+    with ExitStack() as undo:
+        watcher = None
+        if classifier is None:
+            classifier, watcher = _load_model(cfg)
+        policy_cfg = load_policy_config(cfg.policy.bins)
+        policy = Policy(policy_cfg, classifier.labels)
+        telemetry = Telemetry(cfg.telemetry, bin_names=policy_cfg.bin_names(), reject_bin=policy_cfg.reject.id)
+        telemetry.set_model(classifier.model_id)
+        decision_log = DecisionLog(cfg.log, model_id=classifier.model_id, reject_bin=policy_cfg.reject.id)
+        undo.callback(decision_log.close)
+        if actuator is None:
+            actuator = make_actuator(cfg.actuator, bin_addresses(policy_cfg.bins),
+                                     on_missed=partial(_count_miss, decision_log, telemetry),
+                                     on_connection=telemetry.on_actuator_connection)
+        undo.callback(actuator.close)
+        if source is None:
+            cam = cfg.camera
+            source = open_source(cam.source, realtime=cam.realtime, fps=cam.fps, width=cam.width,
+                                 height=cam.height, backoff=cam.reconnect.backoff(), max_frames=max_frames)
+        undo.callback(source.close)
+        encoder = None
+        if speed is None:
+            speed, encoder = belt_speed(cfg.belt, live=source.live, on_status=telemetry.on_encoder)
+        scheduler = EjectorScheduler(cfg.ejector, policy_cfg, actuator, speed, px_per_m=cfg.belt.px_per_m)
+        telemetry.start()
+        undo.callback(telemetry.close)
+        loop = SorterLoop(cfg, source, classifier, policy, decision_log=decision_log, scheduler=scheduler,
+                          telemetry=telemetry, watcher=watcher, encoder=encoder, keep_images=keep_images)
+        if encoder is not None:
+            encoder.on_gap = partial(drop_held_firings, scheduler, decision_log, telemetry)
+            encoder.start()
+        undo.pop_all()  # the loop owns every part now and closes them
+    return loop
+
+
+def _load_model(cfg: LineConfig) -> tuple[ModelClassifier, ModelWatcher | None]:
+    path = cfg.model.path
+    if path is None:
+        raise ConfigError("no model: set model.path in the line config or pass --model")
+    classifier = ModelClassifier.load(path, threads=cfg.model.threads)
+    watcher = ModelWatcher(path, threads=cfg.model.threads, poll_s=cfg.model.reload_poll_s) \
+        if cfg.model.hot_reload else None
+    return classifier, watcher
+
+
+def _count_miss(decision_log: DecisionLog, telemetry: Telemetry, firing: Firing, reason: str) -> None:
+    """A firing the actuator could not make: marked in the log and counted in the metrics."""
+    if firing.item_id is not None:
+        decision_log.mark_missed(firing.item_id, reason)
+    telemetry.on_missed(firing.bin, reason)
+
+
+def belt_speed(
+    belt: BeltConfig, *, live: bool, on_status: EncoderStatusCallback | None = None
+) -> tuple[SpeedSource, EncoderReader | None]:
+    """The ejector's speed source for ``belt``, plus the encoder reader to start and close (if any).
+
+    A source that is not live (file, folder, synthetic) runs on its own clock, which a live
+    encoder cannot follow: it uses the nominal speed (``speed_px_s`` or ``speed_m_s``) even
+    when ``belt.encoder`` is set.
+    """
+    if belt.encoder is None:
+        return FixedSpeed(belt.pixels_per_second, "px"), None
+    if not live:
+        log.warning("belt.encoder ignored: the source is not live (file, folder or synthetic); "
+                    "using the nominal belt speed")
+        return FixedSpeed(belt.pixels_per_second, "px"), None
+    reader = EncoderReader(belt.encoder, on_status=on_status)
+    return reader.speed, reader
+
+
+def drop_held_firings(
+    scheduler: EjectorScheduler, decision_log: DecisionLog, telemetry: Telemetry, gap_s: float
+) -> list[Firing]:
+    """After ``gap_s`` without encoder readings: drop every firing the scheduler held meanwhile.
+
+    Nobody measured the belt during the gap; fired now, a pulse would hit whatever is in front
+    of its jet. The items are marked missed ``encoder`` and ride to the end-of-belt reject.
+    """
+    dropped = scheduler.shutdown()
+    for firing in dropped:
+        _count_miss(decision_log, telemetry, firing, "encoder")
+    if dropped:
+        log.warning("belt encoder readings resumed after %.1f s: %d held firing(s) dropped (end-of-belt reject)",
+                    gap_s, len(dropped))
+    return dropped

@@ -1,0 +1,111 @@
+"""Running a line until it is stopped: :func:`serve_line` (what ``textile-sorter serve`` does).
+
+It builds the sorter from the line config (:func:`~sorting.serving.builder.build_sorter`), turns
+SIGINT/SIGTERM into a graceful stop (finish the frame, drain the items in flight to reject, close
+the log), draws the annotated video if asked, and returns a :class:`ServeSummary`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from sorting.serving.annotate import VideoWriter, annotate_frame
+from sorting.serving.builder import build_sorter
+from sorting.serving.line_config import LineConfig
+from sorting.serving.loop import SorterLoop
+from sorting.serving.records import ItemDecision
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeSummary:
+    """What a serve run did: frames, items, bins, reject rate, speed and latency."""
+
+    frames: int
+    items: int
+    wall_s: float
+    fps: float
+    stage_ms: dict[str, float]
+    log: dict[str, object]
+    no_frame_events: int
+    dropped_frames: int
+    camera_reconnects: int
+    video: Path | None = None
+
+
+def serve_line(
+    cfg: LineConfig,
+    *,
+    max_frames: int | None = None,
+    video_out: str | Path | None = None,
+    progress: bool = True,
+    on_decision: Callable[[ItemDecision], None] | None = None,
+) -> ServeSummary:
+    """Run a line until the source ends, ``max_frames``, or SIGINT/SIGTERM (graceful drain).
+
+    ``on_decision`` sees every item decision (the demo scores them against ground truth).
+    """
+    loop = build_sorter(cfg, max_frames=max_frames, keep_images=video_out is not None)
+    writer = VideoWriter(video_out, loop.source.fps or cfg.camera.fps or 30.0) if video_out else None
+    restore = install_stop_handlers(loop)
+    axis = 0 if cfg.belt.direction[1] == "x" else 1
+    no_frames = 0
+    start = time.perf_counter()
+    bar = tqdm(desc=f"sorting {cfg.name}", unit="frame", disable=not progress, total=max_frames)
+    try:
+        for result in loop.run(max_frames):
+            if on_decision is not None:
+                for item in result.decisions:
+                    on_decision(item)
+            if result.no_frame:
+                no_frames += 1
+                bar.set_postfix_str("NO CAMERA FRAMES", refresh=True)
+                continue
+            if result.index < 0:
+                continue  # the shutdown drain: decisions only
+            bar.update(1)
+            if result.index % 30 == 0:
+                bar.set_postfix(items=result.items_decided, fps=f"{result.fps:.0f}")
+            if writer is not None:
+                writer.write(annotate_frame(result, decision_line_px=cfg.tracking.decision_line_px, axis=axis))
+    finally:
+        bar.close()
+        restore()
+        loop.close()
+        if writer is not None:
+            writer.close()
+    wall = time.perf_counter() - start
+    return ServeSummary(
+        frames=loop.frames_done, items=loop.items_decided, wall_s=wall,
+        fps=loop.frames_done / wall if wall > 0 else 0.0, stage_ms=loop.stage_means_ms(), log=loop.log_summary,
+        no_frame_events=no_frames, dropped_frames=loop.source.stats.dropped,
+        camera_reconnects=loop.source.stats.reconnects, video=Path(video_out) if video_out else None,
+    )
+
+
+def install_stop_handlers(loop: SorterLoop) -> Callable[[], None]:
+    """SIGINT/SIGTERM -> graceful :meth:`SorterLoop.stop` (a second Ctrl-C aborts); returns an undo."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, _frame: object) -> None:
+        if loop.stopping and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        log.warning("signal %d: stopping after this frame, draining items in flight", signum)
+        loop.stop()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+
+    def restore() -> None:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+    return restore
