@@ -33,6 +33,9 @@ def _serve(args: argparse.Namespace) -> int:
     if summary.no_frame_events or summary.camera_reconnects or summary.dropped_frames:
         print(f"camera: {summary.no_frame_events} no-frame waits, {summary.dropped_frames} dropped frames, "
               f"{summary.camera_reconnects} reconnects")
+    if summary.unreadable_frames:
+        print(f"WARNING: {summary.unreadable_frames} frame(s) of the source could not be decoded and were skipped "
+              "(damaged file?); see the warnings above")
     if summary.video is not None:
         print(f"annotated video: {summary.video}")
     return 0

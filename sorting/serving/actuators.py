@@ -80,7 +80,10 @@ class ActuatorConfig(StrictModel):
 
 
 class Actuator(ABC):
-    """Interface the ejector talks to."""
+    """Interface the ejector talks to. ``real_time``: it drives physical outputs, so firing times
+    must be wall-clock times (see :mod:`sorting.serving.clock`)."""
+
+    real_time: bool = False
 
     @abstractmethod
     def fire(self, bin: int, at_time: float, pulse_s: float, *, item_id: int | str | None = None) -> None:
@@ -177,6 +180,8 @@ class ModbusTcpActuator(Actuator):
     ``clock`` must be the clock the ``at_time`` values come from (real time: the worker waits on
     it). ``on_missed`` and ``on_connection`` are called from the worker thread.
     """
+
+    real_time = True
 
     def __init__(
         self,

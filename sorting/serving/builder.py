@@ -19,6 +19,7 @@ from functools import partial
 from sorting.errors import ConfigError
 from sorting.serving.actuators import Actuator, Firing, bin_addresses, make_actuator
 from sorting.serving.classifier import Classifier, ModelClassifier, ModelWatcher
+from sorting.serving.clock import LineClock
 from sorting.serving.decision_log import DecisionLog
 from sorting.serving.ejector import EjectorScheduler, FixedSpeed, SpeedSource
 from sorting.serving.encoder import EncoderReader, EncoderStatusCallback
@@ -46,6 +47,8 @@ def build_sorter(
     ``source``: default ``camera.source``; ``classifier``: default the model at ``model.path``
     (hot-reloaded when ``model.hot_reload``); ``actuator``: default ``actuator``; ``speed``:
     default ``belt`` (its encoder when the source is live). ``max_frames`` caps a source opened here.
+    The line's clock (:mod:`sorting.serving.clock`) follows the source: wall time when it is paced.
+    A recording that drives a physical actuator is played at its frame rate.
     """
     with ExitStack() as undo:
         watcher = None
@@ -57,29 +60,41 @@ def build_sorter(
         telemetry.set_model(classifier.model_id)
         decision_log = DecisionLog(cfg.log, model_id=classifier.model_id, reject_bin=policy_cfg.reject.id)
         undo.callback(decision_log.close)
+        clock = LineClock("wall")  # until the source is known: a physical actuator only knows wall time
         if actuator is None:
-            actuator = make_actuator(cfg.actuator, bin_addresses(policy_cfg.bins),
+            actuator = make_actuator(cfg.actuator, bin_addresses(policy_cfg.bins), clock=clock.now,
                                      on_missed=partial(_count_miss, decision_log, telemetry),
                                      on_connection=telemetry.on_actuator_connection)
         undo.callback(actuator.close)
         if source is None:
-            cam = cfg.camera
-            source = open_source(cam.source, realtime=cam.realtime, fps=cam.fps, width=cam.width,
-                                 height=cam.height, backoff=cam.reconnect.backoff(), max_frames=max_frames)
+            source = _open_camera(cfg, paced=actuator.real_time, max_frames=max_frames)
         undo.callback(source.close)
+        if actuator.real_time and not source.paced:
+            raise ConfigError("a physical actuator needs frames at the belt's pace: play the recording in real time "
+                              "(camera.realtime: true) or use actuator.kind simulated/jsonl")
+        clock.mode = "wall" if source.paced else "frame"
         encoder = None
         if speed is None:
-            speed, encoder = belt_speed(cfg.belt, live=source.live, on_status=telemetry.on_encoder)
+            speed, encoder = belt_speed(cfg.belt, live=source.live, clock=clock, on_status=telemetry.on_encoder)
         scheduler = EjectorScheduler(cfg.ejector, policy_cfg, actuator, speed, px_per_m=cfg.belt.px_per_m)
         telemetry.start()
         undo.callback(telemetry.close)
         loop = SorterLoop(cfg, source, classifier, policy, decision_log=decision_log, scheduler=scheduler,
-                          telemetry=telemetry, watcher=watcher, encoder=encoder, keep_images=keep_images)
+                          telemetry=telemetry, clock=clock, watcher=watcher, encoder=encoder, keep_images=keep_images)
         if encoder is not None:
-            encoder.on_gap = partial(drop_held_firings, scheduler, decision_log, telemetry)
             encoder.start()
         undo.pop_all()  # the loop owns every part now and closes them
     return loop
+
+
+def _open_camera(cfg: LineConfig, *, paced: bool, max_frames: int | None) -> FrameSource:
+    """The line's camera; a recording is played at its frame rate when ``paced`` (a physical actuator)."""
+    cam = cfg.camera
+    realtime = cam.realtime or paced
+    if paced and not cam.realtime:
+        log.warning("the actuator drives real outputs: playing recordings at their frame rate")
+    return open_source(cam.source, realtime=realtime, fps=cam.fps, width=cam.width, height=cam.height,
+                       backoff=cam.reconnect.backoff(), max_frames=max_frames)
 
 
 def _load_model(cfg: LineConfig) -> tuple[ModelClassifier, ModelWatcher | None]:
@@ -100,7 +115,7 @@ def _count_miss(decision_log: DecisionLog, telemetry: Telemetry, firing: Firing,
 
 
 def belt_speed(
-    belt: BeltConfig, *, live: bool, on_status: EncoderStatusCallback | None = None
+    belt: BeltConfig, *, live: bool, clock: LineClock, on_status: EncoderStatusCallback | None = None
 ) -> tuple[SpeedSource, EncoderReader | None]:
     """The ejector's speed source for ``belt``, plus the encoder reader to start and close (if any).
 
@@ -114,22 +129,5 @@ def belt_speed(
         log.warning("belt.encoder ignored: the source is not live (file, folder or synthetic); "
                     "using the nominal belt speed")
         return FixedSpeed(belt.pixels_per_second, "px"), None
-    reader = EncoderReader(belt.encoder, on_status=on_status)
+    reader = EncoderReader(belt.encoder, on_status=on_status, clock=clock.now)
     return reader.speed, reader
-
-
-def drop_held_firings(
-    scheduler: EjectorScheduler, decision_log: DecisionLog, telemetry: Telemetry, gap_s: float
-) -> list[Firing]:
-    """After ``gap_s`` without encoder readings: drop every firing the scheduler held meanwhile.
-
-    Nobody measured the belt during the gap; fired now, a pulse would hit whatever is in front
-    of its jet. The items are marked missed ``encoder`` and ride to the end-of-belt reject.
-    """
-    dropped = scheduler.shutdown()
-    for firing in dropped:
-        _count_miss(decision_log, telemetry, firing, "encoder")
-    if dropped:
-        log.warning("belt encoder readings resumed after %.1f s: %d held firing(s) dropped (end-of-belt reject)",
-                    gap_s, len(dropped))
-    return dropped

@@ -2,7 +2,15 @@
 
 The database runs in WAL mode (readers such as a dashboard or ``data import-log`` never block
 the loop) with one writer connection guarded by a lock: the loop writes rows, the actuator's
-worker thread may mark them missed. Crops of rejected or low-confidence items are saved as
+worker thread may mark them missed.
+
+A busy or failing log never stops the line. A write waits at most ``busy_timeout_ms`` for the
+lock (another process writing, a backup); when it cannot be made (still locked, disk full, I/O
+error) the row is held in a bounded in-memory backlog, in order, and written by :meth:`DecisionLog.flush`
+once the database takes writes again (retried every ``retry_s``). :meth:`DecisionLog.record` says
+which happened (:class:`Stored`): the loop fires an item's ejector only once its row is stored, and
+while the backlog is full it sends new items to reject (``log_unavailable``), writing their rows
+to the text log instead. Nothing is ever actuated without being stored. Crops of rejected or low-confidence items are saved as
 JPEG next to the database for relabelling; :func:`export_todo` lists them in a CSV to label
 and :func:`labels_to_manifest` turns the labelled CSV into a training manifest (the
 active-learning loop back into training).
@@ -17,7 +25,9 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Literal
 
@@ -82,18 +92,22 @@ class DecisionLogConfig(StrictModel):
     synchronous: Literal["normal", "full"] = Field(
         default="normal", description="normal: safe against a crash of the program; full: also power loss"
     )
+    busy_timeout_ms: float = Field(default=100, ge=0, le=10_000, description="longest wait for the write lock")
+    backlog_max: int = Field(default=2000, ge=1, description="rows held in memory while the log takes no writes")
+    retry_s: float = Field(default=0.5, gt=0, description="how often a held backlog tries the database again")
 
     def crops_folder(self) -> Path:
         return self.crops_dir if self.crops_dir is not None else self.path.with_name(f"{self.path.stem}-crops")
 
 
-def _connect(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+def _connect(path: Path, *, read_only: bool = False, timeout_s: float = 5.0) -> sqlite3.Connection:
     if read_only:
         if not path.is_file():
             raise DataError(f"decision log {path} does not exist")
-        conn = sqlite3.connect(f"file:{path.absolute()}?mode=ro", uri=True, check_same_thread=False)
+        conn = sqlite3.connect(f"file:{path.absolute()}?mode=ro", uri=True, check_same_thread=False,
+                               timeout=timeout_s)
     else:
-        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=timeout_s)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -107,6 +121,22 @@ def _probs_json(evidence: ItemEvidence) -> str:
             names = [str(i) for i in range(values.size)]
         out[head] = {n: round(float(p), 5) for n, p in zip(names, values)}
     return json.dumps(out)
+
+
+class Stored(Enum):
+    """What :meth:`DecisionLog.record` did with a row."""
+
+    STORED = "stored"  # committed: the item may be actuated
+    HELD = "held"  # in the backlog: actuate once :meth:`DecisionLog.flush` reports it stored
+    DROPPED = "dropped"  # backlog full: written to the text log only (the item must go to reject)
+
+
+_INSERT = (
+    "INSERT INTO decisions (uid, session, item_id, wall_time, t_decision, model_id, fibre, colour,"
+    " confidence, probs, ood, overlap, cut_off, n_views, bin, bin_name, reason, latency_ms,"
+    " crop_path, crop_width, crop_height) VALUES (" + ",".join("?" * 21) + ")"
+)
+_MARK_MISSED = "UPDATE decisions SET missed = 1, missed_reason = ? WHERE uid = ?"
 
 
 class DecisionLog:
@@ -133,8 +163,11 @@ class DecisionLog:
         self.crops_dir = config.crops_folder()
         self._crops_saved = 0
         self._lock = threading.Lock()
+        self._backlog: deque[tuple[str, tuple[object, ...]]] = deque()  # (sql, params) not yet written
+        self._next_retry = 0.0
+        self.dropped = 0  # rows that found the backlog full (text log only)
         try:
-            self._conn: sqlite3.Connection | None = _connect(self.path)
+            self._conn: sqlite3.Connection | None = _connect(self.path, timeout_s=config.busy_timeout_ms / 1000.0)
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._conn.execute(f"PRAGMA synchronous={config.synchronous.upper()}")
             self._conn.executescript(_SCHEMA)
@@ -183,6 +216,16 @@ class DecisionLog:
         self._crops_saved += 1
         return relative_path(target, self.path.parent), int(crop.shape[1]), int(crop.shape[0])
 
+    @property
+    def backlog(self) -> int:
+        """Writes held in memory because the database took none (0 when healthy)."""
+        return len(self._backlog)
+
+    @property
+    def full(self) -> bool:
+        """The backlog cannot take another row: new items must go to reject."""
+        return len(self._backlog) >= self.config.backlog_max
+
     def record(
         self,
         evidence: ItemEvidence,
@@ -192,8 +235,8 @@ class DecisionLog:
         crop: np.ndarray | None = None,
         t_decision: float | None = None,
         wall_time: float | None = None,
-    ) -> str:
-        """Persist one decision (committed on return) and maybe its crop; returns the item's uid.
+    ) -> tuple[str, Stored]:
+        """Persist one decision and maybe its crop; returns the item's uid and what became of the row.
 
         ``crop`` is the item's best BGR view; it is saved only for rejected (not 'late') or
         low-confidence items, per the config.
@@ -207,31 +250,68 @@ class DecisionLog:
             int(evidence.cut_off), int(evidence.n_views), int(decision.bin), decision.bin_name, decision.reason, latency_ms,
             *(saved or (None, None, None)),
         )
-        sql = (
-            "INSERT INTO decisions (uid, session, item_id, wall_time, t_decision, model_id, fibre, colour,"
-            " confidence, probs, ood, overlap, cut_off, n_views, bin, bin_name, reason, latency_ms,"
-            " crop_path, crop_width, crop_height) VALUES (" + ",".join("?" * 21) + ")"
-        )
         with self._lock:
-            conn = self._require_open()
-            try:
-                conn.execute(sql, row)
-            except sqlite3.IntegrityError:
-                # A second decision for one item is a tracking bug; keep it visible, never drop it.
-                log.error("item %s decided twice in session %s; logging it as a duplicate",
-                          evidence.item_id, self.session)
-                uid = f"{uid}-dup{secrets.token_hex(3)}"
-                conn.execute(sql, (uid, *row[1:]))
-        return uid
+            self._require_open()
+            written = None if self._backlog else self._write(_INSERT, row)
+            if written is None:
+                if len(self._backlog) >= self.config.backlog_max:
+                    self.dropped += 1
+                    log.error("decision log backlog full (%d rows): row not stored: %s", len(self._backlog),
+                              json.dumps(row[:20], default=str))
+                    return uid, Stored.DROPPED
+                self._backlog.append((_INSERT, row))
+                return uid, Stored.HELD
+        return written, Stored.STORED
 
     def mark_missed(self, item_id: int | str, reason: str = "late") -> None:
         """The actuator could not fire for this item: it went to the end-of-belt reject."""
+        params = (reason, self.uid(item_id))
         with self._lock:
-            cur = self._require_open().execute(
-                "UPDATE decisions SET missed = 1, missed_reason = ? WHERE uid = ?", (reason, self.uid(item_id))
-            )
-        if cur.rowcount == 0:
-            log.warning("mark_missed: item %s not in the log (session %s)", item_id, self.session)
+            self._require_open()
+            if self._backlog or self._write(_MARK_MISSED, params) is None:
+                self._backlog.append((_MARK_MISSED, params))  # after its row, which may still be held
+
+    def _write(self, sql: str, params: tuple[object, ...]) -> str | None:
+        """One statement; the uid it wrote, or None when the database takes no writes now (locked, full,
+        I/O error)."""
+        conn = self._require_open()
+        uid = str(params[0] if sql is _INSERT else params[1])
+        try:
+            try:
+                cur = conn.execute(sql, params)
+            except sqlite3.IntegrityError:
+                if sql is not _INSERT:
+                    raise
+                # A second decision for one item is a tracking bug; keep it visible, never drop it.
+                log.error("item %s decided twice in session %s; logging it as a duplicate", params[2], self.session)
+                uid = f"{uid}-dup{secrets.token_hex(3)}"
+                cur = conn.execute(sql, (uid, *params[1:]))
+        except sqlite3.OperationalError as exc:
+            if not self._backlog:
+                log.error("decision log %s takes no writes (%s): holding rows in memory", self.path, exc)
+            self._next_retry = time.monotonic() + self.config.retry_s
+            return None
+        if sql is _MARK_MISSED and cur.rowcount == 0:
+            log.warning("mark_missed: item %s not in the log (session %s)", uid, self.session)
+        return uid
+
+    def flush(self, *, force: bool = False) -> list[str]:
+        """Write the backlog, oldest first, as far as the database takes it (at most every ``retry_s``
+        unless ``force``); returns the uids of the decisions stored now."""
+        stored: list[str] = []
+        with self._lock:
+            if not self._backlog or (not force and time.monotonic() < self._next_retry):
+                return stored
+            while self._backlog:
+                sql, params = self._backlog[0]
+                if self._write(sql, params) is None:
+                    break
+                self._backlog.popleft()
+                if sql is _INSERT:
+                    stored.append(str(params[0]))  # the uid record() returned
+            if not self._backlog:
+                log.warning("decision log %s takes writes again: backlog written", self.path)
+        return stored
 
     def _require_open(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -278,13 +358,32 @@ class DecisionLog:
             out["latency_ms_p99"] = float(np.percentile(lat, 99))
         return out
 
+    def settle(self, patience_s: float = 5.0) -> list[str]:
+        """Try for up to ``patience_s`` to write the backlog (shutdown); the uids of the decisions stored."""
+        stored: list[str] = []
+        deadline = time.monotonic() + patience_s
+        while self._conn is not None and self._backlog:
+            stored += self.flush(force=True)
+            if not self._backlog or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        return stored
+
     def close(self) -> None:
-        """Commit, fold the WAL back into the database file and close (idempotent)."""
+        """Write what it can of the backlog (:meth:`settle`), fold the WAL back into the database file
+        and close (idempotent). Writes the database still refuses go to the text log."""
+        self.settle()
         with self._lock:
             if self._conn is None:
                 return
+            for sql, params in self._backlog:
+                log.error("decision log %s: closing with a write it never took: %s %s", self.path, sql.split()[0],
+                          json.dumps(params[:20], default=str))
+            self._backlog.clear()
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError as exc:  # another process holds the database: the WAL stays
+                log.warning("decision log %s: WAL not folded back at close (%s)", self.path, exc)
             finally:
                 self._conn.close()
                 self._conn = None

@@ -7,13 +7,12 @@ the same) and may wrap at 2**16 (``words: 1``) or 2**32 (``words: 2``, both word
 ``word_order: high_first`` means the register at ``address`` holds the high 16 bits).
 
 Link loss: the reader logs it, closes the socket and reconnects with exponential back-off; it
-never raises into the loop. While no reading arrives the speed goes stale and reads 0 after
-``stale_s``, so the scheduler *holds* pending items instead of firing them at a time computed
-from a speed nobody measures. The belt may have run on meanwhile, so when readings resume
-after such a gap the held firings are not made late either: ``on_gap`` (wired to
-:func:`~sorting.serving.builder.drop_held_firings` by the builder) drops them as missed ``encoder`` and their items ride
-to the end-of-belt reject. After a reconnect the counter baseline starts afresh (the PLC may
-have restarted its counter), so a jump across the outage never shows up as a burst of speed.
+never raises into the loop. With no reading for ``stale_s`` nobody measures the belt
+(``speed.measured()`` is False): the ejector scheduler then fires nothing at a guessed time, the
+items pending go to the end-of-belt reject as missed ``encoder`` and new ones are decided
+``no_belt_speed`` (see :mod:`sorting.serving.ejector`); the loop raises the ``belt_speed`` alarm.
+After a reconnect the counter baseline starts afresh (the PLC may have restarted its counter), so
+a jump across the outage never shows up as a burst of speed.
 """
 
 from __future__ import annotations
@@ -34,8 +33,6 @@ log = logging.getLogger(__name__)
 
 # (encoder name "host:port", link up, speed in m/s): called from the reader thread after every poll
 EncoderStatusCallback = Callable[[str, bool, float], None]
-# seconds without a reading (longer than stale_s): called from the reader thread when readings resume
-GapCallback = Callable[[float], None]
 
 
 class EncoderConfig(StrictModel):
@@ -52,7 +49,7 @@ class EncoderConfig(StrictModel):
     distance_per_count_m: float = Field(gt=0, description="belt travel per counter step, metres")
     poll_s: float = Field(default=0.02, gt=0)
     window_s: float = Field(default=0.3, gt=0, description="speed = counts over this window")
-    stale_s: float = Field(default=0.5, gt=0, description="no reading this long: speed 0, held items dropped later")
+    stale_s: float = Field(default=0.5, gt=0, description="no reading this long: belt speed unknown, items to reject")
     timeout_ms: float = Field(default=200, gt=0, description="Modbus connect/request timeout")
     retry_initial_ms: float = Field(default=100, gt=0)
     retry_max_ms: float = Field(default=5000, gt=0)
@@ -78,8 +75,7 @@ class EncoderReader:
     """Polls the encoder counter in a thread; ``speed`` is the measured belt speed in m/s.
 
     Call :meth:`start` (or use it as a context manager) and :meth:`close` at the end.
-    ``on_status`` (see :data:`EncoderStatusCallback`) and ``on_gap`` (see :data:`GapCallback`;
-    may be set until :meth:`start`) are called from the reader thread.
+    ``on_status`` (see :data:`EncoderStatusCallback`) is called from the reader thread.
     """
 
     def __init__(
@@ -87,13 +83,11 @@ class EncoderReader:
         config: EncoderConfig,
         *,
         on_status: EncoderStatusCallback | None = None,
-        on_gap: GapCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.clock = clock
         self.on_status = on_status
-        self.on_gap = on_gap
         self.speed = EncoderSpeed(config.distance_per_count_m, "m", window_s=config.window_s,
                                   stale_s=config.stale_s, wrap=2 ** (16 * config.words))
         self.readings = 0
@@ -103,7 +97,6 @@ class EncoderReader:
             retry_initial_s=config.retry_initial_ms / 1000.0, retry_max_s=config.retry_max_ms / 1000.0,
             on_connect=self.speed.reset, clock=clock,
         )
-        self._last_reading: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="belt-encoder", daemon=True)
 
@@ -151,15 +144,6 @@ class EncoderReader:
         except Exception:  # a faulty callback must not stop the speed measurement
             log.exception("encoder on_status callback failed")
 
-    def _after_gap(self, t: float) -> None:
-        last, self._last_reading = self._last_reading, t
-        if last is None or t - last <= self.config.stale_s or self.on_gap is None:
-            return
-        try:
-            self.on_gap(t - last)
-        except Exception:  # a faulty callback must not stop the speed measurement
-            log.exception("encoder on_gap callback failed")
-
     def _run(self) -> None:
         cfg = self.config
         next_poll = self.clock()
@@ -174,7 +158,6 @@ class EncoderReader:
                     # the PLC sampled the counter between request and response: take the middle
                     t = (t0 + self.clock()) / 2.0
                     self.link.ok()
-                    self._after_gap(t)
                     self.speed.update(counts, t)
                     self.readings += 1
                     self._report()

@@ -31,19 +31,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
 from sorting.datasets.preprocess import garment_crop_box
+from sorting.logs import mask_credentials
 from sorting.serving.classifier import Classifier, CropBatch, ModelWatcher, apply_ood_quantile
+from sorting.serving.clock import LineClock
 from sorting.serving.colour_calibration import ColourCorrector, ContinuousWhiteBalance
-from sorting.serving.decision_log import DecisionLog
-from sorting.serving.ejector import EjectorScheduler, TickResult
+from sorting.serving.decision_log import DecisionLog, Stored
+from sorting.serving.ejector import EjectorScheduler, EjectorTicker, Plan, TickResult
 from sorting.serving.encoder import EncoderReader
 from sorting.serving.line_config import LineConfig
-from sorting.serving.policy import Decision, Ended, ItemEvidence, Policy
+from sorting.serving.policy import Decision, Ended, ItemEvidence, Policy, RejectReason
 from sorting.serving.records import FrameResult, ItemDecision, TrackView
 from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker
 from sorting.serving.sources import Frame, FrameSource
@@ -79,10 +81,10 @@ class SorterLoop:
         decision_log: DecisionLog,
         scheduler: EjectorScheduler,
         telemetry: Telemetry,
+        clock: LineClock,
         watcher: ModelWatcher | None = None,
         encoder: EncoderReader | None = None,
         keep_images: bool = True,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -113,10 +115,16 @@ class SorterLoop:
         self.segmenter.check_colours = policy.uses_two_colours  # no work for evidence the policy ignores
         self.tracker = Tracker(cfg.tracking, speed_px_s=cfg.belt.pixels_per_second, direction=cfg.belt.direction)
         self.timer = StageTimer(STAGES)
+        # on wall time a thread keeps the firings on time while the loop waits for frames
+        self._ticker = EjectorTicker(scheduler, clock=clock.now, on_result=self._on_tick) \
+            if clock.mode == "wall" else None
+        self._speed_alarm = False
+        self._log_alarm = False
+        self._held: dict[str, Plan] = {}  # product decisions whose row waits in the log's backlog
         self._stop = threading.Event()
         self._closed = False
         self.items_decided = 0
-        self._last_stats = (0, 0)  # dropped, reconnects already reported
+        self._last_stats = (0, 0, 0)  # dropped, unreadable, reconnects already reported
         self.log_summary: dict[str, object] = {}
 
     # -- control ------------------------------------------------------------------------
@@ -137,6 +145,8 @@ class SorterLoop:
         """Process frames until the source ends, ``max_frames`` or :meth:`stop`; then drain."""
         fps_ema = 0.0
         last_wall: float | None = None
+        if self._ticker is not None:
+            self._ticker.start()
         try:
             while not self._stop.is_set() and (max_frames is None or self.frames_done < max_frames):
                 t0 = time.perf_counter()
@@ -163,28 +173,42 @@ class SorterLoop:
             yield final
 
     def _source_stats(self) -> None:
-        dropped, reconnects = self.source.stats.dropped, self.source.stats.reconnects
-        old_dropped, old_reconnects = self._last_stats
-        if dropped > old_dropped:
-            self.telemetry.on_dropped_frames(dropped - old_dropped)
-        for _ in range(reconnects - old_reconnects):
+        stats = self.source.stats
+        now = (stats.dropped, stats.unreadable, stats.reconnects)
+        if now == self._last_stats:
+            return
+        dropped, unreadable, reconnects = (new - old for new, old in zip(now, self._last_stats))
+        if dropped:
+            self.telemetry.on_dropped_frames(dropped)
+        if unreadable:
+            self.telemetry.unreadable_frames.inc(unreadable)
+        for _ in range(reconnects):
             self.telemetry.on_camera_reconnect()
-        self._last_stats = (dropped, reconnects)
-
-    def _now(self, t_frame: float) -> float:
-        """Ejector time: the source clock for files (offline runs), the wall clock for live cameras."""
-        return self.clock() if self.source.live else t_frame
+        self._last_stats = now
 
     def _no_frame(self) -> FrameResult:
-        log.debug("no frame from %s", self.cfg.camera.source)
-        if self.source.live:
-            self._handle_tick(self.scheduler.tick(self.clock()))  # firings keep their time without frames
-        return FrameResult(index=-1, t=self.clock(), image=None, no_frame=True, items_decided=self.items_decided)
+        log.debug("no frame from %s", mask_credentials(self.cfg.camera.source))
+        self._check_belt_speed()
+        self._flush_log()
+        return FrameResult(index=-1, t=self.clock.now(), image=None, no_frame=True, items_decided=self.items_decided)
+
+    def _check_belt_speed(self) -> None:
+        """Raise or clear the belt-speed alarm: nobody measures the belt, so every item goes to reject."""
+        measured = self.scheduler.speed_source.measured(self.clock.now())
+        if measured == (not self._speed_alarm):
+            return
+        self._speed_alarm = not measured
+        self.telemetry.set_alarm("belt_speed", self._speed_alarm,
+                                 "belt speed unknown (encoder silent): every item goes to reject" if not measured
+                                 else "belt speed measured again")
 
     def _process(self, frame: Frame, t0: float, waited_ms: float) -> FrameResult:
         timer = self.timer
         timer.start_frame()
         timer.add("wait_frame", waited_ms)
+        self.clock.advance(frame.t)
+        self._check_belt_speed()
+        self._flush_log()
         self._maybe_reload()
         with timer.stage("segment"):
             detections = self._segment(frame.image)
@@ -201,7 +225,8 @@ class SorterLoop:
             finished = [self._decide(tr, end) for tr, end in ended]
         with timer.stage("log_and_fire"):
             items = [self._log_and_schedule(item, frame.index, frame.t, t0) for item in finished]
-            self._handle_tick(self.scheduler.tick(self._now(frame.t)))
+            if self._ticker is None:
+                self._on_tick(self.scheduler.tick(self.clock.now()))
         for stage, ms in timer.frame_ms.items():
             self.telemetry.observe_stage(stage, ms / 1e3)
         self.telemetry.on_frame(time.monotonic())
@@ -217,7 +242,7 @@ class SorterLoop:
             self.corrector = self.white_balance.update(image) or self.corrector
         normalise = self.corrector.apply if self.white_balance is not None else None
         detections = self.segmenter.segment(image, normalise, shape_min_area=self.tracker.shape_evidence_min_area)
-        if self.encoder is not None and (speed := self.encoder.speed.speed(self.clock())) > 0:
+        if self.encoder is not None and (speed := self.encoder.speed.speed(self.clock.now())) > 0:
             # new items start at the measured speed (an encoder line config always has px_per_m)
             self.tracker.set_belt_speed(speed * (self.cfg.belt.px_per_m or 0.0))
         return detections
@@ -259,13 +284,24 @@ class SorterLoop:
         return _Finished(tr, ended, summary, evidence, self.policy.decide(evidence))
 
     def _log_and_schedule(self, item: _Finished, index: int, t: float, t0: float) -> ItemDecision:
-        """Plan the firing, persist the (final) decision, and only then hand the firing to the scheduler."""
+        """Plan the firing, persist the (final) decision, and only then hand the firing to the scheduler.
+
+        A row the log holds in its backlog (database locked or full) keeps its firing back until the
+        row is stored (:meth:`_flush_log`); with the backlog full the item goes to reject.
+        """
         tr = item.track
-        plan = self.scheduler.plan(tr.id, item.decision, t, self._now(t))
+        decision = item.decision
+        if self.decision_log.full:
+            decision = self.policy.reject(RejectReason.LOG_UNAVAILABLE, decision)
+        plan = self.scheduler.plan(tr.id, decision, t, self.clock.now())
         latency_ms = (time.perf_counter() - t0) * 1e3
-        uid = self.decision_log.record(item.evidence, plan.decision, latency_ms=latency_ms,
-                                       crop=tr.views.take_best_crop(), t_decision=t)
-        self.scheduler.commit(plan)  # only after the row is committed
+        uid, stored = self.decision_log.record(item.evidence, plan.decision, latency_ms=latency_ms,
+                                               crop=tr.views.take_best_crop(), t_decision=t)
+        if stored is Stored.STORED:
+            self.scheduler.commit(plan)  # only after the row is committed
+        elif stored is Stored.HELD:
+            self._held[uid] = plan
+            self._set_log_alarm()
         self.telemetry.on_decision(plan.decision)
         self.telemetry.observe_decision_latency(latency_ms / 1e3)
         self.items_decided += 1
@@ -273,11 +309,31 @@ class SorterLoop:
         return ItemDecision(tr.id, uid, index, t, item.ended, plan.decision, item.summary, latency_ms,
                             self.policy.reject_bin)
 
-    def _handle_tick(self, result: TickResult) -> None:
-        for firing in result.missed:
+    def _flush_log(self, *, patience_s: float | None = None) -> None:
+        """Write the log's backlog if it has one; fire the held items whose row is now stored."""
+        if not self.decision_log.backlog:
+            return
+        stored = self.decision_log.settle(patience_s) if patience_s is not None else self.decision_log.flush()
+        for uid in stored:
+            plan = self._held.pop(uid, None)
+            if plan is not None:
+                self.scheduler.commit(plan)  # too late by now? the scheduler reports it missed 'late'
+        self._set_log_alarm()
+
+    def _set_log_alarm(self) -> None:
+        held = self.decision_log.backlog > 0
+        if held != self._log_alarm:
+            self._log_alarm = held
+            self.telemetry.set_alarm("decision_log", held, "decision log takes no writes: rows held in memory, "
+                                     "items wait to be stored before they are fired" if held else "decision log "
+                                     "takes writes again")
+
+    def _on_tick(self, result: TickResult) -> None:
+        """Mark the firings the scheduler could not make (the ticker thread calls this on wall time)."""
+        for firing, reason in result.missed:
             if firing.item_id is not None:
-                self.decision_log.mark_missed(firing.item_id, "late")
-            self.telemetry.on_missed(firing.bin, "late")
+                self.decision_log.mark_missed(firing.item_id, reason)
+            self.telemetry.on_missed(firing.bin, reason)
 
     def _maybe_reload(self) -> None:
         if self.watcher is None:
@@ -304,7 +360,10 @@ class SorterLoop:
         t0 = time.perf_counter()
         t = self.tracker.last_t if self.tracker.last_t is not None else 0.0
         items = [self._log_and_schedule(self._decide(tr, "shutdown"), -1, t, t0) for tr in self.tracker.drain()]
-        if self.source.exhausted and not self.source.live and not self._stop.is_set():
+        self._flush_log(patience_s=5.0)
+        if self._ticker is not None:
+            self._ticker.stop()
+        elif self.source.exhausted and not self._stop.is_set():
             self._flush_offline(t)
         for firing in self.scheduler.shutdown():
             if firing.item_id is not None:
@@ -315,13 +374,14 @@ class SorterLoop:
         return FrameResult(index=-1, t=t, image=None, decisions=items, items_decided=self.items_decided)
 
     def _flush_offline(self, t: float) -> None:
-        """End of a recorded clip: the belt runs on, so fire what is pending on the simulated clock."""
+        """End of a clip sorted on frame time: the belt runs on, so fire what is pending as its time comes."""
         step = self.scheduler.config.dispatch_horizon_ms / 2000.0
         for _ in range(100_000):
             if not self.scheduler.pending:
                 return
             t += step
-            self._handle_tick(self.scheduler.tick(t))
+            self.clock.advance(t)
+            self._on_tick(self.scheduler.tick(self.clock.now()))
 
     def stage_means_ms(self) -> dict[str, float]:
         """Mean milliseconds per frame of each stage so far."""
@@ -335,6 +395,8 @@ class SorterLoop:
         if self._closed:
             return
         self._closed = True
+        if self._ticker is not None:
+            self._ticker.stop()
         self.source.close()
         if self.encoder is not None:
             self.encoder.close()

@@ -46,7 +46,9 @@ class RejectReason(str, Enum):
     LOW_CONFIDENCE = "low_confidence"  # stored as ``low_confidence:<head>``
     UNMATCHED = "unmatched"  # no rule matches its classes
     LATE = "late"  # its bin cannot be reached in time
+    NO_BELT_SPEED = "no_belt_speed"  # nobody measures the belt (encoder silent): no firing can be timed
     SHUTDOWN = "shutdown"  # in flight when the line stopped
+    LOG_UNAVAILABLE = "log_unavailable"  # the decision log took no writes and its backlog was full
 
 
 Ended = Literal["line", "lost", "shutdown"]

@@ -37,6 +37,7 @@ class ServeSummary:
     log: dict[str, object]
     no_frame_events: int
     dropped_frames: int
+    unreadable_frames: int
     camera_reconnects: int
     video: Path | None = None
 
@@ -87,6 +88,7 @@ def serve_line(
         frames=loop.frames_done, items=loop.items_decided, wall_s=wall,
         fps=loop.frames_done / wall if wall > 0 else 0.0, stage_ms=loop.stage_means_ms(), log=loop.log_summary,
         no_frame_events=no_frames, dropped_frames=loop.source.stats.dropped,
+        unreadable_frames=loop.source.stats.unreadable,
         camera_reconnects=loop.source.stats.reconnects, video=Path(video_out) if video_out else None,
     )
 

@@ -60,6 +60,8 @@ class Telemetry:
                                           namespace=ns, registry=reg, buckets=buckets)
         self.dropped_frames = Counter("dropped_frames", "Frames dropped (live source kept only the newest)",
                                       namespace=ns, registry=reg)
+        self.unreadable_frames = Counter("unreadable_frames", "Frames of a file or folder that could not be decoded",
+                                         namespace=ns, registry=reg)
         self.camera_reconnects = Counter("camera_reconnects", "Camera reopen attempts after a loss",
                                          namespace=ns, registry=reg)
         self.missed_firings = Counter("missed_firings", "Firings not made (item went to end-of-belt reject)",
@@ -72,12 +74,15 @@ class Telemetry:
                                        namespace=ns, registry=reg)
         self.model_info = Gauge("model_info", "1 for the model currently serving", ["model_id"],
                                 namespace=ns, registry=reg)
+        self.alarm = Gauge("alarm", "1 while an alarm condition holds (belt_speed, decision_log, ...)", ["alarm"],
+                           namespace=ns, registry=reg)
         self.actuator_connected.set(1)
         self._lock = threading.Lock()
         self._decided = 0
         self._rejected = 0
         self._last_frame_t: float | None = None
         self._fps = 0.0
+        self._alarms: dict[str, bool] = {}
         self._server: WSGIServer | None = None
         self._thread: threading.Thread | None = None
         self.port: int | None = None
@@ -132,6 +137,21 @@ class Telemetry:
         """Hook for ``EncoderReader(on_status=...)``: link state and measured speed of ``encoder``."""
         self.encoder_connected.labels(encoder=encoder).set(1 if connected else 0)
         self.belt_speed.labels(encoder=encoder).set(speed_m_s)
+
+    def set_alarm(self, key: str, active: bool, message: str) -> None:
+        """Raise or clear the alarm ``key``; a change is logged (error when raised) with ``message``."""
+        with self._lock:
+            changed = self._alarms.get(key, False) != active
+            self._alarms[key] = active
+        self.alarm.labels(alarm=key).set(1 if active else 0)
+        if changed:
+            log.log(logging.ERROR if active else logging.INFO, "alarm %s %s: %s", key,
+                    "raised" if active else "cleared", message)
+
+    def active_alarms(self) -> list[str]:
+        """Keys of the alarms that hold now."""
+        with self._lock:
+            return sorted(k for k, on in self._alarms.items() if on)
 
     def set_model(self, model_id: str) -> None:
         """Mark ``model_id`` as the serving model (after start-up or a hot reload)."""
