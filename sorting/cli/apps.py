@@ -9,9 +9,43 @@ from sorting.cli.common import add_command
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register ``demo`` and ``bench-sorter``."""
+    """Register ``demo``, ``bench-sorter`` and ``bench-faults``."""
     _register_demo(sub)
     _register_bench_sorter(sub)
+    _register_bench_faults(sub)
+
+
+def _bench_faults(args: argparse.Namespace) -> int:
+    from sorting.apps.fault_soak import SoakConfig, run_fault_soak
+
+    report = run_fault_soak(SoakConfig(line=args.line, model=args.model, out_dir=args.out, bins=args.bins,
+                                       minutes=args.minutes, seed=args.seed, period_s=args.period,
+                                       plc_port=args.plc_port, progress=not args.no_progress))
+    print(report.markdown())
+    print(f"report: {args.out / 'faults.md'}")
+    return 0 if all(report.checks.values()) else 1
+
+
+def _register_bench_faults(sub: argparse._SubParsersAction) -> None:
+    f = add_command(
+        sub, "bench-faults", "Soak the whole line at its real pace (loopback PLC, hot-reloaded model, decision log) "
+        "with camera, PLC, log and model faults on a schedule; account for every garment.",
+        """
+  textile-sorter bench-faults --model runs/demo/model.onnx --bins serving/bins-fibre-colour.yaml   # 10 minutes
+  textile-sorter bench-faults --model runs/demo/model.onnx --bins serving/bins-fibre-colour.yaml --minutes 2
+Exit status 1 when a check fails (a garment lost or decided twice, a row missing, a product row neither
+fired nor marked missed, metrics that disagree with the log).""",
+    )
+    f.add_argument("--model", type=Path, required=True, help="ONNX model (copied: the soak overwrites the copy)")
+    f.add_argument("--line", type=Path, default=Path("serving/line-colour-6bin.yaml"), help="line config YAML")
+    f.add_argument("--bins", type=Path, help="bins file (default: the line's)")
+    f.add_argument("--minutes", type=float, default=10.0, help="length of the soak (10)")
+    f.add_argument("--period", type=float, default=30.0, help="seconds per cycle of the four faults (30)")
+    f.add_argument("--seed", type=int, default=31, help="seed of the synthetic belt (31)")
+    f.add_argument("--plc-port", type=int, default=15020, help="loopback port of the simulated PLC (15020)")
+    f.add_argument("--out", type=Path, default=Path("runs/bench-faults"), help="output folder")
+    f.add_argument("--no-progress", action="store_true", help="no progress bar")
+    f.set_defaults(func=_bench_faults)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -144,6 +144,8 @@ class ModelWatcher:
         self._ready: Classifier | None = None
         self._worker: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.loaded = 0  # new files loaded and self-checked
+        self.rejected = 0  # new files refused (the old model kept serving)
 
     def _stat(self) -> float | None:
         try:
@@ -155,8 +157,10 @@ class ModelWatcher:
         try:
             candidate = self._loader(self.path)
         except Exception as exc:  # any failure keeps the old model serving
+            self.rejected += 1
             log.error("hot reload of %s rejected: %s (old model keeps serving)", self.path, exc)
             return
+        self.loaded += 1
         with self._lock:
             self._ready = candidate
         log.info("hot reload: %s loaded and self-checked", self.path)
