@@ -149,7 +149,7 @@ def test_reader_without_plc_keeps_trying_and_closes_quickly() -> None:
     time.sleep(0.2)
     t = time.monotonic()
     reader.close()
-    assert time.monotonic() - t < 0.5
+    assert time.monotonic() - t < 1.5  # not the 2 x timeout + 1 s the join allows a stuck reader
     assert reader.readings == 0 and reader.speed.speed(time.monotonic()) == 0.0
 
 
