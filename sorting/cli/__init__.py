@@ -13,11 +13,11 @@ import sys
 from collections.abc import Sequence
 
 from sorting import __version__
-from sorting.cli import data, export, serve, train
+from sorting.cli import console, data, export, serve, train
 from sorting.cli.common import OneLineErrorParser
 from sorting.errors import SortingError
 
-COMMAND_MODULES = (data, train, export, serve)
+COMMAND_MODULES = (data, train, export, serve, console)
 
 
 def build_parser() -> argparse.ArgumentParser:
