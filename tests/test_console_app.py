@@ -141,6 +141,7 @@ def test_history_filters_chart_and_csv(db, tmp_path) -> None:
     assert client.get("/history").data.count(b"<tr>") == 6  # the latest session by default: header + 5
     page = client.get("/history?session=s1")
     assert page.status_code == 200 and b"<svg" in page.data and page.data.count(b"<tr>") == 41
+    assert b"40 items, 16 rejected" in page.data  # the chart's buckets hold every row
     only = client.get("/history?session=s1&reason=ood").data
     assert only.count(b"<td>ood</td>") == 4 and b"rule:white" not in only.split(b"<tbody>")[1]
     every = client.get("/history?session=all")

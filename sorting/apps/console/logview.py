@@ -213,8 +213,12 @@ class LogView:
                 f" FROM decisions d{where} GROUP BY b ORDER BY b",
                 [t0, width, -1 if reject_bin is None else reject_bin, *args],
             ).fetchall()
-        by_bucket = {min(int(r["b"]), n - 1): (int(r["n"]), int(r["r"] or 0)) for r in rows}
-        return [(t0 + i * width, *by_bucket.get(i, (0, 0))) for i in range(n)]
+        items, rejected = [0] * n, [0] * n
+        for r in rows:  # the newest row falls on the end of the last bucket (b == n)
+            b = min(int(r["b"]), n - 1)
+            items[b] += int(r["n"])
+            rejected[b] += int(r["r"] or 0)
+        return [(t0 + i * width, items[i], rejected[i]) for i in range(n)]
 
     # -- relabelling -------------------------------------------------------------------------
     def label_progress(self, session: str | None) -> dict[str, int]:

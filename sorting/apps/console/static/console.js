@@ -49,9 +49,15 @@ function renderBanners(snap) {
   box.replaceChildren(...out);
 }
 
+let alarmsShown = null;
+
 function renderAlarms(alarms) {
   const list = document.getElementById("alarms");
   if (!list) return;
+  // rebuild only on a change: a button replaced under the pointer would swallow the operator's click
+  const shown = JSON.stringify(alarms.map((a) => [a.key, a.message, a.state, a.count, a.last]));
+  if (shown === alarmsShown) return;
+  alarmsShown = shown;
   if (!alarms.length) { list.replaceChildren(el("li", "No alarms.", "none")); return; }
   list.replaceChildren(...alarms.map((a) => {
     const li = el("li", null, `${a.severity}${a.active ? " active" : ""}`);
@@ -127,11 +133,16 @@ async function frameLoop() {
       if (resp.status === 200) {
         seq = Number(resp.headers.get("X-Frame-Seq")) || seq + 1;
         const url = URL.createObjectURL(await resp.blob());
-        await new Promise((ok) => { img.onload = ok; img.onerror = ok; img.src = url; });
+        const loaded = await new Promise((done) => {
+          img.onload = () => done(true); img.onerror = () => done(false); img.src = url;
+        });
         if (lastUrl) URL.revokeObjectURL(lastUrl);
-        lastUrl = url; lastAt = Date.now(); shown += 1;
-        count.textContent = shown; count.dataset.n = shown;
-        caption.textContent = `frame ${seq}`;
+        lastUrl = url;
+        if (loaded) {
+          lastAt = Date.now(); shown += 1;
+          count.textContent = shown; count.dataset.n = shown;
+          caption.textContent = `frame ${seq}`;
+        }
       } else if (resp.status === 204) {
         caption.textContent = `no new camera frame for ${Math.round((Date.now() - lastAt) / 1000)} s`;
       } else {
@@ -173,7 +184,7 @@ function initRelabel() {
     data.set("action", action);
     const state = card.querySelector(".state");
     try {
-      const res = await post(card.action, data);
+      const res = await post(card.getAttribute("action"), data);  // card.action would be the buttons named "action"
       card.classList.remove("done", "skipped");
       card.classList.add(action === "skip" ? "skipped" : "done");
       state.textContent = action === "skip" ? "skipped" : "saved";
