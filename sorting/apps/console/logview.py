@@ -43,11 +43,15 @@ class Filter:
     bin_name: str | None = None
     reason: str | None = None
 
-    def where(self, *, table: str = "d") -> tuple[str, list[Any]]:
+    def where(self, *, newest_first: bool = False) -> tuple[str, list[Any]]:
+        """SQL ``WHERE`` over ``decisions d``. ``newest_first``: for ``ORDER BY d.id DESC LIMIT n``, keep
+        SQLite off the session index (``+column``) so it walks the table from the newest row and stops
+        after n matches, instead of sorting the whole session."""
         clauses, args = [], []
+        plus = "+" if newest_first else ""
         for column, value in (("session", self.session), ("bin_name", self.bin_name), ("reason", self.reason)):
             if value:
-                clauses.append(f"{table}.{column} = ?")
+                clauses.append(f"{plus}d.{column} = ?")
                 args.append(value)
         return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
 
@@ -117,11 +121,10 @@ class LogView:
 
     # -- sessions and counts -----------------------------------------------------------------
     def sessions(self) -> list[dict[str, Any]]:
-        """Sessions (one per ``serve`` run), newest first: name, first/last time, items."""
+        """Sessions (one per ``serve`` run), newest first: name and items (read from the session index only)."""
         with self._conn() as conn:
             rows = conn.execute(
-                "SELECT session, MIN(wall_time) AS first, MAX(wall_time) AS last, COUNT(*) AS n, MAX(id) AS last_id"
-                " FROM decisions GROUP BY session ORDER BY last_id DESC"
+                "SELECT session, COUNT(*) AS n, MAX(id) AS last_id FROM decisions GROUP BY session ORDER BY last_id DESC"
             ).fetchall()
         return [dict(r) for r in rows]
 
@@ -164,16 +167,18 @@ class LogView:
     def choices(self, session: str | None) -> dict[str, list[tuple[str, int]]]:
         """Bin names and reasons present in ``session`` with their counts (filter menus)."""
         where, args = Filter(session=session).where()
-        out: dict[str, list[tuple[str, int]]] = {}
         with self._conn() as conn:
-            for column in ("bin_name", "reason"):
-                out[column] = [(r[0], int(r[1])) for r in conn.execute(
-                    f"SELECT {column}, COUNT(*) FROM decisions d{where} GROUP BY {column} ORDER BY {column}", args)]
-        return out
+            rows = conn.execute(f"SELECT bin_name, reason, COUNT(*) AS n FROM decisions d{where} GROUP BY bin_name, reason",
+                                args).fetchall()
+        counts: dict[str, dict[str, int]] = {"bin_name": {}, "reason": {}}
+        for r in rows:
+            for column in counts:
+                counts[column][r[column]] = counts[column].get(r[column], 0) + int(r["n"])
+        return {column: sorted(c.items()) for column, c in counts.items()}
 
     def rows(self, flt: Filter, *, before_id: int | None = None, limit: int = 200) -> list[dict[str, Any]]:
         """Newest decisions matching ``flt`` (older than ``before_id`` for the next page)."""
-        where, args = flt.where()
+        where, args = flt.where(newest_first=True)
         if before_id is not None:
             where += (" AND" if where else " WHERE") + " d.id < ?"
             args.append(before_id)
@@ -202,7 +207,8 @@ class LogView:
         """``(bucket start, items, rejected)`` over the time span of ``flt``'s rows, ``n`` buckets."""
         where, args = flt.where()
         with self._conn() as conn:
-            span = conn.execute(f"SELECT MIN(wall_time), MAX(wall_time) FROM decisions d{where}", args).fetchone()
+            span = conn.execute(f"SELECT MIN(wall_time), MAX(wall_time) FROM decisions d{flt.where(newest_first=True)[0]}",
+                                args).fetchone()
             if span[0] is None:
                 return []
             t0, t1 = float(span[0]), float(span[1])
@@ -240,7 +246,7 @@ class LogView:
     def relabel_queue(self, session: str | None, *, reason: str | None = None, include_done: bool = False,
                       limit: int = 24) -> list[dict[str, Any]]:
         """Items with a saved crop still to label (or all, ``include_done``), newest first."""
-        where, args = Filter(session=session, reason=reason).where()
+        where, args = Filter(session=session, reason=reason).where(newest_first=True)
         where += (" AND" if where else " WHERE") + " d.crop_path IS NOT NULL"
         with self._conn() as conn:
             if has_labels_table(conn):
