@@ -227,6 +227,9 @@ def test_login_cookie_then_writes_need_the_csrf_value(db) -> None:
     assert cookie is not None and TOKEN not in cookie.value and cookie.http_only and cookie.same_site == "Strict"
     assert client.get("/history").status_code == 200 and client.get(f"/crop/{uids[2]}").status_code == 200
     assert client.get("/login?token=" + TOKEN + "&next=//evil.example").headers["Location"].endswith("/live")
+    assert not cookie.secure
+    client.get(f"/login?token={TOKEN}", headers={"X-Forwarded-Proto": "https"})  # behind a TLS proxy
+    assert client.get_cookie(COOKIE).secure
     # the cookie alone does not allow writes (another site could make the browser send it)
     assert client.post(f"/api/relabel/{uids[2]}", headers=JSON, data={"fibre": "wool"}).status_code == 403
     ok = client.post(f"/api/relabel/{uids[2]}", headers={**JSON, "X-CSRF-Token": ctx.access.csrf},

@@ -159,7 +159,9 @@ def _register_login(app: Flask, access: Access) -> None:
             return render_template("login.html", message="wrong token" if token else "", status=status,
                                    next=target), status
         resp = redirect(target, code=303)
-        resp.set_cookie(COOKIE, access.cookie_value, httponly=True, samesite="Strict", secure=request.is_secure,
+        # behind a TLS proxy the console itself sees plain HTTP: the proxy's header asks for a Secure cookie too
+        secure = request.is_secure or request.headers.get("X-Forwarded-Proto") == "https"
+        resp.set_cookie(COOKIE, access.cookie_value, httponly=True, samesite="Strict", secure=secure,
                         max_age=12 * 3600)
         return resp
 
