@@ -94,6 +94,7 @@ def test_counts_come_from_the_log_without_metrics(db) -> None:
     client, _ = make_client(db[0], feed)
     counts = client.get("/api/live").get_json()["counts"]
     assert counts["source"] == "log" and counts["total"] == 40 and counts["rejected"] == 16
+    assert [b["name"] for b in counts["per_bin"]] == ["reject", "white", "black", "red"]
 
 
 def test_frames_long_poll_and_mjpeg_stream(db) -> None:

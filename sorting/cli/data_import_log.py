@@ -22,7 +22,8 @@ EXAMPLES = """
   #    for the layout head (recipe: layout: {crops: [datasets/layout.csv]})
   textile-sorter data import-log runs/serve/decisions.sqlite --labels todo.csv --layout-output datasets/layout.csv
   # or label the crops in the operator's console (Relabel page: `textile-sorter console DB`), then, no CSV:
-  textile-sorter data import-log runs/serve/decisions.sqlite -o datasets/relabelled.csv --layout-output datasets/layout.csv
+  textile-sorter data import-log runs/serve/decisions.sqlite -o datasets/relabelled.csv \\
+      --layout-output datasets/layout.csv
 """
 
 

@@ -187,12 +187,6 @@ class AlarmBoard:
         self.max_alarms = max_alarms
         self._lock = threading.Lock()
         self._alarms: dict[str, Alarm] = {}
-        self._version = 0
-
-    @property
-    def version(self) -> int:
-        """Bumped on every change (cheap change detection for viewers)."""
-        return self._version
 
     def raise_(self, key: str, message: str, *, severity: Severity = "warning") -> None:
         """The condition ``key`` is present (call on every check or only on the edge: both work)."""
@@ -218,7 +212,6 @@ class AlarmBoard:
                               acknowledged=False, acknowledged_s=None, acknowledged_by="",
                               severity=_worse(old.severity, severity), cleared_s=None if active else old.cleared_s)
             self._alarms[key] = new
-            self._version += 1
 
     def _make_room(self) -> bool:
         if len(self._alarms) < self.max_alarms:
@@ -239,7 +232,6 @@ class AlarmBoard:
                 del self._alarms[key]
             else:
                 self._alarms[key] = replace(old, active=False, cleared_s=time.time())
-            self._version += 1
 
     def acknowledge(self, key: str, by: str = "") -> bool:
         """A person saw ``key``; False when it is not on the board."""
@@ -251,7 +243,6 @@ class AlarmBoard:
                 self._alarms[key] = replace(old, acknowledged=True, acknowledged_s=time.time(), acknowledged_by=by)
             else:
                 del self._alarms[key]
-            self._version += 1
         log.info("alarm %s acknowledged%s", key, f" by {by}" if by else "")
         return True
 
@@ -265,11 +256,6 @@ class AlarmBoard:
         with self._lock:
             alarms = list(self._alarms.values())
         return sorted(alarms, key=lambda a: (not a.active, SEVERITY_RANK[a.severity], -a.last_s))
-
-    def is_active(self, key: str) -> bool:
-        with self._lock:
-            alarm = self._alarms.get(key)
-        return alarm is not None and alarm.active
 
 
 def _worse(a: Severity, b: Severity) -> Severity:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -132,10 +132,13 @@ def live_snapshot(feed: LiveFeed | None, view: LogView) -> dict[str, Any]:
     if feed is not None and samples is not None:
         counts = _counts_json(counts_from_metrics(samples, feed.status.bins, feed.status.reject_bin), "metrics")
     else:
-        reject_bin = feed.status.reject_bin if feed is not None else view.remembered("reject_bin", view.reject_bin, None)
-        counts = _counts_json(view.remembered(
-            "counts", lambda: view.session_counts(session, reject_bin),
-            SessionCounts(0, 0, 0, {}, {}, {})), "log")
+        reject_bin = (feed.status.reject_bin if feed is not None
+                      else view.remembered("reject_bin", view.reject_bin, None))
+        from_log = view.remembered("counts", lambda: view.session_counts(session, reject_bin),
+                                   SessionCounts(0, 0, 0, {}, {}, {}))
+        if feed is not None:  # every bin of the line, the empty ones too
+            from_log = replace(from_log, per_bin={**{n: 0 for n in feed.status.bins.values()}, **from_log.per_bin})
+        counts = _counts_json(from_log, "log")
     recent = view.remembered("recent", view.recent, [])
     out: dict[str, Any] = {
         "attached": feed is not None,

@@ -12,7 +12,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
@@ -28,19 +27,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8088
-
-
-@dataclass(frozen=True)
-class ConsoleOptions:
-    """Where the console listens and with which token (``serve --console*`` flags)."""
-
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    token: str | None = None
-
-    def check(self) -> None:
-        """Refuse a bind beyond loopback without a token (and a short token) before anything starts."""
-        Access.for_bind(self.host, self.token)
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -96,7 +82,7 @@ def start_console(
     except OSError as exc:
         raise ConfigError(f"console: cannot listen on {host}:{port}: {exc}") from None
     handle = ConsoleHandle(server, ctx, host)
-    log.info("operator's console on %s%s", handle.url, " (access token required)" if access.token else "")
+    log.debug("operator's console on %s%s", handle.url, " (access token required)" if access.token else "")
     return handle
 
 
