@@ -272,6 +272,10 @@ class _ReloadedFake(ColourFakeClassifier):
 
 
 class _OneModelWatcher:
+    """Hands over one model once; refuses no file."""
+
+    path, rejected, last_error = Path("model.onnx"), 0, ""
+
     def __init__(self, model) -> None:
         self.model = model
 

@@ -50,6 +50,13 @@ def tiny_onnx(tmp_path_factory) -> Path:
     return export_checkpoint(make_checkpoint(folder / "tiny.pt"), folder / "tiny.onnx").path
 
 
+def tiny_model_line(tmp_path: Path, model: Path | None = None, **sections) -> Path:
+    """A line config for ``model`` (default: a tiny random model exported here), as :func:`write_line`."""
+    if model is None:
+        model = export_checkpoint(make_checkpoint(tmp_path / "tiny.pt"), tmp_path / "tiny.onnx").path
+    return write_line(tmp_path, model, **sections)
+
+
 def write_line(tmp_path: Path, model: Path, **sections) -> Path:
     """The demo's line config with the tiny model, a bins file that fits its labels and a JSONL actuator."""
     (tmp_path / "bins.yaml").write_text(yaml.safe_dump(BINS))

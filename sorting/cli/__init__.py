@@ -14,12 +14,12 @@ import sys
 from collections.abc import Sequence
 
 from sorting import __version__
-from sorting.cli import apps, data, export, serve, train
+from sorting.cli import apps, console, data, export, serve, train
 from sorting.cli.common import OneLineErrorParser
 from sorting.errors import SortingError
 from sorting.logs import MaskCredentials, mask_credentials
 
-COMMAND_MODULES = (data, train, export, serve, apps)
+COMMAND_MODULES = (data, train, export, serve, console, apps)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,9 @@ EXAMPLES = """
   # 3. layout column filled too (single / several: one garment, or several touching)? the line's own pairs
   #    for the layout head (recipe: layout: {crops: [datasets/layout.csv]})
   textile-sorter data import-log runs/serve/decisions.sqlite --labels todo.csv --layout-output datasets/layout.csv
+  # or label the crops in the operator's console (Relabel page: `textile-sorter console DB`), then, no CSV:
+  textile-sorter data import-log runs/serve/decisions.sqlite -o datasets/relabelled.csv \\
+      --layout-output datasets/layout.csv
 """
 
 
@@ -33,12 +36,13 @@ def register(group: argparse._SubParsersAction) -> None:
         examples=EXAMPLES,
     )
     parser.add_argument("db", type=Path, help="decision log (SQLite) written by `textile-sorter serve`")
-    mode = parser.add_mutually_exclusive_group(required=True)
+    mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--export-todo", type=Path, metavar="CSV", help="write the crops to label to CSV")
-    mode.add_argument("--labels", type=Path, metavar="CSV", help="labelled CSV: item_id, fibre, colour")
-    parser.add_argument("-o", "--output", type=Path, help="manifest to write from the fibre/colour labels (with --labels)")
+    mode.add_argument("--labels", type=Path, metavar="CSV",
+                      help="labelled CSV: item_id, fibre, colour (default: the labels given in the console)")
+    parser.add_argument("-o", "--output", type=Path, help="manifest to write from the fibre/colour labels")
     parser.add_argument("--layout-output", type=Path, metavar="CSV",
-                        help="layout crop list to write from the layout labels (with --labels)")
+                        help="layout crop list to write from the layout labels")
     parser.add_argument("--taxonomy", type=Path,
                         help="taxonomy YAML for label checks (default: datasets/taxonomy.yaml)")
     parser.add_argument("--split", choices=("train", "val", "test"), help="split for all rows (default: none)")
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{n} crops to label -> {args.export_todo} (fill the fibre/colour columns, and layout: single / several)")
         return 0
     if args.output is None and args.layout_output is None:
-        raise ConfigError("--labels needs -o/--output MANIFEST and/or --layout-output CSV")
+        raise ConfigError("import-log needs -o/--output MANIFEST and/or --layout-output CSV (or --export-todo CSV)")
     if args.output is not None:
         _report(labels_to_manifest(args.db, args.labels, args.output, taxonomy=load_taxonomy(args.taxonomy),
                                    split=args.split), "labelled crops")

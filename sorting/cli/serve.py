@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from sorting.cli.common import add_command
+from sorting.cli.console import add_console_flags, start_line_console
 from sorting.serving.colour_calibration import calibrate_line
 from sorting.serving.line_config import load_line_config
 from sorting.serving.runner import serve_line
@@ -20,7 +21,13 @@ def _serve(args: argparse.Namespace) -> int:
         cfg.model.path = Path(args.model).resolve()
     if args.realtime:
         cfg.camera.realtime = True
-    summary = serve_line(cfg, max_frames=args.max_frames, video_out=args.video_out, progress=not args.no_progress)
+    console = start_line_console(args, cfg)
+    try:
+        summary = serve_line(cfg, max_frames=args.max_frames, video_out=args.video_out, progress=not args.no_progress,
+                             feed=console[1] if console else None)
+    finally:
+        if console is not None:
+            console[0].close()
     log = summary.log
     print(f"frames {summary.frames}  items {summary.items}  {summary.fps:.1f} frames/s  ({summary.wall_s:.1f} s)")
     print("per bin: " + ", ".join(f"{k}={v}" for k, v in dict(log.get("per_bin", {})).items()))
@@ -100,6 +107,7 @@ def register(sub: argparse._SubParsersAction) -> None:
   textile-sorter serve --line serving/line-colour-6bin.yaml --model runs/demo/model.onnx
   textile-sorter serve --line serving/line-colour-6bin.yaml --source clip.mp4 --video-out runs/serve/annotated.mp4
   textile-sorter serve --line serving/line-fibre-colour.yaml --source 0 --set actuator.kind=jsonl
+  textile-sorter serve --line serving/line-colour-6bin.yaml --console      # operator's console on :8088
 Ctrl-C or SIGTERM stops after the current frame: items in flight go to reject ('shutdown'), the log is closed.""",
     )
     p.add_argument("--line", required=True, help="line config YAML (serving/line-*.yaml)")
@@ -111,6 +119,9 @@ Ctrl-C or SIGTERM stops after the current frame: items in flight go to reject ('
     p.add_argument("--realtime", action="store_true", help="play a video file at its frame rate")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a line config key")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--console", action="store_true", help="serve the operator's console (live view, history, "
+                                                          "relabelling) on --console-host:--console-port")
+    add_console_flags(p, prefix="console-")
     p.set_defaults(func=_serve)
 
     c = add_command(

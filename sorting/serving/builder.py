@@ -57,7 +57,7 @@ def build_sorter(
         policy_cfg = load_policy_config(cfg.policy.bins)
         policy = Policy(policy_cfg, classifier.labels)
         telemetry = Telemetry(cfg.telemetry, bin_names=policy_cfg.bin_names(), reject_bin=policy_cfg.reject.id)
-        telemetry.set_model(classifier.model_id)
+        telemetry.model_loaded(classifier)
         decision_log = DecisionLog(cfg.log, model_id=classifier.model_id, reject_bin=policy_cfg.reject.id)
         undo.callback(decision_log.close)
         clock = LineClock("wall")  # until the source is known: a physical actuator only knows wall time

@@ -146,6 +146,7 @@ class ModelWatcher:
         self._lock = threading.Lock()
         self.loaded = 0  # new files loaded and self-checked
         self.rejected = 0  # new files refused (the old model kept serving)
+        self.last_error = ""  # why the last refused file was refused
 
     def _stat(self) -> float | None:
         try:
@@ -157,6 +158,7 @@ class ModelWatcher:
         try:
             candidate = self._loader(self.path)
         except Exception as exc:  # any failure keeps the old model serving
+            self.last_error = str(exc)
             self.rejected += 1
             log.error("hot reload of %s rejected: %s (old model keeps serving)", self.path, exc)
             return

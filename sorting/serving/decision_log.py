@@ -26,6 +26,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -74,6 +75,20 @@ CREATE TABLE IF NOT EXISTS decisions (
 );
 CREATE INDEX IF NOT EXISTS decisions_session_item ON decisions (session, item_id);
 """
+# Answers given in the operator's console (Relabel page), one row per item, read by ``data import-log``.
+# Added after schema 1 without a version bump: readers treat a log without the table as unlabelled.
+_LABELS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS labels (
+    uid TEXT PRIMARY KEY,
+    fibre TEXT,
+    colour TEXT,
+    layout TEXT,
+    skipped INTEGER NOT NULL DEFAULT 0,
+    labelled_at REAL NOT NULL,
+    labelled_by TEXT NOT NULL DEFAULT ''
+);
+"""
+_SCHEMA += _LABELS_SCHEMA
 # Rejections that say nothing about the garment's class: their crops are not worth relabelling.
 _NOT_CLASS_REASONS = ("late", "shutdown")
 
@@ -110,6 +125,11 @@ def _connect(path: Path, *, read_only: bool = False, timeout_s: float = 5.0) -> 
         conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=timeout_s)
     conn.row_factory = sqlite3.Row
     return conn
+
+
+def connect_read_only(path: str | Path) -> sqlite3.Connection:
+    """A read-only connection to a decision log (readers such as the console; WAL: never blocks the writer)."""
+    return _connect(Path(path), read_only=True)
 
 
 def _probs_json(evidence: ItemEvidence) -> str:
@@ -422,6 +442,67 @@ def export_todo(db_path: str | Path, out_csv: str | Path) -> int:
     return len(rows)
 
 
+def record_label(
+    db_path: str | Path,
+    uid: str,
+    *,
+    fibre: str | None = None,
+    colour: str | None = None,
+    layout: str | None = None,
+    skipped: bool = False,
+    by: str = "",
+) -> None:
+    """Store a person's answer for the crop of item ``uid`` (replacing an earlier one).
+
+    ``skipped``: looked at, no answer (the crop is unclear); it leaves the to-do list and is not
+    imported. Uses its own short write transaction (WAL: the loop's writer waits at most a few ms).
+    Raises :class:`DataError` when the log cannot be written or ``uid`` has no saved crop.
+    """
+    values = (fibre or None, colour or None, layout or None)
+    if not skipped and not any(values):
+        raise DataError(f"label for {uid}: give a fibre, colour or layout, or skip it")
+    try:
+        conn = sqlite3.connect(Path(db_path), timeout=2.0, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise DataError(f"cannot open decision log {db_path}: {exc}") from None
+    try:
+        if conn.execute("SELECT 1 FROM decisions WHERE uid = ? AND crop_path IS NOT NULL", (uid,)).fetchone() is None:
+            raise DataError(f"item {uid} has no saved crop in {Path(db_path).name}")
+        conn.executescript(_LABELS_SCHEMA)
+        conn.execute(
+            "INSERT OR REPLACE INTO labels (uid, fibre, colour, layout, skipped, labelled_at, labelled_by)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (uid, *((None, None, None) if skipped else values), int(skipped), time.time(), by),
+        )
+    except sqlite3.Error as exc:
+        raise DataError(f"cannot store the label of {uid} in {db_path}: {exc}") from None
+    finally:
+        conn.close()
+
+
+def has_labels_table(conn: sqlite3.Connection) -> bool:
+    """Logs written before the console existed have no ``labels`` table."""
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'labels'").fetchone() is not None
+
+
+def stored_labels(db_path: str | Path) -> list[dict[str, str]]:
+    """Labels stored by the console (not skipped), oldest first, as ``item_id,fibre,colour,layout``
+    records (empty string = no answer), the shape of a labelled CSV's rows."""
+    conn = _connect(Path(db_path), read_only=True)
+    try:
+        if not has_labels_table(conn):
+            return []
+        rows = conn.execute(
+            "SELECT uid, fibre, colour, layout FROM labels WHERE skipped = 0 ORDER BY labelled_at, uid"
+        ).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{db_path} is not a decision log: {exc}") from None
+    finally:
+        conn.close()
+    return [{"item_id": r["uid"], "fibre": r["fibre"] or "", "colour": r["colour"] or "", "layout": r["layout"] or ""}
+            for r in rows]
+
+
 @dataclass
 class ImportResult:
     """Outcome of :func:`labels_to_manifest`: rows written and why others were skipped."""
@@ -445,96 +526,91 @@ def _resolver(taxonomy: Taxonomy) -> dict[str, tuple[AliasMap, tuple[str, ...]]]
 
 def labels_to_manifest(
     db_path: str | Path,
-    labels_csv: str | Path,
+    labels_csv: str | Path | None,
     out_manifest: str | Path,
     *,
     taxonomy: Taxonomy | None = None,
     split: str | None = None,
 ) -> ImportResult:
-    """Turn a labelled CSV (``item_id,fibre,colour``; other columns ignored) into a manifest.
+    """Turn labelled crops into a manifest: a labelled CSV (``item_id,fibre,colour``; other columns
+    ignored) or, with ``labels_csv=None``, the labels stored in the log's ``labels`` table (console).
 
     Labels go through the taxonomy's alias maps; an empty cell is a missing label for that
     head. Rows with an unknown item, a missing crop, an unknown label or no label at all are
     skipped with the reason (returned and logged), not fatal. Raises :class:`DataError` when
     the files cannot be read or no row is usable.
     """
-    db_path, labels_csv, out_manifest = Path(db_path), Path(labels_csv), Path(out_manifest)
+    db_path, out_manifest = Path(db_path), Path(out_manifest)
     resolve = _resolver(taxonomy or load_taxonomy())
-    crops = _saved_crops(db_path, labels_csv)
+    crops = _saved_crops(db_path)
+    source, records = _label_records(db_path, labels_csv, needs=("item_id", "fibre and/or colour"),
+                                     has_columns=lambda cols: "item_id" in cols and bool({"fibre", "colour"} & cols))
     rows: list[ManifestRow] = []
     skipped: list[str] = []
-    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"item_id"} - set(reader.fieldnames or ())
-        if missing or not {"fibre", "colour"} & set(reader.fieldnames or ()):
-            raise DataError(f"{labels_csv}: needs columns item_id and fibre and/or colour (got {reader.fieldnames})")
-        for line, record in enumerate(reader, start=2):
-            where = f"{labels_csv.name}:{line}"
-            hit, crop = _crop_of(record, crops, db_path, where, skipped)
-            if crop is None:
-                continue
-            labels: dict[str, str | None] = {}
-            bad = []
-            for head in HEADS:
-                raw = (record.get(head) or "").strip()
-                aliases, classes = resolve[head]
-                labels[head] = aliases.resolve(raw, classes) if raw else None
-                if raw and labels[head] is None:
-                    bad.append(f"{head} '{raw}'")
-            if bad:
-                skipped.append(f"{where}: unknown label {', '.join(bad)}")
-                continue
-            if not any(labels.values()):
-                skipped.append(f"{where}: no label")
-                continue
-            rows.append(ManifestRow(
-                path=relative_path(crop, out_manifest.parent),
-                fibre=labels["fibre"],
-                colour=labels["colour"],
-                source=f"decision-log:{db_path.name}",
-                split=split,
-                sha1=file_sha1(crop),
-                width=hit["crop_width"],
-                height=hit["crop_height"],
-            ))
+    for where, record in records:
+        hit, crop = _crop_of(record, crops, db_path, where, skipped)
+        if crop is None:
+            continue
+        labels: dict[str, str | None] = {}
+        bad = []
+        for head in HEADS:
+            raw = (record.get(head) or "").strip()
+            aliases, classes = resolve[head]
+            labels[head] = aliases.resolve(raw, classes) if raw else None
+            if raw and labels[head] is None:
+                bad.append(f"{head} '{raw}'")
+        if bad:
+            skipped.append(f"{where}: unknown label {', '.join(bad)}")
+            continue
+        if not any(labels.values()):
+            skipped.append(f"{where}: no label")
+            continue
+        rows.append(ManifestRow(
+            path=relative_path(crop, out_manifest.parent),
+            fibre=labels["fibre"],
+            colour=labels["colour"],
+            source=f"decision-log:{db_path.name}",
+            split=split,
+            sha1=file_sha1(crop),
+            width=hit["crop_width"],
+            height=hit["crop_height"],
+        ))
     for reason in skipped:
         log.warning("skipped %s", reason)
     if not rows:
-        raise DataError(f"{labels_csv}: no usable labelled rows ({len(skipped)} skipped)")
+        raise DataError(f"{source}: no usable labelled rows ({len(skipped)} skipped)")
     write_manifest(rows, out_manifest)
     return ImportResult(manifest=out_manifest, written=len(rows), skipped=skipped)
 
 
-def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path, out_csv: str | Path) -> ImportResult:
-    """The ``layout`` column of a labelled CSV (``single`` / ``several``; empty: not labelled) as a layout
-    crop list (``path,layout``) for the layout head (recipe ``layout.crops``): the line's own touching pairs.
+def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path | None, out_csv: str | Path) -> ImportResult:
+    """The ``layout`` labels (``single`` / ``several``; empty: not labelled) of a labelled CSV or, with
+    ``labels_csv=None``, of the log's ``labels`` table, as a layout crop list (``path,layout``) for the
+    layout head (recipe ``layout.crops``): the line's own touching pairs.
 
     Rows with an unknown item, a missing crop or another value are skipped with the reason; raises
     :class:`DataError` when the files cannot be read or no row carries a layout label.
     """
-    db_path, labels_csv, out_csv = Path(db_path), Path(labels_csv), Path(out_csv)
-    crops = _saved_crops(db_path, labels_csv)
+    db_path, out_csv = Path(db_path), Path(out_csv)
+    crops = _saved_crops(db_path)
+    source, records = _label_records(db_path, labels_csv, needs=("item_id", "layout"),
+                                     has_columns=lambda cols: {"item_id", "layout"} <= cols)
     rows: list[tuple[str, str]] = []
     skipped: list[str] = []
-    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not {"item_id", "layout"} <= set(reader.fieldnames or ()):
-            raise DataError(f"{labels_csv}: needs columns item_id and layout (got {reader.fieldnames})")
-        for line, record in enumerate(reader, start=2):
-            value = (record.get("layout") or "").strip().lower()
-            if not value:
-                continue
-            where = f"{labels_csv.name}:{line}"
-            if value not in LAYOUT_LABELS:
-                skipped.append(f"{where}: layout '{value}' is not one of {list(LAYOUT_LABELS)}")
-                continue
-            _, crop = _crop_of(record, crops, db_path, where, skipped)
-            if crop is not None:
-                rows.append((relative_path(crop, out_csv.parent), value))
+    for where, record in records:
+        value = (record.get("layout") or "").strip().lower()
+        if not value:
+            continue
+        if value not in LAYOUT_LABELS:
+            skipped.append(f"{where}: layout '{value}' is not one of {list(LAYOUT_LABELS)}")
+            continue
+        _, crop = _crop_of(record, crops, db_path, where, skipped)
+        if crop is not None:
+            rows.append((relative_path(crop, out_csv.parent), value))
     for reason in skipped:
         log.warning("skipped %s", reason)
     if not rows:
-        raise DataError(f"{labels_csv}: no usable layout labels ({len(skipped)} skipped)")
+        raise DataError(f"{source}: no usable layout labels ({len(skipped)} skipped)")
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -543,10 +619,25 @@ def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path, out_csv: s
     return ImportResult(manifest=out_csv, written=len(rows), skipped=skipped)
 
 
-def _saved_crops(db_path: Path, labels_csv: Path) -> dict[str, sqlite3.Row]:
-    """Logged items with a saved crop, by item id."""
+def _label_records(db_path: Path, labels_csv: str | Path | None, *, needs: tuple[str, str],
+                   has_columns: Callable[[set[str]], bool]) -> tuple[str, list[tuple[str, dict[str, str]]]]:
+    """``(source name, [(where, record)])`` of labelled rows: a CSV's, or the stored labels (``None``)."""
+    if labels_csv is None:
+        return f"{db_path.name} (labels stored by the console)", [
+            (f"labels:{r['item_id']}", r) for r in stored_labels(db_path)
+        ]
+    labels_csv = Path(labels_csv)
     if not labels_csv.is_file():
         raise DataError(f"labels file {labels_csv} does not exist")
+    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not has_columns(set(reader.fieldnames or ())):
+            raise DataError(f"{labels_csv}: needs columns {' and '.join(needs)} (got {reader.fieldnames})")
+        return str(labels_csv), [(f"{labels_csv.name}:{line}", rec) for line, rec in enumerate(reader, start=2)]
+
+
+def _saved_crops(db_path: Path) -> dict[str, sqlite3.Row]:
+    """Logged items with a saved crop, by item id."""
     conn = _connect(db_path, read_only=True)
     try:
         return {

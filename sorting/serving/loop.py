@@ -120,6 +120,9 @@ class SorterLoop:
             if clock.mode == "wall" else None
         self._speed_alarm = False
         self._log_alarm = False
+        self._next_health_check = 0.0
+        self._last_frame_at = 0.0
+        self._refused_reloads = 0
         self._held: dict[str, Plan] = {}  # product decisions whose row waits in the log's backlog
         self._stop = threading.Event()
         self._closed = False
@@ -188,9 +191,25 @@ class SorterLoop:
 
     def _no_frame(self) -> FrameResult:
         log.debug("no frame from %s", mask_credentials(self.cfg.camera.source))
+        self.telemetry.set_alarm("camera", True, f"no frame from the camera for {self.cfg.camera.read_timeout_s:g} s"
+                                 + ("" if self.source.stats.connected else " (reconnecting)"))
         self._check_belt_speed()
         self._flush_log()
+        self._check_health()
         return FrameResult(index=-1, t=self.clock.now(), image=None, no_frame=True, items_decided=self.items_decided)
+
+    def _check_health(self) -> None:
+        """Once a second: the camera (frames arrive), the PLC link and the decision log's disk, as alarms."""
+        now = time.monotonic()
+        if now < self._next_health_check:
+            return
+        self._next_health_check = now + 1.0
+        if self.source.live and now - self._last_frame_at < 1.0:
+            self.telemetry.set_alarm("camera", False, "frames arrive")
+        connected = self.scheduler.actuator.connected
+        self.telemetry.set_alarm("plc", not connected, "actuator link down: firings are missed" if not connected
+                                 else "actuator link up")
+        self.telemetry.check_disk(self.decision_log.path.parent)
 
     def _check_belt_speed(self) -> None:
         """Raise or clear the belt-speed alarm: nobody measures the belt, so every item goes to reject."""
@@ -207,8 +226,10 @@ class SorterLoop:
         timer.start_frame()
         timer.add("wait_frame", waited_ms)
         self.clock.advance(frame.t)
+        self._last_frame_at = time.monotonic()
         self._check_belt_speed()
         self._flush_log()
+        self._check_health()
         self._maybe_reload()
         with timer.stage("segment"):
             detections = self._segment(frame.image)
@@ -339,6 +360,9 @@ class SorterLoop:
         if self.watcher is None:
             return
         new = self.watcher.poll()
+        if self.watcher.rejected != self._refused_reloads:
+            self._refused_reloads = self.watcher.rejected
+            self.telemetry.model_rejected(str(self.watcher.path), self.watcher.last_error)
         if new is None:
             return
         try:
@@ -346,12 +370,13 @@ class SorterLoop:
             apply_ood_quantile(new, policy.config)
         except Exception as exc:  # labels (or OOD table) no longer fit the bins file: keep the old model
             log.error("hot reload rejected: %s", exc)
+            self.telemetry.model_rejected(str(self.watcher.path), str(exc))
             return
         self.classifier, self.policy = new, policy
         self.labels = {h: list(v) for h, v in new.labels.items()}
         self.segmenter.check_colours = policy.uses_two_colours
         self.decision_log.set_model(new.model_id)
-        self.telemetry.set_model(new.model_id)
+        self.telemetry.model_loaded(new)
         log.info("now serving %s", new.model_id)
 
     # -- shutdown -----------------------------------------------------------------------

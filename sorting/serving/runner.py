@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
@@ -19,8 +20,9 @@ from tqdm import tqdm
 from sorting.serving.annotate import VideoWriter, annotate_frame
 from sorting.serving.builder import build_sorter
 from sorting.serving.line_config import LineConfig
+from sorting.serving.live import LiveFeed
 from sorting.serving.loop import SorterLoop
-from sorting.serving.records import ItemDecision
+from sorting.serving.records import FrameResult, ItemDecision
 
 log = logging.getLogger(__name__)
 
@@ -49,23 +51,30 @@ def serve_line(
     video_out: str | Path | None = None,
     progress: bool = True,
     on_decision: Callable[[ItemDecision], None] | None = None,
+    feed: LiveFeed | None = None,
 ) -> ServeSummary:
     """Run a line until the source ends, ``max_frames``, or SIGINT/SIGTERM (graceful drain).
 
-    ``on_decision`` sees every item decision (the demo scores them against ground truth).
+    ``on_decision`` sees every item decision (the demo scores them against ground truth); ``feed``
+    (the operator's console) gets the frames, decisions, alarms and model changes of the line.
     """
-    loop = build_sorter(cfg, max_frames=max_frames, keep_images=video_out is not None)
+    loop = build_sorter(cfg, max_frames=max_frames, keep_images=video_out is not None or feed is not None)
+    axis = 0 if cfg.belt.direction[1] == "x" else 1
+    draw = partial(annotate_frame, decision_line_px=cfg.tracking.decision_line_px, axis=axis)
+    if feed is not None:
+        _attach(feed, loop, draw)
     writer = VideoWriter(video_out, loop.source.fps or cfg.camera.fps or 30.0) if video_out else None
     restore = install_stop_handlers(loop)
-    axis = 0 if cfg.belt.direction[1] == "x" else 1
     no_frames = 0
     start = time.perf_counter()
     bar = tqdm(desc=f"sorting {cfg.name}", unit="frame", disable=not progress, total=max_frames)
     try:
         for result in loop.run(max_frames):
-            if on_decision is not None:
-                for item in result.decisions:
+            for item in result.decisions:
+                if on_decision is not None:
                     on_decision(item)
+                if feed is not None:
+                    feed.on_item_decision(item)
             if result.no_frame:
                 no_frames += 1
                 bar.set_postfix_str("NO CAMERA FRAMES", refresh=True)
@@ -75,8 +84,10 @@ def serve_line(
             bar.update(1)
             if result.index % 30 == 0:
                 bar.set_postfix(items=result.items_decided, fps=f"{result.fps:.0f}")
+            if feed is not None:
+                feed.slot.put(result)  # drawn and encoded on the console's thread, when a viewer asks
             if writer is not None:
-                writer.write(annotate_frame(result, decision_line_px=cfg.tracking.decision_line_px, axis=axis))
+                writer.write(draw(result))
     finally:
         bar.close()
         restore()
@@ -91,6 +102,17 @@ def serve_line(
         unreadable_frames=loop.source.stats.unreadable,
         camera_reconnects=loop.source.stats.reconnects, video=Path(video_out) if video_out else None,
     )
+
+
+def _attach(feed: LiveFeed, loop: SorterLoop, draw: Callable[[FrameResult], object]) -> None:
+    """Connect the console's feed to a built line: its metrics, session, model, alarms and drawing."""
+    feed.registry = loop.telemetry.registry
+    feed.status.session = loop.decision_log.session
+    feed.slot.render = draw
+    feed.model_loaded(loop.classifier)
+    for key in loop.telemetry.active_alarms():
+        feed.alarm(key, True, "raised before the console attached")
+    loop.telemetry.listeners.append(feed)
 
 
 def install_stop_handlers(loop: SorterLoop) -> Callable[[], None]:
