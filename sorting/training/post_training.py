@@ -2,7 +2,7 @@
 layout head), write the final ``best.pt`` and the run's files, and tell the observers.
 
 ``best.pt`` then also holds the per-head temperature and the energy OOD threshold fitted on the validation
-logits of the selected epoch (plus the thresholds at :data:`~sorting.training.calibration.LINE_OOD_QUANTILES`,
+logits of the selected epoch (plus the thresholds at :data:`~sorting.models.calibration.LINE_OOD_QUANTILES`,
 from which a sorting line may pick its own). The run folder gets ``history.json``, ``metrics.json`` and
 ``training_curves.png``.
 """
@@ -18,7 +18,7 @@ from typing import Any
 from torch import nn
 
 from sorting.models.onnx_model import ood_quantile_key
-from sorting.training.calibration import LINE_OOD_QUANTILES, energy_thresholds, fit_temperature
+from sorting.models.calibration import LINE_OOD_QUANTILES, energy_thresholds, fit_temperature
 from sorting.training.callbacks import CallbackList, Checkpointing
 from sorting.training.config import CalibrationConfig
 from sorting.training.loop import ValidationResult
