@@ -16,8 +16,8 @@ import torch
 from sorting.datasets.manifest import ManifestRow, write_manifest
 from sorting.errors import DataError, ModelFileError
 from sorting.models.checkpoint import save_checkpoint
-from sorting.models.multihead import build_multihead
 from sorting.models.evaluation import predict_logits
+from sorting.models.multihead import build_multihead
 from sorting.training.evaluate import evaluate_model, load_predictor
 
 FIBRES = ["cotton", "polyester", "wool"]

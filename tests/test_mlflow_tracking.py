@@ -11,11 +11,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from sorting.datasets.preprocess import PreprocessConfig
-from sorting.models.onnx_model import ModelMetadata
-from sorting.training.cross_validate import CrossValidationReport, FoldResult, summarise
 from sorting.models.evaluation import EvaluationReport, evaluate_head
+from sorting.models.onnx_model import ModelMetadata
 from sorting.training.config import TrackingConfig
-from sorting.training.tracking import MlflowCallback, MlflowTracker, default_tracking_uri, flatten, numeric_metrics
+from sorting.training.cross_validate import CrossValidationReport, FoldResult, summarise
+from sorting.training.tracking import MlflowTracker, default_tracking_uri, flatten, numeric_metrics
 
 pytestmark = pytest.mark.slow  # creating an MLflow SQLite store runs its migrations (~10 s)
 
@@ -39,7 +39,7 @@ def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
 
 
 def test_training_run_is_logged_and_registered(store: str, tmp_path: Path):
-    tracker = MlflowCallback(TrackingConfig(enabled=True, experiment="unit", tracking_uri=store))
+    tracker = MlflowTracker(TrackingConfig(enabled=True, experiment="unit", tracking_uri=store))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     config = {"name": "tiny-test", "optim": {"lr": 0.001, "epochs": 2}, "model": {"heads": ["fibre", "colour"]}}

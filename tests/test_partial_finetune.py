@@ -14,8 +14,8 @@ from _swatches import red_blue_manifest
 from sorting.datasets.preprocess import preprocess
 from sorting.errors import ConfigError
 from sorting.models.checkpoint import load_checkpoint
-from sorting.models.registry import create_backbone
 from sorting.models.multihead import build_multihead
+from sorting.models.registry import create_backbone
 from sorting.training import feature_cache, trainer
 from sorting.training.config import load_train_config
 from sorting.training.feature_cache import PackedLayout, cache_applies, view_count

@@ -28,9 +28,9 @@ from sorting.training.data import (
     collect_samples,
     load_head_aliases,
 )
+from sorting.training.engine import lr_factor
 from sorting.training.loop import ValidationResult, multihead_loss
 from sorting.training.state import EpochOutcome, TrainState
-from sorting.training.engine import lr_factor
 from sorting.training.trainer import fit
 
 torch.set_num_threads(1)

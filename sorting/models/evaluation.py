@@ -26,12 +26,10 @@ from typing import Any, Protocol
 import numpy as np
 from tqdm import tqdm
 
-from sorting.datasets.preprocess import PreprocessConfig, preprocess_batch
 from sorting.datasets.images import load_image
 from sorting.datasets.manifest import Manifest, read_manifest
+from sorting.datasets.preprocess import PreprocessConfig, preprocess_batch
 from sorting.errors import DataError, SortingError
-from sorting.models.onnx_model import OnnxClassifier
-from sorting.taxonomy import HEADS, AliasMap, load_aliases
 from sorting.models import plots
 from sorting.models.calibration import energy_scores, nll, softmax
 from sorting.models.metrics import (
@@ -41,6 +39,8 @@ from sorting.models.metrics import (
     purity_at_reject,
     purity_reject_curve,
 )
+from sorting.models.onnx_model import OnnxClassifier
+from sorting.taxonomy import HEADS, AliasMap, load_aliases
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,14 @@ from sorting.errors import DataError
 from sorting.models.checkpoint import save_checkpoint
 from sorting.paths import runs_dir
 from sorting.training import distributed as D
-from sorting.training.callbacks import Callback, CallbackList, Checkpointing, EarlyStopping, SaveCheckpoint, build_callbacks
+from sorting.training.callbacks import (
+    Callback,
+    CallbackList,
+    Checkpointing,
+    EarlyStopping,
+    SaveCheckpoint,
+    build_callbacks,
+)
 from sorting.training.config import OptimConfig, Recipe
 from sorting.training.loop import StepSettings, ValidationResult, train_one_epoch, validate
 from sorting.training.post_training import PostTrainingStep, finish_run

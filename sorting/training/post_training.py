@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from sorting.models.onnx_model import ood_quantile_key
 from sorting.models.calibration import LINE_OOD_QUANTILES, energy_thresholds, fit_temperature
+from sorting.models.onnx_model import ood_quantile_key
 from sorting.training.callbacks import CallbackList, Checkpointing
 from sorting.training.config import CalibrationConfig
 from sorting.training.loop import ValidationResult

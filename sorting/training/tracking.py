@@ -340,7 +340,3 @@ class MlflowTracker:
         if opened:
             self.client.set_terminated(target, "FINISHED")
         return target
-
-
-# The name the trainer's callback list imports (sorting.training.callbacks.build_callbacks).
-MlflowCallback = MlflowTracker
