@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -135,25 +136,34 @@ class EarlyStopping:
 SaveCheckpoint = Callable[..., Path]  # save(path, model, *, metrics, epoch, **more) -> path, the model's fields bound
 
 
+@dataclass
 class Checkpointing:
     """Keeps the selected epoch's weights (in memory, on every rank) and, on the main process, writes ``best.pt``
     when the score improved (``select: best``; with ``last`` it is written once, after the run) and the resumable
-    ``last.pt`` after every epoch. ``best_weights`` starts from the run's best.pt when resuming."""
+    ``last.pt`` after every epoch. A resumed run starts from its best.pt's weights (:meth:`start_from_best_pt`)."""
 
-    steers = True
+    steers: ClassVar[bool] = True
+    run_dir: Path
+    model: nn.Module
+    save: SaveCheckpoint
+    optimization: Optimization
+    state: TrainState
+    select: str  # early_stopping.select
+    is_main: bool
+    best_weights: dict[str, torch.Tensor] | None = None
+    best_val: ValidationResult | None = None  # None after a resume until an epoch is selected
 
-    def __init__(self, run_dir: Path, model: nn.Module, save: SaveCheckpoint, optimization: Optimization,
-                 state: TrainState, *, select: str, is_main: bool, resumed: bool = False) -> None:
-        self.best_path, self.last_path = run_dir / "best.pt", run_dir / "last.pt"
-        self.model = model
-        self.save = save
-        self.optimization = optimization
-        self.state = state
-        self.select = select
-        self.is_main = is_main
-        self.best_weights: dict[str, torch.Tensor] | None = None
-        self.best_val: ValidationResult | None = None  # None after a resume until an epoch is selected
-        if resumed and self.best_path.is_file():
+    @property
+    def best_path(self) -> Path:
+        return self.run_dir / "best.pt"
+
+    @property
+    def last_path(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def start_from_best_pt(self) -> None:
+        """Resuming: the selected weights so far are those of the run's best.pt (if it has one yet)."""
+        if self.best_path.is_file():
             self.best_weights = read_checkpoint_dict(self.best_path)["state_dict"]
 
     def on_epoch_scored(self, outcome: EpochOutcome) -> None:

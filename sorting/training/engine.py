@@ -209,8 +209,10 @@ def run_training(setup: TrainingSetup, recipe: Recipe, ctx: D.DistContext, *, re
         observers.on_artifact(save_config(recipe, run_dir / "config.yaml"))
         log.info("run %s: %s, %d process(es) on %s", run_dir, setup.summary, ctx.world_size, ctx.device)
     save = functools.partial(setup.save_checkpoint, **setup.checkpoint_fields, run_id=observers.run_id or run_dir.name)
-    checkpoints = Checkpointing(run_dir, setup.model, save, optimization, state, select=recipe.early_stopping.select,
-                                is_main=ctx.is_main, resumed=resume is not None)
+    checkpoints = Checkpointing(run_dir, setup.model, save, optimization, state, recipe.early_stopping.select,
+                                ctx.is_main)
+    if resume is not None:
+        checkpoints.start_from_best_pt()
     steering = [EarlyStopping(recipe.early_stopping, state, recipe.optim.epochs), checkpoints]
     progress = recipe.progress and ctx.is_main
     train_epochs(setup, optimization, CallbackList([*steering, *observers.callbacks]), state, ctx,

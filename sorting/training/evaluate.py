@@ -2,11 +2,8 @@
 
 The evaluation itself is :mod:`sorting.models.evaluation` (numpy metrics, no torch); this module adds the
 checkpoint side: :class:`TorchPredictor` runs a training checkpoint behind the same
-:class:`~sorting.models.evaluation.Predictor` interface as the ONNX model, so both are scored by one code path.
-
-Outputs in ``out_dir``: ``metrics.json`` (machine readable), ``summary.md`` (readable),
-``predictions.csv`` (one row per image and head, for error analysis) and per head a
-confusion matrix and a purity-vs-reject PNG.
+:class:`~sorting.models.evaluation.Predictor` interface as the ONNX model, so both are scored by one code path
+and write the same files.
 """
 
 from __future__ import annotations
