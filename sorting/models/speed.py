@@ -7,6 +7,7 @@ Used by ``textile-sorter bench`` (:mod:`sorting.models.bench`, interleaved over 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,9 @@ class SpeedMeter:
     instead of penalising whichever model ran during a busy moment.
     """
 
-    def __init__(self, path: Path, *, threads: int, batch: int, warmup: int, seed: int = 0) -> None:
+    def __init__(self, path: Path, *, threads: int, batch: int, warmup: int, seed: int = 0,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
         self._session = OnnxClassifier.load(path, threads=threads).session
         size = self._session.get_inputs()[0].shape[2]
         rng = np.random.default_rng(seed)
@@ -38,9 +41,9 @@ class SpeedMeter:
     def sample(self, n_single: int, n_batch: int) -> None:
         for feed, store, n in ((self._single, self.latencies, n_single), (self._many, self.batch_times, n_batch)):
             for _ in range(n):
-                start = time.perf_counter()
+                start = self._clock()
                 self._session.run(None, feed)
-                store.append(time.perf_counter() - start)
+                store.append(self._clock() - start)
 
     def result(self) -> dict[str, float]:
         """Latency p50/p99 (ms, batch 1) and throughput (img/s at ``batch``, median run)."""
