@@ -69,7 +69,8 @@ def test_torchvision_pretrained_loads_a_local_weights_file_and_the_hub_cache(tmp
 
 def test_pretrained_lite0_recognises_real_photos() -> None:
     """Strict-loaded packaged ImageNet weights: chelsea is a cat (281-285), coffee an espresso/cup."""
-    data = pytest.importorskip("skimage.data")
+    from skimage import data  # scikit-image's sample photos (a dev dependency)
+
     model = efficientnet_lite0(pretrained=True).eval()
     cfg = PreprocessConfig(input_size=224, resize="center_crop", mean=LITE_MEAN, std=LITE_STD)
     batch = torch.from_numpy(np.stack([preprocess(img, cfg, input_order="RGB") for img in (data.chelsea(), data.coffee())]))

@@ -2,7 +2,7 @@
 
 Registered by :mod:`sorting.cli.train` (``register(sub)``); the work is
 :func:`sorting.training.evaluate.evaluate_model`, tracking is
-:meth:`sorting.training.tracking.MlflowTracker.log_evaluation`.
+:meth:`sorting.training.tracking.MlflowTracker.log_report`.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         from sorting.training.tracking import MlflowTracker
 
         tracker = MlflowTracker(experiment=args.experiment)
-        run_id = tracker.log_evaluation(report)
+        run_id = tracker.log_report(report)
         if run_id:
             print(f"MLflow run {run_id} in {tracker.tracking_uri}")
         else:

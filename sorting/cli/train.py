@@ -49,7 +49,7 @@ def _cross_validate(args: argparse.Namespace) -> int:
         from sorting.training.tracking import MlflowTracker
 
         tracker = MlflowTracker(config.tracking)
-        run_id = tracker.log_cross_validation(report)
+        run_id = tracker.log_report(report)
         if run_id:
             print(f"MLflow run {run_id} in {tracker.tracking_uri}")
     return 0
