@@ -1,11 +1,11 @@
 """House rules of the ``sorting`` package, read from its source with ``ast`` (nothing is imported):
 
 - no import cycle between its modules (every import counts: module level, inside functions, TYPE_CHECKING);
-- the rooms import downhill: models never imports training, serving or cli; serving never imports training;
+- the rooms import downhill (:data:`FORBIDDEN`): models never imports training, serving or the applications;
+  serving never imports training or the applications; nothing below the CLI imports it;
 - no function longer than 80 lines, argument-parser set-up excepted.
 
-The lists of known exceptions below name what is being removed now; empty them as the work lands, never add
-to them. ``python tests/test_code_health.py`` prints the cycles, the uphill imports and the long functions.
+``python tests/test_code_health.py`` prints the cycles, the uphill imports and the long functions.
 """
 
 from __future__ import annotations
@@ -17,29 +17,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "sorting"
 MAX_FUNCTION_LINES = 80
 
-# Cycles in sorting/serving that the lead engineer is removing (issue 17); each entry is one cycle's modules.
-KNOWN_SERVING_CYCLES: list[frozenset[str]] = [
-    frozenset({"sorting.serving.annotate", "sorting.serving.loop"}),
-    frozenset({"sorting.serving.encoder", "sorting.serving.line_config"}),
-]
-# serving/demo.py is an application (it trains a model) on its way out of the serving package (issue 17).
-KNOWN_UPHILL_IMPORTS: set[tuple[str, str]] = {
-    ("sorting.serving.demo", "sorting.training.config"),
-    ("sorting.serving.demo", "sorting.training.plots"),
-    ("sorting.serving.demo", "sorting.training.tracking"),
-    ("sorting.serving.demo", "sorting.training.trainer"),
-}
-# Long functions in sorting/serving that the lead engineer is splitting (issue 17).
-KNOWN_LONG_SERVING_FUNCTIONS: set[str] = {
-    "sorting.serving.bench.run_bench",
-    "sorting.serving.tracking.Tracker.update",
-}
 # A room must not import the rooms listed for it.
 FORBIDDEN = {
-    "sorting.models": ("sorting.training", "sorting.serving", "sorting.cli"),
-    "sorting.serving": ("sorting.training", "sorting.cli"),
-    "sorting.training": ("sorting.serving", "sorting.cli"),
-    "sorting.datasets": ("sorting.models", "sorting.training", "sorting.serving", "sorting.cli"),
+    "sorting.models": ("sorting.training", "sorting.serving", "sorting.apps", "sorting.cli"),
+    "sorting.serving": ("sorting.training", "sorting.apps", "sorting.cli"),
+    "sorting.training": ("sorting.serving", "sorting.apps", "sorting.cli"),
+    "sorting.datasets": ("sorting.models", "sorting.training", "sorting.serving", "sorting.apps", "sorting.cli"),
+    "sorting.apps": ("sorting.cli",),
 }
 
 
@@ -152,26 +136,18 @@ def long_functions(package: Path = PACKAGE, limit: int = MAX_FUNCTION_LINES) -> 
 
 
 def test_no_import_cycle_between_modules() -> None:
-    found = cycles(import_graph())
-    unexpected = [sorted(c) for c in found if c not in KNOWN_SERVING_CYCLES]
-    assert not unexpected, f"import cycles: {unexpected}"
-    fixed = [sorted(c) for c in KNOWN_SERVING_CYCLES if c not in found]
-    assert not fixed, f"these cycles are gone: remove them from KNOWN_SERVING_CYCLES: {fixed}"
+    found = [sorted(c) for c in cycles(import_graph())]
+    assert not found, f"import cycles: {found}"
 
 
 def test_rooms_import_downhill() -> None:
     uphill = uphill_imports(import_graph())
-    assert not uphill - KNOWN_UPHILL_IMPORTS, f"imports against the rooms' order: {sorted(uphill - KNOWN_UPHILL_IMPORTS)}"
-    gone = KNOWN_UPHILL_IMPORTS - uphill
-    assert not gone, f"these imports are gone: remove them from KNOWN_UPHILL_IMPORTS: {sorted(gone)}"
+    assert not uphill, f"imports against the rooms' order: {sorted(uphill)}"
 
 
 def test_no_function_longer_than_80_lines() -> None:
     long = long_functions()
-    unexpected = {name: n for name, n in long.items() if name not in KNOWN_LONG_SERVING_FUNCTIONS}
-    assert not unexpected, f"functions over {MAX_FUNCTION_LINES} lines: {unexpected}"
-    gone = KNOWN_LONG_SERVING_FUNCTIONS - set(long)
-    assert not gone, f"these functions are short now: remove them from KNOWN_LONG_SERVING_FUNCTIONS: {sorted(gone)}"
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
 def test_the_checks_see_what_they_look_for(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ import urllib.error
 import urllib.request
 
 import pytest
-
 from _console_fixtures import BINS, REJECT, belt_frame, decision_for, make_log
+
 from sorting.apps.console import start_console
-from sorting.apps.console.app import ConsoleContext, create_app
+from sorting.apps.console.app import create_app
+from sorting.apps.console.context import ConsoleContext
 from sorting.apps.console.logview import LogView
 from sorting.apps.console.security import COOKIE, Access
 from sorting.cli import build_parser, main

@@ -23,7 +23,13 @@ import pytest
 import yaml
 from _modbus_fixtures import LoopbackPlc, free_port, wait_for
 from _onnx_fixtures import make_checkpoint
-from test_loop import REPO, ColourFakeClassifier, CommitCheckingActuator, ListSource, line_config
+from test_loop import (
+    REPO,
+    ColourFakeClassifier,
+    CommitCheckingActuator,
+    ListSource,
+    line_config,
+)
 from test_segmentation import FPS, SPEED, make_belt_clip
 
 from sorting.logs import MaskCredentials, mask_credentials
@@ -33,9 +39,13 @@ from sorting.serving.builder import build_sorter
 from sorting.serving.classifier import ModelClassifier
 from sorting.serving.decision_log import DecisionLog, DecisionLogConfig, Stored
 from sorting.serving.ejector import FixedSpeed
-from sorting.serving.line_config import LineConfig
 from sorting.serving.policy import Decision, ItemEvidence
-from sorting.serving.sources import Frame, FrameSource, LiveCaptureSource, VideoFileSource
+from sorting.serving.sources import (
+    Frame,
+    FrameSource,
+    LiveCaptureSource,
+    VideoFileSource,
+)
 
 pytestmark = pytest.mark.faults
 

@@ -7,6 +7,12 @@ shipped in ``static/``, no build step, nothing fetched from the internet.
 """
 
 from sorting.apps.console.security import TOKEN_ENV
-from sorting.apps.console.server import DEFAULT_HOST, DEFAULT_PORT, ConsoleHandle, run_console, start_console
+from sorting.apps.console.server import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ConsoleHandle,
+    run_console,
+    start_console,
+)
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "TOKEN_ENV", "ConsoleHandle", "run_console", "start_console"]

@@ -9,34 +9,18 @@ Relabel in :mod:`sorting.apps.console.review`.
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 from flask import Flask, Response, jsonify, redirect, render_template, request, url_for
 
 from sorting.apps.console import review, security
+from sorting.apps.console.context import ConsoleContext
 from sorting.apps.console.livedata import live_snapshot
-from sorting.apps.console.logview import LogBusy, LogMissing, LogView
+from sorting.apps.console.logview import LogBusy, LogMissing
 from sorting.apps.console.security import COOKIE, Access
-from sorting.serving.live import LiveFeed
-from sorting.taxonomy import Taxonomy
 
-MAX_STREAMS = 4  # concurrent MJPEG viewers; more get 503 (each holds a server thread)
 _LOCAL_PATH = re.compile(r"^/(?!/)[\w\-./?=&%]*$")
-
-
-@dataclass
-class ConsoleContext:
-    """What the pages read: the decision log, the live line (None: reviewing a log), the rules."""
-
-    view: LogView
-    feed: LiveFeed | None
-    access: Access
-    taxonomy: Taxonomy
-    stopping: threading.Event = field(default_factory=threading.Event)
-    streams: threading.BoundedSemaphore = field(default_factory=lambda: threading.BoundedSemaphore(MAX_STREAMS))
 
 
 def wants_json() -> bool:

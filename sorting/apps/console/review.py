@@ -5,11 +5,21 @@ from __future__ import annotations
 import csv
 import io
 import re
-from urllib.parse import urlencode
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
-from flask import Flask, Response, abort, jsonify, redirect, render_template, request, send_file, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    jsonify,
+    redirect,
+    render_template,
+    request,
+    send_file,
+    url_for,
+)
 
 from sorting.apps.console.charts import counts_chart
 from sorting.apps.console.logview import HISTORY_COLUMNS, Filter, LogView
@@ -18,7 +28,7 @@ from sorting.serving.decision_log import record_label
 from sorting.taxonomy import LAYOUT_LABELS
 
 if TYPE_CHECKING:
-    from sorting.apps.console.app import ConsoleContext
+    from sorting.apps.console.context import ConsoleContext
 
 UID = re.compile(r"^[A-Za-z0-9_.\-]{1,200}$")
 CHART_BUCKETS = 48

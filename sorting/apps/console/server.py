@@ -16,7 +16,8 @@ from pathlib import Path
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from sorting.apps.console.app import ConsoleContext, create_app
+from sorting.apps.console.app import create_app
+from sorting.apps.console.context import ConsoleContext
 from sorting.apps.console.logview import LogView
 from sorting.apps.console.security import Access
 from sorting.errors import ConfigError, DataError
