@@ -15,6 +15,7 @@ from pydantic import Field, PositiveFloat, model_validator
 
 from sorting.config import StrictModel, load_config
 from sorting.errors import ConfigError
+from sorting.paths import check_output_path
 from sorting.serving.actuators import ActuatorConfig, bin_addresses
 from sorting.serving.decision_log import DecisionLogConfig
 from sorting.serving.ejector import EjectorConfig
@@ -188,3 +189,14 @@ def check_against_bins(cfg: LineConfig, bins: PolicyConfig, source: str) -> None
     if bins.distance_unit == "m" and cfg.belt.px_per_m is None:
         raise ConfigError(f"{source}: the bins file {cfg.policy.bins} gives distances in metres: set belt.px_per_m "
                           "(image pixels per metre) to convert them")
+
+
+def check_outputs(cfg: LineConfig) -> None:
+    """The files the line writes (decision log, its crops, JSONL firings) can be written: else one
+    :class:`ConfigError` at start-up, not a traceback once the camera and the model are open."""
+    check_output_path(cfg.log.path, "log.path")
+    if cfg.log.save_crops != "none":
+        what = "log.crops_dir" if cfg.log.crops_dir is not None else "the crops folder of log.path"
+        check_output_path(cfg.log.crops_folder(), what, folder=True)
+    if cfg.actuator.kind == "jsonl" and cfg.actuator.path not in (None, "", "-"):
+        check_output_path(cfg.actuator.path, "actuator.path")
