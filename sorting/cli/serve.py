@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from sorting.cli.common import add_command
-from sorting.serving.colour_calibration import calibrate_line
 from sorting.paths import check_output_path
+from sorting.serving.colour_calibration import calibrate_line
 from sorting.serving.line_config import check_outputs, load_line_config
 from sorting.serving.runner import serve_line
 

@@ -26,7 +26,8 @@ import numpy as np
 from pydantic import Field
 
 from sorting.config import StrictModel
-from sorting.datasets.manifest import ManifestRow, file_sha1, relative_path, write_manifest
+from sorting.datasets.images import ImageError, ImageInfo, inspect_image
+from sorting.datasets.manifest import ManifestRow, read_csv_text, relative_path, write_manifest
 from sorting.errors import DataError
 from sorting.serving.policy import Decision, ItemEvidence
 from sorting.taxonomy import HEADS, LAYOUT_CROP_COLUMNS, LAYOUT_LABELS, AliasMap, Taxonomy, load_aliases, load_taxonomy
@@ -296,13 +297,15 @@ class DecisionLog:
 TODO_COLUMNS = ("item_id", "crop", "reason", "pred_fibre", "pred_colour", "confidence", "fibre", "colour", "layout")
 
 
-def export_todo(db_path: str | Path, out_csv: str | Path) -> int:
+def export_todo(db_path: str | Path, out_csv: str | Path, *, crops_dir: str | Path | None = None) -> int:
     """Write a CSV of logged items with a saved crop, to be labelled (fill ``fibre``/``colour``, and
     ``layout`` = ``single`` / ``several`` for crops that show one garment or several touching).
 
-    ``crop`` paths are relative to the CSV's folder. Returns the number of rows.
+    ``crop`` paths are relative to the CSV's folder; rows whose crop lies outside the log's crops
+    folder (``crops_dir``, default ``<db name>-crops``) are left out. Returns the number of rows.
     """
     db_path, out_csv = Path(db_path), Path(out_csv)
+    folder = _crops_folder(db_path, crops_dir)
     conn = _connect(db_path, read_only=True)
     try:
         rows = conn.execute(
@@ -313,14 +316,17 @@ def export_todo(db_path: str | Path, out_csv: str | Path) -> int:
         raise DataError(f"{db_path} is not a decision log: {exc}") from None
     finally:
         conn.close()
+    inside = [(r, crop) for r in rows if (crop := _crop_in_folder(db_path, r["crop_path"], folder)) is not None]
+    if len(inside) < len(rows):
+        log.warning("%d logged crop path(s) outside %s left out", len(rows) - len(inside), folder)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(TODO_COLUMNS)
-        for r in rows:
-            crop = relative_path(db_path.parent / r["crop_path"], out_csv.parent)
-            writer.writerow([r["uid"], crop, r["reason"], r["fibre"] or "", r["colour"] or "", r["confidence"], "", "", ""])
-    return len(rows)
+        for r, crop in inside:
+            writer.writerow([r["uid"], relative_path(crop, out_csv.parent), r["reason"], r["fibre"] or "",
+                             r["colour"] or "", r["confidence"], "", "", ""])
+    return len(inside)
 
 
 @dataclass
@@ -351,29 +357,34 @@ def labels_to_manifest(
     *,
     taxonomy: Taxonomy | None = None,
     split: str | None = None,
+    crops_dir: str | Path | None = None,
+    encoding: str = "utf-8",
 ) -> ImportResult:
     """Turn a labelled CSV (``item_id,fibre,colour``; other columns ignored) into a manifest.
 
     Labels go through the taxonomy's alias maps; an empty cell is a missing label for that
     head. Rows with an unknown item, a missing crop, an unknown label or no label at all are
-    skipped with the reason (returned and logged), not fatal. Raises :class:`DataError` when
-    the files cannot be read or no row is usable.
+    skipped with the reason (returned and logged), not fatal; so are crops outside the log's
+    crops folder (``crops_dir``, default ``<db name>-crops``) and crops that do not decode.
+    Raises :class:`DataError` when the files cannot be read or no row is usable.
     """
     db_path, labels_csv, out_manifest = Path(db_path), Path(labels_csv), Path(out_manifest)
     resolve = _resolver(taxonomy or load_taxonomy())
     crops = _saved_crops(db_path, labels_csv)
+    folder = _crops_folder(db_path, crops_dir)
     rows: list[ManifestRow] = []
     skipped: list[str] = []
-    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+    with read_csv_text(labels_csv, encoding) as fh:
         reader = csv.DictReader(fh)
         missing = {"item_id"} - set(reader.fieldnames or ())
         if missing or not {"fibre", "colour"} & set(reader.fieldnames or ()):
             raise DataError(f"{labels_csv}: needs columns item_id and fibre and/or colour (got {reader.fieldnames})")
         for line, record in enumerate(reader, start=2):
             where = f"{labels_csv.name}:{line}"
-            hit, crop = _crop_of(record, crops, db_path, where, skipped)
-            if crop is None:
+            found = _crop_of(record, crops, db_path, folder, where, skipped)
+            if found is None:
                 continue
+            crop, info = found
             labels: dict[str, str | None] = {}
             bad = []
             for head in HEADS:
@@ -394,9 +405,9 @@ def labels_to_manifest(
                 colour=labels["colour"],
                 source=f"decision-log:{db_path.name}",
                 split=split,
-                sha1=file_sha1(crop),
-                width=hit["crop_width"],
-                height=hit["crop_height"],
+                sha1=info.sha1,
+                width=info.width,
+                height=info.height,
             ))
     for reason in skipped:
         log.warning("skipped %s", reason)
@@ -406,18 +417,21 @@ def labels_to_manifest(
     return ImportResult(manifest=out_manifest, written=len(rows), skipped=skipped)
 
 
-def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path, out_csv: str | Path) -> ImportResult:
+def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path, out_csv: str | Path, *,
+                         crops_dir: str | Path | None = None, encoding: str = "utf-8") -> ImportResult:
     """The ``layout`` column of a labelled CSV (``single`` / ``several``; empty: not labelled) as a layout
     crop list (``path,layout``) for the layout head (recipe ``layout.crops``): the line's own touching pairs.
 
-    Rows with an unknown item, a missing crop or another value are skipped with the reason; raises
-    :class:`DataError` when the files cannot be read or no row carries a layout label.
+    Rows with an unknown item, a missing or unusable crop (as :func:`labels_to_manifest`) or another
+    value are skipped with the reason; raises :class:`DataError` when the files cannot be read or no
+    row carries a layout label.
     """
     db_path, labels_csv, out_csv = Path(db_path), Path(labels_csv), Path(out_csv)
     crops = _saved_crops(db_path, labels_csv)
+    folder = _crops_folder(db_path, crops_dir)
     rows: list[tuple[str, str]] = []
     skipped: list[str] = []
-    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+    with read_csv_text(labels_csv, encoding) as fh:
         reader = csv.DictReader(fh)
         if not {"item_id", "layout"} <= set(reader.fieldnames or ()):
             raise DataError(f"{labels_csv}: needs columns item_id and layout (got {reader.fieldnames})")
@@ -429,9 +443,9 @@ def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path, out_csv: s
             if value not in LAYOUT_LABELS:
                 skipped.append(f"{where}: layout '{value}' is not one of {list(LAYOUT_LABELS)}")
                 continue
-            _, crop = _crop_of(record, crops, db_path, where, skipped)
-            if crop is not None:
-                rows.append((relative_path(crop, out_csv.parent), value))
+            found = _crop_of(record, crops, db_path, folder, where, skipped)
+            if found is not None:
+                rows.append((relative_path(found[0], out_csv.parent), value))
     for reason in skipped:
         log.warning("skipped %s", reason)
     if not rows:
@@ -462,17 +476,32 @@ def _saved_crops(db_path: Path, labels_csv: Path) -> dict[str, sqlite3.Row]:
         conn.close()
 
 
-def _crop_of(record: dict[str, str], crops: dict[str, sqlite3.Row], db_path: Path, where: str,
-             skipped: list[str]) -> tuple[sqlite3.Row | None, Path | None]:
-    """The logged item and crop file a labelled row names, or (None, None) with the reason in ``skipped``."""
+def _crops_folder(db_path: Path, crops_dir: str | Path | None) -> Path:
+    """The log's crops folder (the writer's default ``<db name>-crops`` next to it), resolved."""
+    return DecisionLogConfig(path=db_path, crops_dir=crops_dir).crops_folder().resolve()
+
+
+def _crop_in_folder(db_path: Path, crop_path: str, folder: Path) -> Path | None:
+    """The file a row's ``crop_path`` names (relative to the log's folder, links resolved), or None when it
+    lies outside ``folder``: a crafted or edited log must not pull other files into a training set."""
+    crop = (db_path.parent / crop_path).resolve()
+    return crop if crop.is_relative_to(folder) else None
+
+
+def _crop_of(record: dict[str, str], crops: dict[str, sqlite3.Row], db_path: Path, folder: Path, where: str,
+             skipped: list[str]) -> tuple[Path, ImageInfo] | None:
+    """The crop file a labelled row names, decoded, or None with the reason in ``skipped``."""
     uid = (record.get("item_id") or "").strip()
     hit = crops.get(uid)
     if hit is None:
         skipped.append(f"{where}: item '{uid}' has no saved crop in {db_path.name}")
-        return None, None
-    crop = db_path.parent / hit["crop_path"]
-    if not crop.is_file():
-        skipped.append(f"{where}: crop {crop} is missing")
-        return None, None
-    return hit, crop
-
+        return None
+    crop = _crop_in_folder(db_path, hit["crop_path"], folder)
+    if crop is None:
+        skipped.append(f"{where}: crop {hit['crop_path'][:200]!r} lies outside the crops folder {folder}")
+        return None
+    try:
+        return crop, inspect_image(crop)
+    except ImageError as exc:
+        skipped.append(f"{where}: crop {crop}: {exc.reason}")
+        return None

@@ -179,7 +179,7 @@ def alias_bomb(levels: int, width: int = 10) -> str:
     lines = ['a0: &a0 ["lol"]']
     for i in range(1, levels):
         lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]")
-    lines.append(f"name: [" + ", ".join([f"*a{levels - 1}"] * width) + "]")
+    lines.append("name: [" + ", ".join([f"*a{levels - 1}"] * width) + "]")
     return "\n".join(lines) + "\n"
 
 
