@@ -185,8 +185,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if path.is_dir():
         raise ConfigError(f"config file {path} is a folder, not a file")
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file")
     if path.stat().st_size > MAX_YAML_BYTES:
         raise ConfigError(f"config file {path} is larger than {MAX_YAML_BYTES // 1_000_000} MB")
     try:

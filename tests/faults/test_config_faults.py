@@ -251,3 +251,8 @@ def test_a_training_recipe_refuses_non_finite_numbers(repo_root) -> None:
     message = config_error(load_config, TrainConfig, repo_root / "training" / "synthetic-quick.yaml",
                            ["optim.lr=.nan"])
     assert "optim.lr" in message and "finite" in message
+
+
+def test_a_config_path_that_is_a_device_is_named_so() -> None:
+    """``policy.bins: /dev/zero`` said 'config file not found'."""
+    assert "not a regular file" in config_error(read_yaml, "/dev/zero")
