@@ -467,7 +467,7 @@ def _saved_crops(db_path: Path, labels_csv: Path) -> dict[str, sqlite3.Row]:
         return {
             r["uid"]: r
             for r in conn.execute(
-                "SELECT uid, crop_path, crop_width, crop_height FROM decisions WHERE crop_path IS NOT NULL"
+                "SELECT uid, crop_path FROM decisions WHERE crop_path IS NOT NULL"
             )
         }
     except sqlite3.DatabaseError as exc:
