@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -182,6 +183,7 @@ def test_sample_line_is_valid_with_and_without_its_commented_encoder(tmp_path) -
     enabled = re.sub(r"^(\s*)# (encoder:.*|  .*)$", r"\1\2", text, flags=re.M)
     assert enabled != text
     (tmp_path / "line.yaml").write_text(enabled, encoding="utf-8")
+    shutil.copy(REPO / "serving" / "bins-fibre-colour.yaml", tmp_path)  # the line is checked against its bins
     enc = load_line_config(tmp_path / "line.yaml").belt.encoder
     assert enc is not None and enc.kind == "modbus" and enc.distance_per_count_m > 0
 

@@ -12,10 +12,11 @@ import time
 
 from sorting.cli import data_import_log, data_synth
 from sorting.cli.common import OneLineErrorParser, add_command
-from sorting.datasets.images import DEFAULT_MAX_PIXELS
-from sorting.datasets.importers import ImportReport, LabelMaps, import_csv, import_image_folder
+from sorting.datasets.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from sorting.datasets.importers import ImportReport, LabelMaps, default_rejects_path, import_csv, import_image_folder
 from sorting.datasets.split import DEFAULT_FRACTIONS, split_manifest
-from sorting.datasets.stats import manifest_stats
+from sorting.datasets.stats import check_chart_path, manifest_stats
+from sorting.paths import check_output_path
 from sorting.taxonomy import HEADS
 
 
@@ -31,17 +32,22 @@ def _add_import_options(parser: argparse.ArgumentParser) -> None:
                         help="threads decoding images (default: %(default)s)")
     parser.add_argument("--max-megapixels", type=float, default=DEFAULT_MAX_PIXELS / 1e6,
                         help="reject larger images (default: %(default)g)")
+    parser.add_argument("--max-file-mb", type=float, default=DEFAULT_MAX_BYTES / 1e6,
+                        help="reject larger files unread (default: %(default)g)")
     parser.add_argument("--keep-duplicates", action="store_true",
                         help="keep images whose bytes repeat an earlier one (default: reject as duplicate)")
 
 
 def _import_kwargs(args: argparse.Namespace) -> dict[str, object]:
+    check_output_path(args.out, "--out")
+    check_output_path(args.rejects or default_rejects_path(args.out), "--rejects")
     return dict(
         labels=LabelMaps.load(args.taxonomy, {h: getattr(args, f"{h}_aliases") for h in HEADS}),
         rejects_path=args.rejects,
         source=args.source,
         workers=args.workers,
         max_pixels=int(args.max_megapixels * 1e6),
+        max_bytes=int(args.max_file_mb * 1e6),
         deduplicate=not args.keep_duplicates,
     )
 
@@ -64,12 +70,14 @@ def _import_csv(args: argparse.Namespace) -> int:
     label_cols = {h: getattr(args, f"{h}_col") for h in HEADS if getattr(args, f"{h}_col")}
     report = import_csv(
         args.csv, args.out, image_col=args.image_col, label_cols=label_cols, garment_col=args.garment_col,
-        composition_col=args.composition_col, image_root=args.image_root, **_import_kwargs(args),  # type: ignore[arg-type]
+        composition_col=args.composition_col, image_root=args.image_root, encoding=args.encoding,
+        **_import_kwargs(args),  # type: ignore[arg-type]
     )
     return _print_report(report, started)
 
 
 def _split(args: argparse.Namespace) -> int:
+    check_output_path(args.out or args.manifest, "--out")
     out, counts = split_manifest(args.manifest, args.out, fractions=tuple(args.fractions), seed=args.seed,
                                  group_by=args.group_by)
     print(f"train {counts['train']}, val {counts['val']}, test {counts['test']} -> {out}")
@@ -77,6 +85,8 @@ def _split(args: argparse.Namespace) -> int:
 
 
 def _stats(args: argparse.Namespace) -> int:
+    if args.out:
+        check_output_path(check_chart_path(args.out), "--out")
     stats, png = manifest_stats(args.manifest, args.out)
     print(stats.format())
     print(f"chart -> {png}")
@@ -131,6 +141,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument(f"--{head}-col", metavar="COLUMN", help=f"column with {head} labels")
     p.add_argument("--garment-col", metavar="COLUMN", help="column copied into the manifest's garment column")
     p.add_argument("--composition-col", metavar="COLUMN", help="column copied into the composition column")
+    p.add_argument("--encoding", default="utf-8",
+                   help="text encoding of the CSV (default: %(default)s; e.g. cp1252 for a spreadsheet's)")
     _add_import_options(p)
     p.set_defaults(func=_import_csv)
 
@@ -159,7 +171,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 """,
     )
     p.add_argument("manifest", help="manifest CSV")
-    p.add_argument("--out", "-o", help="chart PNG (default: <manifest stem>.stats.png next to it)")
+    p.add_argument("--out", "-o", help="chart: .png, .svg or .pdf (default: <manifest stem>.stats.png next to it); "
+                                        "the counts are printed")
     p.set_defaults(func=_stats)
 
     data_synth.register(group)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 from sorting.cli.common import add_command
 from sorting.cli.console import add_console_flags, start_line_console
+from sorting.paths import check_output_path
 from sorting.serving.colour_calibration import calibrate_line
-from sorting.serving.line_config import load_line_config
+from sorting.serving.line_config import check_outputs, load_line_config
 from sorting.serving.runner import serve_line
 
 
@@ -21,6 +22,9 @@ def _serve(args: argparse.Namespace) -> int:
         cfg.model.path = Path(args.model).resolve()
     if args.realtime:
         cfg.camera.realtime = True
+    check_outputs(cfg)
+    if args.video_out:
+        check_output_path(args.video_out, "--video-out")
     console = start_line_console(args, cfg)
     try:
         summary = serve_line(cfg, max_frames=args.max_frames, video_out=args.video_out, progress=not args.no_progress,
@@ -60,6 +64,7 @@ def _pulse(args: argparse.Namespace) -> int:
     from sorting.serving.commissioning import pulse_bins
 
     cfg = load_line_config(args.line, args.set)
+    check_outputs(cfg)
     act = cfg.actuator
     target = f"the PLC at {act.host}:{act.port}" if act.kind == "modbus" else f"the {act.kind} actuator"
     if act.kind == "simulated":

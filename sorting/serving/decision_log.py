@@ -37,7 +37,8 @@ import numpy as np
 from pydantic import Field
 
 from sorting.config import StrictModel
-from sorting.datasets.manifest import ManifestRow, file_sha1, relative_path, write_manifest
+from sorting.datasets.images import ImageError, ImageInfo, inspect_image
+from sorting.datasets.manifest import ManifestRow, read_csv_text, relative_path, write_manifest
 from sorting.errors import DataError
 from sorting.serving.policy import Decision, ItemEvidence
 from sorting.taxonomy import HEADS, LAYOUT_CROP_COLUMNS, LAYOUT_LABELS, AliasMap, Taxonomy, load_aliases, load_taxonomy
@@ -415,13 +416,15 @@ class DecisionLog:
 TODO_COLUMNS = ("item_id", "crop", "reason", "pred_fibre", "pred_colour", "confidence", "fibre", "colour", "layout")
 
 
-def export_todo(db_path: str | Path, out_csv: str | Path) -> int:
+def export_todo(db_path: str | Path, out_csv: str | Path, *, crops_dir: str | Path | None = None) -> int:
     """Write a CSV of logged items with a saved crop, to be labelled (fill ``fibre``/``colour``, and
     ``layout`` = ``single`` / ``several`` for crops that show one garment or several touching).
 
-    ``crop`` paths are relative to the CSV's folder. Returns the number of rows.
+    ``crop`` paths are relative to the CSV's folder; rows whose crop lies outside the log's crops
+    folder (``crops_dir``, default ``<db name>-crops``) are left out. Returns the number of rows.
     """
     db_path, out_csv = Path(db_path), Path(out_csv)
+    folder = _crops_folder(db_path, crops_dir)
     conn = _connect(db_path, read_only=True)
     try:
         rows = conn.execute(
@@ -432,14 +435,17 @@ def export_todo(db_path: str | Path, out_csv: str | Path) -> int:
         raise DataError(f"{db_path} is not a decision log: {exc}") from None
     finally:
         conn.close()
+    inside = [(r, crop) for r in rows if (crop := _crop_in_folder(db_path, r["crop_path"], folder)) is not None]
+    if len(inside) < len(rows):
+        log.warning("%d logged crop path(s) outside %s left out", len(rows) - len(inside), folder)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     with open(out_csv, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(TODO_COLUMNS)
-        for r in rows:
-            crop = relative_path(db_path.parent / r["crop_path"], out_csv.parent)
-            writer.writerow([r["uid"], crop, r["reason"], r["fibre"] or "", r["colour"] or "", r["confidence"], "", "", ""])
-    return len(rows)
+        for r, crop in inside:
+            writer.writerow([r["uid"], relative_path(crop, out_csv.parent), r["reason"], r["fibre"] or "",
+                             r["colour"] or "", r["confidence"], "", "", ""])
+    return len(inside)
 
 
 def record_label(
@@ -531,26 +537,30 @@ def labels_to_manifest(
     *,
     taxonomy: Taxonomy | None = None,
     split: str | None = None,
+    crops_dir: str | Path | None = None,
+    encoding: str = "utf-8",
 ) -> ImportResult:
     """Turn labelled crops into a manifest: a labelled CSV (``item_id,fibre,colour``; other columns
     ignored) or, with ``labels_csv=None``, the labels stored in the log's ``labels`` table (console).
 
     Labels go through the taxonomy's alias maps; an empty cell is a missing label for that
     head. Rows with an unknown item, a missing crop, an unknown label or no label at all are
-    skipped with the reason (returned and logged), not fatal. Raises :class:`DataError` when
-    the files cannot be read or no row is usable.
+    skipped with the reason (returned and logged), not fatal; so are crops outside the log's
+    crops folder (``crops_dir``, default ``<db name>-crops``) and crops that do not decode.
+    Raises :class:`DataError` when the files cannot be read or no row is usable.
     """
     db_path, out_manifest = Path(db_path), Path(out_manifest)
     resolve = _resolver(taxonomy or load_taxonomy())
-    crops = _saved_crops(db_path)
-    source, records = _label_records(db_path, labels_csv, needs=("item_id", "fibre and/or colour"),
+    source, records = _label_records(db_path, labels_csv, encoding, needs=("item_id", "fibre and/or colour"),
                                      has_columns=lambda cols: "item_id" in cols and bool({"fibre", "colour"} & cols))
+    crops, folder = _saved_crops(db_path), _crops_folder(db_path, crops_dir)
     rows: list[ManifestRow] = []
     skipped: list[str] = []
     for where, record in records:
-        hit, crop = _crop_of(record, crops, db_path, where, skipped)
-        if crop is None:
+        found = _crop_of(record, crops, db_path, folder, where, skipped)
+        if found is None:
             continue
+        crop, info = found
         labels: dict[str, str | None] = {}
         bad = []
         for head in HEADS:
@@ -565,16 +575,9 @@ def labels_to_manifest(
         if not any(labels.values()):
             skipped.append(f"{where}: no label")
             continue
-        rows.append(ManifestRow(
-            path=relative_path(crop, out_manifest.parent),
-            fibre=labels["fibre"],
-            colour=labels["colour"],
-            source=f"decision-log:{db_path.name}",
-            split=split,
-            sha1=file_sha1(crop),
-            width=hit["crop_width"],
-            height=hit["crop_height"],
-        ))
+        rows.append(ManifestRow(path=relative_path(crop, out_manifest.parent), fibre=labels["fibre"],
+                                colour=labels["colour"], source=f"decision-log:{db_path.name}", split=split,
+                                sha1=info.sha1, width=info.width, height=info.height))
     for reason in skipped:
         log.warning("skipped %s", reason)
     if not rows:
@@ -583,18 +586,20 @@ def labels_to_manifest(
     return ImportResult(manifest=out_manifest, written=len(rows), skipped=skipped)
 
 
-def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path | None, out_csv: str | Path) -> ImportResult:
+def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path | None, out_csv: str | Path, *,
+                         crops_dir: str | Path | None = None, encoding: str = "utf-8") -> ImportResult:
     """The ``layout`` labels (``single`` / ``several``; empty: not labelled) of a labelled CSV or, with
     ``labels_csv=None``, of the log's ``labels`` table, as a layout crop list (``path,layout``) for the
     layout head (recipe ``layout.crops``): the line's own touching pairs.
 
-    Rows with an unknown item, a missing crop or another value are skipped with the reason; raises
-    :class:`DataError` when the files cannot be read or no row carries a layout label.
+    Rows with an unknown item, a missing or unusable crop (as :func:`labels_to_manifest`) or another
+    value are skipped with the reason; raises :class:`DataError` when the files cannot be read or no
+    row carries a layout label.
     """
     db_path, out_csv = Path(db_path), Path(out_csv)
-    crops = _saved_crops(db_path)
-    source, records = _label_records(db_path, labels_csv, needs=("item_id", "layout"),
+    source, records = _label_records(db_path, labels_csv, encoding, needs=("item_id", "layout"),
                                      has_columns=lambda cols: {"item_id", "layout"} <= cols)
+    crops, folder = _saved_crops(db_path), _crops_folder(db_path, crops_dir)
     rows: list[tuple[str, str]] = []
     skipped: list[str] = []
     for where, record in records:
@@ -604,9 +609,9 @@ def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path | None, out
         if value not in LAYOUT_LABELS:
             skipped.append(f"{where}: layout '{value}' is not one of {list(LAYOUT_LABELS)}")
             continue
-        _, crop = _crop_of(record, crops, db_path, where, skipped)
-        if crop is not None:
-            rows.append((relative_path(crop, out_csv.parent), value))
+        found = _crop_of(record, crops, db_path, folder, where, skipped)
+        if found is not None:
+            rows.append((relative_path(found[0], out_csv.parent), value))
     for reason in skipped:
         log.warning("skipped %s", reason)
     if not rows:
@@ -619,7 +624,7 @@ def layout_labels_to_csv(db_path: str | Path, labels_csv: str | Path | None, out
     return ImportResult(manifest=out_csv, written=len(rows), skipped=skipped)
 
 
-def _label_records(db_path: Path, labels_csv: str | Path | None, *, needs: tuple[str, str],
+def _label_records(db_path: Path, labels_csv: str | Path | None, encoding: str, *, needs: tuple[str, str],
                    has_columns: Callable[[set[str]], bool]) -> tuple[str, list[tuple[str, dict[str, str]]]]:
     """``(source name, [(where, record)])`` of labelled rows: a CSV's, or the stored labels (``None``)."""
     if labels_csv is None:
@@ -627,9 +632,7 @@ def _label_records(db_path: Path, labels_csv: str | Path | None, *, needs: tuple
             (f"labels:{r['item_id']}", r) for r in stored_labels(db_path)
         ]
     labels_csv = Path(labels_csv)
-    if not labels_csv.is_file():
-        raise DataError(f"labels file {labels_csv} does not exist")
-    with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+    with read_csv_text(labels_csv, encoding) as fh:
         reader = csv.DictReader(fh)
         if not has_columns(set(reader.fieldnames or ())):
             raise DataError(f"{labels_csv}: needs columns {' and '.join(needs)} (got {reader.fieldnames})")
@@ -641,10 +644,7 @@ def _saved_crops(db_path: Path) -> dict[str, sqlite3.Row]:
     conn = _connect(db_path, read_only=True)
     try:
         return {
-            r["uid"]: r
-            for r in conn.execute(
-                "SELECT uid, crop_path, crop_width, crop_height FROM decisions WHERE crop_path IS NOT NULL"
-            )
+            r["uid"]: r for r in conn.execute("SELECT uid, crop_path FROM decisions WHERE crop_path IS NOT NULL")
         }
     except sqlite3.DatabaseError as exc:
         raise DataError(f"{db_path} is not a decision log: {exc}") from None
@@ -652,17 +652,32 @@ def _saved_crops(db_path: Path) -> dict[str, sqlite3.Row]:
         conn.close()
 
 
-def _crop_of(record: dict[str, str], crops: dict[str, sqlite3.Row], db_path: Path, where: str,
-             skipped: list[str]) -> tuple[sqlite3.Row | None, Path | None]:
-    """The logged item and crop file a labelled row names, or (None, None) with the reason in ``skipped``."""
+def _crops_folder(db_path: Path, crops_dir: str | Path | None) -> Path:
+    """The log's crops folder (the writer's default ``<db name>-crops`` next to it), resolved."""
+    return DecisionLogConfig(path=db_path, crops_dir=crops_dir).crops_folder().resolve()
+
+
+def _crop_in_folder(db_path: Path, crop_path: str, folder: Path) -> Path | None:
+    """The file a row's ``crop_path`` names (relative to the log's folder, links resolved), or None when it
+    lies outside ``folder``: a crafted or edited log must not pull other files into a training set."""
+    crop = (db_path.parent / crop_path).resolve()
+    return crop if crop.is_relative_to(folder) else None
+
+
+def _crop_of(record: dict[str, str], crops: dict[str, sqlite3.Row], db_path: Path, folder: Path, where: str,
+             skipped: list[str]) -> tuple[Path, ImageInfo] | None:
+    """The crop file a labelled row names, decoded, or None with the reason in ``skipped``."""
     uid = (record.get("item_id") or "").strip()
     hit = crops.get(uid)
     if hit is None:
         skipped.append(f"{where}: item '{uid}' has no saved crop in {db_path.name}")
-        return None, None
-    crop = db_path.parent / hit["crop_path"]
-    if not crop.is_file():
-        skipped.append(f"{where}: crop {crop} is missing")
-        return None, None
-    return hit, crop
-
+        return None
+    crop = _crop_in_folder(db_path, hit["crop_path"], folder)
+    if crop is None:
+        skipped.append(f"{where}: crop {hit['crop_path'][:200]!r} lies outside the crops folder {folder}")
+        return None
+    try:
+        return crop, inspect_image(crop)
+    except ImageError as exc:
+        skipped.append(f"{where}: crop {crop}: {exc.reason}")
+        return None

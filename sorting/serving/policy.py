@@ -140,6 +140,9 @@ class PolicyConfig(StrictModel):
         units = {"m" if b.distance_m is not None else "px" for b in self.bins}
         if len(units) > 1:
             raise ValueError("all bins must use the same unit (all distance_m or all distance_px)")
+        clash = shared_output({b.id: b.actuator_address for b in self.bins}, self.bin_names())
+        if clash:
+            raise ValueError(clash)
         known = set(ids) | {self.reject.id}
         for rule in self.rules:
             if rule.bin not in known:
@@ -170,6 +173,21 @@ class PolicyConfig(StrictModel):
         for rule in self.rules:
             used.update(rule.heads(), rule.min_confidence)
         return frozenset(used)
+
+
+def shared_output(addresses: Mapping[int, int], names: Mapping[int, str]) -> str | None:
+    """Bins (id -> actuator address) that share one coil/register, described; None when each has its own.
+
+    Two bins on one output cannot be told apart: a firing for either moves both jets.
+    """
+    by_address: dict[int, list[int]] = {}
+    for bin_id, address in sorted(addresses.items()):
+        by_address.setdefault(address, []).append(bin_id)
+    for address, ids in sorted(by_address.items()):
+        if len(ids) > 1:
+            shared = " and ".join(f"{names.get(i, '?')} ({i})" for i in ids)
+            return f"bins {shared} share actuator address {address}"
+    return None
 
 
 def load_policy_config(path: str | Path, overrides: list[str] | None = None) -> PolicyConfig:

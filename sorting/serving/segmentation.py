@@ -31,12 +31,15 @@ from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
+from pydantic import Field, NonNegativeInt, PositiveInt
 
 from sorting.config import StrictModel
 
 log = logging.getLogger(__name__)
 
-Roi = tuple[int, int, int, int]
+# x, y, width, height in full-resolution pixels
+Roi = tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt]
+
 BODY_MIN_LEVEL_PX = 2.0  # lowest cut of the distance map: below it, outline noise makes "peaks"
 BODY_LEVEL_STEP = 1.4
 
@@ -44,27 +47,27 @@ BODY_LEVEL_STEP = 1.4
 class SegmentationConfig(StrictModel):
     """Belt/background segmentation settings (pixel values in full-resolution pixels)."""
 
-    scale: float = 0.5
-    threshold: int = 30
+    scale: float = Field(0.5, ge=0.1, le=1.0, description="segmentation resolution / full resolution")
+    threshold: int = Field(30, ge=0, le=255)
     # pixels brighter than the belt (default: ``threshold``). Dirt and stains are darker than a belt, so a
     # lower value here finds pale garments on a grey belt without turning stains into items
-    brighter_threshold: int | None = None
-    chroma_threshold: int = 14
-    shape_check_every: int = 3
-    min_area_px: int = 1500
-    morph_kernel_px: int = 7
-    background_rate: float = 0.02  # per frame
-    background_every: int = 2  # update the belt model every n-th frame (at n x the rate): it drifts slowly
-    static_s: float = 3.0
-    border_margin_px: int = 3
-    edge_contact_px: int = 4
-    solidity_min: float = 0.4
-    body_prominence: float = 0.5
-    body_colour_delta: float = 12.0  # two bodies count only if their colours differ this much (0: always)
-    colour_split_delta: float = 30.0
-    colour_split_lightness_weight: float = 0.25  # weight of L* against a*b*: < 1 ignores shading and folds
-    colour_split_min_share: float = 0.12
-    colour_split_contiguity: float = 0.8
+    brighter_threshold: int | None = Field(None, ge=0, le=255)
+    chroma_threshold: int = Field(14, ge=0, le=255)  # on |dCr| + |dCb| (saturates at 255)
+    shape_check_every: int = Field(3, ge=1)
+    min_area_px: int = Field(1500, ge=0)
+    morph_kernel_px: int = Field(7, ge=0)
+    background_rate: float = Field(0.02, ge=0, le=1)  # per frame
+    background_every: int = Field(2, ge=1)  # update the belt model every n-th frame (at n x the rate): it drifts slowly
+    static_s: float = Field(3.0, gt=0)
+    border_margin_px: int = Field(3, ge=0)
+    edge_contact_px: int = Field(4, ge=0)
+    solidity_min: float = Field(0.4, ge=0, le=1)
+    body_prominence: float = Field(0.5, ge=0, lt=1)
+    body_colour_delta: float = Field(12.0, ge=0)  # two bodies count only if their colours differ this much (0: always)
+    colour_split_delta: float = Field(30.0, ge=0)
+    colour_split_lightness_weight: float = Field(0.25, ge=0)  # weight of L* against a*b*: < 1 ignores shading, folds
+    colour_split_min_share: float = Field(0.12, ge=0, le=1)
+    colour_split_contiguity: float = Field(0.8, ge=0, le=1)
     ignore_rois: list[Roi] = []
 
 
@@ -94,8 +97,6 @@ class BeltSegmenter:
 
     def __init__(self, cfg: SegmentationConfig, *, fps: float = 30.0, along_axis: int = 0,
                  extra_ignore: list[Roi] | None = None) -> None:
-        if not 0.1 <= cfg.scale <= 1.0:
-            raise ValueError(f"segmentation.scale must be within 0.1..1, got {cfg.scale}")
         self.cfg = cfg
         self._along_axis = along_axis  # image axis the belt moves along: 0 = x, 1 = y
         self._static_frames = max(1, int(round(cfg.static_s * fps)))

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from sorting.config import StrictModel
 from sorting.serving.segmentation import Detection
@@ -49,28 +50,28 @@ SATELLITE_MIN_INSIDE = 0.5  # ... with at least this share of its box inside the
 
 
 class TrackingConfig(StrictModel):
-    """Tracker, decision line and per-item aggregation settings."""
+    """Tracker, decision line and per-item aggregation settings (fractions and weights are in 0..1)."""
 
-    decision_line_px: float = 480.0
-    max_match_px: float = 60.0
-    max_missed_frames: int = 5
-    min_hits: int = 3
-    min_travel_px: float = 15.0
-    classify_every: int = 2
-    max_views: int = 6
-    border_view_weight: float = 0.3
+    decision_line_px: float = 480.0  # image coordinate along the belt; the line config checks it lies in the frame
+    max_match_px: float = Field(60.0, gt=0)
+    max_missed_frames: int = Field(5, ge=0)
+    min_hits: int = Field(3, ge=1)
+    min_travel_px: float = Field(15.0, ge=0)
+    classify_every: int = Field(2, ge=1)
+    max_views: int = Field(6, ge=1)
+    border_view_weight: float = Field(0.3, ge=0, le=1)
     aggregation: Literal["mean", "log_sum"] = "mean"
-    ood_min_fraction: float = 0.5
-    overlap_min_frames: int = 2
-    overlap_min_fraction: float = 0.4
-    colour_min_fraction: float = 0.6
-    evidence_area_factor: float = 1.2
-    fragment_max_whole_frames: int = 10
-    fragment_margin_px: float = 10.0
+    ood_min_fraction: float = Field(0.5, ge=0, le=1)
+    overlap_min_frames: int = Field(2, ge=1)
+    overlap_min_fraction: float = Field(0.4, ge=0, le=1)
+    colour_min_fraction: float = Field(0.6, ge=0, le=1)
+    evidence_area_factor: float = Field(1.2, gt=0)
+    fragment_max_whole_frames: int = Field(10, ge=0)
+    fragment_margin_px: float = Field(10.0, ge=0)
     cut_off: Literal["reject", "best_view"] = "reject"
-    velocity_smoothing: float = 0.3
-    large_area_factor: float = 3.0
-    typical_area_window: int = 50  # items
+    velocity_smoothing: float = Field(0.3, ge=0, le=1)
+    large_area_factor: float = Field(3.0, gt=0)
+    typical_area_window: int = Field(50, ge=1)  # items
 
 
 @dataclass(frozen=True)
