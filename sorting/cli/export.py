@@ -24,6 +24,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
         """
   textile-sorter export runs/train/best.pt -o models/sorter.onnx
   textile-sorter export best.pt -o sorter.onnx --check-manifest data/synth/manifest.csv
+  textile-sorter export runs/train/nir-linear-<time>/best.pt -o models/nir.onnx --check-manifest runs/data/nir-swatches.csv
 """,
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint (.pt) written by `textile-sorter train`")
@@ -37,6 +38,12 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from sorting.models.spectral_checkpoint import is_spectral_checkpoint
+
+    if is_spectral_checkpoint(args.checkpoint):  # spectral dispatch
+        from sorting.cli import spectral
+
+        return spectral.export(args)
     from sorting.models.export import export_checkpoint
 
     result = export_checkpoint(
@@ -111,6 +118,7 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
   textile-sorter bench sorter.onnx --manifest synth/manifest.csv:test --manifest catalogue/manifest.csv:val --threads 2
   textile-sorter bench sorter.onnx sorter.int8.onnx --manifest test.csv:test -o runs/bench/mine
   textile-sorter bench tiny --manifest data/synth/manifest.csv --quick -o /tmp/bench
+  textile-sorter bench models/nir.onnx --manifest runs/data/nir-single.csv -o runs/bench/nir   # spectral models
 """,
     )
     p.add_argument("models", nargs="+", help="registry names (e.g. mobilenet_v3_small) and/or .onnx files")
@@ -138,6 +146,10 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from sorting.cli import spectral
+
+    if all(spectral.is_spectral_onnx(m) for m in args.models):  # spectral dispatch
+        return spectral.bench(args)
     from sorting.models.bench import BenchConfig, EvalSet, run_benchmark, write_report
 
     cfg = BenchConfig(
