@@ -122,3 +122,29 @@ def load_spectral_set(manifest_path: str | Path, *, split: str | None = None, al
                         "import them again")
     take = [index[r.sha1] for r in rows]  # type: ignore[index]
     return SpectralSet(list(rows), matrix[take], grid, [instruments[i] for i in take], manifest)
+
+
+@dataclass
+class LineHoldout:
+    """A spectral set cut by swatch into what a line's model trains on and what a simulated line may scan."""
+
+    train: SpectralSet
+    line: SpectralSet
+    train_only: list[str]  # classes with a single swatch: all in train, the line has no unseen spectra of them
+
+
+def line_holdout(data: SpectralSet, *, fraction: float = 0.3, seed: int = 0) -> LineHoldout:
+    """Hold ``fraction`` of each class's swatches (``garment`` groups) out for the simulated spectrometer.
+
+    Stratified and grouped like ``data split --group-by garment --fractions 1-f 0 f``: no swatch is in both
+    parts, and a class with one swatch stays whole in ``train`` (listed in ``train_only``), so the simulated
+    spectrometer only ever returns spectra of swatches the line's model did not train on.
+    """
+    from sorting.datasets.split import split_rows
+
+    rows = split_rows(data.rows, fractions=(1.0 - fraction, 0.0, fraction), seed=seed, group_by="garment")
+    train = [i for i, r in enumerate(rows) if r.split == "train"]
+    line = [i for i, r in enumerate(rows) if r.split == "test"]
+    in_line = {rows[i].fibre for i in line}
+    only = sorted({r.fibre or "" for r in rows} - in_line)
+    return LineHoldout(data.subset(train), data.subset(line), only)

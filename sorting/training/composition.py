@@ -62,7 +62,8 @@ def _folds(data: SpectralSet, k: int, seed: int) -> np.ndarray:
 
 
 def choose_components(data: SpectralSet, cfg: CompositionConfig, seed: int) -> int:
-    """Components with the lowest grouped-CV mean absolute error (rows = cotton/polyester compositions)."""
+    """The fewest components whose grouped-CV mean absolute error is within ``within_best`` points of the lowest:
+    a PLS model with many components fits one instrument's fine detail and does not carry over to another."""
     if cfg.components is not None:
         return cfg.components
     folds = _folds(data, cfg.folds, seed)
@@ -76,9 +77,10 @@ def choose_components(data: SpectralSet, cfg: CompositionConfig, seed: int) -> i
             p = pre.fit(data.absorbance[train])
             pred[test] = _pls(p.transform(data.absorbance[train]), y[train], n).predict(p.transform(data.absorbance[test])).ravel()
         errors.append(float(np.mean(np.abs(pred - y))))
-    best = int(np.argmin(errors)) + 1
-    log.info("composition: %d PLS components (grouped CV MAE %.2f points)", best, errors[best - 1])
-    return best
+    best = float(min(errors))
+    chosen = next(n for n, e in enumerate(errors, start=1) if e <= best + cfg.within_best)
+    log.info("composition: %d PLS components (grouped CV MAE %.2f points; best %.2f)", chosen, errors[chosen - 1], best)
+    return chosen
 
 
 def fit_composition(data: SpectralSet, cfg: CompositionConfig, seed: int) -> tuple[CompositionHead, dict]:

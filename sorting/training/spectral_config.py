@@ -77,6 +77,8 @@ class CompositionConfig(StrictModel):
     preprocess: SpectralPreprocessConfig = Field(default_factory=SpectralPreprocessConfig)
     components: int | None = Field(None, ge=1)  # null: chosen by grouped CV on the training data
     max_components: int = Field(12, ge=1)
+    # with components null: the fewest components within this many points (MAE) of the best CV error
+    within_best: float = Field(0.5, ge=0)
     folds: int = Field(5, ge=2)
 
 
@@ -85,7 +87,7 @@ class SpectralTrainConfig(StrictModel):
     name: str = "nir"
     output_dir: str | None = None  # default: <runs>/train
     seed: int = 0
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(1, ge=1)  # torch CPU threads: these models are small, more threads only contend
     progress: bool = True
     data: SpectralDataConfig
     preprocess: SpectralPreprocessConfig = Field(default_factory=SpectralPreprocessConfig)

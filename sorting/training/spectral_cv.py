@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from sorting.datasets.split import assign_folds
 from sorting.datasets.spectra_store import SpectralSet
@@ -88,12 +89,15 @@ def _store_fold(pooled: SpectralPredictions, test: np.ndarray, pred: SpectralPre
 def cross_validate_spectral(config: SpectralTrainConfig, manifest: str | Path, *, folds: int = 5, seed: int = 0,
                             group_by: str | None = "garment", out_dir: str | Path) -> SpectralCVReport:
     """See module docstring."""
+    if config.threads:
+        torch.set_num_threads(config.threads)
     data = load_training_set([str(manifest)], None)
     labels = label_list([r.fibre for r in data.rows], config.data.taxonomy)  # type: ignore[misc]
     composition = load_training_set(config.composition.train, None) if config.composition else None
     fold_of = np.asarray(assign_folds(data.rows, folds, seed=seed, group_by=group_by))
     pooled = _pooled_predictions(labels, len(data))
     truth = [r.fibre for r in data.rows]
+    known = np.zeros(len(data), dtype=bool)  # the fold's model learnt the row's class
     report = SpectralCVReport(config.name, str(manifest), folds, seed, group_by, Path(out_dir))
     for k in range(folds):
         train, test = data.subset(np.flatnonzero(fold_of != k)), fold_of == k
@@ -103,13 +107,14 @@ def cross_validate_spectral(config: SpectralTrainConfig, manifest: str | Path, *
                                 trained.ood, trained.composition)
         pred = TorchSpectralPredictor(trained.model, meta).predict(data.absorbance[test])
         _store_fold(pooled, test, pred)
-        known = np.isin(np.array(truth, dtype=object)[test], fold_labels)
-        report.fold_accuracy.append(float(np.mean(np.array(pred.top1(), dtype=object)[known] ==
-                                                  np.array(truth, dtype=object)[test][known])) if known.any() else float("nan"))
+        known[test] = np.isin(np.array(truth, dtype=object)[test], fold_labels)
+        report.fold_accuracy.append(float(np.mean(np.array(pred.top1(), dtype=object)[known[test]] ==
+                                                  np.array(truth, dtype=object)[test][known[test]]))
+                                   if known[test].any() else float("nan"))
         log.info("fold %d/%d: %d test spectra, accuracy %.3f", k + 1, folds, int(test.sum()), report.fold_accuracy[-1])
     if composition is None:
         pooled.cotton_share = None
-    report.pooled = score_spectra(truth, pooled, [r.composition for r in data.rows])  # type: ignore[arg-type]
+    report.pooled = score_spectra(truth, pooled, [r.composition for r in data.rows], known)  # type: ignore[arg-type]
     if composition is not None and config.composition is not None:
         scores, _, _ = composition_cv(composition, config.composition, folds=config.composition.folds, seed=seed)
         report.composition = {"data": ", ".join(config.composition.train), "folds": config.composition.folds,

@@ -67,12 +67,14 @@ def _per_class(truth: np.ndarray, called: np.ndarray, ood: np.ndarray) -> dict[s
     return out
 
 
-def score_spectra(truth: list[str], pred: SpectralPredictions, compositions: list[str | None] | None = None) -> dict[str, Any]:
-    """The figures of one evaluation (see module docstring)."""
+def score_spectra(truth: list[str], pred: SpectralPredictions, compositions: list[str | None] | None = None,
+                  known: np.ndarray | None = None) -> dict[str, Any]:
+    """The figures of one evaluation (see module docstring). ``known``: whether the model that scored each row
+    learnt its class (pooled cross-validation; default: the class is one of ``pred.labels``)."""
     labels = list(pred.labels)
     t = np.array(truth, dtype=object)
     called = np.array(pred.top1(), dtype=object)
-    known = np.isin(t, labels)
+    known = np.isin(t, labels) if known is None else np.asarray(known, dtype=bool)
     m: dict[str, Any] = {"n": int(len(t)), "n_known": int(known.sum()), "n_unseen_class": int((~known).sum())}
     if known.any():
         y = np.array([labels.index(v) for v in t[known]])

@@ -96,7 +96,7 @@ def _fit_cnn(model: SpectralModel, x: np.ndarray, y: np.ndarray, config: Spectra
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(xb)
+            total += float(loss.detach()) * len(xb)
         losses.append(total / len(x))
     model.eval()
     return losses
