@@ -21,7 +21,11 @@ import torch
 
 from sorting.datasets.spectra_transfer import MeanOffsetTransfer
 from sorting.models.spectral_onnx import SpectralMetadata
-from sorting.training.spectral import label_list, load_training_set, train_spectral_model
+from sorting.training.spectral import (
+    label_list,
+    load_training_set,
+    train_spectral_model,
+)
 from sorting.training.spectral_config import load_spectral_config
 from sorting.training.spectral_eval import TorchSpectralPredictor
 

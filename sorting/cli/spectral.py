@@ -11,8 +11,6 @@ import argparse
 import time
 from pathlib import Path
 
-from sorting.cli.common import track_onnx
-
 
 def train(args: argparse.Namespace) -> int:
     from sorting.training.spectral import fit_spectral
