@@ -83,7 +83,7 @@ progress: false
 data: {{train: [{manifest}]}}
 preprocess: {{snv: true, savgol_window: 11, savgol_polyorder: 2, derivative: 1}}
 model: {{family: {family}, cnn: {{epochs: 8, channels: [4, 8]}}}}
-calibration: {{folds: 3}}
+calibration: {{folds: 2}}
 tracking: {{enabled: false}}
 {extra}""")
     return path
@@ -112,6 +112,7 @@ def test_train_export_load_end_to_end(dataset: Path, tmp_path: Path, capsys: pyt
     assert metrics["n"] == len(data) and metrics["background_called_fibre"] == 0
 
 
+@pytest.mark.slow
 def test_cnn_family_trains_and_exports(dataset: Path, tmp_path: Path) -> None:
     assert main(["train", "--config", str(_recipe(tmp_path, dataset, "cnn"))]) == 0
     ckpt = next((tmp_path / "train").glob("*/best.pt"))
@@ -144,16 +145,16 @@ def test_grid_mismatch_and_foreign_models(dataset: Path, tmp_path: Path) -> None
 
 def test_cross_validation_folds_never_split_a_swatch(dataset: Path, tmp_path: Path) -> None:
     data = load_spectral_set(dataset)
-    folds = assign_folds(data.rows, 4, seed=0, group_by="garment")
+    folds = assign_folds(data.rows, 3, seed=0, group_by="garment")
     fold_of_swatch: dict[str, set[int]] = {}
     for row, fold in zip(data.rows, folds):
         fold_of_swatch.setdefault(row.garment, set()).add(fold)
-    assert all(len(f) == 1 for f in fold_of_swatch.values()) and len(set(folds)) == 4
+    assert all(len(f) == 1 for f in fold_of_swatch.values()) and len(set(folds)) == 3
     out = tmp_path / "cv"
-    assert main(["cross-validate", "-m", str(dataset), "-c", str(_recipe(tmp_path, dataset)), "--folds", "4",
+    assert main(["cross-validate", "-m", str(dataset), "-c", str(_recipe(tmp_path, dataset)), "--folds", "3",
                  "--group-by", "garment", "-o", str(out)]) == 0
     result = json.loads((out / "cv.json").read_text())
-    assert result["pooled"]["n"] == len(data) and len(result["fold_accuracy"]) == 4
+    assert result["pooled"]["n"] == len(data) and len(result["fold_accuracy"]) == 3
     assert (out / "confusion_fibre.png").is_file()
 
 
@@ -195,15 +196,17 @@ def test_shipped_recipes_load_and_unknown_keys_fail(repo_root: Path) -> None:
         load_spectral_config(recipes[0], ["model.depth=3"])
 
 
+@pytest.mark.slow
 @pytest.mark.shared_data
 def test_real_swatches_model_reads_another_session(shared_data: Path, tmp_path: Path) -> None:
     nir = shared_data / "nir-spectra"
     swatches = import_spectra([nir / "nirscan-nano-swatches"], tmp_path / "sw.csv", SpectraImport(progress=False))
-    single = import_spectra([nir / "nirscan-single-samples" / "polyester"], tmp_path / "pet.csv", SpectraImport(progress=False))
+    pet = sorted((nir / "nirscan-single-samples" / "polyester").glob("*.csv"))[:100]
+    single = import_spectra(pet, tmp_path / "pet.csv", SpectraImport(progress=False))
     recipe = tmp_path / "r.yaml"
     recipe.write_text(f"task: spectral\noutput_dir: {tmp_path}\nprogress: false\ndata: {{train: [{swatches.manifest_path}]}}\n"
                       "preprocess: {snv: true, savgol_window: 15, savgol_polyorder: 3, derivative: 2}\n"
-                      "calibration: {folds: 3}\ntracking: {enabled: false}\n")
+                      "composition: null\ncalibration: {folds: 2}\ntracking: {enabled: false}\n")
     assert main(["train", "--config", str(recipe)]) == 0
     path, _, _ = export_spectral_checkpoint(next(tmp_path.glob("nir-*/best.pt")), tmp_path / "m.onnx")
     pred = SpectralClassifier.load(path).predict(load_spectral_set(single.manifest_path).absorbance)
