@@ -216,7 +216,10 @@ def test_callbacks_only_on_the_main_process(manifests, tmp_path) -> None:
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "training").glob("*.yaml")))
 def test_shipped_recipes_are_valid_configs(recipe: str, repo_root: Path) -> None:
-    config = load_train_config(repo_root / "training" / recipe)
+    from sorting.training.spectral_config import load_spectral_config, recipe_task
+
+    path = repo_root / "training" / recipe
+    config = load_spectral_config(path) if recipe_task(path) == "spectral" else load_train_config(path)
     assert config.name == Path(recipe).stem
 
 

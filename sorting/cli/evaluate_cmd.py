@@ -19,10 +19,17 @@ EXAMPLES = """
   textile-sorter evaluate model.onnx ../shared/data/colour/manifest.csv --split test --tta --out runs/eval/colour
   textile-sorter evaluate best.pt manifest.csv --no-track --threads 2     # no MLflow run
   mlflow ui --backend-store-uri sqlite:///runs/mlflow.db                  # browse tracked runs
+  textile-sorter evaluate models/nir.onnx runs/data/nir-single.csv        # a spectral model on spectra
 """
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from sorting.datasets.spectra_store import is_spectral_manifest
+
+    if is_spectral_manifest(args.manifest):  # spectral dispatch: spectra beside the manifest
+        from sorting.cli import spectral
+
+        return spectral.evaluate(args)
     from sorting.training.evaluate import evaluate_model
 
     out = Path(args.out) if args.out else runs_dir() / "eval" / f"{Path(args.model).stem}-{args.split or 'all'}"

@@ -13,6 +13,7 @@ EXPORT_HELP = "Export a training checkpoint to one self-describing ONNX file (ch
 EXPORT_EXAMPLES = """
   textile-sorter export runs/train/best.pt -o models/sorter.onnx
   textile-sorter export best.pt -o sorter.onnx --check-manifest data/synth/manifest.csv
+  textile-sorter export runs/train/nir-linear-<time>/best.pt -o models/nir.onnx --check-manifest runs/data/nir-swatches.csv
 """
 
 QUANTIZE_HELP = "Static INT8 quantization (QDQ, per-channel) of an exported model, calibrated on a manifest."
@@ -27,6 +28,7 @@ BENCH_EXAMPLES = """
   textile-sorter bench sorter.onnx --manifest synth/manifest.csv:test --manifest catalogue/manifest.csv:val --threads 2
   textile-sorter bench sorter.onnx sorter.int8.onnx --manifest test.csv:test -o runs/bench/mine
   textile-sorter bench tiny --manifest data/synth/manifest.csv --quick -o /tmp/bench
+  textile-sorter bench models/nir.onnx --manifest runs/data/nir-single.csv -o runs/bench/nir   # spectral models
 """
 
 
@@ -46,7 +48,7 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (18)")
     p.add_argument("--dynamo", action="store_true", help="use torch's torch.export-based exporter (slower)")
     add_no_track(p)
-    p.set_defaults(func=_tracked(_export))
+    p.set_defaults(func=_export_command)
 
 
 def _tracked(write_onnx: Callable[[argparse.Namespace], Path]) -> Callable[[argparse.Namespace], int]:
@@ -59,6 +61,17 @@ def _tracked(write_onnx: Callable[[argparse.Namespace], Path]) -> Callable[[argp
         return 0
 
     return command
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    """``export``: a spectral checkpoint goes to the spectral exporter (it logs its own model)."""
+    from sorting.models.spectral_checkpoint import is_spectral_checkpoint
+
+    if is_spectral_checkpoint(args.checkpoint):  # spectral dispatch
+        from sorting.cli import spectral
+
+        return spectral.export(args)
+    return _tracked(_export)(args)
 
 
 def _export(args: argparse.Namespace) -> Path:
@@ -141,6 +154,10 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from sorting.cli import spectral
+
+    if all(spectral.is_spectral_onnx(m) for m in args.models):  # spectral dispatch
+        return spectral.bench(args)
     from sorting.models.bench import BenchConfig, EvalSet, run_benchmark, write_report
 
     cfg = BenchConfig(
