@@ -1,0 +1,205 @@
+"""Set a line's segmentation up from a few frames of its own belt: ``textile-sorter calibrate --belt``.
+
+What an integrator would otherwise measure and type by hand, from frames of the empty or lightly
+loaded belt (still photos, each a new scene, or frames spread over a clip of the moving belt):
+
+1. a first belt colour from all pixels (the belt is the largest surface in view),
+2. the belt region: the band where that colour is found in most frames, with its two edges fitted as
+   straight lines and pulled in a little (rails, brackets, the calibration sticker and people beside
+   the belt fall outside),
+3. the belt colour again, from the band only,
+4. the expected item size: the median area of what the new settings find in the frames (items on a
+   lightly loaded belt), and the smallest item kept (``min_area_px``) as a share of the belt's width.
+
+The result goes into the line config's ``segmentation`` section (every other key kept, a ``.bak``
+copy written) and an overlay PNG shows the belt region and what is found in each frame.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+
+from sorting.config import read_yaml
+from sorting.errors import DataError
+from sorting.serving.belt_colour_model import (BeltColourConfig, BeltColourLookup, band_index, chromaticity,
+                                               fit_belt_colour)
+from sorting.serving.belt_region import belt_band, polygon_mask
+from sorting.serving.colour_foreground import ColourForeground, FrameError
+from sorting.serving.segmentation import BeltSegmenter, Detection, SegmentationConfig
+
+log = logging.getLogger(__name__)
+
+PIXEL_STEP = 2  # every 2nd pixel of each frame (at the segmentation scale) goes into the colour fit
+MIN_ITEM_SHARE = 0.12  # the smallest item kept: (this share of the belt's width) squared
+FOLLOW_MIN_SHIFT_PX = 4.0  # smaller shifts of the belt's edges between frames are noise: the region stays fixed
+FOLLOW_MAX_SHARE = 0.25  # of the belt's width: a frame's band further off than this is occluded, not moved
+OVERLAY_COLUMNS = 4
+
+
+@dataclass
+class BeltSetup:
+    """What ``calibrate --belt`` measured: the segmentation keys to write, and how it looks."""
+
+    segmentation: dict[str, Any]
+    frames: int
+    frame_size: tuple[int, int]
+    belt_width_px: float
+    item_areas: list[float]
+    overlay: np.ndarray
+
+    def summary(self) -> str:
+        items = (f"{len(self.item_areas)} items found, median area {np.median(self.item_areas):.0f} px"
+                 if self.item_areas else "no items found (empty belt)")
+        return (f"belt region {self.segmentation['belt_region']} ({self.belt_width_px:.0f} px wide) from "
+                f"{self.frames} frames of {self.frame_size[0]}x{self.frame_size[1]}; {items}; "
+                f"min_area_px {self.segmentation['min_area_px']}")
+
+
+def _small(frame: np.ndarray, scale: float) -> np.ndarray:
+    return cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+
+
+def _check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
+    if not frames:
+        raise DataError("no frames to set the belt up from")
+    shapes = {f.shape[:2] for f in frames}
+    if len(shapes) > 1:
+        raise DataError(f"the frames differ in size ({sorted(shapes)}): one camera, one size")
+    height, width = frames[0].shape[:2]
+    return width, height
+
+
+def _belt_masks(smalls: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per frame, where a first colour model (fitted to whole frames: the belt is the largest surface) is belt."""
+    pixels = np.concatenate([s[::PIXEL_STEP, ::PIXEL_STEP].reshape(-1, 3) for s in smalls])
+    rough = BeltColourLookup(fit_belt_colour(pixels))
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    return [cv2.morphologyEx(cv2.threshold(rough.distance_map(s), rough.max_level, 1, cv2.THRESH_BINARY_INV)[1],
+                             cv2.MORPH_OPEN, kernel).astype(np.float32) for s in smalls]
+
+
+def _follow_px(masks: Sequence[np.ndarray], polygon: Sequence[tuple[int, int]], scale: float, along_axis: int) -> float:
+    """How far the belt's edges move between the frames (camera poses, a wandering belt): the largest
+    shift of a frame's own band corner from the common band, with a quarter more for safety; 0 if none.
+    A frame whose own band is far off (a garment across a rail hides an edge) does not count."""
+    across = np.asarray(polygon, np.float64)[:, 1 - along_axis]
+    width = float(abs(across[3] - across[0]) + abs(across[2] - across[1])) / 2
+    shifts = [0.0]
+    for mask in masks:
+        try:
+            own = belt_band(mask, scale=scale, along_axis=along_axis)
+        except DataError:
+            continue
+        shift = max(float(np.hypot(a[0] - b[0], a[1] - b[1])) for a, b in zip(own, polygon))
+        if shift <= FOLLOW_MAX_SHARE * width:
+            shifts.append(shift)
+    largest = max(shifts)
+    return round(1.25 * largest, 1) if largest > FOLLOW_MIN_SHIFT_PX else 0.0
+
+
+def _local_sigma(model: BeltColourConfig, smalls: Sequence[np.ndarray], region: np.ndarray,
+                 sigma_px: float) -> list[tuple[float, float]]:
+    """Per brightness band, the robust spread of belt pixels' chromaticity around the belt beside them."""
+    fg = ColourForeground(model, region, region, sigma_px=sigma_px)
+    residuals, bands = [], []
+    for small in smalls:
+        _, _, belt = fg.mask(small)
+        level = cv2.transform(small, np.full((1, 3), 1.0 / 3.0, np.float32))
+        sure = cv2.threshold(fg.lookup.distance_map(small), fg.lookup.sure_level, 255, cv2.THRESH_BINARY_INV)[1]
+        pick = (fg.bright_enough(cv2.bitwise_and(sure, region), level) > 0)
+        brightness, chroma = chromaticity(small[pick])
+        _, ref = chromaticity(belt[pick])
+        residuals.append(chroma - ref)
+        bands.append(band_index(model, brightness))
+    res, band = np.concatenate(residuals), np.concatenate(bands)
+    n = len(model.intensity_edges) - 1
+    sigma = np.full((n, 2), np.nan)
+    for k in range(n):
+        x = res[band == k]
+        if len(x) >= 200:
+            sigma[k] = np.median(np.abs(x - np.median(x, axis=0)), axis=0) * 1.4826
+    known = np.flatnonzero(~np.isnan(sigma[:, 0]))
+    if not len(known):
+        raise DataError("too few belt pixels to measure the belt's colour noise")
+    for k in range(n):  # bands without belt pixels take the nearest measured band
+        if np.isnan(sigma[k, 0]):
+            sigma[k] = sigma[known[np.argmin(np.abs(known - k))]]
+    return [(round(float(b), 5), round(float(r), 5)) for b, r in np.maximum(sigma, 1e-3)]
+
+
+def set_up_belt(frames: Sequence[np.ndarray], base: SegmentationConfig, *, along_axis: int = 0) -> BeltSetup:
+    """Measure the belt region, the belt colour and the item size from ``frames`` (full resolution, BGR)."""
+    width, height = _check_frames(frames)
+    scale = base.scale
+    smalls = [_small(f, scale) for f in frames]
+    masks = _belt_masks(smalls)
+    polygon = belt_band(sum(masks) / len(masks), scale=scale, along_axis=along_axis)
+    region = polygon_mask(polygon, smalls[0].shape[:2], scale)
+    inside = region[::PIXEL_STEP, ::PIXEL_STEP] > 0
+    colour = fit_belt_colour(np.concatenate([s[::PIXEL_STEP, ::PIXEL_STEP][inside] for s in smalls]))
+    sigma_px = base.background_sigma_px * scale
+    colour = colour.model_copy(update={"local_sigma": _local_sigma(colour, smalls, region, sigma_px)})
+    band = polygon_mask(polygon, (height, width)) > 0
+    axis = 0 if along_axis == 0 else 1
+    belt_width = float(np.median(band.sum(axis=axis)[band.any(axis=axis)]))
+    section: dict[str, Any] = {
+        "belt_model": "colour", "belt_colour": colour.model_dump(), "belt_region": [list(p) for p in polygon],
+        "belt_region_follow_px": _follow_px(masks, polygon, scale, along_axis), "frame_size": [width, height],
+        "min_area_px": int(round((MIN_ITEM_SHARE * belt_width) ** 2)),
+    }
+    cfg = SegmentationConfig.model_validate({**base.model_dump(), **section})
+    found = []
+    for frame in frames:
+        try:
+            found.append(BeltSegmenter(cfg, along_axis=along_axis).segment(frame))
+        except FrameError as exc:
+            log.warning("calibration frame not usable: %s", exc)
+            found.append([])
+    areas = [d.area for dets in found for d in dets if not d.edges]
+    if areas:
+        section["expected_item_area_px"] = float(round(np.median(areas)))
+    overlay = setup_overlay(frames, found, polygon)
+    return BeltSetup(section, len(frames), (width, height), belt_width, areas, overlay)
+
+
+def setup_overlay(frames: Sequence[np.ndarray], found: Sequence[list[Detection]], polygon: Sequence[tuple[int, int]],
+                  *, tile_width: int = 480) -> np.ndarray:
+    """A grid of the frames with the belt region (yellow) and the detections (green) drawn on them."""
+    tiles = []
+    for k, (frame, dets) in enumerate(zip(frames, found)):
+        s = tile_width / frame.shape[1]
+        tile = cv2.resize(frame, None, fx=s, fy=s, interpolation=cv2.INTER_AREA)
+        pts = np.round(np.asarray(polygon, np.float64) * s).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(tile, [pts], True, (0, 230, 230), 2, cv2.LINE_AA)
+        for d in dets:
+            x, y, w, h = (int(round(v * s)) for v in d.bbox)
+            cv2.rectangle(tile, (x, y), (x + w, y + h), (60, 200, 60), 2, cv2.LINE_AA)
+        cv2.putText(tile, f"frame {k}: {len(dets)} found", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
+                    cv2.LINE_AA)
+        tiles.append(tile)
+    while len(tiles) % OVERLAY_COLUMNS:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[i:i + OVERLAY_COLUMNS]) for i in range(0, len(tiles), OVERLAY_COLUMNS)]
+    return np.vstack(rows)
+
+
+def write_belt_setup(line_path: str | Path, setup: BeltSetup) -> Path:
+    """Merge ``setup.segmentation`` into the line config's ``segmentation`` section (every other key kept,
+    the previous file kept as ``<name>.bak``)."""
+    path = Path(line_path)
+    data = read_yaml(path)
+    section = dict(data.get("segmentation") or {})
+    section.update(setup.segmentation)
+    data["segmentation"] = section
+    backup = path.with_name(path.name + ".bak")
+    backup.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    path.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None), encoding="utf-8")
+    return path
