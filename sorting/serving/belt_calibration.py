@@ -18,6 +18,8 @@ copy written) and an overlay PNG shows the belt region and what is found in each
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,11 +30,13 @@ import numpy as np
 import yaml
 
 from sorting.config import read_yaml
-from sorting.errors import DataError
+from sorting.errors import ConfigError, DataError
 from sorting.serving.belt_colour_model import (BeltColourConfig, BeltColourLookup, band_index, chromaticity,
                                                fit_belt_colour)
 from sorting.serving.belt_region import belt_band, polygon_mask
+from sorting.serving.blob_split import SplitConfig
 from sorting.serving.colour_foreground import ColourForeground, FrameError
+from sorting.serving.non_garment import NonGarmentConfig
 from sorting.serving.segmentation import BeltSegmenter, Detection, SegmentationConfig
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,7 @@ class BeltSetup:
     belt_width_px: float
     item_areas: list[float]
     overlay: np.ndarray
+    overlay_path: Path | None = None
 
     def summary(self) -> str:
         items = (f"{len(self.item_areas)} items found, median area {np.median(self.item_areas):.0f} px"
@@ -203,3 +208,111 @@ def write_belt_setup(line_path: str | Path, setup: BeltSetup) -> Path:
     backup.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     path.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None), encoding="utf-8")
     return path
+
+
+def sample_frames(source: str, n_frames: int, *, fps: float | None = None, spread_s: float = 0.5,
+                  max_wait_s: float = 60.0) -> list[np.ndarray]:
+    """``n_frames`` frames spread over ``source``: evenly over a folder of photos (each a new scene) or a
+    video file, one every ``spread_s`` seconds from a live camera or the synthetic belt (the belt moves
+    on between them)."""
+    from sorting.serving.sources import IMAGE_SUFFIXES, open_source
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        picks = [files[int(round(i))] for i in np.linspace(0, len(files) - 1, min(n_frames, len(files)))] if files else []
+        frames = [f for f in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in picks) if f is not None]
+    elif path.is_file():
+        cap = cv2.VideoCapture(str(path))
+        total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or n_frames
+        wanted = {int(round(i)) for i in np.linspace(0, max(0, total - 1), n_frames)}
+        frames, index = [], 0
+        while len(frames) < len(wanted):
+            ok, image = cap.read()
+            if not ok:
+                break
+            if index in wanted:
+                frames.append(image)
+            index += 1
+        cap.release()
+    else:
+        frames = _live_frames(open_source(source, fps=fps, max_frames=None), n_frames, spread_s, max_wait_s)
+    if not frames:
+        raise DataError(f"no frames from {source}")
+    return frames
+
+
+def _live_frames(src: Any, n_frames: int, spread_s: float, max_wait_s: float) -> list[np.ndarray]:
+    frames: list[np.ndarray] = []
+    step = max(1, int(round((src.fps or 30.0) * spread_s)))
+    deadline = time.monotonic() + max_wait_s
+    with src:
+        k = 0
+        while len(frames) < n_frames and time.monotonic() < deadline:
+            frame = src.read(1.0)
+            if frame is None:
+                if src.exhausted:
+                    break
+                continue
+            if k % step == 0:
+                frames.append(frame.image)
+            k += 1
+    return frames
+
+
+def line_from_template(template: str | Path, line_path: str | Path, *, camera: str,
+                       frame_size: tuple[int, int]) -> dict[str, Any]:
+    """A new line config (as a dict) from another line's: this camera and frame size, relative paths
+    rewritten for the new file's folder, and what belonged to the template's frames (its reference patch
+    and ignored rectangles) left out: measure white balance with ``calibrate`` once a patch is in view."""
+    template, line_path = Path(template), Path(line_path)
+    data = read_yaml(template)
+    data["name"] = line_path.stem.removeprefix("line-")
+    cam = dict(data.get("camera") or {})
+    cam.update(source=camera, width=frame_size[0], height=frame_size[1])
+    data["camera"] = cam
+    cal = dict(data.get("calibration") or {})
+    cal.update(reference_roi=None, continuous=False, white_balance=[1.0, 1.0, 1.0], exposure_gain=1.0)
+    cal.pop("calibrated_at", None)
+    data["calibration"] = cal
+    seg = dict(data.get("segmentation") or {})
+    seg.pop("ignore_rois", None)
+    data["segmentation"] = seg
+    for section, key in (("model", "path"), ("policy", "bins")):
+        value = (data.get(section) or {}).get(key)
+        if value and not Path(value).is_absolute():
+            target = (template.resolve().parent / value).resolve()
+            data[section][key] = os.path.relpath(target, line_path.resolve().parent)
+    return data
+
+
+def calibrate_belt(line_path: str | Path, *, source: str | None = None, n_frames: int = 8,
+                   template: str | Path | None = None, camera: str | None = None,
+                   overlay_path: str | Path | None = None) -> BeltSetup:
+    """Set the line's segmentation up from ``n_frames`` frames of ``source`` (default: the line's camera)
+    and write it into the line config (created from ``template`` when it does not exist yet)."""
+    from sorting.serving.line_config import load_line_config
+
+    path = Path(line_path)
+    frames: list[np.ndarray] | None = None
+    if not path.exists():
+        if template is None or source is None:
+            raise ConfigError(f"{path} does not exist: give --template (a line config to start from) and --source")
+        frames = sample_frames(source, n_frames)
+        height, width = frames[0].shape[:2]
+        data = line_from_template(template, path, camera=camera or source, frame_size=(width, height))
+        path.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None), encoding="utf-8")
+    cfg = load_line_config(path)
+    if frames is None:
+        frames = sample_frames(source or cfg.camera.source, n_frames, fps=cfg.camera.fps)
+    along = 0 if cfg.belt.direction[1] == "x" else 1
+    base = cfg.segmentation.model_copy(update={"split_touching": cfg.segmentation.split_touching or SplitConfig(),
+                                               "non_garment": cfg.segmentation.non_garment or NonGarmentConfig()})
+    setup = set_up_belt(frames, base, along_axis=along)
+    setup.segmentation.update(split_touching=base.split_touching.model_dump(),  # type: ignore[union-attr]
+                              non_garment=base.non_garment.model_dump())  # type: ignore[union-attr]
+    write_belt_setup(path, setup)
+    overlay = Path(overlay_path) if overlay_path else path.with_name(path.stem + "-belt.png")
+    cv2.imwrite(str(overlay), setup.overlay)
+    setup.overlay_path = overlay
+    return setup

@@ -15,12 +15,13 @@ import numpy as np
 from sorting.config import StrictModel
 
 SAMPLE_STEP = 2  # k-means on every 2nd pixel of the blob in each direction
+RIM_PX = 3  # the blob's outline band (segmentation scale) that mixes garment and belt
 
 
 class SplitConfig(StrictModel):
     """When a blob is cut in two (sizes in pixels at the segmentation scale)."""
 
-    colour_delta: float = 25.0  # weighted-Lab distance between the two colours
+    colour_delta: float = 35.0  # weighted-Lab distance between the two colours
     lightness_weight: float = 0.35
     min_share: float = 0.15  # each colour at least this share of the blob
     contiguity: float = 0.75  # ... and mostly (this share) one connected region
@@ -35,9 +36,13 @@ def _weighted_lab(roi_bgr: np.ndarray, weight: float) -> np.ndarray:
     return lab
 
 
-def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> np.ndarray | None:
-    """Label image (1, 2 inside the blob, 0 outside) of the blob's two colours, or None if it is one garment."""
-    sample = lab[::SAMPLE_STEP, ::SAMPLE_STEP][own[::SAMPLE_STEP, ::SAMPLE_STEP] > 0]
+def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> list[np.ndarray] | None:
+    """The blob's two garments (uint8 masks), or None if it is one garment.
+
+    Only the blob's core (RIM_PX in from its outline) is clustered: its rim mixes garment and belt and
+    would wrap one colour around the other."""
+    core = cv2.erode(own, None, iterations=RIM_PX, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    sample = lab[::SAMPLE_STEP, ::SAMPLE_STEP][core[::SAMPLE_STEP, ::SAMPLE_STEP] > 0]
     if len(sample) < 2 * cfg.min_part_px // (SAMPLE_STEP * SAMPLE_STEP):
         return None
     criteria = (cv2.TERM_CRITERIA_MAX_ITER + cv2.TERM_CRITERIA_EPS, 8, 0.5)
@@ -52,12 +57,12 @@ def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> np.ndarr
     d0 = np.sum((lab - centres[0]) ** 2, axis=2)
     d1 = np.sum((lab - centres[1]) ** 2, axis=2)
     labels = np.where(d1 < d0, 2, 1).astype(np.uint8)
-    labels[own == 0] = 0
-    # a garment's pixels near the other colour's border are mixed: smooth the labels a little
-    labels = cv2.medianBlur(labels, 5)
-    labels[own == 0] = 0
-    total = int(np.count_nonzero(own))
-    inner = cv2.erode(own, None, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    labels[core == 0] = 0
+    labels = cv2.medianBlur(labels, 5)  # mixed pixels where the colours meet
+    labels[core == 0] = 0
+    total = int(np.count_nonzero(core))
+    core_rim = cv2.subtract(core, cv2.erode(core, None, borderType=cv2.BORDER_CONSTANT, borderValue=0))
+    parts = []
     for k in (1, 2):
         region = (labels == k).astype(np.uint8)
         count = int(region.sum())
@@ -69,11 +74,18 @@ def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> np.ndarr
         # a garment lying beside another has much of its outline on the belt; a print or a patch inside
         # a garment has its outline inside the blob
         big = (comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
-        edge = cv2.subtract(big, cv2.erode(big, None, borderType=cv2.BORDER_CONSTANT, borderValue=0))
-        on_belt = cv2.countNonZero(cv2.bitwise_and(edge, cv2.bitwise_not(inner)))
+        outline, _ = cv2.findContours(big, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+        edge = np.zeros_like(big)
+        cv2.drawContours(edge, outline, -1, 1, 1)  # its outer outline: dark folds inside it are no border
+        on_belt = cv2.countNonZero(cv2.bitwise_and(edge, core_rim))
         if on_belt < cfg.min_outline_share * max(1, cv2.countNonZero(edge)):
             return None
-    return labels
+        parts.append(big)
+    # give the rim back: each rim pixel to the part nearer to it
+    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RIM_PX + 3, 2 * RIM_PX + 3))
+    first = cv2.bitwise_and(cv2.dilate(parts[0], grow), own)
+    second = cv2.bitwise_and(cv2.dilate(parts[1], grow), cv2.subtract(own, first))
+    return [cv2.bitwise_or(first, parts[0]) * 255, cv2.bitwise_or(second, parts[1]) * 255]
 
 
 def split_blob(own: np.ndarray, roi_bgr: np.ndarray, cfg: SplitConfig) -> list[np.ndarray]:
@@ -83,14 +95,8 @@ def split_blob(own: np.ndarray, roi_bgr: np.ndarray, cfg: SplitConfig) -> list[n
     for _ in range(cfg.depth):
         out = []
         for part in parts:
-            labels = _two_colours(lab, part, cfg)
-            if labels is None:
-                out.append(part)
-                continue
-            for k in (1, 2):
-                n, comp, stats, _ = cv2.connectedComponentsWithStats((labels == k).astype(np.uint8), connectivity=8)
-                big = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-                out.append(((comp == big) * 255).astype(np.uint8))
+            halves = _two_colours(lab, part, cfg)
+            out.extend([part] if halves is None else halves)
         if len(out) == len(parts):
             break
         parts = out

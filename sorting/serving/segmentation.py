@@ -40,6 +40,7 @@ from sorting.serving.belt_colour_model import BeltColourConfig
 from sorting.serving.belt_region import BeltEdgeFollower, check_polygon, polygon_mask
 from sorting.serving.blob_split import SplitConfig, split_blob
 from sorting.serving.colour_foreground import ColourForeground, FrameError
+from sorting.serving.non_garment import GARMENT, NonGarmentConfig, blob_kind, blob_measures
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ class SegmentationConfig(StrictModel):
     background_sigma_px: float = Field(default=40.0, gt=0)  # reach of the per-frame belt estimate ("colour")
     expected_item_area_px: float | None = None  # typical garment area measured at set-up (informative)
     split_touching: SplitConfig | None = None  # cut blobs of touching garments of different colours apart
+    non_garment: NonGarmentConfig | None = None  # tell hands and objects from garments (Detection.kind)
 
     @model_validator(mode="after")
     def _real_belt(self) -> "SegmentationConfig":
@@ -118,7 +120,7 @@ class Detection:
     shape_checked: bool = True  # cores / colour regions were examined in this frame
     # outline at the segmentation scale (OpenCV contour, int32 (N, 1, 2)); for painting neighbours out of a crop
     outline: np.ndarray | None = field(default=None, compare=False, repr=False)
-    kind: str = "garment"  # or "hand" / "object" (segmentation.non_garment): never sorted as a garment
+    kind: str = GARMENT  # or "hand" / "object" (segmentation.non_garment): never sorted as a garment
 
 
 class BeltSegmenter:
@@ -148,6 +150,7 @@ class BeltSegmenter:
         self.check_colours = True
         self._brighter = cfg.threshold if cfg.brighter_threshold is None else cfg.brighter_threshold
         self._colour: ColourForeground | None = None
+        self._entry_edges = frozenset(("left", "right") if along_axis == 0 else ("top", "bottom"))
 
     def _small(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
@@ -332,14 +335,7 @@ class BeltSegmenter:
             )
             if edges:
                 edges = confirm(edges, (x0, y0, x1 - x0, y1 - y0))
-            cores, split = 1, False
-            if check_shape and not edges:
-                own = np.zeros((h, w), np.uint8)
-                cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
-                roi = small[y : y + h, x : x + w]
-                cores = self._cores(own, roi)
-                split = (self.check_colours and cores <= 1 and area >= shape_min_area
-                         and self._two_colour_regions(roi, own))
+            cores, split, kind = self._blob_checks(contour, small, area, edges, check_shape, shape_min_area)
             overlap = solidity < self.cfg.solidity_min or cores > 1 or split
             out.append(
                 Detection(
@@ -353,9 +349,32 @@ class BeltSegmenter:
                     two_colour_regions=split,
                     shape_checked=check_shape,
                     outline=contour,
+                    kind=kind,
                 )
             )
         return out
+
+    def _blob_checks(self, contour: np.ndarray, small: np.ndarray, area: float, edges: frozenset[str],
+                     check_shape: bool, shape_min_area: float) -> tuple[int, bool, str]:
+        """(bodies, two colour regions, kind) of one blob: the shape checks on a whole blob every
+        ``shape_check_every``-th frame, the kind on every frame when ``non_garment`` is set."""
+        non_garment = self.cfg.non_garment
+        if not (check_shape and not edges) and non_garment is None:
+            return 1, False, GARMENT
+        x, y, w, h = cv2.boundingRect(contour)
+        own = np.zeros((h, w), np.uint8)
+        cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
+        roi = small[y : y + h, x : x + w]
+        cores, split, kind = 1, False, GARMENT
+        if check_shape and not edges:
+            cores = self._cores(own, roi)
+            split = (self.check_colours and cores <= 1 and area >= shape_min_area
+                     and self._two_colour_regions(roi, own))
+        if non_garment is not None:
+            typical = self.cfg.expected_item_area_px or 10.0 * self.cfg.min_area_px
+            kind = blob_kind(blob_measures(roi, own, contour), area_px=area, typical_area_px=typical,
+                             at_edge=bool(edges & self._entry_edges), cfg=non_garment)
+        return cores, split, kind
 
     def _split_touching(self, contours: Sequence[np.ndarray], small: np.ndarray, min_area: float) -> list[np.ndarray]:
         """Contours with each blob of touching garments (``split_touching``) replaced by its parts."""
