@@ -177,7 +177,8 @@ def set_up_belt(frames: Sequence[np.ndarray], base: SegmentationConfig, *, along
 
 def setup_overlay(frames: Sequence[np.ndarray], found: Sequence[list[Detection]], polygon: Sequence[tuple[int, int]],
                   *, tile_width: int = 480) -> np.ndarray:
-    """A grid of the frames with the belt region (yellow) and the detections (green) drawn on them."""
+    """A grid of the frames with the belt region (yellow) and the detections (green; magenta with their
+    kind: a hand or an object) drawn on them."""
     tiles = []
     for k, (frame, dets) in enumerate(zip(frames, found)):
         s = tile_width / frame.shape[1]
@@ -186,7 +187,10 @@ def setup_overlay(frames: Sequence[np.ndarray], found: Sequence[list[Detection]]
         cv2.polylines(tile, [pts], True, (0, 230, 230), 2, cv2.LINE_AA)
         for d in dets:
             x, y, w, h = (int(round(v * s)) for v in d.bbox)
-            cv2.rectangle(tile, (x, y), (x + w, y + h), (60, 200, 60), 2, cv2.LINE_AA)
+            colour = (60, 200, 60) if d.kind == "garment" else (200, 60, 200)
+            cv2.rectangle(tile, (x, y), (x + w, y + h), colour, 2, cv2.LINE_AA)
+            if d.kind != "garment":
+                cv2.putText(tile, d.kind, (x + 2, y + 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
         cv2.putText(tile, f"frame {k}: {len(dets)} found", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
                     cv2.LINE_AA)
         tiles.append(tile)

@@ -5,6 +5,7 @@ blob's pixels fall into two clearly different colours (weighted Lab: lightness c
 fold's shading is not a second garment), each a large contiguous region (a printed or striped
 garment gives many small interleaved regions instead, and is left whole). The blob is then cut
 along the border between the two regions, and each side again (three garments in a row).
+All of it runs at half the segmentation scale (a blob is large; its colours are not fine detail).
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import numpy as np
 
 from sorting.config import StrictModel
 
-SAMPLE_STEP = 2  # k-means on every 2nd pixel of the blob in each direction
-RIM_PX = 3  # the blob's outline band (segmentation scale) that mixes garment and belt
+STEP = 2  # the split works on every 2nd pixel of the blob in each direction
+RIM_PX = 2  # the blob's outline band (at the split's scale) that mixes garment and belt
 
 
 class SplitConfig(StrictModel):
@@ -28,6 +29,7 @@ class SplitConfig(StrictModel):
     min_part_px: int = 150  # a part smaller than this is not a garment of its own
     min_outline_share: float = 0.5  # each part has this share of its outline on the belt (not a print inside)
     depth: int = 2  # cut the parts again (2: up to four garments)
+    max_solidity: float = 0.9  # look only at blobs less convex than this (two garments rarely make a convex one)
 
 
 def _weighted_lab(roi_bgr: np.ndarray, weight: float) -> np.ndarray:
@@ -42,8 +44,9 @@ def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> list[np.
     Only the blob's core (RIM_PX in from its outline) is clustered: its rim mixes garment and belt and
     would wrap one colour around the other."""
     core = cv2.erode(own, None, iterations=RIM_PX, borderType=cv2.BORDER_CONSTANT, borderValue=0)
-    sample = lab[::SAMPLE_STEP, ::SAMPLE_STEP][core[::SAMPLE_STEP, ::SAMPLE_STEP] > 0]
-    if len(sample) < 2 * cfg.min_part_px // (SAMPLE_STEP * SAMPLE_STEP):
+    sample = lab[core > 0]
+    min_part = cfg.min_part_px / (STEP * STEP)
+    if len(sample) < 2 * min_part:
         return None
     criteria = (cv2.TERM_CRITERIA_MAX_ITER + cv2.TERM_CRITERIA_EPS, 8, 0.5)
     # deterministic start: the two sides of the colours' main axis
@@ -51,14 +54,12 @@ def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> list[np.
     axis = np.linalg.svd(centred[:: max(1, len(centred) // 500)], full_matrices=False)[2][0]
     proj = centred @ axis
     start = (proj > np.median(proj)).astype(np.int32).reshape(-1, 1)
-    _, _, centres = cv2.kmeans(sample, 2, start, criteria, 1, cv2.KMEANS_USE_INITIAL_LABELS)
+    _, assigned, centres = cv2.kmeans(sample, 2, start, criteria, 1, cv2.KMEANS_USE_INITIAL_LABELS)
     if float(np.linalg.norm(centres[0] - centres[1])) < cfg.colour_delta:
         return None
-    d0 = np.sum((lab - centres[0]) ** 2, axis=2)
-    d1 = np.sum((lab - centres[1]) ** 2, axis=2)
-    labels = np.where(d1 < d0, 2, 1).astype(np.uint8)
-    labels[core == 0] = 0
-    labels = cv2.medianBlur(labels, 5)  # mixed pixels where the colours meet
+    labels = np.zeros(core.shape, np.uint8)
+    labels[core > 0] = assigned.ravel().astype(np.uint8) + 1
+    labels = cv2.medianBlur(labels, 3)  # mixed pixels where the colours meet
     labels[core == 0] = 0
     total = int(np.count_nonzero(core))
     core_rim = cv2.subtract(core, cv2.erode(core, None, borderType=cv2.BORDER_CONSTANT, borderValue=0))
@@ -66,7 +67,7 @@ def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> list[np.
     for k in (1, 2):
         region = (labels == k).astype(np.uint8)
         count = int(region.sum())
-        if count < cfg.min_share * total or count < cfg.min_part_px:
+        if count < cfg.min_share * total or count < min_part:
             return None
         n, comp, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
         if n < 2 or stats[1:, cv2.CC_STAT_AREA].max() < cfg.contiguity * count:
@@ -90,8 +91,11 @@ def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> list[np.
 
 def split_blob(own: np.ndarray, roi_bgr: np.ndarray, cfg: SplitConfig) -> list[np.ndarray]:
     """The parts (uint8 masks of ``own``'s shape) of one blob; ``[own]`` when it stays whole."""
-    parts = [own]
-    lab = _weighted_lab(roi_bgr, cfg.lightness_weight)
+    h, w = own.shape
+    size = ((w + STEP - 1) // STEP, (h + STEP - 1) // STEP)
+    half = cv2.resize(own, size, interpolation=cv2.INTER_NEAREST)
+    lab = _weighted_lab(cv2.resize(roi_bgr, size, interpolation=cv2.INTER_AREA), cfg.lightness_weight)
+    parts = [half]
     for _ in range(cfg.depth):
         out = []
         for part in parts:
@@ -100,4 +104,6 @@ def split_blob(own: np.ndarray, roi_bgr: np.ndarray, cfg: SplitConfig) -> list[n
         if len(out) == len(parts):
             break
         parts = out
-    return parts
+    if len(parts) == 1:
+        return [own]
+    return [cv2.bitwise_and(cv2.resize(p, (w, h), interpolation=cv2.INTER_NEAREST), own) for p in parts]

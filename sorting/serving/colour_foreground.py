@@ -78,35 +78,37 @@ class ColourForeground:
         return cv2.bitwise_and(candidates, cv2.threshold(level, cut - 1, 255, cv2.THRESH_BINARY)[1])
 
     def local_belt(self, small: np.ndarray, sure: np.ndarray) -> np.ndarray:
-        """The belt's BGR colour around every pixel (float32), spread from the surely-belt pixels."""
+        """The belt's BGR colour (float32) on the coarse grid, spread from the surely-belt pixels."""
         h, w = sure.shape
         tiny = (max(1, w // GRID), max(1, h // GRID))
         weight = cv2.resize(sure, tiny, interpolation=cv2.INTER_AREA).astype(np.float32)
         values = cv2.resize(cv2.bitwise_and(small, small, mask=sure), tiny, interpolation=cv2.INTER_AREA)
         num = cv2.GaussianBlur(values.astype(np.float32), (0, 0), self.sigma / GRID)
         den = cv2.GaussianBlur(weight, (0, 0), self.sigma / GRID)
-        belt = num * (255.0 / np.maximum(den, 1e-2))[..., None]
-        return cv2.resize(belt, (w, h), interpolation=cv2.INTER_LINEAR)
+        return num * (255.0 / np.maximum(den, 1e-2))[..., None]
 
-    def off_local_colour(self, small: np.ndarray, belt: np.ndarray) -> np.ndarray:
+    def off_local_colour(self, small: np.ndarray, belt_grid: np.ndarray) -> np.ndarray:
         """Pixels whose chromaticity is more than ``local_max_distance`` local sigmas from the belt beside
-        them, or which are darker than ``local_dark_ratio`` times it."""
+        them, or which are darker than ``local_dark_ratio`` times it (OpenCV calls on whole images)."""
         assert self._inv_sigma is not None
-        px = small.astype(np.float32) + 1.0
-        total = cv2.transform(px, np.ones((1, 3), np.float32))
-        ref = belt + 1.0
-        ref_total = cv2.transform(ref, np.ones((1, 3), np.float32))
+        h, w = small.shape[:2]
+        ref = belt_grid + 1.0
+        ref_total = ref.sum(axis=2)
+        ref_chroma = np.dstack([ref[..., 0] / ref_total, ref[..., 2] / ref_total, ref_total])  # small grid
+        ref_b, ref_r, ref_total = cv2.split(cv2.resize(ref_chroma, (w, h), interpolation=cv2.INTER_LINEAR))
+        px_b, px_g, px_r = cv2.split(cv2.add(small.astype(np.float32), 1.0))
+        total = cv2.add(cv2.add(px_b, px_g), px_r)
         level = cv2.convertScaleAbs(total, alpha=1.0 / 3.0)
         inv_b, inv_r = (cv2.LUT(level, t) for t in self._inv_sigma)
-        d_b = (px[..., 0] / total - ref[..., 0] / ref_total) * inv_b
-        d_r = (px[..., 2] / total - ref[..., 2] / ref_total) * inv_r
-        off = (d_b * d_b + d_r * d_r) > self.model.local_max_distance**2
+        d_b = cv2.multiply(cv2.subtract(cv2.divide(px_b, total), ref_b), inv_b)
+        d_r = cv2.multiply(cv2.subtract(cv2.divide(px_r, total), ref_r), inv_r)
+        off = cv2.compare(cv2.magnitude(d_b, d_r), self.model.local_max_distance, cv2.CMP_GT)
         if self.model.local_dark_ratio > 0:
-            off |= total < self.model.local_dark_ratio * ref_total
-        return off.astype(np.uint8) * 255
+            off = cv2.bitwise_or(off, cv2.compare(total, ref_total * self.model.local_dark_ratio, cv2.CMP_LT))
+        return off
 
     def mask(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(foreground, belt region, local belt BGR) of one frame; FrameError if no belt is in view."""
+        """(foreground, belt region, local belt BGR float32) of one frame; FrameError if no belt is in view."""
         distance = self.lookup.distance_map(small)
         level = cv2.transform(small, np.full((1, 3), 1.0 / 3.0, np.float32))
         sure = cv2.bitwise_and(cv2.threshold(distance, self.lookup.sure_level, 255, cv2.THRESH_BINARY_INV)[1],
@@ -119,10 +121,11 @@ class ColourForeground:
             level = float(np.mean(cv2.mean(small)[:3]))
             what = "black" if level < 12 else "saturated" if level > 243 else "no belt in view"
             raise FrameError(f"frame unusable ({what}: {share:.1%} of the belt region looks like belt, "
-                                f"mean level {level:.0f}): frame skipped")
-        belt = self.local_belt(small, sure)
+                             f"mean level {level:.0f}): frame skipped")
+        belt_grid = self.local_belt(small, sure)
         fg = cv2.threshold(distance, self.lookup.max_level, 255, cv2.THRESH_BINARY)[1]
         if self._inv_sigma is not None:
-            fg = cv2.bitwise_or(fg, self.off_local_colour(small, belt))
+            fg = cv2.bitwise_or(fg, self.off_local_colour(small, belt_grid))
         fg = cv2.medianBlur(fg, MEDIAN_PX)
+        belt = cv2.resize(belt_grid, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_LINEAR)
         return cv2.bitwise_and(fg, region), region, belt

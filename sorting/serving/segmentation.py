@@ -380,8 +380,10 @@ class BeltSegmenter:
         """Contours with each blob of touching garments (``split_touching``) replaced by its parts."""
         assert self.cfg.split_touching is not None
         out: list[np.ndarray] = []
+        max_solidity = self.cfg.split_touching.max_solidity
         for contour in contours:
-            if cv2.contourArea(contour) < min_area:
+            area = cv2.contourArea(contour)
+            if area < min_area or area > max_solidity * cv2.contourArea(cv2.convexHull(contour)):
                 out.append(contour)
                 continue
             x, y, w, h = cv2.boundingRect(contour)
