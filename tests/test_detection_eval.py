@@ -7,10 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from sorting.apps.detection_data import fit_to_frame, ground_truth_boxes, read_boxes_csv, read_subset
+from sorting.apps.detection_data import (
+    fit_to_frame,
+    ground_truth_boxes,
+    read_boxes_csv,
+    read_subset,
+)
 from sorting.errors import DataError
-from sorting.serving.detection_eval import (LabelBox, ScoredDetection, iou_matrix, match_boxes, score_frame,
-                                            share_inside, summarise)
+from sorting.serving.detection_eval import (
+    LabelBox,
+    ScoredDetection,
+    iou_matrix,
+    match_boxes,
+    score_frame,
+    share_inside,
+    summarise,
+)
 
 
 def test_iou_and_share_inside():

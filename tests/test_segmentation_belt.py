@@ -10,8 +10,8 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-
 from _blue_belt import BELT_BOTTOM, BELT_TOP, COLOURS, H, W, _garment, blue_belt_frame
+
 from sorting.cli import main
 from sorting.errors import ConfigError
 from sorting.serving.belt_calibration import set_up_belt
@@ -87,6 +87,20 @@ def test_touching_garments_of_two_colours_are_cut_apart(belt_cfg: SegmentationCo
     assert len(whole) == 1 and len(cut) == 2
     lefts = sorted(d.bbox[0] for d in cut)
     assert abs(lefts[0] - 150) <= 4 and abs(lefts[1] - 216) <= 6
+
+
+def test_items_joined_by_a_narrow_bridge_are_cut_apart(belt_cfg: SegmentationConfig):
+    image, _ = blue_belt_frame(15, garments=())
+    rng = np.random.default_rng(3)
+    cv2.rectangle(image, (100, 80), (170, 160), COLOURS["red"], -1)  # two red garments of one colour,
+    cv2.rectangle(image, (240, 90), (310, 170), COLOURS["red"], -1)
+    cv2.line(image, (170, 120), (240, 130), COLOURS["red"], 5)  # joined by a strap 5 px wide
+    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    necks = belt_cfg.split_touching.model_copy(update={"neck_px": 8})
+    whole = BeltSegmenter(belt_cfg).segment(image)  # off by default
+    cut = BeltSegmenter(belt_cfg.model_copy(update={"split_touching": necks})).segment(image)
+    assert len(whole) == 1 and len(cut) == 2
+    assert all(d.bbox[2] >= 68 for d in cut)  # each a whole garment (the strap shared out, not a third item)
 
 
 def test_a_printed_garment_is_not_cut(belt_cfg: SegmentationConfig):

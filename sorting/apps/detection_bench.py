@@ -23,11 +23,25 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sorting.apps.detection_data import (LabelledFrame, fit_to_frame, ground_truth_boxes, iter_photos, merge_box_files,
-                                         photo_frames, read_boxes_csv, read_subset)
+from sorting.apps.detection_data import (
+    LabelledFrame,
+    fit_to_frame,
+    ground_truth_boxes,
+    iter_photos,
+    merge_box_files,
+    photo_frames,
+    read_boxes_csv,
+    read_subset,
+)
 from sorting.errors import DataError
 from sorting.serving.colour_foreground import FrameError
-from sorting.serving.detection_eval import DetectionSummary, FrameScore, ScoredDetection, score_frame, summarise
+from sorting.serving.detection_eval import (
+    DetectionSummary,
+    FrameScore,
+    ScoredDetection,
+    score_frame,
+    summarise,
+)
 from sorting.serving.line_config import LineConfig, load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
 from sorting.serving.scoring import load_ground_truth
@@ -188,7 +202,7 @@ class _Runner:
                 self.seg.segmenter.rewind()
             t0, c0 = time.perf_counter(), time.thread_time()
             detections = self.seg.segment(image)
-            t1, c1 = time.perf_counter(), time.thread_time()
+            t1 = time.perf_counter()
             self.seg.crops(image, detections)
             t2, c2 = time.perf_counter(), time.thread_time()
             for key, value in (("segment", t1 - t0), ("crops", t2 - t1), ("segment+crops", t2 - t0),
@@ -198,7 +212,7 @@ class _Runner:
 
 
 def _rect(img: np.ndarray, box: tuple[float, ...], colour: tuple[int, int, int], s: float, thick: int) -> None:
-    x0, y0, x1, y1 = (int(round(v * s)) for v in box)
+    x0, y0, x1, y1 = (round(v * s) for v in box)
     cv2.rectangle(img, (x0, y0), (x1, y1), colour, thick, cv2.LINE_AA)
 
 
@@ -285,8 +299,8 @@ def write_report(report: DetectionBenchReport) -> None:
     md = [f"# Detection benchmark: {report.line}", "", *[f"- {line}" for line in summary_lines(report)], ""]
     if report.problems or report.skipped:
         md += ["## Not used", "", *[f"- {p}" for p in report.problems + report.skipped], ""]
-    md += ["## Frames with errors (IoU 0.5)", "", "| frame | garments | matched | missed | false | merged | split | cut "
-           "| non-garment | ms |", "|---|---|---|---|---|---|---|---|---|---|"]
+    header = "| frame | garments | matched | missed | false | merged | split | cut | non-garment | ms |"
+    md += ["## Frames with errors (IoU 0.5)", "", header, "|---|---|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['name']} | {r['garments']} | {r['matched']} | {r['missed']} | {r['false']} | {r['merged']} | "
            f"{r['split']} | {r['cut']} | {r['non_garment']} | {r['ms']} |" for r in worst
            if int(r["missed"]) + int(r["false"]) + int(r["merged"]) + int(r["split"]) > 0]

@@ -60,7 +60,11 @@ def _calibrate_belt(args: argparse.Namespace) -> int:
 
 
 def _evaluate_detection(args: argparse.Namespace) -> int:
-    from sorting.apps.detection_bench import DetectionBenchConfig, run_detection_bench, summary_lines
+    from sorting.apps.detection_bench import (
+        DetectionBenchConfig,
+        run_detection_bench,
+        summary_lines,
+    )
 
     source = Path(args.source)
     out = args.out or Path("runs") / "evaluate-detection" / Path(args.line).stem

@@ -31,8 +31,13 @@ import yaml
 
 from sorting.config import read_yaml
 from sorting.errors import ConfigError, DataError
-from sorting.serving.belt_colour_model import (BeltColourConfig, BeltColourLookup, band_index, chromaticity,
-                                               fit_belt_colour)
+from sorting.serving.belt_colour_model import (
+    BeltColourConfig,
+    BeltColourLookup,
+    band_index,
+    chromaticity,
+    fit_belt_colour,
+)
 from sorting.serving.belt_region import belt_band, polygon_mask
 from sorting.serving.blob_split import SplitConfig
 from sorting.serving.colour_foreground import ColourForeground, FrameError
@@ -158,7 +163,7 @@ def set_up_belt(frames: Sequence[np.ndarray], base: SegmentationConfig, *, along
     section: dict[str, Any] = {
         "belt_model": "colour", "belt_colour": colour.model_dump(), "belt_region": [list(p) for p in polygon],
         "belt_region_follow_px": _follow_px(masks, polygon, scale, along_axis), "frame_size": [width, height],
-        "min_area_px": int(round((MIN_ITEM_SHARE * belt_width) ** 2)),
+        "min_area_px": round((MIN_ITEM_SHARE * belt_width) ** 2),
     }
     cfg = SegmentationConfig.model_validate({**base.model_dump(), **section})
     found = []
@@ -186,7 +191,7 @@ def setup_overlay(frames: Sequence[np.ndarray], found: Sequence[list[Detection]]
         pts = np.round(np.asarray(polygon, np.float64) * s).astype(np.int32).reshape(-1, 1, 2)
         cv2.polylines(tile, [pts], True, (0, 230, 230), 2, cv2.LINE_AA)
         for d in dets:
-            x, y, w, h = (int(round(v * s)) for v in d.bbox)
+            x, y, w, h = (round(v * s) for v in d.bbox)
             colour = (60, 200, 60) if d.kind == "garment" else (200, 60, 200)
             cv2.rectangle(tile, (x, y), (x + w, y + h), colour, 2, cv2.LINE_AA)
             if d.kind != "garment":
@@ -224,12 +229,12 @@ def sample_frames(source: str, n_frames: int, *, fps: float | None = None, sprea
     path = Path(source).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        picks = [files[int(round(i))] for i in np.linspace(0, len(files) - 1, min(n_frames, len(files)))] if files else []
+        picks = [files[round(i)] for i in np.linspace(0, len(files) - 1, min(n_frames, len(files)))] if files else []
         frames = [f for f in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in picks) if f is not None]
     elif path.is_file():
         cap = cv2.VideoCapture(str(path))
         total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or n_frames
-        wanted = {int(round(i)) for i in np.linspace(0, max(0, total - 1), n_frames)}
+        wanted = {round(i) for i in np.linspace(0, max(0, total - 1), n_frames)}
         frames, index = [], 0
         while len(frames) < len(wanted):
             ok, image = cap.read()
@@ -248,7 +253,7 @@ def sample_frames(source: str, n_frames: int, *, fps: float | None = None, sprea
 
 def _live_frames(src: Any, n_frames: int, spread_s: float, max_wait_s: float) -> list[np.ndarray]:
     frames: list[np.ndarray] = []
-    step = max(1, int(round((src.fps or 30.0) * spread_s)))
+    step = max(1, round((src.fps or 30.0) * spread_s))
     deadline = time.monotonic() + max_wait_s
     with src:
         k = 0

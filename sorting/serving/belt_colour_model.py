@@ -62,7 +62,7 @@ class BeltColourConfig(StrictModel):
     local_dark_ratio: float = Field(default=0.5, ge=0, lt=1)
 
     @model_validator(mode="after")
-    def _shapes(self) -> "BeltColourConfig":
+    def _shapes(self) -> BeltColourConfig:
         n = len(self.intensity_edges) - 1
         if n < 1 or len(self.means) != n or len(self.covariances) != n:
             raise ValueError(f"belt_colour: {len(self.intensity_edges)} edges need {n} means and covariances, "

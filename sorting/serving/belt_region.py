@@ -104,7 +104,7 @@ def belt_band(belt_share: np.ndarray, *, scale: float = 1.0, along_axis: int = 0
     for x, (a, b, m) in ((0, (a_top, b_top, margin)), (width, (a_top, b_top, margin)),
                          (width, (a_bot, b_bot, -margin)), (0, (a_bot, b_bot, -margin))):
         y = float(np.clip(a * x + b + m, 0, height))
-        corners.append((int(round(x / scale)), int(round(y / scale))))
+        corners.append((round(x / scale), round(y / scale)))
     if corners[3][1] - corners[0][1] < 8 / scale or corners[2][1] - corners[1][1] < 8 / scale:
         raise DataError("the belt's two edges meet: no band found")
     return corners if along_axis == 0 else [(y, x) for x, y in corners]

@@ -1,11 +1,14 @@
-"""Cut a blob of touching garments apart where their colours meet.
+"""Cut a blob of touching items apart: where their colours meet, or where it narrows to a bridge.
 
 Two garments that touch on the belt are one foreground blob. When they differ in colour, the
 blob's pixels fall into two clearly different colours (weighted Lab: lightness counts less, so a
 fold's shading is not a second garment), each a large contiguous region (a printed or striped
 garment gives many small interleaved regions instead, and is left whole). The blob is then cut
-along the border between the two regions, and each side again (three garments in a row).
-All of it runs at half the segmentation scale (a blob is large; its colours are not fine detail).
+along the border between the two regions, and each side again (three garments in a row). A blob
+that stays whole is also cut where it narrows to a bridge (a ruler, a sleeve or a corner touching the
+next item): eroded by ``neck_px`` it falls apart into bodies of garment size, and a watershed from them
+shares the blob out. Only blobs less convex than ``max_solidity`` are looked at. All of it runs at
+half the segmentation scale (a blob is large; its colours are not fine detail).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ class SplitConfig(StrictModel):
     min_outline_share: float = 0.5  # each part has this share of its outline on the belt (not a print inside)
     depth: int = 2  # cut the parts again (2: up to four garments)
     max_solidity: float = 0.9  # look only at blobs less convex than this (two garments rarely make a convex one)
+    neck_px: int = 0  # also cut bridges narrower than 2 x this (0: off; 8 on the dev photos: +3.7 points recall, -1.5 precision, +1.2 ms)
 
 
 def _weighted_lab(roi_bgr: np.ndarray, weight: float) -> np.ndarray:
@@ -89,6 +93,25 @@ def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> list[np.
     return [cv2.bitwise_or(first, parts[0]) * 255, cv2.bitwise_or(second, parts[1]) * 255]
 
 
+def _necks(own: np.ndarray, cfg: SplitConfig) -> list[np.ndarray] | None:
+    """Two or more bodies joined by bridges narrower than 2 x ``neck_px`` (a ruler or a sleeve across to
+    the next item): the blob eroded that far falls apart into parts of garment size; each blob pixel goes
+    to the nearest part. None if it stays in one piece."""
+    radius = max(1, round(cfg.neck_px / STEP))
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+    cores = cv2.erode(own, disk, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(cores, connectivity=8)
+    big = [k for k in range(1, n) if stats[k, cv2.CC_STAT_AREA] >= cfg.min_part_px / (STEP * STEP)]
+    if len(big) < 2:
+        return None
+    markers = np.zeros(own.shape, np.int32)
+    for i, k in enumerate(big, start=1):
+        markers[labels == k] = i
+    dist = cv2.distanceTransform(cv2.bitwise_not(cv2.compare(markers, 0, cv2.CMP_GT)), cv2.DIST_L2, 3)
+    cv2.watershed(cv2.merge([cv2.convertScaleAbs(dist)] * 3), markers)
+    return [cv2.bitwise_and(((markers == i) * 255).astype(np.uint8), own) for i in range(1, len(big) + 1)]
+
+
 def split_blob(own: np.ndarray, roi_bgr: np.ndarray, cfg: SplitConfig) -> list[np.ndarray]:
     """The parts (uint8 masks of ``own``'s shape) of one blob; ``[own]`` when it stays whole."""
     h, w = own.shape
@@ -99,7 +122,7 @@ def split_blob(own: np.ndarray, roi_bgr: np.ndarray, cfg: SplitConfig) -> list[n
     for _ in range(cfg.depth):
         out = []
         for part in parts:
-            halves = _two_colours(lab, part, cfg)
+            halves = _two_colours(lab, part, cfg) or (_necks(part, cfg) if cfg.neck_px > 0 else None)
             out.extend([part] if halves is None else halves)
         if len(out) == len(parts):
             break

@@ -40,7 +40,12 @@ from sorting.serving.belt_colour_model import BeltColourConfig
 from sorting.serving.belt_region import BeltEdgeFollower, check_polygon, polygon_mask
 from sorting.serving.blob_split import SplitConfig, split_blob
 from sorting.serving.colour_foreground import ColourForeground, FrameError
-from sorting.serving.non_garment import GARMENT, NonGarmentConfig, blob_kind, blob_measures
+from sorting.serving.non_garment import (
+    GARMENT,
+    NonGarmentConfig,
+    blob_kind,
+    blob_measures,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +94,7 @@ class SegmentationConfig(StrictModel):
     non_garment: NonGarmentConfig | None = None  # tell hands and objects from garments (Detection.kind)
 
     @model_validator(mode="after")
-    def _real_belt(self) -> "SegmentationConfig":
+    def _real_belt(self) -> SegmentationConfig:
         if self.belt_model == "colour" and self.belt_colour is None:
             raise ValueError("segmentation.belt_model 'colour' needs segmentation.belt_colour "
                              "(run textile-sorter calibrate --belt)")
