@@ -6,8 +6,10 @@
 3. ``textile-sorter evaluate-detection`` on the development part, the held-out part and all photos, with the
    non-garment labels of benchmarks/belt_non_garment_boxes.csv; each frame timed on one OpenCV thread, the
    fastest of ``--repeat`` runs (the machine is shared). Summaries under ``runs/belt/<part>/``.
+4. ``--video``: the video case on the synthetic conveyor: a line set up by ``calibrate --belt`` from 8 frames
+   of one clip (seed 3), scored on another (seed 12, 40 garments) next to the hand-made colour line.
 
-    python benchmarks/belt_benchmark.py --data ../shared/data/conveyor-photos [--repeat 5] [--keep-line]
+    python benchmarks/belt_benchmark.py --data ../shared/data/conveyor-photos [--repeat 5] [--keep-line] [--video]
 """
 
 from __future__ import annotations
@@ -44,12 +46,30 @@ def _link_dev_images(data: Path, out: Path) -> Path:
     return folder
 
 
+def video_case(out: Path) -> None:
+    """Set a line up from a synthetic clip (a video of a moving grey belt) and score it on another clip."""
+    for name, seed, items, speed in (("synth-setup", 3, 4, 900), ("synth-test", 12, 40, 400)):
+        _cli("data", "synth", "--out", str(out / name), "--crops", "0", "--video-items", str(items), "--seed",
+             str(seed), "--belt-speed", str(speed))
+    line = out / "line-synth-belt.yaml"
+    line.unlink(missing_ok=True)
+    print(_cli("calibrate", "--belt", "--line", str(line), "--template", str(TEMPLATE.relative_to(ROOT)), "--source",
+               str(out / "synth-setup" / "video" / "conveyor.mp4"), "--camera", "synthetic:3").stdout.strip())
+    test = out / "synth-test" / "video"
+    for name, config in (("set up from frames", line), ("hand-made colour line", TEMPLATE)):
+        done = _cli("evaluate-detection", "--line", str(config), str(test / "conveyor.mp4"), "--ground-truth",
+                    str(test / "conveyor_gt.json"), "--every", "3", "--out", str(out / f"synth-{config.stem}"),
+                    "--no-progress")
+        print(f"== synthetic clip, {name}\n" + done.stdout.strip())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "conveyor-photos")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "belt")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep-line", action="store_true", help="score the existing line config, do not set it up")
+    parser.add_argument("--video", action="store_true", help="also the video case on the synthetic conveyor")
     args = parser.parse_args()
     if not args.keep_line:
         dev_images = _link_dev_images(args.data, args.out)
@@ -67,6 +87,8 @@ def main() -> None:
                     "--boxes", str(args.data / "boxes.csv"), "--labels", str(LABELS.relative_to(ROOT)), *subset,
                     "--out", str(args.out / part), "--repeat", str(args.repeat), "--no-progress")
         print(f"== {part}\n" + done.stdout.strip())
+    if args.video:
+        video_case(args.out)
 
 
 if __name__ == "__main__":

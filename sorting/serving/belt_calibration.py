@@ -7,9 +7,12 @@ loaded belt (still photos, each a new scene, or frames spread over a clip of the
 2. the belt region: the band where that colour is found in most frames, with its two edges fitted as
    straight lines and pulled in a little (rails, brackets, the calibration sticker and people beside
    the belt fall outside),
-3. the belt colour again, from the band only,
+3. the belt colour again, from the band only; a belt whose colour is nearly grey cannot tell grey
+   garments from itself by colour, so it keeps the per-pixel belt model (``median``) that learns the
+   belt as it runs (a video of the moving belt, the synthetic conveyor),
 4. the expected item size: the median area of what the new settings find in the frames (items on a
-   lightly loaded belt), and the smallest item kept (``min_area_px``) as a share of the belt's width.
+   lightly loaded belt), and the smallest item kept (``min_area_px``) as a tenth of it (from the
+   belt's width when the frames show no item).
 
 The result goes into the line config's ``segmentation`` section (every other key kept, a ``.bak``
 copy written) and an overlay PNG shows the belt region and what is found in each frame.
@@ -35,6 +38,7 @@ from sorting.serving.belt_colour_model import (
     BeltColourConfig,
     BeltColourLookup,
     band_index,
+    colour_from_grey,
     chromaticity,
     fit_belt_colour,
 )
@@ -47,7 +51,9 @@ from sorting.serving.segmentation import BeltSegmenter, Detection, SegmentationC
 log = logging.getLogger(__name__)
 
 PIXEL_STEP = 2  # every 2nd pixel of each frame (at the segmentation scale) goes into the colour fit
-MIN_ITEM_SHARE = 0.12  # the smallest item kept: (this share of the belt's width) squared
+MIN_ITEM_SHARE = 0.12  # the smallest item looked for at first: (this share of the belt's width) squared ...
+MIN_ITEM_SHARE_OF_TYPICAL = 0.1  # ... and kept: this share of the median item found in the frames
+COLOURFUL_BELT = 0.06  # chromaticity this far from grey: the belt's colour tells garments from it (blue: 0.13)
 FOLLOW_MIN_SHIFT_PX = 4.0  # smaller shifts of the belt's edges between frames are noise: the region stays fixed
 FOLLOW_MAX_SHARE = 0.25  # of the belt's width: a frame's band further off than this is occluded, not moved
 OVERLAY_COLUMNS = 4
@@ -68,7 +74,8 @@ class BeltSetup:
     def summary(self) -> str:
         items = (f"{len(self.item_areas)} items found, median area {np.median(self.item_areas):.0f} px"
                  if self.item_areas else "no items found (empty belt)")
-        return (f"belt region {self.segmentation['belt_region']} ({self.belt_width_px:.0f} px wide) from "
+        return (f"belt model {self.segmentation['belt_model']}, belt region {self.segmentation['belt_region']} "
+                f"({self.belt_width_px:.0f} px wide) from "
                 f"{self.frames} frames of {self.frame_size[0]}x{self.frame_size[1]}; {items}; "
                 f"min_area_px {self.segmentation['min_area_px']}")
 
@@ -155,16 +162,19 @@ def set_up_belt(frames: Sequence[np.ndarray], base: SegmentationConfig, *, along
     region = polygon_mask(polygon, smalls[0].shape[:2], scale)
     inside = region[::PIXEL_STEP, ::PIXEL_STEP] > 0
     colour = fit_belt_colour(np.concatenate([s[::PIXEL_STEP, ::PIXEL_STEP][inside] for s in smalls]))
-    sigma_px = base.background_sigma_px * scale
-    colour = colour.model_copy(update={"local_sigma": _local_sigma(colour, smalls, region, sigma_px)})
     band = polygon_mask(polygon, (height, width)) > 0
     axis = 0 if along_axis == 0 else 1
     belt_width = float(np.median(band.sum(axis=axis)[band.any(axis=axis)]))
-    section: dict[str, Any] = {
-        "belt_model": "colour", "belt_colour": colour.model_dump(), "belt_region": [list(p) for p in polygon],
-        "belt_region_follow_px": _follow_px(masks, polygon, scale, along_axis), "frame_size": [width, height],
-        "min_area_px": round((MIN_ITEM_SHARE * belt_width) ** 2),
-    }
+    section: dict[str, Any] = {"belt_model": "median", "belt_region": [list(p) for p in polygon],
+                               "frame_size": [width, height], "min_area_px": round((MIN_ITEM_SHARE * belt_width) ** 2)}
+    if colour_from_grey(colour) >= COLOURFUL_BELT:
+        sigma_px = base.background_sigma_px * scale
+        colour = colour.model_copy(update={"local_sigma": _local_sigma(colour, smalls, region, sigma_px)})
+        section.update(belt_model="colour", belt_colour=colour.model_dump(),
+                       belt_region_follow_px=_follow_px(masks, polygon, scale, along_axis))
+    else:
+        log.info("the belt is nearly grey (chromaticity %.3f from grey): its colour cannot tell grey garments "
+                 "from it, so the per-pixel belt model learns it as the belt runs", colour_from_grey(colour))
     cfg = SegmentationConfig.model_validate({**base.model_dump(), **section})
     found = []
     for frame in frames:
@@ -175,7 +185,8 @@ def set_up_belt(frames: Sequence[np.ndarray], base: SegmentationConfig, *, along
             found.append([])
     areas = [d.area for dets in found for d in dets if not d.edges]
     if areas:
-        section["expected_item_area_px"] = float(round(np.median(areas)))
+        typical = float(np.median(areas))
+        section.update(expected_item_area_px=round(typical), min_area_px=round(MIN_ITEM_SHARE_OF_TYPICAL * typical))
     overlay = setup_overlay(frames, found, polygon)
     return BeltSetup(section, len(frames), (width, height), belt_width, areas, overlay)
 
@@ -205,16 +216,17 @@ def setup_overlay(frames: Sequence[np.ndarray], found: Sequence[list[Detection]]
     return np.vstack(rows)
 
 
-def write_belt_setup(line_path: str | Path, setup: BeltSetup) -> Path:
-    """Merge ``setup.segmentation`` into the line config's ``segmentation`` section (every other key kept,
-    the previous file kept as ``<name>.bak``)."""
+def write_belt_setup(line_path: str | Path, setup: BeltSetup, *, data: dict[str, Any] | None = None) -> Path:
+    """Merge ``setup.segmentation`` into the line config's ``segmentation`` section, every other key kept and
+    the previous file kept as ``<name>.bak``; or, for a new line, into ``data`` written as the line config."""
     path = Path(line_path)
-    data = read_yaml(path)
+    if data is None:
+        data = read_yaml(path)
+        backup = path.with_name(path.name + ".bak")
+        backup.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     section = dict(data.get("segmentation") or {})
     section.update(setup.segmentation)
     data["segmentation"] = section
-    backup = path.with_name(path.name + ".bak")
-    backup.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
     path.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None), encoding="utf-8")
     return path
 
@@ -295,6 +307,13 @@ def line_from_template(template: str | Path, line_path: str | Path, *, camera: s
     return data
 
 
+def _real_belt_defaults(seg: SegmentationConfig) -> SegmentationConfig:
+    """``seg`` with the colour split of touching garments and the non-garment kinds on (their thresholds
+    were chosen on real photos of a blue belt; the synthetic world's flat garments fool them)."""
+    return seg.model_copy(update={"split_touching": seg.split_touching or SplitConfig(),
+                                  "non_garment": seg.non_garment or NonGarmentConfig()})
+
+
 def calibrate_belt(line_path: str | Path, *, source: str | None = None, n_frames: int = 8,
                    template: str | Path | None = None, camera: str | None = None,
                    overlay_path: str | Path | None = None) -> BeltSetup:
@@ -303,24 +322,28 @@ def calibrate_belt(line_path: str | Path, *, source: str | None = None, n_frames
     from sorting.serving.line_config import load_line_config
 
     path = Path(line_path)
-    frames: list[np.ndarray] | None = None
-    if not path.exists():
+    data: dict[str, Any] | None = None
+    if path.exists():
+        cfg = load_line_config(path)
+        frames = sample_frames(source or cfg.camera.source, n_frames, fps=cfg.camera.fps)
+    else:
         if template is None or source is None:
             raise ConfigError(f"{path} does not exist: give --template (a line config to start from) and --source")
         frames = sample_frames(source, n_frames)
         height, width = frames[0].shape[:2]
         data = line_from_template(template, path, camera=camera or source, frame_size=(width, height))
-        path.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None), encoding="utf-8")
-    cfg = load_line_config(path)
-    if frames is None:
-        frames = sample_frames(source or cfg.camera.source, n_frames, fps=cfg.camera.fps)
+        draft = path.with_name(f".{path.name}.draft")  # checked as a line config before anything is written
+        try:
+            draft.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+            cfg = load_line_config(draft)
+        finally:
+            draft.unlink(missing_ok=True)
     along = 0 if cfg.belt.direction[1] == "x" else 1
-    base = cfg.segmentation.model_copy(update={"split_touching": cfg.segmentation.split_touching or SplitConfig(),
-                                               "non_garment": cfg.segmentation.non_garment or NonGarmentConfig()})
-    setup = set_up_belt(frames, base, along_axis=along)
-    setup.segmentation.update(split_touching=base.split_touching.model_dump(),  # type: ignore[union-attr]
-                              non_garment=base.non_garment.model_dump())  # type: ignore[union-attr]
-    write_belt_setup(path, setup)
+    setup = set_up_belt(frames, _real_belt_defaults(cfg.segmentation), along_axis=along)
+    if setup.segmentation["belt_model"] == "colour":
+        setup.segmentation.update(_real_belt_defaults(cfg.segmentation).model_dump(include={"split_touching",
+                                                                                          "non_garment"}))
+    write_belt_setup(path, setup, data=data)
     overlay = Path(overlay_path) if overlay_path else path.with_name(path.stem + "-belt.png")
     cv2.imwrite(str(overlay), setup.overlay)
     setup.overlay_path = overlay

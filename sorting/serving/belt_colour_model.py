@@ -176,6 +176,12 @@ def fit_belt_colour(pixels_bgr: np.ndarray, *, edges: tuple[float, ...] = DEFAUL
     )
 
 
+def colour_from_grey(cfg: BeltColourConfig) -> float:
+    """How far the belt's chromaticity lies from grey (1/3, 1/3), the median over its bands."""
+    means = np.asarray(cfg.means)
+    return float(np.median(np.linalg.norm(means - 1.0 / 3.0, axis=1)))
+
+
 def band_index(cfg: BeltColourConfig, brightness: np.ndarray) -> np.ndarray:
     """The brightness band of each brightness value."""
     edges = np.asarray(cfg.intensity_edges)
