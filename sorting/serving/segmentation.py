@@ -21,6 +21,13 @@ like more than one garment: two thick cores in its distance transform (two bodie
 narrow contact), two large contiguous regions of clearly different colour (one garment lying
 on another), or very low solidity (deep convexity defects). "Far larger than the
 typical item" needs to know which blobs are items, so the tracker checks that.
+
+Real belts (opt-in, written by ``textile-sorter calibrate --belt``): ``belt_model: colour`` replaces the
+per-pixel model by the belt's colour (:mod:`~sorting.serving.colour_foreground`: each frame on its own,
+for still photos, sun and shade), ``belt_region`` keeps rails and brackets out (followed per frame with
+``belt_region_follow_px``), ``split_touching`` cuts blobs of touching garments apart
+(:mod:`~sorting.serving.blob_split`) and ``non_garment`` gives each detection a ``kind``
+(:mod:`~sorting.serving.non_garment`). A frame the segmentation cannot use raises ``FrameError``.
 """
 
 from __future__ import annotations
