@@ -128,7 +128,7 @@ def test_segmentation_finds_items_and_ignores_stain_and_patch():
             hits = [d for d in dets if abs(d.centroid[0] - point[0]) < 6 and abs(d.centroid[1] - point[1]) < 6]
             assert len(hits) == 1, (f, it.id, dets)
             assert hits[0].area == pytest.approx(it.w * it.h, rel=0.2)
-            assert not hits[0].touches_border and not hits[0].overlap_suspect
+            assert not hits[0].edges and not hits[0].overlap_suspect
             checked += 1
     assert checked > 100
 

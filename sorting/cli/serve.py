@@ -1,4 +1,4 @@
-"""Sorter commands: ``serve``, ``calibrate`` and ``pulse``."""
+"""Sorter commands: ``serve``, ``calibrate``, ``evaluate-detection`` and ``pulse``."""
 
 from __future__ import annotations
 
@@ -53,10 +53,47 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    gains = calibrate_line(args.line, source=args.source, n_frames=args.frames)
+    if args.belt:
+        return _calibrate_belt(args)
+    if args.template or args.camera or args.overlay:
+        print("--template, --camera and --overlay go with --belt", file=sys.stderr)
+        return 2
+    gains = calibrate_line(args.line, source=args.source, n_frames=args.frames or 30)
     wb = ", ".join(f"{g:.3f}" for g in gains.white_balance)
     print(f"patch BGR {gains.patch_bgr} over {gains.n_frames} usable frames -> white balance (B,G,R) [{wb}], "
           f"exposure {gains.exposure:.3f}; written to {args.line}")
+    return 0
+
+
+def _calibrate_belt(args: argparse.Namespace) -> int:
+    from sorting.serving.belt_calibration import calibrate_belt
+
+    setup = calibrate_belt(args.line, source=args.source, n_frames=args.frames or 8, template=args.template,
+                           camera=args.camera, overlay_path=args.overlay)
+    print(setup.summary())
+    print(f"segmentation written to {args.line} (previous file: {args.line}.bak if there was one); "
+          f"check the belt region and what was found in {setup.overlay_path}")
+    return 0
+
+
+def _evaluate_detection(args: argparse.Namespace) -> int:
+    from sorting.apps.detection_bench import (
+        DetectionBenchConfig,
+        run_detection_bench,
+        summary_lines,
+    )
+
+    source = Path(args.source)
+    out = args.out or Path("runs") / "evaluate-detection" / Path(args.line).stem
+    cfg = DetectionBenchConfig(line=Path(args.line), source=source, boxes=args.boxes, ground_truth=args.ground_truth,
+                               extra_labels=args.labels, subset=args.subset, out_dir=out, overrides=args.set,
+                               one_by_one=args.one_by_one, every=args.every, max_overlays=args.overlays,
+                               threads=args.threads, repeat=args.repeat, progress=not args.no_progress)
+    report = run_detection_bench(cfg)
+    for line in report.problems + report.skipped:
+        print(f"not used: {line}")
+    print("\n".join(summary_lines(report)))
+    print(f"summary: {out / 'summary.md'}, overlays: {out / 'overlays'}")
     return 0
 
 
@@ -87,6 +124,40 @@ def _pulse(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _register_evaluate_detection(sub: argparse._SubParsersAction) -> None:
+    e = add_command(
+        sub, "evaluate-detection", "Score the line's segmentation, run as serve runs it, against labelled boxes: "
+        "recall/precision at IoU 0.5 and 0.3, merged, split, off the belt, non-garments, ms per frame.",
+        """
+  textile-sorter evaluate-detection --line serving/line-real-belt.yaml ../shared/data/conveyor-photos/images \\
+      --boxes ../shared/data/conveyor-photos/boxes.csv --labels benchmarks/belt_non_garment_boxes.csv
+  textile-sorter evaluate-detection --line serving/line-real-belt.yaml PHOTOS --boxes boxes.csv \\
+      --subset benchmarks/belt_split.json:heldout --repeat 5
+  textile-sorter evaluate-detection --line serving/line-colour-6bin.yaml runs/clip/conveyor.mp4 \\
+      --ground-truth runs/clip/conveyor_gt.json --every 5
+Writes summary.md, summary.json, frames.json and an overlay PNG per frame (green matched, red missed,
+orange false, grey cut at the entry/exit edge, magenta non-garment, blue tint the foreground).""",
+    )
+    e.add_argument("--line", required=True, help="line config YAML")
+    e.add_argument("source", help="folder of photos (with --boxes) or a video (with --ground-truth)")
+    e.add_argument("--boxes", type=Path, help="boxes CSV: image,x0,y0,x1,y1 (image paths relative to the CSV)")
+    e.add_argument("--ground-truth", type=Path, help="a synthetic clip's conveyor_gt.json")
+    e.add_argument("--labels", type=Path, help="more labels of the same photos: image,x0,y0,x1,y1,kind (hand, object)")
+    e.add_argument("--subset", help="score only these photos: FILE (a name a line) or FILE.json:KEY")
+    e.add_argument("--out", type=Path, help="output folder (default runs/evaluate-detection/<line>)")
+    e.add_argument("--one-by-one", action="store_true", help="a fresh segmentation for each frame (still photos "
+                                                             "with the per-pixel belt model)")
+    e.add_argument("--every", type=int, default=1, help="video: score every n-th frame (all are segmented)")
+    e.add_argument("--overlays", type=int, help="at most this many overlay PNGs (default: every photo, 40 video "
+                                                "frames)")
+    e.add_argument("--threads", type=int, default=1, help="OpenCV threads (default 1: the one-core budget)")
+    e.add_argument("--repeat", type=int, default=1, help="time each frame this many times, keep the fastest "
+                                                         "(a shared machine)")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a line config key")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_evaluate_detection)
+
+
 def _register_pulse(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "pulse", "Commissioning: fire each bin's ejector once through the line's actuator (wiring check).",
@@ -105,7 +176,7 @@ Watch each valve or pusher: the bin printed as 'sent' should move, and only that
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register ``serve``, ``calibrate`` and ``pulse``."""
+    """Register ``serve``, ``calibrate``, ``evaluate-detection`` and ``pulse``."""
     p = add_command(
         sub, "serve", "Run a sorting line: camera -> segment -> track -> classify -> bins, until stopped.",
         """
@@ -130,13 +201,24 @@ Ctrl-C or SIGTERM stops after the current frame: items in flight go to reject ('
     p.set_defaults(func=_serve)
 
     c = add_command(
-        sub, "calibrate", "Measure white balance + exposure from the reference patch; write them into the line config.",
+        sub, "calibrate", "Measure white balance + exposure from the reference patch, or (--belt) set the belt up "
+        "from its own frames; write them into the line config.",
         """
   textile-sorter calibrate --line serving/line-colour-6bin.yaml
-  textile-sorter calibrate --line serving/line-fibre-colour.yaml --source 0 --frames 60""",
+  textile-sorter calibrate --line serving/line-fibre-colour.yaml --source 0 --frames 60
+  textile-sorter calibrate --belt --line serving/line-real-belt.yaml --template serving/line-colour-6bin.yaml \\
+      --source setup-photos/ --camera rtsp://camera/stream      # a new line from 8 frames of its belt
+  textile-sorter calibrate --belt --line serving/line-real-belt.yaml   # again, from the line's camera
+--belt finds the belt region, the belt's colour and the item size; look at the overlay PNG it writes.""",
     )
     c.add_argument("--line", required=True, help="line config YAML to update (a .bak copy is kept)")
-    c.add_argument("--source", help="override camera.source")
-    c.add_argument("--frames", type=int, default=30, help="frames to measure (median over them; default 30)")
+    c.add_argument("--source", help="frames to measure: camera, video, folder of photos (default camera.source)")
+    c.add_argument("--frames", type=int, help="frames to use (white balance: 30, median over them; --belt: 8, "
+                                              "spread over the source)")
+    c.add_argument("--belt", action="store_true", help="set up the segmentation: belt region, belt colour, item size")
+    c.add_argument("--template", help="--belt, new line: the line config to start from (bins, model, ejectors)")
+    c.add_argument("--camera", help="--belt, new line: camera.source to write (default --source)")
+    c.add_argument("--overlay", help="--belt: where to write the overlay PNG (default <line>-belt.png beside it)")
     c.set_defaults(func=_calibrate)
+    _register_evaluate_detection(sub)
     _register_pulse(sub)
