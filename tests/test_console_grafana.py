@@ -28,6 +28,7 @@ def exported() -> dict[str, set[str]]:
     t.on_dropped_frames()
     t.on_camera_reconnect()
     t.on_encoder("belt", True, 0.5)
+    t.ignored_detections.labels(kind="hand").inc()
     t.model_loaded(SimpleNamespace(model_id="tiny:run-1", labels={}))
     out: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(t.render().decode()):

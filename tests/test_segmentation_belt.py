@@ -233,3 +233,93 @@ def test_real_belt_line_on_a_few_development_photos(shared_data: Path, repo_root
     s = report.summary
     assert s.frames == 12 and not report.problems and not report.skipped
     assert s.recall["0.5"] >= 0.6 and s.precision["0.5"] >= 0.6
+
+
+def _still_line(tmp_path: Path, belt_cfg, route: str):
+    """A line for still photos of the blue belt: every frame a new scene, hands and objects routed by ``route``."""
+    from sorting.serving.line_config import LineConfig
+
+    data = yaml.safe_load(TEMPLATE.read_text())
+    seg = json.loads(belt_cfg.model_dump_json())
+    seg["non_garment"]["route"] = route
+    data.update(segmentation=seg, camera={"source": str(tmp_path / "photos"), "fps": 1, "width": W, "height": H},
+                log={"path": str(tmp_path / "decisions.sqlite")}, telemetry={"port": 0})
+    data["tracking"].update(scene="still", decision_line_px=W / 2)
+    data["calibration"].update(reference_roi=None, continuous=False)
+    data["policy"]["bins"] = str((TEMPLATE.parent / data["policy"]["bins"]).resolve())
+    return LineConfig.model_validate(data)
+
+
+class _AnyColour:
+    """Every crop a confident white garment: what matters here is what reaches the classifier at all."""
+
+    model_id = "fake:white"
+
+    def __init__(self) -> None:
+        from sorting.taxonomy import load_taxonomy
+
+        self.labels = {"colour": list(load_taxonomy().colour)}
+
+    def classify(self, batch):
+        from sorting.serving.classifier import ClassScores
+
+        probs = np.full((len(batch.crops), len(self.labels["colour"])), 0.001)
+        probs[:, self.labels["colour"].index("white")] = 0.99
+        return ClassScores({"colour": probs}, {"colour": np.zeros(len(batch.crops), bool)})
+
+    def use_ood_quantile(self, quantile: float) -> None:
+        """No OOD table."""
+
+
+@pytest.mark.parametrize("route", ["reject", "ignore"])
+def test_still_photos_one_decision_per_item_and_hands_never_ejected(tmp_path: Path, belt_cfg, route: str):
+    """Still scenes: each photo's garments are decided in that photo; a hand or an object goes to reject as
+    ``not_a_garment`` (or is dropped before tracking with route ``ignore``), never into a product bin; a black
+    frame is skipped with one message and the run goes on."""
+    from sorting.serving.actuators import SimulatedActuator
+    from sorting.serving.builder import build_sorter
+    from sorting.serving.ejector import FixedSpeed
+
+    things = _photo_folder(tmp_path / "photos", range(30, 34), hand=True)
+    cv2.imwrite(str(tmp_path / "photos" / "frame031b.png"), np.zeros((H, W, 3), np.uint8))  # lens covered
+    cfg = _still_line(tmp_path, belt_cfg, route)
+    loop = build_sorter(cfg, classifier=_AnyColour(), actuator=SimulatedActuator(), speed=FixedSpeed(100.0, "px"),
+                        keep_images=False)
+    results = list(loop.run())
+    frames = [r for r in results if r.index >= 0]
+    assert len(frames) == 5 and loop.source.stats.unreadable == 1
+    decisions = [d for r in results for d in r.decisions]
+    assert all(d.ended == "line" for d in decisions)
+    garments = sum(t.kind == "garment" for frame in things for t in frame)
+    others = sum(t.kind != "garment" for frame in things for t in frame)
+    product = [d for d in decisions if d.bin != d.reject_bin]
+    not_garment = [d for d in decisions if d.decision.reason == "not_a_garment"]
+    assert len(product) >= garments - 2, (len(product), garments)  # the belt segmentation finds most garments
+    assert all(d.summary.not_garment is None for d in product), "a hand or an object went into a product bin"
+    if route == "reject":
+        assert len(not_garment) >= others - 1
+    else:
+        assert not not_garment and loop.telemetry.ignored_detections.labels(kind="hand")._value.get() >= 1
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_serve_on_the_real_conveyor_photos_decides_every_item_it_finds(tmp_path: Path, shared_data: Path, repo_root):
+    """``serve`` on the folder of real photos with the line set up from them: no crash, a logged decision for
+    the items it finds (about one a photo at least), hands and objects among them sent to reject."""
+    import sqlite3
+
+    from sorting.cli import main
+    from test_serve import BINS, tiny_model_line
+
+    tiny = yaml.safe_load(tiny_model_line(tmp_path).read_text())["model"]["path"]
+    (tmp_path / "bins.yaml").write_text(yaml.safe_dump(BINS))
+    photos = shared_data / "conveyor-photos" / "images"
+    db = tmp_path / "real.sqlite"
+    assert main(["serve", "--line", str(repo_root / "serving" / "line-real-belt.yaml"), "--source", str(photos),
+                 "--model", tiny, "--set", f"policy.bins={tmp_path / 'bins.yaml'}", "--set", f"log.path={db}",
+                 "--set", "model.hot_reload=false", "--no-progress"]) == 0
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT bin, reason FROM decisions").fetchall()
+    assert len(rows) >= len(list(photos.glob("*.jpg")))  # at least about one item a photo
+    assert any(r[1] == "not_a_garment" for r in rows)

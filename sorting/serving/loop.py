@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import NamedTuple
 
@@ -40,18 +41,19 @@ from sorting.datasets.preprocess import garment_crop_box
 from sorting.logs import mask_credentials
 from sorting.serving.classifier import Classifier, CropBatch, ModelWatcher, apply_ood_quantile
 from sorting.serving.clock import LineClock
-from sorting.serving.colour_calibration import ColourCorrector, ContinuousWhiteBalance
 from sorting.serving.decision_log import DecisionLog, Stored
 from sorting.serving.ejector import EjectorScheduler, EjectorTicker, Plan, TickResult
 from sorting.serving.encoder import EncoderReader
 from sorting.serving.line_config import LineConfig
 from sorting.serving.policy import Decision, Ended, ItemEvidence, Policy, RejectReason
 from sorting.serving.records import FrameResult, ItemDecision, TrackView
-from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker
+from sorting.serving.line_segmentation import LineSegmentation
+from sorting.serving.non_garment import GARMENT
+from sorting.serving.segmentation import Detection, FrameError
 from sorting.serving.sources import Frame, FrameSource
 from sorting.serving.telemetry import Telemetry
 from sorting.serving.timing import StageTimer
-from sorting.serving.tracking import ItemSummary, Track, Tracker
+from sorting.serving.tracking import ItemSummary, Track, make_tracker
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +101,12 @@ class SorterLoop:
         self.clock = clock
         self.labels = {h: list(v) for h, v in classifier.labels.items()}
         apply_ood_quantile(classifier, policy.config)
-        cal = cfg.calibration
-        self.corrector = ColourCorrector(cal.white_balance if cal.apply else (1, 1, 1),
-                                         cal.exposure_gain if cal.apply else 1.0)
-        self.white_balance = (
-            ContinuousWhiteBalance(cal.reference_roi, cal.target_level, every=cal.continuous_every,
-                                   smoothing=cal.continuous_smoothing)
-            if cal.apply and cal.continuous and cal.reference_roi is not None else None
-        )
-        fps = source.fps or cfg.camera.fps or 30.0
-        along = 0 if cfg.belt.direction[1] == "x" else 1
-        patch = [cal.reference_roi] if cal.reference_roi is not None else []
-        self.segmenter = BeltSegmenter(cfg.segmentation, fps=fps, along_axis=along, extra_ignore=patch)
-        self.masker = NeighbourMasker(cfg.segmentation.scale)
+        self.stage = LineSegmentation(cfg, fps=source.fps)  # exactly what evaluate-detection measures
+        self.segmenter = self.stage.segmenter
         self.segmenter.check_colours = policy.uses_two_colours  # no work for evidence the policy ignores
-        self.tracker = Tracker(cfg.tracking, speed_px_s=cfg.belt.pixels_per_second, direction=cfg.belt.direction)
+        non_garment = cfg.segmentation.non_garment
+        self._ignore_non_garments = non_garment is not None and non_garment.route == "ignore"
+        self.tracker = make_tracker(cfg.tracking, speed_px_s=cfg.belt.pixels_per_second, direction=cfg.belt.direction)
         self.timer = StageTimer(STAGES)
         # on wall time a thread keeps the firings on time while the loop waits for frames
         self._ticker = EjectorTicker(scheduler, clock=clock.now, on_result=self._on_tick) \
@@ -233,11 +226,14 @@ class SorterLoop:
         self._maybe_reload()
         with timer.stage("segment"):
             detections = self._segment(frame.image)
+        if detections is None:  # a frame the segmentation cannot use: skipped, the tracks wait for the next
+            return FrameResult(index=frame.index, t=frame.t, image=frame.image if self.keep_images else None,
+                               timings_ms=dict(timer.frame_ms), items_decided=self.items_decided)
         with timer.stage("track"):
             update = self.tracker.update(detections, frame.index, frame.t)
         with timer.stage("crop"):
             todo = self.tracker.views_to_classify(frame.index)
-            crops = [self.corrector.apply(self._crop(frame.image, tr, detections)) for tr in todo]
+            crops = [self.stage.corrector.apply(self._crop(frame.image, tr, detections)) for tr in todo]
         with timer.stage("classify"):
             self._classify(frame, todo, crops)
         with timer.stage("decide"):
@@ -258,11 +254,20 @@ class SorterLoop:
             items_decided=self.items_decided,
         )
 
-    def _segment(self, image: np.ndarray) -> list[Detection]:
-        if self.white_balance is not None:
-            self.corrector = self.white_balance.update(image) or self.corrector
-        normalise = self.corrector.apply if self.white_balance is not None else None
-        detections = self.segmenter.segment(image, normalise, shape_min_area=self.tracker.shape_evidence_min_area)
+    def _segment(self, image: np.ndarray) -> list[Detection] | None:
+        """This frame's detections (None: a frame the segmentation cannot use, counted and skipped)."""
+        try:
+            detections = self.stage.segment(image, shape_min_area=self.tracker.shape_evidence_min_area)
+        except FrameError as exc:
+            self.source.stats.unreadable += 1
+            log.warning("%s", exc)
+            return None
+        if self._ignore_non_garments:
+            ignored = Counter(d.kind for d in detections if d.kind != GARMENT)
+            for kind, n in ignored.items():
+                self.telemetry.ignored_detections.labels(kind=kind).inc(n)
+            if ignored:
+                detections = [d for d in detections if d.kind == GARMENT]
         if self.encoder is not None and (speed := self.encoder.speed.speed(self.clock.now())) > 0:
             # new items start at the measured speed (an encoder line config always has px_per_m)
             self.tracker.set_belt_speed(speed * (self.cfg.belt.px_per_m or 0.0))
@@ -271,7 +276,7 @@ class SorterLoop:
     def _crop(self, image: np.ndarray, track: Track, detections: list[Detection]) -> np.ndarray:
         """The classifier's view of ``track`` (seen in this frame): its garment crop, neighbours painted as belt."""
         assert track.detection is not None  # views_to_classify returns tracks detected in this frame
-        return self.masker.crop(image, garment_crop_box(image.shape, track.bbox), track.detection, detections)
+        return self.stage.masker.crop(image, garment_crop_box(image.shape, track.bbox), track.detection, detections)
 
     def _classify(self, frame: Frame, todo: list[Track], crops: list[np.ndarray]) -> None:
         """One classifier call for the frame's crops; each view is folded into its track's evidence."""
@@ -301,7 +306,7 @@ class SorterLoop:
         summary = self.tracker.summary(tr)
         evidence = ItemEvidence(item_id=tr.id, probs=summary.probs, labels=self.labels, ood=summary.ood,
                                 overlap=summary.overlap, two_colours=summary.two_colours, cut_off=summary.cut_off,
-                                n_views=summary.n_views, ended=ended)
+                                n_views=summary.n_views, ended=ended, not_garment=summary.not_garment)
         return _Finished(tr, ended, summary, evidence, self.policy.decide(evidence))
 
     def _log_and_schedule(self, item: _Finished, index: int, t: float, t0: float) -> ItemDecision:

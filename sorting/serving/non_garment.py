@@ -18,6 +18,8 @@ Everything else is a garment. The loop decides what to do with the others (rejec
 
 from __future__ import annotations
 
+from typing import Literal
+
 import cv2
 import numpy as np
 from pydantic import Field
@@ -31,7 +33,11 @@ SKIN_MIN_Y = 60
 
 
 class NonGarmentConfig(StrictModel):
-    """Thresholds of :func:`blob_kind` (chosen on the development photos)."""
+    """Thresholds of :func:`blob_kind` (chosen on the development photos), and what the line does with a hand
+    or an object: ``reject`` tracks it and sends it to the reject bin (reason ``not_a_garment``), ``ignore``
+    drops it before tracking (a hand that reaches over the belt); either way it is counted, never ejected."""
+
+    route: Literal["reject", "ignore"] = "reject"
 
     hand_skin_share: float = Field(default=0.5, ge=0, le=1)
     hand_max_texture: float = Field(default=0.13, gt=0)

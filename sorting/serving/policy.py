@@ -49,6 +49,7 @@ class RejectReason(str, Enum):
     NO_BELT_SPEED = "no_belt_speed"  # nobody measures the belt (encoder silent): no firing can be timed
     SHUTDOWN = "shutdown"  # in flight when the line stopped
     LOG_UNAVAILABLE = "log_unavailable"  # the decision log took no writes and its backlog was full
+    NOT_A_GARMENT = "not_a_garment"  # a hand or an object (segmentation.non_garment): never ejected as a garment
 
 
 Ended = Literal["line", "lost", "shutdown"]
@@ -212,6 +213,7 @@ class ItemEvidence:
     cut_off: bool = False
     n_views: int = 1
     ended: Ended = "line"  # crossed the decision line, lost by the tracker, or in flight at shutdown
+    not_garment: str | None = None  # the segmentation saw a hand or an object, not a garment
 
 
 @dataclass(frozen=True)
@@ -311,6 +313,8 @@ class Policy:
         base = self._top_labels(evidence)
         if evidence.ended != "line":
             return self.reject(RejectReason(evidence.ended), base)
+        if evidence.not_garment is not None:
+            return self.reject(RejectReason.NOT_A_GARMENT, base)
         if evidence.n_views <= 0 or not base.confidence:
             return self.reject(self._never_classified(evidence), base)
         if evidence.overlap or self._looks_several(evidence):

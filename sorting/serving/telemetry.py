@@ -80,8 +80,12 @@ class Telemetry:
                                           namespace=ns, registry=reg, buckets=buckets)
         self.dropped_frames = Counter("dropped_frames", "Frames dropped (live source kept only the newest)",
                                       namespace=ns, registry=reg)
-        self.unreadable_frames = Counter("unreadable_frames", "Frames of a file or folder that could not be decoded",
-                                         namespace=ns, registry=reg)
+        self.unreadable_frames = Counter("unreadable_frames", "Frames that could not be decoded or segmented "
+                                         "(a damaged file, a black or saturated frame), skipped", namespace=ns,
+                                         registry=reg)
+        self.ignored_detections = Counter("ignored_detections", "Detections of hands and objects dropped before "
+                                          "tracking (segmentation.non_garment.route: ignore), per frame", ["kind"],
+                                          namespace=ns, registry=reg)
         self.camera_reconnects = Counter("camera_reconnects", "Camera reopen attempts after a loss",
                                          namespace=ns, registry=reg)
         self.missed_firings = Counter("missed_firings", "Firings not made (item went to end-of-belt reject)",

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -38,6 +38,7 @@ import numpy as np
 from pydantic import Field
 
 from sorting.config import StrictModel
+from sorting.serving.non_garment import GARMENT
 from sorting.serving.segmentation import Detection
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,9 @@ SATELLITE_MIN_INSIDE = 0.5  # ... with at least this share of its box inside the
 class TrackingConfig(StrictModel):
     """Tracker, decision line and per-item aggregation settings (fractions and weights are in 0..1)."""
 
+    # "belt": a moving belt, items tracked across frames and decided at the decision line; "still": every frame
+    # is a new scene (photos of a stopped belt, a sampling station): each detection is an item decided in its frame
+    scene: Literal["belt", "still"] = "belt"
     decision_line_px: float = 480.0  # image coordinate along the belt; the line config checks it lies in the frame
     max_match_px: float = Field(60.0, gt=0)
     max_missed_frames: int = Field(5, ge=0)
@@ -126,6 +130,7 @@ class ShapeEvidence:
     merges: int = 0
     whole: int = 0
     side: int = 0
+    not_garment: Counter[str] = field(default_factory=Counter)  # frames seen as a hand / an object
 
 
 @dataclass
@@ -222,6 +227,7 @@ class ItemSummary:
     last_frame: int
     centroid: tuple[float, float]
     bbox: tuple[int, int, int, int]
+    not_garment: str | None = None  # "hand" / "object" when seen as one in at least half of its frames
 
 
 @dataclass
@@ -289,10 +295,12 @@ class Tracker:
     def _note(self, track: Track, det: Detection) -> None:
         """Add this frame's shape evidence of ``det`` to ``track`` (not while it crosses the entry/exit edge)."""
         side = det.edges - self.belt.entry_exit_edges
+        shape = track.shape
+        if det.kind != GARMENT:
+            shape.not_garment[det.kind] += 1
         if det.edges & self.belt.entry_exit_edges:
             return
         typical = self._typical_area
-        shape = track.shape
         if det.shape_checked:
             big = typical is None or det.area >= self.cfg.evidence_area_factor * typical  # = shape_evidence_min_area
             signs = (
@@ -514,16 +522,17 @@ class Tracker:
 
     def due(self) -> list[Track]:
         """Confirmed, undecided tracks whose centroid has reached the decision line (marked decided)."""
-        out = []
-        for tr in self._tracks:
-            if tr.confirmed and not tr.decided and self._past_line(tr):
-                tr.decided = True
-                out.append(tr)
-                if tr.shape.whole > 0 and tr.shape.merges == 0:
-                    self._item_areas.append(tr.area)  # one sample per item, big ones included
-                    if len(self._item_areas) >= 5:
-                        self._typical_area = float(np.median(self._item_areas))
+        out = [tr for tr in self._tracks if tr.confirmed and not tr.decided and self._past_line(tr)]
+        for tr in out:
+            self._mark_decided(tr)
         return out
+
+    def _mark_decided(self, tr: Track) -> None:
+        tr.decided = True
+        if tr.shape.whole > 0 and tr.shape.merges == 0:
+            self._item_areas.append(tr.area)  # one sample per item, big ones included
+            if len(self._item_areas) >= 5:
+                self._typical_area = float(np.median(self._item_areas))
 
     def drain(self) -> list[Track]:
         """At shutdown: every confirmed, undecided track (marked decided), then forget all tracks."""
@@ -546,11 +555,47 @@ class Tracker:
 
         share = self.cfg.overlap_min_fraction
         overlap = shown(shape.cores, share) or shown(shape.huge, share) or shown(shape.thin, share) or shape.merges > 0
+        kind = shape.not_garment.most_common(1)
+        not_garment = kind[0][0] if kind and 2 * sum(shape.not_garment.values()) >= track.hits else None
         return ItemSummary(
             track_id=track.id, probs=views.probs(), n_views=views.n, ood=ood, overlap=overlap,
             two_colours=shown(shape.colours, self.cfg.colour_min_fraction), cut_off=cut_off,
             first_frame=track.first_frame, last_frame=track.last_frame, centroid=track.centroid, bbox=track.bbox,
+            not_garment=not_garment,
         )
+
+
+class StillTracker(Tracker):
+    """``tracking.scene: still``: every frame is a new scene (photos of a stopped belt, a sampling station).
+
+    Each detection is an item of its frame only: classified in it and decided in it, with nothing carried
+    over to the next frame. An item touching the frame's edge is cut off.
+    """
+
+    def update(self, detections: list[Detection], frame: int, t: float) -> TrackUpdate:
+        self._last_t = t
+        self._frames_seen += 1
+        self._tracks = [self._new_track(det, frame, t) for det in detections]
+        for tr in self._tracks:
+            tr.confirmed = True
+            if tr.detection is not None and tr.detection.edges:  # cut by the frame, whichever edge
+                tr.shape.whole, tr.shape.side = 0, 1
+        return TrackUpdate(active=list(self._tracks), lost=[])
+
+    def views_to_classify(self, frame: int) -> list[Track]:
+        return [tr for tr in self._tracks if not tr.decided and tr.views.n == 0]
+
+    def due(self) -> list[Track]:
+        out = [tr for tr in self._tracks if not tr.decided]
+        for tr in out:
+            self._mark_decided(tr)
+        return out
+
+
+def make_tracker(cfg: TrackingConfig, *, speed_px_s: float, direction: Direction = "+x") -> Tracker:
+    """The tracker of ``tracking.scene``: a moving belt (:class:`Tracker`) or still scenes (:class:`StillTracker`)."""
+    kind = StillTracker if cfg.scene == "still" else Tracker
+    return kind(cfg, speed_px_s=speed_px_s, direction=direction)
 
 
 def _shift_box(bbox: tuple[int, int, int, int], shift: np.ndarray) -> tuple[float, float, float, float]:
