@@ -25,8 +25,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,10 +42,14 @@ from sorting.apps.scoring import DecisionPoint, SortScore, load_ground_truth, sc
 from sorting.datasets.synth.conveyor import WORLD_VERSION, render_conveyor_clip
 from sorting.errors import ConfigError
 from sorting.serving.actuators import SimulatedActuator
+from sorting.serving.annotate import annotate_frame
 from sorting.serving.builder import build_sorter
 from sorting.serving.classifier import Classifier, ClassScores, CropBatch, ModelClassifier
 from sorting.serving.ejector import FixedSpeed
 from sorting.serving.line_config import LineConfig, load_line_config
+from sorting.serving.live import LiveFeed, live_feed_for_line
+from sorting.serving.loop import SorterLoop
+from sorting.serving.runner import attach_feed
 from sorting.serving.segmentation import Detection
 from sorting.serving.sources import Frame, FrameSource, VideoFileSource
 from sorting.taxonomy import HEADS, LAYOUT_HEAD, LAYOUT_LABELS, SEVERAL_LABEL, SINGLE_LABEL, load_taxonomy
@@ -68,6 +76,7 @@ class BenchConfig:
     belt_speed_px_s: float = DENSE_BELT_PX_S
     hard_fraction: float = 0.12
     oracle_layout: bool = False  # the oracle also answers a layout head: touching garments are "several"
+    console: bool = False  # the operator's console attached, with a viewer watching its camera stream
     overrides: list[str] = field(default_factory=list)
     progress: bool = True
 
@@ -306,6 +315,78 @@ def render_bench_clip(bench: BenchConfig) -> tuple[Path, Path]:
     return video, gt
 
 
+@dataclass
+class _Run:
+    """What one pass of the loop over the clip gave: decisions, their latencies, time per frame, memory."""
+
+    decisions: list[DecisionPoint]
+    latencies: list[float]
+    frame_ms: list[float]
+    rss: list[tuple[float, float]]
+    wall: float
+
+
+def _sort(loop: SorterLoop, bench: BenchConfig, total: int | None, feed: LiveFeed | None) -> _Run:
+    """Run the loop to its end, timing each frame and sampling the resident memory."""
+    run = _Run([], [], [], [], 0.0)
+    start = time.perf_counter()
+    next_rss = start
+    it = loop.run()
+    with tqdm(total=total, desc="bench-sorter", unit="frame", disable=not bench.progress) as bar:
+        while True:
+            tic = time.perf_counter()
+            try:
+                result = next(it)
+            except StopIteration:
+                break
+            toc = time.perf_counter()
+            if result.index >= 0:
+                run.frame_ms.append((toc - tic) * 1e3)
+                bar.update(1)
+                if feed is not None:
+                    feed.slot.put(result)
+            for d in result.decisions:
+                run.decisions.append(DecisionPoint.from_item_decision(d))
+                run.latencies.append(d.latency_ms)
+                if feed is not None:
+                    feed.on_item_decision(d)
+            if toc >= next_rss:
+                run.rss.append((toc - start, rss_bytes() / 2**20))
+                next_rss = toc + (10.0 if bench.minutes else 1.0)
+    run.wall = time.perf_counter() - start
+    run.rss.append((run.wall, rss_bytes() / 2**20))
+    return run
+
+
+@contextmanager
+def _watched_console(loop: SorterLoop) -> Iterator[LiveFeed]:
+    """The operator's console on the line, as ``serve --console`` attaches it, with one viewer reading its
+    MJPEG camera stream the whole time (what a browser on the Live page does)."""
+    from sorting.apps.console import start_console
+
+    cfg = loop.cfg
+    feed = live_feed_for_line(cfg)
+    attach_feed(feed, loop, partial(annotate_frame, decision_line_px=cfg.tracking.decision_line_px,
+                                    axis=0 if cfg.belt.direction[1] == "x" else 1))
+    console = start_console(feed, cfg.log.path, port=0)
+    stop = threading.Event()
+
+    def watch() -> None:
+        with urllib.request.urlopen(console.url + "stream.mjpg", timeout=10) as stream:
+            while not stop.is_set() and stream.read(65536):
+                pass
+
+    viewer = threading.Thread(target=watch, name="bench-viewer", daemon=True)
+    viewer.start()
+    try:
+        yield feed
+    finally:
+        stop.set()
+        console.close()
+        viewer.join(5)
+        log.info("console: %d frames encoded for the viewer", feed.slot.frames_encoded)
+
+
 def run_bench(bench: BenchConfig) -> BenchResult:
     """Render/reuse the clip, sort it (or loop it for ``minutes``), measure and score."""
     if bench.model is None and not bench.oracle:
@@ -324,32 +405,11 @@ def run_bench(bench: BenchConfig) -> BenchResult:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{cfg.log.path}{suffix}").unlink(missing_ok=True)
     loop = build_sorter(cfg, source=source, classifier=classifier, actuator=SimulatedActuator(),
-                        speed=FixedSpeed(cfg.belt.pixels_per_second, "px"), keep_images=False)
-    decisions, latencies, frame_ms = [], [], []
-    rss: list[tuple[float, float]] = []
-    start = time.perf_counter()
-    next_rss = start
-    it = loop.run()
+                        speed=FixedSpeed(cfg.belt.pixels_per_second, "px"), keep_images=bench.console)
     total = None if bench.minutes else int(gt.get("n_frames", 0)) or None
-    with tqdm(total=total, desc="bench-sorter", unit="frame", disable=not bench.progress) as bar:
-        while True:
-            tic = time.perf_counter()
-            try:
-                result = next(it)
-            except StopIteration:
-                break
-            toc = time.perf_counter()
-            if result.index >= 0:
-                frame_ms.append((toc - tic) * 1e3)
-                bar.update(1)
-            for d in result.decisions:
-                decisions.append(DecisionPoint.from_item_decision(d))
-                latencies.append(d.latency_ms)
-            if toc >= next_rss:
-                rss.append((toc - start, rss_bytes() / 2**20))
-                next_rss = toc + (10.0 if bench.minutes else 1.0)
-    wall = time.perf_counter() - start
-    rss.append((wall, rss_bytes() / 2**20))
+    with _watched_console(loop) if bench.console else nullcontext() as feed:
+        run = _sort(loop, bench, total, feed)
+    decisions, latencies, frame_ms, rss, wall = run.decisions, run.latencies, run.frame_ms, run.rss, run.wall
     stages = loop.stage_means_ms()
     passes = source.passes
     gt_run = _repeat_ground_truth(gt, source.clip_frames or int(gt["n_frames"]), passes) if passes > 1 else gt
@@ -362,7 +422,8 @@ def run_bench(bench: BenchConfig) -> BenchResult:
     result = BenchResult(
         config={"line": str(bench.line), "model": str(bench.model) if bench.model else None, "oracle": bench.oracle,
                 "items": bench.items, "minutes": bench.minutes, "threads": bench.threads, "seed": bench.seed,
-                "belt_speed_px_s": gt["belt_speed_px_s"], "video": str(video), "overrides": bench.overrides},
+                "belt_speed_px_s": gt["belt_speed_px_s"], "video": str(video), "overrides": bench.overrides,
+                "console": bench.console},
         frames=frames, wall_s=wall, fps=frames / wall if wall > 0 else 0.0, items=len(decisions),
         items_per_s=len(decisions) / wall if wall > 0 else 0.0,
         latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else 0.0,

@@ -84,6 +84,7 @@ def _bench_sorter(args: argparse.Namespace) -> int:
     bench = BenchConfig(line=args.line, out_dir=out, model=args.model, oracle=args.model is None or args.oracle,
                         items=args.items, minutes=args.minutes, threads=args.threads, seed=args.seed,
                         belt_speed_px_s=args.belt_speed, oracle_layout=args.oracle_layout, overrides=args.set,
+                        console=args.console,
                         progress=not args.no_progress)
     r = run_bench(bench)
     s = r.score
@@ -119,6 +120,8 @@ def _register_bench_sorter(sub: argparse._SubParsersAction) -> None:
                                                          "still running the model for its cost")
     b.add_argument("--oracle-layout", action="store_true", help="the oracle also answers a layout head "
                    "(touching garments are 'several'): what a perfect layout head would give")
+    b.add_argument("--console", action="store_true", help="attach the operator's console (as serve --console) with a "
+                   "viewer reading its camera stream: its cost on the loop")
     b.add_argument("--items", type=int, default=300, help="garments in the clip (300)")
     b.add_argument("--minutes", type=float, help="loop the clip for this long (memory check)")
     b.add_argument("--threads", type=int, default=1, help="onnxruntime threads (1)")

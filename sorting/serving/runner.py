@@ -62,7 +62,7 @@ def serve_line(
     axis = 0 if cfg.belt.direction[1] == "x" else 1
     draw = partial(annotate_frame, decision_line_px=cfg.tracking.decision_line_px, axis=axis)
     if feed is not None:
-        _attach(feed, loop, draw)
+        attach_feed(feed, loop, draw)
     writer = VideoWriter(video_out, loop.source.fps or cfg.camera.fps or 30.0) if video_out else None
     restore = install_stop_handlers(loop)
     no_frames = 0
@@ -104,7 +104,7 @@ def serve_line(
     )
 
 
-def _attach(feed: LiveFeed, loop: SorterLoop, draw: Callable[[FrameResult], object]) -> None:
+def attach_feed(feed: LiveFeed, loop: SorterLoop, draw: Callable[[FrameResult], object]) -> None:
     """Connect the console's feed to a built line: its metrics, session, model, alarms and drawing."""
     feed.registry = loop.telemetry.registry
     feed.status.session = loop.decision_log.session
