@@ -114,7 +114,7 @@ class SorterLoop:
         self._speed_alarm = False
         self._log_alarm = False
         self._next_health_check = 0.0
-        self._last_frame_at = 0.0
+        self._camera_alarm = False
         self._refused_reloads = 0
         self._held: dict[str, Plan] = {}  # product decisions whose row waits in the log's backlog
         self._stop = threading.Event()
@@ -184,21 +184,22 @@ class SorterLoop:
 
     def _no_frame(self) -> FrameResult:
         log.debug("no frame from %s", mask_credentials(self.cfg.camera.source))
-        self.telemetry.set_alarm("camera", True, f"no frame from the camera for {self.cfg.camera.read_timeout_s:g} s"
-                                 + ("" if self.source.stats.connected else " (reconnecting)"))
+        if not self._camera_alarm:
+            self._camera_alarm = True
+            self.telemetry.set_alarm("camera", True, f"no frame from the camera for {self.cfg.camera.read_timeout_s:g} s"
+                                     + ("" if self.source.stats.connected else " (reconnecting)"))
         self._check_belt_speed()
         self._flush_log()
         self._check_health()
         return FrameResult(index=-1, t=self.clock.now(), image=None, no_frame=True, items_decided=self.items_decided)
 
     def _check_health(self) -> None:
-        """Once a second: the camera (frames arrive), the PLC link and the decision log's disk, as alarms."""
+        """Once a second: the PLC link and the decision log's disk, as alarms (the camera's is raised by a frame
+        that does not come and cleared by the next that does)."""
         now = time.monotonic()
         if now < self._next_health_check:
             return
         self._next_health_check = now + 1.0
-        if self.source.live and now - self._last_frame_at < 1.0:
-            self.telemetry.set_alarm("camera", False, "frames arrive")
         connected = self.scheduler.actuator.connected
         self.telemetry.set_alarm("plc", not connected, "actuator link down: firings are missed" if not connected
                                  else "actuator link up")
@@ -219,7 +220,9 @@ class SorterLoop:
         timer.start_frame()
         timer.add("wait_frame", waited_ms)
         self.clock.advance(frame.t)
-        self._last_frame_at = time.monotonic()
+        if self._camera_alarm:
+            self._camera_alarm = False
+            self.telemetry.set_alarm("camera", False, "frames arrive again")
         self._check_belt_speed()
         self._flush_log()
         self._check_health()
