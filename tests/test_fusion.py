@@ -21,7 +21,7 @@ CONFUSION = [[10, 0, 0, 0], [0, 10, 0, 0], [0, 3, 7, 0], [0, 0, 0, 5]]
 
 
 def test_the_likelihood_rows_are_the_smoothed_confusions_and_flat_for_fibres_without_spectra() -> None:
-    lik = NirLikelihood(NIR, CAMERA, confusion=CONFUSION, alpha=1.0)
+    lik = NirLikelihood(NIR, CAMERA, rule="confusion", confusion=CONFUSION, alpha=1.0)
     assert np.allclose(lik.rows[0], [11 / 13, 1 / 13, 1 / 13])  # cotton: read as cotton 10 of 10, +1 each
     assert np.allclose(lik.rows[2], [1 / 13, 4 / 13, 8 / 13])  # polyamide: 3 of 10 read as polyester
     assert np.allclose(lik.rows[3], [1 / 3] * 3)  # silk: no spectra, the reading says nothing about it
@@ -31,11 +31,11 @@ def test_the_likelihood_rows_are_the_smoothed_confusions_and_flat_for_fibres_wit
     product = NirLikelihood(NIR, CAMERA, rule="product")
     assert np.allclose(product(q), [0.0, 1.0, 0.0, 1 / 3])
     with pytest.raises(ValueError, match="confusion matrix"):
-        NirLikelihood(NIR, CAMERA, confusion=None)
+        NirLikelihood(NIR, CAMERA, rule="confusion", confusion=None)
 
 
 def test_fusion_is_bayes_rule_and_a_confused_reading_cannot_overrule_a_sure_camera() -> None:
-    lik = NirLikelihood(NIR, CAMERA, confusion=CONFUSION)
+    lik = NirLikelihood(NIR, CAMERA, rule="confusion", confusion=CONFUSION)
     polyester_reading = lik(np.array([0.02, 0.95, 0.03, 0.0]))
     camera = np.array([0.05, 0.05, 0.85, 0.05])  # the camera is sure of polyamide
     fused = fuse(camera, polyester_reading)
@@ -65,7 +65,7 @@ def _item(camera: list[float], nir: NirEvidence | None, **kw: object) -> ItemEvi
 
 
 def _reading(q: list[float], **kw: object) -> NirEvidence:
-    lik = NirLikelihood(NIR, CAMERA, confusion=CONFUSION)
+    lik = NirLikelihood(NIR, CAMERA, rule="confusion", confusion=CONFUSION)
     return NirEvidence(scans=5, fibre=NIR[int(np.argmax(q))], confidence=max(q), likelihood=lik(np.array(q)), **kw)  # type: ignore[arg-type]
 
 
@@ -136,3 +136,14 @@ INSERT INTO decisions (uid, session, item_id, wall_time, confidence, probs, ood,
     assert rows[0] == ("1", "reject", None, None, None, None, None)  # the old row, untouched
     assert rows[1][:5] == ("7", "polyester", 5, "polyester", pytest.approx(0.95)) and rows[1][5:] == (0, 12.5)
     assert rows[2][2:] == (None, None, None, None, None)  # no spectrometer: NULL
+
+
+def test_the_default_rule_multiplies_the_calibrated_probabilities() -> None:
+    policy = _policy()
+    assert policy.config.nir.fusion == "product"
+    q = np.array([0.2, 0.7, 0.1, 0.0])
+    reading = NirEvidence(scans=3, fibre="polyester", confidence=0.7, likelihood=NirLikelihood(NIR, CAMERA)(q))
+    decision = policy.decide(_item([0.45, 0.4, 0.1, 0.05], reading))
+    fused = np.array([0.45 * 0.2, 0.4 * 0.7, 0.1 * 0.1, 0.05 / 3])
+    assert decision.bin_name == "polyester"
+    assert decision.confidence["fibre"] == pytest.approx(fused[1] / fused.sum(), abs=1e-6)

@@ -311,3 +311,24 @@ def test_an_items_reading_averages_its_scans_and_leaves_out_the_belt(nir_model: 
     assert ev[2].scans == 1 and ev[2].fibre == "cotton"
     assert ev[3].scans == 0 and not ev[3].usable  # never under a spot
     assert stage.evidence([tracks[0]])[1].scans == 0  # the scans are forgotten once the item is decided
+
+
+def test_the_annotated_frame_marks_the_spots_and_the_garment_each_reads() -> None:
+    from sorting.serving.annotate import annotate_frame
+    from sorting.serving.nir_stage import ScanOutcome
+    from sorting.serving.records import FrameResult, TrackView
+
+    image = np.full((240, 320, 3), 90, np.uint8)
+    tracks = [TrackView(1, (80, 30, 60, 60), (110.0, 60.0), True, False, False, 2, "cotton 0.90", nir_scans=3)]
+    scans = [ScanOutcome(_scan(1.0, 0), ASSIGNED, 1), ScanOutcome(_scan(1.0, 1), "no_garment")]
+    result = FrameResult(index=5, t=1.0, image=image, tracks=tracks, scans=scans)
+    drawn = annotate_frame(result, decision_line_px=300, spots=GEO)
+    plain = annotate_frame(result, decision_line_px=300)
+    magenta, grey = np.array([220, 60, 220]), np.array([150, 150, 150])
+    ring0 = drawn[50, 95:106].astype(int)  # spot 0 (100, 50): reading garment 1, joined to its centre
+    assert np.any(np.all(np.abs(ring0 - magenta) < 10, axis=1))
+    assert np.any(np.all(np.abs(drawn[150, 95:106].astype(int) - grey) < 10, axis=1))  # spot 1 read the belt
+    assert np.array_equal(plain[140:160, 90:110], image[140:160, 90:110])  # without spots: nothing drawn there
+    upstream = SpotGeometry(along=-40.0, across=(50.0,), diameter=10.0, smear=0.0, sign=1.0, decision_line_px=300.0)
+    marked = annotate_frame(FrameResult(index=5, t=1.0, image=image), decision_line_px=300, spots=upstream)
+    assert not np.array_equal(marked[40:60, 0:8], image[40:60, 0:8])  # marked on the entry edge

@@ -1,27 +1,26 @@
 """Fusing the spectrometer's fibre reading with the camera's view of the same garment: the rule, in one place.
 
-**Rule** (Bayes' rule with the spectral model's measured confusions, the naive-Bayes combination of two
-classifiers): for each fibre class ``c`` of the camera's model,
+**Rule** (Bayes' rule, the two senses taken as independent given the fibre: colour and texture vs molecular
+bands): for each fibre class ``c`` of the camera's model,
 
-    p(c | camera, NIR)  ∝  p_cam(c) · L(c),      L(c) = Σ_k q_k · M[c, k]
+    p(c | camera, NIR)  ∝  p_cam(c) · L(c)
 
-``p_cam`` is the camera's calibrated fibre probability (its views aggregated), ``q`` the spectral model's
-calibrated probability over its classes ``k`` for the garment (its usable scans averaged into one spectrum,
-``background`` left out and ``q`` renormalised), and ``M[c, k] = P(the NIR reads k | the garment is c)``: the
-rows of the spectral model's out-of-fold confusion matrix (grouped cross-validation of its training set, so
-scans of swatches the scoring model never saw: how it reads *new* garments), Laplace-smoothed (``alpha``)
-and normalised. A NIR class is matched to the camera's class of the same taxonomy name.
+``p_cam`` is the camera's calibrated fibre probability (its views aggregated); ``q`` is the spectral model's
+calibrated probability over its classes ``k`` for the garment (the mean over its usable scans, ``background``
+left out and ``q`` renormalised); a NIR class is matched to the camera's class of the same taxonomy name.
+``L`` comes in two forms (the bins file's ``nir.fusion``):
 
-* A camera class the spectral model has no row for (a fibre with no spectra: viscose, linen, silk here) gets
-  a flat row ``1/K``: the reading is no evidence for or against it.
-* Where the NIR confuses classes (nylon read as polyester, an 80/20 polycotton read as cotton) ``M`` says so,
-  and such a reading cannot overrule a camera that is sure; where it does not (cotton, polyester) a NIR
-  reading outweighs an unsure camera.
-* The two senses are taken to err independently given the fibre (colour and texture vs molecular bands).
-* ``product`` (the bins file's ``nir.fusion``) uses ``M = identity`` (``L(c) = q_c``, flat ``1/K`` for classes the
-  NIR lacks): a product of experts that trusts the NIR's calibrated confidence as it is.
+* ``product`` (the default): ``L(c) = q_c``, a product of experts of two calibrated models. It trusts the NIR's
+  confidence as its temperature calibrates it (on scans of swatches it never saw).
+* ``confusion``: ``L(c) = Σ_k q_k · M[c, k]``, ``M[c, k] = P(the NIR reads k | the garment is c)``: the rows of the
+  spectral model's out-of-fold confusion matrix (grouped cross-validation of its training set), Laplace-smoothed
+  (``alpha``). Where the NIR confuses classes (nylon read as polyester, an 80/20 polycotton read as cotton) such a
+  reading cannot overrule the camera; it is the more cautious rule, and it sorted fewer garments on the tuning
+  clips (models/NIR.md, "On the line").
 
-An item with no usable reading (``scans == 0``) or an out-of-distribution one is not fused: the bins file
+In both, a camera class the spectral model has no class for (a fibre without spectra: viscose, linen, silk
+here) gets a flat ``L = 1/K``: the reading is no evidence for or against it, so such a fibre is decided by the
+camera. An item with no usable reading (``scans == 0``) or an out-of-distribution one is not fused: the bins file
 says whether the camera then decides alone under the same thresholds or the item goes to reject
 (:class:`~sorting.serving.policy.Policy`).
 """
@@ -36,7 +35,7 @@ import numpy as np
 
 from sorting.datasets.spectra_labels import BACKGROUND
 
-FusionRule = Literal["confusion", "product"]
+FusionRule = Literal["product", "confusion"]
 CONFUSION_KEY = "oof/confusion"  # the spectral model's metrics entry: out-of-fold counts, rows = true class
 
 
@@ -70,7 +69,7 @@ class NirEvidence:
 class NirLikelihood:
     """``q`` over the spectral model's labels -> ``L(c)`` over the camera's fibre labels (module docstring)."""
 
-    def __init__(self, nir_labels: Sequence[str], camera_labels: Sequence[str], *, rule: FusionRule = "confusion",
+    def __init__(self, nir_labels: Sequence[str], camera_labels: Sequence[str], *, rule: FusionRule = "product",
                  confusion: Sequence[Sequence[float]] | None = None, alpha: float = 1.0) -> None:
         self.nir_labels = list(nir_labels)
         self.camera_labels = list(camera_labels)

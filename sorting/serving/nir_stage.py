@@ -25,6 +25,7 @@ probabilities come the class, its confidence and the fusion likelihood over the 
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -73,7 +74,7 @@ class NirStage:
     """The loop's spectrometer stage (see the module docstring)."""
 
     def __init__(self, source: Spectrometer, model: SpectralClassifier, geometry: SpotGeometry, *, axis: int,
-                 camera_fibres: Sequence[str] | None, rule: FusionRule = "confusion", outline_scale: float = 1.0,
+                 camera_fibres: Sequence[str] | None, rule: FusionRule = "product", outline_scale: float = 1.0,
                  future_tolerance_s: float = 0.05) -> None:
         self.source = source
         self.model = model
@@ -93,6 +94,7 @@ class NirStage:
         self._items: dict[int, list[np.ndarray]] = {}  # track id -> its assigned scans on the model's grid
         self.counts: Counter[str] = Counter()
         self.last_scan_t: float | None = None
+        self.infer_s = 0.0  # time spent in the spectral model (inference, as the camera model's classify stage)
 
     def _likelihood(self, camera_fibres: Sequence[str] | None) -> NirLikelihood | None:
         if not camera_fibres:
@@ -156,28 +158,27 @@ class NirStage:
         self._pending.append((scan, spectrum.astype(np.float32)))
         return None
 
-    def _centre(self, scan: Scan, frame_t: float, speed_px_s: float) -> float:
-        """Where the belt has carried the scan's footprint centre by ``frame_t`` (along the belt, image px)."""
-        return self.geometry.along + self.geometry.sign * speed_px_s * (frame_t - scan.t)
-
     def _ready(self, frame_t: float, frame_shape: tuple[int, int], speed_px_s: float,
                out: list[ScanOutcome]) -> list[tuple[Scan, np.ndarray, float]]:
-        """Pending scans whose footprint is now wholly in view (with their centre); too late ones go to ``out``."""
-        extent = frame_shape[1 - self.axis]
+        """Pending scans whose footprint the belt has carried wholly into the view by ``frame_t``, with the
+        footprint's centre along the belt then; those carried past the decision line go to ``out`` as ``past``."""
+        if not self._pending:
+            return []
         g = self.geometry
+        t = np.fromiter((scan.t for scan, _ in self._pending), float, len(self._pending))
+        centre = g.along + g.sign * speed_px_s * (frame_t - t)
+        upstream = centre - g.sign * g.half_length
+        past = g.sign * (centre + g.sign * g.half_length - g.decision_line_px) > 0
+        ready_now = (t <= frame_t) & (upstream >= 0) & (upstream < frame_shape[1 - self.axis])
         ready, keep = [], deque()
-        for scan, spectrum in self._pending:
-            if scan.t > frame_t:
-                keep.append((scan, spectrum))
-                continue
-            centre = self._centre(scan, frame_t, speed_px_s)
-            upstream, downstream = centre - g.sign * g.half_length, centre + g.sign * g.half_length
-            if g.sign * (downstream - g.decision_line_px) > 0:
+        for (scan, spectrum), c, late, go, waits in zip(self._pending, centre.tolist(), past.tolist(),
+                                                        ready_now.tolist(), (t > frame_t).tolist()):
+            if not waits and late:
                 out.append(ScanOutcome(scan, "past"))
-            elif 0 <= upstream < extent:
-                ready.append((scan, spectrum, centre))
+            elif go:
+                ready.append((scan, spectrum, c))
             else:
-                keep.append((scan, spectrum))  # still upstream of the view
+                keep.append((scan, spectrum))  # not yet taken, or still upstream of the view
         self._pending = keep
         return ready
 
@@ -225,13 +226,14 @@ class NirStage:
         inside = (xi >= 0) & (xi < labels.shape[1]) & (yi >= 0) & (yi < labels.shape[0])
         hits = np.where(inside, labels[np.clip(yi, 0, labels.shape[0] - 1), np.clip(xi, 0, labels.shape[1] - 1)], 0)
         low, high = hits.min(axis=1), hits.max(axis=1)
+        two = np.any((hits != high[:, None]) & (hits != 0), axis=1)  # two detections under one footprint
         out: list[ScanOutcome] = []
-        for (scan, spectrum, _), row, lo, hi in zip(ready, hits, low, high):
+        for (scan, spectrum, _), lo, hi, mixed in zip(ready, low.tolist(), high.tolist(), two.tolist()):
             if hi == 0:
                 out.append(ScanOutcome(scan, "no_garment"))
                 continue
             owners = groups[hi - 1]
-            if len(owners) > 1 or np.any((row != hi) & (row != 0)):
+            if mixed or len(owners) > 1:
                 out.append(ScanOutcome(scan, "two_garments"))  # two masks, or one blob of two tracked garments
             elif lo == 0:
                 out.append(ScanOutcome(scan, "edge", owners[0].id))
@@ -256,7 +258,9 @@ class NirStage:
         read = [(tid, scans) for tid, scans in items.items() if scans]
         if not read:
             return out
+        started = time.perf_counter()
         pred = self.model.predict(np.stack([spectrum for _, scans in read for spectrum in scans]))
+        self.infer_s += time.perf_counter() - started
         belt = np.array([lab == BACKGROUND for lab in pred.labels])
         start = 0
         for tid, scans in read:
