@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sorting.serving.decision_log import DecisionLog, DecisionLogConfig, NIR_COLUMNS
+from sorting.serving.decision_log import NIR_COLUMNS, DecisionLog, DecisionLogConfig
 from sorting.serving.fusion import NirEvidence, NirLikelihood, fuse
 from sorting.serving.policy import ItemEvidence, Policy, PolicyConfig
 

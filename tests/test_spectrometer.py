@@ -16,7 +16,13 @@ from sorting.models.spectral_onnx import GridMismatchError, SpectralClassifier
 from sorting.serving.line_config import LineConfig
 from sorting.serving.nir_stage import ASSIGNED, NirStage
 from sorting.serving.segmentation import Detection
-from sorting.serving.spectrometer import FolderSpectrometer, Scan, SeabreezeSpectrometer, SpectrometerStats, open_seabreeze
+from sorting.serving.spectrometer import (
+    FolderSpectrometer,
+    Scan,
+    SeabreezeSpectrometer,
+    SpectrometerStats,
+    open_seabreeze,
+)
 from sorting.serving.spectrometer_config import SpectrometerConfig, SpotGeometry
 from sorting.serving.tracking import Track
 from tests._spectra_fixtures import NANO_WL, synthetic_spectrum, write_nirscan

@@ -98,3 +98,36 @@ def test_bench_sorter_with_the_simulated_spectrometer(tmp_path: Path, tiny_nir) 
     assert read == sum(1 for d in result.decisions if d.nir is not None and d.nir.scans > 0) and read > 0
     text = (tmp_path / "run" / "bench.md").read_text()
     assert "## spectrometer (simulated)" in text
+
+
+def test_the_demo_runs_its_spectrometer_only_with_a_spectral_model_or_the_data_to_make_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_nir, caplog) -> None:
+    from sorting.apps.demo_nir import demo_spectrometer
+
+    monkeypatch.setenv("TEXTILE_SORTER_SHARED_DATA", str(tmp_path / "no-data-here"))
+    assert demo_spectrometer(tmp_path / "fresh", progress=False) is None  # a fresh machine without ../shared/data
+    assert any("sorts without the spectrometer" in r.getMessage() for r in caplog.records)
+    made = tmp_path / "made"
+    made.mkdir()
+    (made / "nir-line.onnx").write_bytes(tiny_nir[0].read_bytes())
+    (made / "nir-line.csv").write_text("path,fibre\n")  # a previous demo's files: reused, no data needed
+    found = demo_spectrometer(made, progress=False)
+    assert found is not None and not found.made_now and found.model == made / "nir-line.onnx"
+
+
+@pytest.mark.shared_data
+@pytest.mark.slow
+def test_the_demo_makes_the_lines_spectral_model_from_the_real_swatches(shared_data: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from sorting.apps.demo_nir import demo_spectrometer
+    from sorting.models.spectral_onnx import SpectralClassifier
+
+    monkeypatch.setenv("TEXTILE_SORTER_SHARED_DATA", str(shared_data))
+    made = demo_spectrometer(tmp_path, progress=False)
+    assert made is not None and made.made_now
+    train = load_spectral_set(made.spectra, split="train", all_rows=False)
+    line = load_spectral_set(made.spectra, split="test", all_rows=False)
+    assert not set(train.groups()) & set(line.groups())  # the simulator never scans a swatch the model learnt
+    pred = SpectralClassifier.load(made.model).predict(line.absorbance)
+    right = {c: sum(p == t for p, t in zip(pred.top1(), line.labels()) if t == c) for c in ("cotton", "polyester")}
+    assert right["cotton"] == line.labels().count("cotton") and right["polyester"] >= line.labels().count("polyester") - 1

@@ -36,7 +36,11 @@ import numpy as np
 from sorting.datasets.spectra_grid import resample
 from sorting.datasets.spectra_labels import BACKGROUND
 from sorting.errors import ModelFileError
-from sorting.models.spectral_onnx import GridMismatchError, SpectralClassifier, SpectralPredictions
+from sorting.models.spectral_onnx import (
+    GridMismatchError,
+    SpectralClassifier,
+    SpectralPredictions,
+)
 from sorting.serving.fusion import CONFUSION_KEY, FusionRule, NirEvidence, NirLikelihood
 from sorting.serving.spectrometer import Scan, Spectrometer
 from sorting.serving.spectrometer_config import SpotGeometry
@@ -91,6 +95,7 @@ class NirStage:
             self._check_grid(source.wavelength_nm)  # GridMismatchError at start-up: one line, nothing started
         self.likelihood = self._likelihood(camera_fibres)
         self._pending: deque[tuple[Scan, np.ndarray]] = deque()
+        self._overflow: list[ScanOutcome] = []  # scans pushed out of a full queue (refused as ``past``)
         self._items: dict[int, list[np.ndarray]] = {}  # track id -> its assigned scans on the model's grid
         self.counts: Counter[str] = Counter()
         self.last_scan_t: float | None = None
@@ -119,12 +124,15 @@ class NirStage:
     # -- per frame ------------------------------------------------------------------------
     def update(self, now: float, frame_t: float, tracks: Sequence[Track], frame_shape: tuple[int, int],
                speed_px_s: float) -> list[ScanOutcome]:
-        """Take the new scans, resolve those whose footprint is in view, screen and add them (module docstring)."""
+        """Take the new scans, resolve those whose footprint is in view, give them to their garments (module
+        docstring); what became of each scan resolved or refused now."""
         out: list[ScanOutcome] = []
         for scan in self.source.poll(now):
             refused = self._arrive(scan, now)
             if refused is not None:
                 out.append(ScanOutcome(scan, refused))
+        out += self._overflow
+        self._overflow = []
         ready = self._ready(frame_t, frame_shape, speed_px_s, out)
         if ready:
             out += self._associate(ready, tracks, frame_shape)
@@ -152,9 +160,8 @@ class NirStage:
                 log.warning("scan %s refused: %s", scan.name or f"at {scan.t:.3f} s", exc)
                 return "grid"
         spectrum = values if self._on_grid else resample(wl, values, self._grid)
-        if len(self._pending) >= MAX_PENDING:
-            self._pending.popleft()
-            self.counts["past"] += 1
+        if len(self._pending) >= MAX_PENDING:  # the belt stands still: the oldest scan can no longer be placed
+            self._overflow.append(ScanOutcome(self._pending.popleft()[0], "past"))
         self._pending.append((scan, spectrum.astype(np.float32)))
         return None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from test_loop import REPO, ColourFakeClassifier, ListSource, line_config
+from test_loop import ColourFakeClassifier, ListSource, line_config
 from test_segmentation import FPS, SPEED, make_belt_clip
 
 from sorting.errors import SortingError
@@ -135,7 +135,7 @@ def by_colour(results) -> dict[str, object]:
 @pytest.mark.parametrize("missing", ["camera", "reject"])
 def test_a_spectrometer_that_stops_sending_never_stalls_the_line(tmp_path: Path, tiny_nir, missing: str) -> None:
     # silent from 1.95 s on: the red and blue rectangles pass the spots before, the yellow and white ones after
-    loop, results, items, seconds = sort_clip(tmp_path, tiny_nir[0], ClipSpectrometer(make_belt_clip(hard=False)[1],
+    loop, results, _, seconds = sort_clip(tmp_path, tiny_nir[0], ClipSpectrometer(make_belt_clip(hard=False)[1],
                                               silent_after=1.95), {"missing": missing})
     assert loop.frames_done == 150 and seconds < 60
     decided = by_colour(results)
@@ -151,7 +151,7 @@ def test_scans_stamped_in_the_future_or_the_past_are_refused_and_counted(tmp_pat
     rng = np.random.default_rng(5)
     odd = [Scan(30.0, NANO_WL, synthetic_spectrum("cotton", rng), 0, "clip"),  # 30 s ahead of the first frame
            Scan(-40.0, NANO_WL, synthetic_spectrum("cotton", rng), 1, "clip")]  # its belt left the view long ago
-    loop, results, items, _ = sort_clip(tmp_path, tiny_nir[0], ClipSpectrometer(make_belt_clip(hard=False)[1],
+    loop, results, _, _ = sort_clip(tmp_path, tiny_nir[0], ClipSpectrometer(make_belt_clip(hard=False)[1],
                                         extra=odd), {})
     counts = {s.labels["outcome"]: s.value for m in loop.telemetry.registry.collect()
               if m.name.endswith("spectrometer_scans") for s in m.samples if s.name.endswith("_total")}
