@@ -106,7 +106,7 @@ def _bench_sorter(args: argparse.Namespace) -> int:
         print(f"spectrometer: normal right bin {g.right_nir}/{g.normal} with NIR, {g.right_camera}/{g.normal} camera "
               f"alone (own spectra {r.nir.groups['own'].right_nir}/{r.nir.groups['own'].normal}, stand-in "
               f"{r.nir.groups['stand-in'].right_nir}/{r.nir.groups['stand-in'].normal}); hard safe {g.safe_nir}/{g.hard}"
-              f"; used scans {', '.join(f'{k} {v}' for k, v in r.nir.association.items())}")
+              f"; assigned scans {', '.join(f'{k} {v}' for k, v in r.nir.association.items())}")
     print("targets: " + ", ".join(f"{k}: {'n/a' if ok is None else ('ok' if ok else 'MISSED')}"
                                   for k, ok in r.checks().items()))
     print(f"report: {bench.out_dir / 'bench.md'}")
