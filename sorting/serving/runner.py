@@ -60,7 +60,8 @@ def serve_line(
     """
     loop = build_sorter(cfg, max_frames=max_frames, keep_images=video_out is not None or feed is not None)
     axis = 0 if cfg.belt.direction[1] == "x" else 1
-    draw = partial(annotate_frame, decision_line_px=cfg.tracking.decision_line_px, axis=axis)
+    spots = cfg.spot_geometry() if cfg.spectrometer is not None else None
+    draw = partial(annotate_frame, decision_line_px=cfg.tracking.decision_line_px, axis=axis, spots=spots)
     if feed is not None:
         attach_feed(feed, loop, draw)
     writer = VideoWriter(video_out, loop.source.fps or cfg.camera.fps or 30.0) if video_out else None
