@@ -4,6 +4,8 @@ with tracked garments (geometry, timing, refusals) and the per-item reading."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 from sorting.config import build_config
 from sorting.errors import ConfigError
 from sorting.models.spectral_onnx import GridMismatchError, SpectralClassifier
-from sorting.serving.line_config import LineConfig
+from sorting.serving.line_config import LineConfig, load_line_config
 from sorting.serving.nir_stage import ASSIGNED, NirStage
 from sorting.serving.segmentation import Detection
 from sorting.serving.spectrometer import (
@@ -337,3 +339,16 @@ def test_the_annotated_frame_marks_the_spots_and_the_garment_each_reads() -> Non
     upstream = SpotGeometry(along=-40.0, across=(50.0,), diameter=10.0, smear=0.0, sign=1.0, decision_line_px=300.0)
     marked = annotate_frame(FrameResult(index=5, t=1.0, image=image), decision_line_px=300, spots=upstream)
     assert not np.array_equal(marked[40:60, 0:8], image[40:60, 0:8])  # marked on the entry edge
+
+
+def test_sample_line_is_valid_with_its_commented_spectrometer(tmp_path) -> None:
+    """The block users are told to uncomment in the sample line must load as written."""
+    sample = REPO / "serving" / "line-fibre-colour.yaml"
+    text = sample.read_text(encoding="utf-8")
+    assert load_line_config(sample).spectrometer is None
+    enabled = re.sub(r"^# (spectrometer:.*|  .*)$", r"\1", text, flags=re.M)
+    assert enabled != text
+    (tmp_path / "line.yaml").write_text(enabled, encoding="utf-8")
+    shutil.copy(REPO / "serving" / "bins-fibre-colour.yaml", tmp_path)
+    spectro = load_line_config(tmp_path / "line.yaml").spectrometer
+    assert spectro is not None and spectro.source.startswith("folder:")
