@@ -46,6 +46,15 @@ def ood_quantile_key(quantile: float) -> str:
     return f"{quantile:g}"
 
 
+def threshold_at_quantile(table: dict[str, Any], quantile: float, model: str) -> float:
+    """The OOD threshold a model stored for a validation ``quantile``; a clear error when it has none there."""
+    key = ood_quantile_key(quantile)
+    if key not in table:
+        raise ConfigError(f"model {model} has no OOD threshold at quantile {key} "
+                          f"(it has: {', '.join(sorted(table)) or 'none; retrain it to get the table'})")
+    return float(table[key])
+
+
 @dataclass(frozen=True)
 class ModelMetadata:
     """Everything serving needs to know about a model, stored as ONNX ``metadata_props``.
@@ -86,12 +95,8 @@ class ModelMetadata:
             return None
         if quantile is None:
             return float(self.ood["threshold"][head])
-        table = self.ood.get("by_quantile", {}).get(head, {})
-        key = ood_quantile_key(quantile)
-        if key not in table:
-            raise ConfigError(f"model {self.model_name} has no {head} OOD threshold at quantile {key} (it has: "
-                              f"{', '.join(sorted(table)) or 'none; retrain it to get the table'})")
-        return float(table[key])
+        return threshold_at_quantile(self.ood.get("by_quantile", {}).get(head, {}), quantile,
+                                     f"{self.model_name} ({head} head)")
 
     def to_props(self) -> dict[str, str]:
         """String key/value pairs for ``ModelProto.metadata_props``."""

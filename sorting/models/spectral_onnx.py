@@ -27,7 +27,7 @@ import onnxruntime as ort
 
 from sorting.datasets.spectra_grid import WavelengthGrid, resample
 from sorting.errors import ConfigError, ModelFileError
-from sorting.models.onnx_model import ood_quantile_key, softmax
+from sorting.models.onnx_model import softmax, threshold_at_quantile
 
 SPECTRAL_SCHEMA_KEY = "textile_sorter_spectral_schema"
 SPECTRAL_SCHEMA_VERSION = "1"
@@ -75,12 +75,7 @@ class SpectralMetadata:
             return None
         if quantile is None:
             return float(self.ood["threshold"])
-        table = self.ood.get("by_quantile", {})
-        key = ood_quantile_key(quantile)
-        if key not in table:
-            raise ConfigError(f"spectral model {self.model_name} has no OOD threshold at quantile {key} "
-                              f"(it has {', '.join(sorted(table)) or 'none'})")
-        return float(table[key])
+        return threshold_at_quantile(self.ood.get("by_quantile", {}), quantile, f"spectral model {self.model_name}")
 
     def to_props(self) -> dict[str, str]:
         return {

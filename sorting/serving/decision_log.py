@@ -453,16 +453,8 @@ def export_todo(db_path: str | Path, out_csv: str | Path, *, crops_dir: str | Pa
     """
     db_path, out_csv = Path(db_path), Path(out_csv)
     folder = _crops_folder(db_path, crops_dir)
-    conn = _connect(db_path, read_only=True)
-    try:
-        rows = conn.execute(
-            "SELECT uid, crop_path, reason, fibre, colour, confidence FROM decisions"
-            " WHERE crop_path IS NOT NULL ORDER BY id"
-        ).fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise DataError(f"{db_path} is not a decision log: {exc}") from None
-    finally:
-        conn.close()
+    rows = _read_rows(db_path, "SELECT uid, crop_path, reason, fibre, colour, confidence FROM decisions"
+                               " WHERE crop_path IS NOT NULL ORDER BY id")
     inside = [(r, crop) for r in rows if (crop := _crop_in_folder(db_path, r["crop_path"], folder)) is not None]
     if len(inside) < len(rows):
         log.warning("%d logged crop path(s) outside %s left out", len(rows) - len(inside), folder)
@@ -514,6 +506,19 @@ def record_label(
         conn.close()
 
 
+def _read_rows(db_path: Path, sql: str, *, needs_labels: bool = False) -> list[sqlite3.Row]:
+    """Rows of one query on a read-only connection; ``needs_labels``: none from a log without a labels table."""
+    conn = _connect(db_path, read_only=True)
+    try:
+        if needs_labels and not has_labels_table(conn):
+            return []
+        return conn.execute(sql).fetchall()
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{db_path} is not a decision log: {exc}") from None
+    finally:
+        conn.close()
+
+
 def has_labels_table(conn: sqlite3.Connection) -> bool:
     """Logs written before the console existed have no ``labels`` table."""
     return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'labels'").fetchone() is not None
@@ -522,17 +527,8 @@ def has_labels_table(conn: sqlite3.Connection) -> bool:
 def stored_labels(db_path: str | Path) -> list[dict[str, str]]:
     """Labels stored by the console (not skipped), oldest first, as ``item_id,fibre,colour,layout``
     records (empty string = no answer), the shape of a labelled CSV's rows."""
-    conn = _connect(Path(db_path), read_only=True)
-    try:
-        if not has_labels_table(conn):
-            return []
-        rows = conn.execute(
-            "SELECT uid, fibre, colour, layout FROM labels WHERE skipped = 0 ORDER BY labelled_at, uid"
-        ).fetchall()
-    except sqlite3.DatabaseError as exc:
-        raise DataError(f"{db_path} is not a decision log: {exc}") from None
-    finally:
-        conn.close()
+    rows = _read_rows(Path(db_path), "SELECT uid, fibre, colour, layout FROM labels WHERE skipped = 0"
+                                     " ORDER BY labelled_at, uid", needs_labels=True)
     return [{"item_id": r["uid"], "fibre": r["fibre"] or "", "colour": r["colour"] or "", "layout": r["layout"] or ""}
             for r in rows]
 
