@@ -29,12 +29,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import cv2
 import numpy as np
 
-from sorting.datasets.synth.conveyor import iter_conveyor_frames
+from sorting.datasets.synth.conveyor import ConveyorConfig, iter_conveyor_frames
 from sorting.errors import DataError
 from sorting.logs import mask_credentials
 from sorting.serving.backoff import Backoff
@@ -405,15 +405,13 @@ class FolderSource(FrameSource):
 
 
 class SyntheticSource(FrameSource):
-    """The synthetic conveyor world (same frames for the same seed); ends after the last garment,
-    or after ``n_frames``. ``world`` passes further options to ``iter_conveyor_frames``
-    (``n_items``, ``belt_speed_px_s``, ``hard_fraction``, ...)."""
+    """The synthetic conveyor world (same frames for the same config); ends after the last garment,
+    or after ``n_frames``."""
 
-    def __init__(self, *, seed: int = 0, width: int = 640, height: int = 480, fps: float = 30.0,
-                 n_frames: int | None = None, **world: Any) -> None:
+    def __init__(self, world: ConveyorConfig, *, n_frames: int | None = None) -> None:
         super().__init__()
-        self._fps = float(fps)
-        self._frames = iter_conveyor_frames(seed=seed, width=width, height=height, fps=fps, stop=n_frames, **world)
+        self._fps = float(world.fps)
+        self._frames = iter_conveyor_frames(world, stop=n_frames)
 
     @property
     def fps(self) -> float:
@@ -459,8 +457,8 @@ def open_source(
         seed_text = text.partition(":")[2] or "0"
         if not seed_text.isdigit():
             raise DataError(f"bad synthetic source '{text}': expected synthetic or synthetic:<seed>")
-        return SyntheticSource(seed=int(seed_text), width=width or 640, height=height or 480,
-                               fps=fps or 30.0, n_frames=max_frames)
+        world = ConveyorConfig(seed=int(seed_text), width=width or 640, height=height or 480, fps=fps or 30.0)
+        return SyntheticSource(world, n_frames=max_frames)
     path = Path(text).expanduser()
     if path.is_dir():
         return FolderSource(path, fps=fps or 30.0)

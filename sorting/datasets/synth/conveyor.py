@@ -377,25 +377,10 @@ def _config(n_items: int, seed: int, width: int, height: int, fps: float, belt_s
                           colour_cast=colour_cast, stains=stains)
 
 
-def iter_conveyor_frames(
-    *,
-    n_items: int = 300,
-    seed: int = 0,
-    width: int = 640,
-    height: int = 480,
-    fps: float = 30.0,
-    belt_speed_px_s: float = 200.0,
-    direction: Literal["+x", "+y"] = "+x",
-    hard_fraction: float = 0.12,
-    colour_cast: bool = True,
-    stains: int = 2,
-    taxonomy: Taxonomy | None = None,
-    start: int = 0,
-    stop: int | None = None,
-) -> Iterator[tuple[int, float, np.ndarray]]:
-    """Yield ``(index, t_seconds, frame_bgr)``; identical to the video of the same arguments."""
-    cfg = _config(n_items, seed, width, height, fps, belt_speed_px_s, direction, hard_fraction, colour_cast, stains)
-    yield from ConveyorWorld(cfg, taxonomy).frames(start, stop)
+def iter_conveyor_frames(config: ConveyorConfig, taxonomy: Taxonomy | None = None, *, start: int = 0,
+                         stop: int | None = None) -> Iterator[tuple[int, float, np.ndarray]]:
+    """Yield ``(index, t_seconds, frame_bgr)``; identical to the video of the same config."""
+    yield from ConveyorWorld(config, taxonomy).frames(start, stop)
 
 
 def render_conveyor_clip(
