@@ -146,3 +146,19 @@ def test_short_clip_with_a_layout_head_routes_touching_garments_fail_safe(tmp_pa
     assert (s.lost, s.duplicated, s.phantom) == (0, 0, 0), s.errors
     assert not [e for e in s.errors if e["hard"] == "touching"], s.errors
     assert not [e for e in s.errors if not e["hard"] and e["reason"] == "overlap"], s.errors
+
+
+@pytest.mark.slow
+def test_a_soak_scores_every_pass_without_keeping_whole_decisions(tmp_path):
+    """A looped clip (``--minutes``) is scored over all its passes from the reduced points, and keeps no whole
+    decision records, whose growth the memory check would otherwise measure."""
+    from sorting.apps.bench_sorter import BenchConfig, run_bench
+
+    bench = BenchConfig(line=REPO / "serving" / "line-colour-6bin.yaml", out_dir=tmp_path / "run", items=12, seed=5,
+                        minutes=0.2, progress=False)
+    result = run_bench(bench)
+    s = result.score
+    assert result.passes >= 2 and s.gt_items >= 24
+    assert (s.lost, s.duplicated, s.phantom) == (0, 0, 0), s.errors
+    assert result.items == s.decisions > 0 and result.decisions == []
+    assert len(result.rss_mb) >= 2

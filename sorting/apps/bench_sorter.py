@@ -29,6 +29,7 @@ import os
 import threading
 import time
 import urllib.request
+from array import array
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
@@ -356,10 +357,15 @@ def render_bench_clip(bench: BenchConfig) -> tuple[Path, Path]:
 
 @dataclass
 class _Run:
-    """What the benchmark collected while the loop ran."""
+    """What the benchmark collected while the loop ran. ``points`` and ``latency_ms`` hold every decision, reduced to
+    what scoring reads; ``decisions`` the whole records, except in a soak (``keep_decisions`` false): there they would
+    grow by about 2 kB per item and the memory check would measure the benchmark's notes, not the loop."""
 
+    keep_decisions: bool = True
     decisions: list[ItemDecision] = field(default_factory=list)
-    frame_ms: list[float] = field(default_factory=list)
+    points: list[DecisionPoint] = field(default_factory=list)
+    latency_ms: array = field(default_factory=lambda: array("d"))
+    frame_ms: array = field(default_factory=lambda: array("d"))
     rss: list[tuple[float, float]] = field(default_factory=list)
     scans: list[ScanRecord] = field(default_factory=list)
     wall_s: float = 0.0
@@ -367,7 +373,7 @@ class _Run:
 
 def _drive(loop: SorterLoop, bench: BenchConfig, total: int | None, feed: LiveFeed | None = None) -> _Run:
     """Run the loop to the end, timing each frame and sampling the resident memory."""
-    run = _Run()
+    run = _Run(keep_decisions=not bench.minutes or bench.spectrometer is not None)
     start = time.perf_counter()
     next_rss = start
     it = loop.run()
@@ -382,7 +388,10 @@ def _drive(loop: SorterLoop, bench: BenchConfig, total: int | None, feed: LiveFe
             if result.index >= 0:
                 run.frame_ms.append((toc - tic) * 1e3)
                 bar.update(1)
-            run.decisions += result.decisions
+            run.points += [DecisionPoint.from_item_decision(d) for d in result.decisions]
+            run.latency_ms.extend(d.latency_ms for d in result.decisions)
+            if run.keep_decisions:
+                run.decisions += result.decisions
             if feed is not None:
                 _feed(feed, result)
             run.scans += [ScanRecord.of(o) for o in result.scans]
@@ -464,7 +473,7 @@ def run_bench(bench: BenchConfig) -> BenchResult:
         run = _drive(loop, bench, None if bench.minutes else int(gt.get("n_frames", 0)) or None, feed)
     passes = source.passes
     gt_run = _repeat_ground_truth(gt, source.clip_frames or int(gt["n_frames"]), passes) if passes > 1 else gt
-    score = score_run([DecisionPoint.from_item_decision(d) for d in run.decisions], gt_run, loop.policy)
+    score = score_run(run.points, gt_run, loop.policy)
     nir = None if sim is None else score_nir(run.decisions, gt_run, loop.policy, run.scans, own=_own_fibres(sim),
                                              score=score)
     result = _result(bench, gt, video, loop, source, run, score, model is not None)
@@ -484,7 +493,7 @@ def _result(bench: BenchConfig, gt: dict[str, Any], video: Path, loop: SorterLoo
             run: _Run, score: SortScore, has_model: bool) -> BenchResult:
     stages = loop.stage_means_ms()
     wall = run.wall_s
-    latencies = [d.latency_ms for d in run.decisions]
+    latencies = run.latency_ms
     warm = [mb for t, mb in run.rss if t >= 0.1 * wall] or [run.rss[-1][1]]
     frames = len(run.frame_ms)
     sim = loop.nir.source if loop.nir is not None else None
@@ -498,8 +507,8 @@ def _result(bench: BenchConfig, gt: dict[str, Any], video: Path, loop: SorterLoo
                 "items": bench.items, "minutes": bench.minutes, "threads": bench.threads, "seed": bench.seed,
                 "belt_speed_px_s": gt["belt_speed_px_s"], "video": str(video), "overrides": bench.overrides,
                 "spectrometer": bench.spectrometer, "bins": str(loop.cfg.policy.bins), "console": bench.console},
-        frames=frames, wall_s=wall, fps=frames / wall if wall > 0 else 0.0, items=len(run.decisions),
-        items_per_s=len(run.decisions) / wall if wall > 0 else 0.0,
+        frames=frames, wall_s=wall, fps=frames / wall if wall > 0 else 0.0, items=len(run.points),
+        items_per_s=len(run.points) / wall if wall > 0 else 0.0,
         latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else 0.0,
         latency_ms_p99=float(np.percentile(latencies, 99)) if latencies else 0.0,
         loop_ms_per_frame=loop_ms, read_ms_per_frame=stages.get("wait_frame", 0.0), decode_ms_per_frame=decode_ms,

@@ -36,7 +36,7 @@ GATE_SIZE_SHARE = 0.6  # of the item's larger mask side
 EXTRAPOLATE_FRAMES = 15  # a decision just after an item's last GT frame still matches it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DecisionPoint:
     """One decision reduced to what scoring needs: where its track was when decided, and the bin."""
 
