@@ -1,4 +1,4 @@
-"""Sorter commands: ``serve``, ``calibrate``, ``evaluate-detection`` and ``pulse``."""
+"""Sorter commands: ``serve``, ``calibrate``, ``evaluate-detection`` (with ``train-belt-detector``) and ``pulse``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sorting.cli import belt_detector
 from sorting.cli.common import add_command
 from sorting.cli.console import add_console_flags, start_line_console
 from sorting.paths import check_output_path
@@ -224,4 +225,5 @@ Ctrl-C or SIGTERM stops after the current frame: items in flight go to reject ('
                         "photos, belt for a camera or video; an existing line keeps the scene it sets)")
     c.set_defaults(func=_calibrate)
     _register_evaluate_detection(sub)
+    belt_detector.register(sub)  # train-belt-detector: the learned option of a real belt's segmentation
     _register_pulse(sub)

@@ -38,8 +38,8 @@ from sorting.serving.belt_colour_model import (
     BeltColourConfig,
     BeltColourLookup,
     band_index,
-    colour_from_grey,
     chromaticity,
+    colour_from_grey,
     fit_belt_colour,
 )
 from sorting.serving.belt_region import belt_band, polygon_mask
