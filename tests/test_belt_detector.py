@@ -127,6 +127,8 @@ def test_a_tiny_detector_trains_on_synthetic_frames_exports_and_serves(tmp_path:
     run = next((tmp_path / "runs").iterdir())
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train_frames"] == 6 and metrics["val_frames"] == 2 and (run / "belt_detector.onnx").is_file()
+    names = json.loads((run / "frames.json").read_text())
+    assert len(names["train"]) == 6 and len(names["val"]) == 2 and not set(names["train"]) & set(names["val"])
 
 
 def test_bad_detector_files_and_recipes_give_one_clear_error(tmp_path: Path):

@@ -7,7 +7,8 @@ per-head cross-entropies, accuracies, macro-F1 validation, early stopping, check
 unchanged. What is its own: the losses (the core classes weighted against the many "none" cells, the size
 heads scaled by ``loss.size_weight``), the frozen stem and first blocks (ImageNet weights and statistics kept:
 small data, and backward through the high-resolution layers is most of a step's cost), and the export to ONNX
-after the run (``belt_detector.onnx`` in the run folder, with what it was trained on in its metadata).
+after the run (``belt_detector.onnx`` in the run folder, with what it was trained on in its metadata, and
+``frames.json``: the names of the training and validation frames).
 
 Which frames it learns from is the recipe's ``data`` section: the development photos of the conveyor photos
 (``benchmarks/belt_split.json:dev``; the held-out photos are never read) and/or synthetic conveyor frames.
@@ -16,6 +17,7 @@ Which frames it learns from is the recipe's ``data`` section: the development ph
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +53,7 @@ from sorting.training.loop import StepSettings
 log = logging.getLogger(__name__)
 
 ONNX_NAME = "belt_detector.onnx"
+FRAMES_NAME = "frames.json"
 
 
 @dataclass
@@ -105,8 +108,10 @@ def _criteria(config: BeltDetectorTrainConfig) -> dict[str, nn.Module]:
             "height": _Scaled(nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX), size)}
 
 
-def build_detector_setup(config: BeltDetectorTrainConfig, ctx: D.DistContext) -> tuple[TrainingSetup, dict[str, Any]]:
-    """The engine's set-up for a belt detector, and what the exported file records about its data."""
+def build_detector_setup(config: BeltDetectorTrainConfig, ctx: D.DistContext
+                         ) -> tuple[TrainingSetup, dict[str, Any], dict[str, list[str]]]:
+    """The engine's set-up for a belt detector, what the exported file records about its data, and the names of
+    the training and validation frames."""
     arch = arch_of(config)
     train, val = load_samples(config, arch)
     net = BeltDetectorNet(arch, pretrained=config.model.pretrained).to(ctx.device)
@@ -142,7 +147,7 @@ def build_detector_setup(config: BeltDetectorTrainConfig, ctx: D.DistContext) ->
     trained_on = {"train": _names_digest(train), "val": _names_digest(val), "train_frames": len(train),
                   "val_frames": len(val), "photos_subset": config.data.subset,
                   "synthetic_frames": config.data.synthetic.frames}
-    return setup, trained_on
+    return setup, trained_on, {"train": [s.name for s in train], "val": [s.name for s in val]}
 
 
 def _names_digest(samples: list[DetectorSample]) -> str:
@@ -166,8 +171,10 @@ def fit_belt_detector(config: BeltDetectorTrainConfig) -> BeltDetectorResult:
         if config.threads:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
-        setup, trained_on = build_detector_setup(config, ctx)
+        setup, trained_on, names = build_detector_setup(config, ctx)
         result = run_training(setup, config, ctx)
+        # which photos it saw: a benchmark scores the validation ones apart (frames.json: {"train": [...], "val": [...]})
+        (result.run_dir / FRAMES_NAME).write_text(json.dumps(names, indent=1) + "\n", encoding="utf-8")
         net = setup.model.to("cpu")
         assert isinstance(net, BeltDetectorNet)
         onnx_path = export_belt_detector(net, result.run_dir / ONNX_NAME, run=result.run_dir.name,
