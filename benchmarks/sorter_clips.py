@@ -12,6 +12,13 @@ that the sorter decides exactly as before: ``--compare OLD.json``.
     python benchmarks/sorter_clips.py --model runs/demo/model.onnx --out runs/clips-demo.json
     python benchmarks/sorter_clips.py --out runs/clips-oracle.json              # GT oracle
     python benchmarks/sorter_clips.py --model runs/demo/model.onnx --compare runs/clips-demo.json
+
+With the simulated NIR spectrometer on the fibre x colour bins (models/NIR.md, "On the line"), a second table:
+fibre-correct bins with the spectrometer and with the camera alone (the same runs), garments whose fibre the
+simulator has its own unseen spectra of apart from those it reads through a stand-in, and the association:
+
+    python benchmarks/sorter_clips.py --model runs/demo/model.onnx --seeds 29 31 37 41 43 47 \
+        -- --spectrometer sim --bins serving/bins-fibre-colour.yaml
 """
 
 from __future__ import annotations
@@ -40,7 +47,41 @@ def run_clip(seed: int, model: Path | None, out: Path, extra: list[str]) -> dict
     return {"seed": seed, "non_hard_correct": score["non_hard_correct"], "non_hard_total": score["non_hard_total"],
             "hard_safe": score["hard_safe"], "hard_items": score["hard_items"], "lost": score["lost"],
             "duplicated": score["duplicated"], "phantom": score["phantom"], "fps": bench["fps"],
-            "loop_ratio": bench["loop_ratio"], "decisions": [list(r) for r in rows]}
+            "loop_ratio": bench["loop_ratio"], "decisions": [list(r) for r in rows], "nir": bench.get("nir")}
+
+
+def print_nir(results: list[dict]) -> None:
+    """The spectrometer's table (runs with ``--spectrometer sim``)."""
+    runs = [r for r in results if r.get("nir")]
+    if not runs:
+        return
+    print("\n| seed | normal right bin: NIR / camera alone | own spectra: NIR / camera | stand-in: NIR / camera "
+          "| wrong product bin: NIR / camera | hard safe: NIR | assigned scans right / edge / belt / other / pair "
+          "| loop ratio |")
+    print("|---|---|---|---|---|---|---|---|")
+    keys = ("right_nir", "right_camera", "normal", "wrong_nir", "wrong_camera", "safe_nir", "hard")
+    sums = {g: dict.fromkeys(keys, 0) for g in ("total", "own", "stand-in")}
+    assoc_sum: dict[str, int] = {}
+    for r in runs:
+        nir = r["nir"]
+        parts = {"total": nir["total"], "own": nir["groups"]["own"], "stand-in": nir["groups"]["stand-in"]}
+        for g, counts in parts.items():
+            for k in keys:
+                sums[g][k] += counts[k]
+        for k, v in nir["association"].items():
+            assoc_sum[k] = assoc_sum.get(k, 0) + v
+        print(_nir_row(str(r["seed"]), parts, nir["association"], r["loop_ratio"]))
+    print(_nir_row("all", sums, assoc_sum, None))
+
+
+def _nir_row(seed: str, parts: dict[str, dict], assoc: dict[str, int], ratio: float | None) -> str:
+    t, own, other = parts["total"], parts["own"], parts["stand-in"]
+    rate = f" ({t['right_nir'] / max(1, t['normal']):.1%} / {t['right_camera'] / max(1, t['normal']):.1%})"
+    a = " / ".join(str(assoc.get(k, 0)) for k in ("right", "edge", "belt", "other", "other_pair"))
+    return (f"| {seed} | {t['right_nir']} / {t['right_camera']} of {t['normal']}{rate if seed == 'all' else ''} | "
+            f"{own['right_nir']} / {own['right_camera']} of {own['normal']} | {other['right_nir']} / "
+            f"{other['right_camera']} of {other['normal']} | {t['wrong_nir']} / {t['wrong_camera']} | "
+            f"{t['safe_nir']}/{t['hard']} | {a} | {'' if ratio is None else f'{ratio:.2f}x'} |")
 
 
 def main() -> int:
@@ -64,6 +105,7 @@ def main() -> int:
     print(f"| all | {total['non_hard_correct']}/{total['non_hard_total']} "
           f"({total['non_hard_correct'] / max(1, total['non_hard_total']):.1%}) | {total['hard_safe']}/{total['hard_items']}"
           f" | {total['lost']} / {total['duplicated']} / {total['phantom']} | | |")
+    print_nir(results)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"model": str(args.model), "clips": results, "total": total}, indent=1))

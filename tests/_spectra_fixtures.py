@@ -59,3 +59,37 @@ def make_swatch_folder(root: Path, *, swatches: int = 3, scans: int = 4, seed: i
     for n in range(max(4, scans)):
         write_nirscan(root / f"Background_PVC_Single_{n + 1:02d}.csv", synthetic_spectrum("background", rng) + 1.0)
     return root
+
+
+def tiny_spectral_model(root: Path, *, seed: int = 1) -> tuple[Path, Path]:
+    """A small linear spectral model trained on synthetic swatches (cotton, polyester, polyamide, background),
+    exported to ONNX, and its manifest split by swatch (``train`` / ``test``: the simulator's part).
+    Returns ``(model.onnx, manifest)``; a few seconds on two cores."""
+    from sorting.datasets.spectra_import import SpectraImport, import_spectra
+    from sorting.datasets.split import split_rows
+    from sorting.datasets.manifest import read_manifest, write_manifest
+    from sorting.datasets.spectra_store import copy_spectra
+    from sorting.models.spectral_export import export_spectral_checkpoint
+    from sorting.training.spectral import fit_spectral
+    from sorting.training.spectral_config import load_spectral_config
+
+    make_swatch_folder(root / "scans", swatches=4, scans=4, seed=seed)
+    report = import_spectra([root / "scans"], root / "nir.csv", SpectraImport(progress=False))
+    rows = split_rows(read_manifest(report.manifest_path).rows, fractions=(0.7, 0.0, 0.3), seed=0, group_by="garment")
+    manifest = root / "nir-line.csv"
+    write_manifest(rows, manifest)
+    copy_spectra(report.manifest_path, manifest)
+    recipe = root / "nir-tiny.yaml"
+    recipe.write_text(f"""task: spectral
+name: nir-tiny
+output_dir: {root / 'train'}
+progress: false
+data: {{train: [{manifest}], split: train}}
+preprocess: {{snv: true, savgol_window: 11, savgol_polyorder: 2, derivative: 1}}
+model: {{family: linear}}
+calibration: {{folds: 2}}
+tracking: {{enabled: false}}
+""")
+    result = fit_spectral(load_spectral_config(recipe))
+    onnx_path, _, _ = export_spectral_checkpoint(result.checkpoint, root / "nir-tiny.onnx")
+    return onnx_path, manifest

@@ -180,7 +180,7 @@ def test_sample_line_is_valid_with_and_without_its_commented_encoder(tmp_path) -
     sample = REPO / "serving" / "line-fibre-colour.yaml"
     assert load_line_config(sample).belt.encoder is None
     text = sample.read_text(encoding="utf-8")
-    enabled = re.sub(r"^(\s*)# (encoder:.*|  .*)$", r"\1\2", text, flags=re.M)
+    enabled = re.sub(r"^(\s+)# (encoder:.*|  .*)$", r"\1\2", text, flags=re.M)
     assert enabled != text
     (tmp_path / "line.yaml").write_text(enabled, encoding="utf-8")
     shutil.copy(REPO / "serving" / "bins-fibre-colour.yaml", tmp_path)  # the line is checked against its bins

@@ -198,6 +198,7 @@ class SoakReport:
     metric_missed: int
     reloads: dict[str, int]
     alarms_seen: list[str]
+    lost_garments: list[dict[str, int]] = field(default_factory=list)  # id, frames on the belt, frames the camera showed
     checks: dict[str, bool] = field(default_factory=dict)
 
     def markdown(self) -> str:
@@ -205,7 +206,10 @@ class SoakReport:
                  f"{self.garments_seen} seen by the camera; faults injected: "
                  + ", ".join(f"{k} x{n}" for k, n in self.faults.items()), "",
                  "| figure | value |", "|---|---|"]
-        lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in asdict(self).items() if k not in ("checks",)]
+        lines += [f"| {k.replace('_', ' ')} | {v} |" for k, v in asdict(self).items() if k not in ("checks",
+                                                                                                   "lost_garments")]
+        lines += [f"| lost garment {g['id']} | on the belt in frames {g['entry_frame']}-{g['exit_frame']}, shown in "
+                  f"{g['frames_shown']} |" for g in self.lost_garments]
         lines += ["", "| check | |", "|---|---|"] + [f"| {k} | {'ok' if ok else 'FAILED'} |"
                                                       for k, ok in self.checks.items()]
         return "\n".join(lines) + "\n"
@@ -309,6 +313,9 @@ def _account(cfg: SoakConfig, loop: SorterLoop, gt: dict[str, Any], camera: Repl
         metric_missed=int(_metric(metrics, "textile_sorter_missed_firings_total{")),
         reloads={"refused": loop.watcher.rejected if loop.watcher else 0,
                  "loaded": loop.watcher.loaded if loop.watcher else 0}, alarms_seen=sorted(alarms),
+        lost_garments=[{"id": it["id"], "entry_frame": it["entry_frame"], "exit_frame": it["exit_frame"],
+                        "frames_shown": sum(f in camera.delivered for f, _, _ in it["track"])}
+                       for it in gt_seen["items"] if score.assignment.get(it["id"]) is None],
     )
     report.checks = {
         "faults add no lost, duplicated or phantom garment (vs the clip sorted without faults)":

@@ -53,7 +53,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     report = run_demo(DemoConfig(out_dir=Path(args.out), items=args.items, seed=args.seed, retrain=args.retrain,
                                  train_overrides=args.train_set, video=not args.no_video,
-                                 progress=not args.no_progress))
+                                 progress=not args.no_progress, spectrometer=not args.no_spectrometer))
     print("\n".join(report.summary_lines()))
     return 0
 
@@ -73,6 +73,8 @@ def _register_demo(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of training/synthetic-quick.yaml")
     d.add_argument("--no-video", action="store_true", help="skip the annotated video")
+    d.add_argument("--no-spectrometer", action="store_true", help="sort without the simulated NIR spectrometer "
+                   "(by default it is on where ../shared/data/nir-spectra or a previous demo's spectral model is)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=_demo)
 
@@ -84,7 +86,8 @@ def _bench_sorter(args: argparse.Namespace) -> int:
     bench = BenchConfig(line=args.line, out_dir=out, model=args.model, oracle=args.model is None or args.oracle,
                         items=args.items, minutes=args.minutes, threads=args.threads, seed=args.seed,
                         belt_speed_px_s=args.belt_speed, oracle_layout=args.oracle_layout, overrides=args.set,
-                        progress=not args.no_progress)
+                        console=args.console, progress=not args.no_progress, spectrometer=args.spectrometer,
+                        nir_model=args.nir_model, nir_spectra=args.nir_spectra, bins=args.bins)
     r = run_bench(bench)
     s = r.score
     ratio = "n/a (no model)" if r.loop_ratio is None else f"{r.loop_ratio:.2f}x"
@@ -98,6 +101,12 @@ def _bench_sorter(args: argparse.Namespace) -> int:
           f"({s.non_hard_correct}/{s.non_hard_total}); hard safe {s.hard_safe}/{s.hard_items}; "
           f"reject rate {s.reject_rate:.1%}")
     print(f"RSS {r.rss_mb[-1][1]:.0f} MB, growth after warm-up {r.rss_growth:+.1%} over {r.wall_s / 60:.1f} min")
+    if r.nir is not None:
+        g = r.nir.total()
+        print(f"spectrometer: normal right bin {g.right_nir}/{g.normal} with NIR, {g.right_camera}/{g.normal} camera "
+              f"alone (own spectra {r.nir.groups['own'].right_nir}/{r.nir.groups['own'].normal}, stand-in "
+              f"{r.nir.groups['stand-in'].right_nir}/{r.nir.groups['stand-in'].normal}); hard safe {g.safe_nir}/{g.hard}"
+              f"; assigned scans {', '.join(f'{k} {v}' for k, v in r.nir.association.items())}")
     print("targets: " + ", ".join(f"{k}: {'n/a' if ok is None else ('ok' if ok else 'MISSED')}"
                                   for k, ok in r.checks().items()))
     print(f"report: {bench.out_dir / 'bench.md'}")
@@ -111,7 +120,8 @@ def _register_bench_sorter(sub: argparse._SubParsersAction) -> None:
         """
   textile-sorter bench-sorter                                   # GT-oracle classifier: segmentation/tracking only
   textile-sorter bench-sorter --model runs/demo/model.onnx --oracle   # model cost measured, oracle decides
-  textile-sorter bench-sorter --model runs/demo/model.onnx --minutes 10   # memory-flat check""",
+  textile-sorter bench-sorter --model runs/demo/model.onnx --minutes 10   # memory-flat check
+  textile-sorter bench-sorter --model runs/demo/model.onnx --bins serving/bins-fibre-colour.yaml --spectrometer sim""",
     )
     b.add_argument("--line", type=Path, default=Path("serving/line-colour-6bin.yaml"), help="line config YAML")
     b.add_argument("--model", type=Path, help="ONNX model (default: none, the GT oracle classifies)")
@@ -119,6 +129,8 @@ def _register_bench_sorter(sub: argparse._SubParsersAction) -> None:
                                                          "still running the model for its cost")
     b.add_argument("--oracle-layout", action="store_true", help="the oracle also answers a layout head "
                    "(touching garments are 'several'): what a perfect layout head would give")
+    b.add_argument("--console", action="store_true", help="attach the operator's console (as serve --console) with a "
+                   "viewer reading its camera stream: its cost on the loop")
     b.add_argument("--items", type=int, default=300, help="garments in the clip (300)")
     b.add_argument("--minutes", type=float, help="loop the clip for this long (memory check)")
     b.add_argument("--threads", type=int, default=1, help="onnxruntime threads (1)")
@@ -126,5 +138,12 @@ def _register_bench_sorter(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--belt-speed", type=float, default=900.0, help="belt px/s of the clip (900: dense)")
     b.add_argument("--out", type=Path, help="output folder (default runs/bench-sorter/<model>)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a line config key")
+    b.add_argument("--bins", type=Path, help="bins file (default: the line's), e.g. serving/bins-fibre-colour.yaml")
+    b.add_argument("--spectrometer", choices=["sim"], help="add the synthetic world's simulated NIR spectrometer: "
+                   "fibre-correct bins with and without it, and its association (models/NIR.md)")
+    b.add_argument("--nir-model", type=Path, default=Path("runs/models/nir-line.onnx"),
+                   help="the line's spectral model (training/nir-line.yaml; default runs/models/nir-line.onnx)")
+    b.add_argument("--nir-spectra", type=Path, default=Path("runs/data/nir-line.csv"),
+                   help="spectra the simulator draws from, split 'test' (default runs/data/nir-line.csv)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_bench_sorter)

@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from functools import partial
 
 from sorting.errors import ConfigError
+from sorting.models.spectral_onnx import SpectralClassifier
 from sorting.serving.actuators import Actuator, Firing, bin_addresses, make_actuator
 from sorting.serving.classifier import Classifier, ModelClassifier, ModelWatcher
 from sorting.serving.clock import LineClock
@@ -25,8 +26,11 @@ from sorting.serving.ejector import EjectorScheduler, FixedSpeed, SpeedSource
 from sorting.serving.encoder import EncoderReader, EncoderStatusCallback
 from sorting.serving.line_config import BeltConfig, LineConfig
 from sorting.serving.loop import SorterLoop
+from sorting.serving.nir_stage import NirStage
 from sorting.serving.policy import Policy, load_policy_config
 from sorting.serving.sources import FrameSource, open_source
+from sorting.serving.spectrometer import Spectrometer, open_spectrometer
+from sorting.serving.spectrometer_sim import clip_ground_truth_path, open_simulated
 from sorting.serving.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
@@ -41,12 +45,14 @@ def build_sorter(
     speed: SpeedSource | None = None,
     keep_images: bool = True,
     max_frames: int | None = None,
+    spectrometer: Spectrometer | None = None,
 ) -> SorterLoop:
     """Wire a :class:`SorterLoop` for ``cfg``; parts not given come from the config.
 
     ``source``: default ``camera.source``; ``classifier``: default the model at ``model.path``
     (hot-reloaded when ``model.hot_reload``); ``actuator``: default ``actuator``; ``speed``:
-    default ``belt`` (its encoder when the source is live). ``max_frames`` caps a source opened here.
+    default ``belt`` (its encoder when the source is live); ``spectrometer``: default ``spectrometer.source``
+    (lines with a ``spectrometer`` section). ``max_frames`` caps a source opened here.
     The line's clock (:mod:`sorting.serving.clock`) follows the source: wall time when it is paced.
     A recording that drives a physical actuator is played at its frame rate.
     """
@@ -56,6 +62,7 @@ def build_sorter(
             classifier, watcher = _load_model(cfg)
         policy_cfg = load_policy_config(cfg.policy.bins)
         policy = Policy(policy_cfg, classifier.labels)
+        nir_model = _load_nir_model(cfg)
         telemetry = Telemetry(cfg.telemetry, bin_names=policy_cfg.bin_names(), reject_bin=policy_cfg.reject.id)
         telemetry.model_loaded(classifier)
         decision_log = DecisionLog(cfg.log, model_id=classifier.model_id, reject_bin=policy_cfg.reject.id)
@@ -73,6 +80,15 @@ def build_sorter(
             raise ConfigError("a physical actuator needs frames at the belt's pace: play the recording in real time "
                               "(camera.realtime: true) or use actuator.kind simulated/jsonl")
         clock.mode = "wall" if source.paced else "frame"
+        nir = None
+        if nir_model is not None:
+            if spectrometer is None:
+                spectrometer = _open_spectrometer(cfg, clock, source)
+            undo.callback(spectrometer.close)
+            nir = NirStage(spectrometer, nir_model, cfg.spot_geometry(), axis=0 if cfg.belt.direction[1] == "x" else 1,
+                           camera_fibres=classifier.labels.get("fibre"), rule=policy_cfg.nir.fusion,
+                           outline_scale=cfg.segmentation.scale,
+                           future_tolerance_s=cfg.spectrometer.future_tolerance_s)  # type: ignore[union-attr]
         encoder = None
         if speed is None:
             speed, encoder = belt_speed(cfg.belt, live=source.live, clock=clock, on_status=telemetry.on_encoder)
@@ -80,7 +96,8 @@ def build_sorter(
         telemetry.start()
         undo.callback(telemetry.close)
         loop = SorterLoop(cfg, source, classifier, policy, decision_log=decision_log, scheduler=scheduler,
-                          telemetry=telemetry, clock=clock, watcher=watcher, encoder=encoder, keep_images=keep_images)
+                          telemetry=telemetry, clock=clock, watcher=watcher, encoder=encoder, keep_images=keep_images,
+                          nir=nir)
         if encoder is not None:
             encoder.start()
         undo.pop_all()  # the loop owns every part now and closes them
@@ -105,6 +122,34 @@ def _load_model(cfg: LineConfig) -> tuple[ModelClassifier, ModelWatcher | None]:
     watcher = ModelWatcher(path, threads=cfg.model.threads, poll_s=cfg.model.reload_poll_s) \
         if cfg.model.hot_reload else None
     return classifier, watcher
+
+
+def _load_nir_model(cfg: LineConfig) -> SpectralClassifier | None:
+    """The spectrometer's spectral model (None: the line has no spectrometer); ModelFileError when it is not one."""
+    if cfg.spectrometer is None:
+        return None
+    return SpectralClassifier.load(cfg.spectrometer.model, threads=cfg.spectrometer.threads)
+
+
+def _open_spectrometer(cfg: LineConfig, clock: LineClock, source: FrameSource) -> Spectrometer:
+    """The spectrometer of ``cfg``: the simulated one needs the clip's world and its time, the others wall time."""
+    spec = cfg.spectrometer
+    assert spec is not None
+    if spec.kind == "sim":
+        if clock.mode != "frame":
+            raise ConfigError("spectrometer.source sim runs on the clip's own time: sort the clip offline "
+                              "(camera.realtime: false, a simulated actuator)")
+        gt_path = clip_ground_truth_path(cfg.camera.source)
+        if not gt_path.is_file():
+            raise ConfigError(f"spectrometer.source sim needs the synthetic world: {gt_path} (the clip's ground "
+                              "truth beside its video) does not exist")
+        assert spec.sim is not None
+        return open_simulated(spec.sim, cfg.spot_geometry(), axis=0 if cfg.belt.direction[1] == "x" else 1,
+                              rate_hz=spec.rate_hz, ground_truth=gt_path)
+    if clock.mode != "wall":
+        raise ConfigError(f"spectrometer.source {spec.kind} stamps scans on the wall clock: the line must run at the "
+                          "belt's pace (a live camera, or camera.realtime: true)")
+    return open_spectrometer(spec, clock=clock.now)
 
 
 def _count_miss(decision_log: DecisionLog, telemetry: Telemetry, firing: Firing, reason: str) -> None:

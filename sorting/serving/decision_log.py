@@ -72,7 +72,12 @@ CREATE TABLE IF NOT EXISTS decisions (
     crop_width INTEGER,
     crop_height INTEGER,
     missed INTEGER NOT NULL DEFAULT 0,
-    missed_reason TEXT
+    missed_reason TEXT,
+    nir_scans INTEGER,
+    nir_fibre TEXT,
+    nir_confidence REAL,
+    nir_ood INTEGER,
+    nir_cotton_share REAL
 );
 CREATE INDEX IF NOT EXISTS decisions_session_item ON decisions (session, item_id);
 """
@@ -90,6 +95,11 @@ CREATE TABLE IF NOT EXISTS labels (
 );
 """
 _SCHEMA += _LABELS_SCHEMA
+# The spectrometer's evidence per item (lines with one; NULL otherwise), added after schema 1 without a version
+# bump: a log written before has no such columns until a writer opens it (:func:`_add_nir_columns`), and readers
+# select ``d.*``.
+NIR_COLUMNS = {"nir_scans": "INTEGER", "nir_fibre": "TEXT", "nir_confidence": "REAL", "nir_ood": "INTEGER",
+               "nir_cotton_share": "REAL"}
 # Rejections that say nothing about the garment's class: their crops are not worth relabelling.
 _NOT_CLASS_REASONS = ("late", "shutdown")
 
@@ -144,6 +154,22 @@ def _probs_json(evidence: ItemEvidence) -> str:
     return json.dumps(out)
 
 
+def _nir_values(evidence: ItemEvidence) -> tuple[object, ...]:
+    """The NIR columns of one item (all NULL on a line without a spectrometer)."""
+    nir = evidence.nir
+    if nir is None:
+        return (None,) * len(NIR_COLUMNS)
+    return (nir.scans, nir.fibre, nir.confidence, None if nir.fibre is None else int(nir.ood), nir.cotton_share)
+
+
+def _add_nir_columns(conn: sqlite3.Connection) -> None:
+    """A log written before the spectrometer columns existed gets them (empty for its old rows)."""
+    have = {row[1] for row in conn.execute("PRAGMA table_info(decisions)")}
+    for name, kind in NIR_COLUMNS.items():
+        if name not in have:
+            conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {kind}")
+
+
 class Stored(Enum):
     """What :meth:`DecisionLog.record` did with a row."""
 
@@ -155,7 +181,8 @@ class Stored(Enum):
 _INSERT = (
     "INSERT INTO decisions (uid, session, item_id, wall_time, t_decision, model_id, fibre, colour,"
     " confidence, probs, ood, overlap, cut_off, n_views, bin, bin_name, reason, latency_ms,"
-    " crop_path, crop_width, crop_height) VALUES (" + ",".join("?" * 21) + ")"
+    " crop_path, crop_width, crop_height, " + ", ".join(NIR_COLUMNS) + ") VALUES ("
+    + ",".join("?" * (21 + len(NIR_COLUMNS))) + ")"
 )
 _MARK_MISSED = "UPDATE decisions SET missed = 1, missed_reason = ? WHERE uid = ?"
 
@@ -192,6 +219,7 @@ class DecisionLog:
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             self._conn.execute(f"PRAGMA synchronous={config.synchronous.upper()}")
             self._conn.executescript(_SCHEMA)
+            _add_nir_columns(self._conn)
             self._conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,))
         except sqlite3.DatabaseError as exc:
             raise DataError(f"cannot open decision log {self.path}: {exc}") from None
@@ -269,7 +297,7 @@ class DecisionLog:
             self.model_id, decision.fibre, decision.colour, json.dumps(decision.confidence or {}),
             _probs_json(evidence), int(evidence.ood), int(evidence.overlap or evidence.two_colours),
             int(evidence.cut_off), int(evidence.n_views), int(decision.bin), decision.bin_name, decision.reason, latency_ms,
-            *(saved or (None, None, None)),
+            *(saved or (None, None, None)), *_nir_values(evidence),
         )
         with self._lock:
             self._require_open()

@@ -1,5 +1,5 @@
 """The line config: one YAML per sorting line (camera, calibration, belt, segmentation,
-tracking, model, policy, ejector, actuator, decision log, telemetry).
+tracking, model, policy, ejector, actuator, decision log, telemetry, and an optional NIR spectrometer).
 
 Relative paths in it (model, bins file, the belt detector, log folder) are resolved against the YAML file's own
 folder, so a line folder can be moved as a whole. Every field is documented in
@@ -22,6 +22,7 @@ from sorting.serving.ejector import EjectorConfig
 from sorting.serving.encoder import EncoderConfig
 from sorting.serving.policy import PolicyConfig, load_policy_config, shared_output
 from sorting.serving.segmentation import Roi, SegmentationConfig
+from sorting.serving.spectrometer_config import SpectrometerConfig, SpotGeometry
 from sorting.serving.backoff import Backoff
 from sorting.serving.telemetry import TelemetryConfig
 from sorting.serving.tracking import TrackingConfig
@@ -122,6 +123,7 @@ class LineConfig(StrictModel):
     actuator: ActuatorConfig = Field(default_factory=ActuatorConfig)
     log: DecisionLogConfig = Field(default_factory=DecisionLogConfig)
     telemetry: TelemetryConfig = Field(default_factory=TelemetryConfig)
+    spectrometer: SpectrometerConfig | None = None
 
     @model_validator(mode="after")
     def _inside_the_frame(self) -> LineConfig:
@@ -136,6 +138,11 @@ class LineConfig(StrictModel):
             size = f"{extent}-px-wide" if axis == "x" else f"{extent}-px-high"
             raise ValueError(f"tracking.decision_line_px {line:g} is outside the {size} frame (the belt runs "
                              f"along {axis}): no item can cross it")
+        if self.spectrometer is not None:
+            across = self.camera.height if axis == "x" else self.camera.width
+            problems = self.spot_geometry().problems(along_extent=extent, across_extent=across)
+            if problems:
+                raise ValueError(problems[0])
         width, height = self.camera.width, self.camera.height
         if width is None or height is None:
             return self
@@ -146,6 +153,16 @@ class LineConfig(StrictModel):
                 raise ValueError(f"{name} {list(roi)} (x, y, width, height) reaches outside the "
                                  f"{width}x{height} frame")
         return self
+
+    def spot_geometry(self) -> SpotGeometry:
+        """Where the spectrometer's spots read, in image pixels (the line must have a spectrometer)."""
+        assert self.spectrometer is not None
+        sign = 1.0 if self.belt.direction[0] == "+" else -1.0
+        try:
+            return self.spectrometer.geometry(decision_line_px=self.tracking.decision_line_px, sign=sign,
+                                              px_per_m=self.belt.px_per_m, speed_px_s=self.belt.pixels_per_second)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     def ignore_rois(self) -> list[Roi]:
         """Regions segmentation must ignore: configured ones plus the reference patch."""
@@ -170,10 +187,23 @@ def load_line_config(path: str | Path, overrides: list[str] | None = None) -> Li
     cfg.policy.bins = _resolve(base, cfg.policy.bins)  # type: ignore[assignment]
     if cfg.segmentation.detector is not None:
         cfg.segmentation.detector.model = _resolve(base, cfg.segmentation.detector.model)  # type: ignore[assignment]
+    if cfg.spectrometer is not None:
+        _resolve_spectrometer(cfg.spectrometer, base)
     if cfg.model.path is not None and cfg.model.path.suffix.lower() != ".onnx":
         raise ConfigError(f"{path}: model.path must be an .onnx file, got {cfg.model.path}")
     check_against_bins(cfg, load_policy_config(cfg.policy.bins), str(path))
     return cfg
+
+
+def _resolve_spectrometer(spec: SpectrometerConfig, base: Path) -> None:
+    """The spectrometer's files (model, folder, reference, dark, simulated spectra) relative to the line's folder."""
+    spec.model = _resolve(base, spec.model)  # type: ignore[assignment]
+    spec.reference = _resolve(base, spec.reference)
+    spec.dark = _resolve(base, spec.dark)
+    if spec.kind == "folder":
+        spec.source = f"folder:{_resolve(base, Path(spec.argument))}"
+    if spec.sim is not None:
+        spec.sim.spectra = _resolve(base, spec.sim.spectra)  # type: ignore[assignment]
 
 
 def check_against_bins(cfg: LineConfig, bins: PolicyConfig, source: str) -> None:

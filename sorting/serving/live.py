@@ -50,6 +50,7 @@ ALARM_TITLES: dict[str, str] = {
     "belt_speed": "Belt speed",
     "decision_log": "Decision log",
     "model": "Model",
+    "spectrometer": "Spectrometer",
 }
 # Conditions that stop the line from sorting (everything goes to reject, or nothing is stored/fired).
 ALARM_SEVERITY: dict[str, Severity] = {"camera": "critical", "plc": "critical", "belt_speed": "critical",

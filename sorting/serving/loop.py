@@ -13,10 +13,13 @@ Per frame, in order (the stage names of the timings and metrics):
 ``segment``       belt model -> detections (with continuous white balance: re-measure the reference
                   patch every few frames and segment the white-balanced frame)
 ``track``         association, lost items
+``nir``           (a line with a spectrometer) its new scans given to the tracked garments
+                  (:class:`~sorting.serving.nir_stage.NirStage`)
 ``crop``          crop the items due for a view (neighbouring garments painted out as belt,
                   :class:`~sorting.serving.segmentation.NeighbourMasker`) and colour-correct the crops
 ``classify``      ONE :meth:`Classifier.classify` call for all crops of the frame
-``decide``        the policy decides the items at the decision line (or lost)
+``decide``        the policy decides the items at the decision line (or lost); with a spectrometer,
+                  each item's scans are read once and fused with the camera's view
 ``log_and_fire``  decision log row (committed) BEFORE the ejector/actuator hears of it; ejector tick
 
 Shutdown (:meth:`SorterLoop.stop`, e.g. on SIGTERM/Ctrl-C): the loop finishes the current frame,
@@ -33,6 +36,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -45,6 +49,8 @@ from sorting.serving.decision_log import DecisionLog, Stored
 from sorting.serving.ejector import EjectorScheduler, EjectorTicker, Plan, TickResult
 from sorting.serving.encoder import EncoderReader
 from sorting.serving.line_config import LineConfig
+from sorting.serving.nir_stage import NirStage, ScanOutcome
+from sorting.serving.fusion import NirEvidence
 from sorting.serving.policy import Decision, Ended, ItemEvidence, Policy, RejectReason
 from sorting.serving.records import FrameResult, ItemDecision, TrackView
 from sorting.serving.line_segmentation import LineSegmentation
@@ -58,6 +64,7 @@ from sorting.serving.tracking import ItemSummary, Track, make_tracker
 log = logging.getLogger(__name__)
 
 STAGES = ("wait_frame", "segment", "track", "crop", "classify", "decide", "log_and_fire")
+NIR_STAGE = "nir"  # after "track", on lines with a spectrometer
 
 
 class _Finished(NamedTuple):
@@ -68,6 +75,7 @@ class _Finished(NamedTuple):
     summary: ItemSummary
     evidence: ItemEvidence
     decision: Decision
+    camera_decision: Decision | None = None  # what the camera alone decides (lines with a spectrometer)
 
 
 class SorterLoop:
@@ -87,6 +95,7 @@ class SorterLoop:
         watcher: ModelWatcher | None = None,
         encoder: EncoderReader | None = None,
         keep_images: bool = True,
+        nir: NirStage | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -107,14 +116,17 @@ class SorterLoop:
         non_garment = cfg.segmentation.non_garment
         self._ignore_non_garments = non_garment is not None and non_garment.route == "ignore"
         self.tracker = make_tracker(cfg.tracking, speed_px_s=cfg.belt.pixels_per_second, direction=cfg.belt.direction)
-        self.timer = StageTimer(STAGES)
+        self.nir = nir
+        self._nir_alarm = False
+        self._nir_since: float | None = None  # when the loop began listening to the spectrometer
+        self.timer = StageTimer(STAGES if nir is None else (*STAGES[:3], NIR_STAGE, *STAGES[3:]))
         # on wall time a thread keeps the firings on time while the loop waits for frames
         self._ticker = EjectorTicker(scheduler, clock=clock.now, on_result=self._on_tick) \
             if clock.mode == "wall" else None
         self._speed_alarm = False
         self._log_alarm = False
         self._next_health_check = 0.0
-        self._last_frame_at = 0.0
+        self._camera_alarm = False
         self._refused_reloads = 0
         self._held: dict[str, Plan] = {}  # product decisions whose row waits in the log's backlog
         self._stop = threading.Event()
@@ -184,21 +196,22 @@ class SorterLoop:
 
     def _no_frame(self) -> FrameResult:
         log.debug("no frame from %s", mask_credentials(self.cfg.camera.source))
-        self.telemetry.set_alarm("camera", True, f"no frame from the camera for {self.cfg.camera.read_timeout_s:g} s"
-                                 + ("" if self.source.stats.connected else " (reconnecting)"))
+        if not self._camera_alarm:
+            self._camera_alarm = True
+            self.telemetry.set_alarm("camera", True, f"no frame from the camera for {self.cfg.camera.read_timeout_s:g} s"
+                                     + ("" if self.source.stats.connected else " (reconnecting)"))
         self._check_belt_speed()
         self._flush_log()
         self._check_health()
         return FrameResult(index=-1, t=self.clock.now(), image=None, no_frame=True, items_decided=self.items_decided)
 
     def _check_health(self) -> None:
-        """Once a second: the camera (frames arrive), the PLC link and the decision log's disk, as alarms."""
+        """Once a second: the PLC link and the decision log's disk, as alarms (the camera's is raised by a frame
+        that does not come and cleared by the next that does)."""
         now = time.monotonic()
         if now < self._next_health_check:
             return
         self._next_health_check = now + 1.0
-        if self.source.live and now - self._last_frame_at < 1.0:
-            self.telemetry.set_alarm("camera", False, "frames arrive")
         connected = self.scheduler.actuator.connected
         self.telemetry.set_alarm("plc", not connected, "actuator link down: firings are missed" if not connected
                                  else "actuator link up")
@@ -219,7 +232,9 @@ class SorterLoop:
         timer.start_frame()
         timer.add("wait_frame", waited_ms)
         self.clock.advance(frame.t)
-        self._last_frame_at = time.monotonic()
+        if self._camera_alarm:
+            self._camera_alarm = False
+            self.telemetry.set_alarm("camera", False, "frames arrive again")
         self._check_belt_speed()
         self._flush_log()
         self._check_health()
@@ -231,6 +246,7 @@ class SorterLoop:
                                timings_ms=dict(timer.frame_ms), items_decided=self.items_decided)
         with timer.stage("track"):
             update = self.tracker.update(detections, frame.index, frame.t)
+        scans = self._scans(frame) if self.nir is not None else []
         with timer.stage("crop"):
             todo = self.tracker.views_to_classify(frame.index)
             crops = [self.stage.corrector.apply(self._crop(frame.image, tr, detections)) for tr in todo]
@@ -239,7 +255,8 @@ class SorterLoop:
         with timer.stage("decide"):
             ended: list[tuple[Track, Ended]] = [(tr, "lost") for tr in update.lost]
             ended += [(tr, "line") for tr in self.tracker.due()]
-            finished = [self._decide(tr, end) for tr, end in ended]
+            nir = self.nir.evidence([tr for tr, _ in ended]) if self.nir is not None and ended else {}
+            finished = [self._decide(tr, end, nir.get(tr.id)) for tr, end in ended]
         with timer.stage("log_and_fire"):
             items = [self._log_and_schedule(item, frame.index, frame.t, t0) for item in finished]
             if self._ticker is None:
@@ -251,8 +268,28 @@ class SorterLoop:
             index=frame.index, t=frame.t, image=frame.image if self.keep_images else None, detections=detections,
             tracks=[self._view(tr) for tr in self.tracker.tracks] if self.keep_images else [],
             decisions=items, timings_ms=dict(timer.frame_ms), n_classified=len(crops),
-            items_decided=self.items_decided,
+            items_decided=self.items_decided, scans=scans,
         )
+
+    def _scans(self, frame: Frame) -> list[ScanOutcome]:
+        """The ``nir`` stage: the spectrometer's new scans given to the tracked garments, counted; its alarm
+        when no scan came for ``spectrometer.silent_s`` (the items are then decided without a reading)."""
+        assert self.nir is not None and self.cfg.spectrometer is not None
+        with self.timer.stage(NIR_STAGE):
+            now = self.clock.now()
+            outcomes = self.nir.update(now, frame.t, self.tracker.tracks, frame.image.shape[:2],
+                                       self.tracker.speed_px_s)
+            if outcomes:
+                self.telemetry.on_scans(Counter(o.outcome for o in outcomes))
+            if self._nir_since is None:
+                self._nir_since = now
+            last = self.nir.last_scan_t if self.nir.last_scan_t is not None else self._nir_since
+            silent = now - last > self.cfg.spectrometer.silent_s
+            if silent != self._nir_alarm:
+                self._nir_alarm = silent
+                self.telemetry.set_alarm("spectrometer", silent, "no scan from the spectrometer: items are decided "
+                                         "as the bins file's nir.missing says" if silent else "scans arrive again")
+        return outcomes
 
     def _segment(self, image: np.ndarray) -> list[Detection] | None:
         """This frame's detections (None: a frame the segmentation cannot use, counted and skipped)."""
@@ -286,11 +323,11 @@ class SorterLoop:
         scores = self.classifier.classify(CropBatch(frame.index, frame.t, crops, dets))  # type: ignore[arg-type]
         for row, (tr, crop) in enumerate(zip(todo, crops)):
             probs = {h: scores.probs[h][row] for h in scores.probs}
-            ood = any(bool(scores.ood[h][row]) for h in scores.ood if h in self.policy.ood_heads)
+            ood_heads = [h for h in scores.ood if h in self.policy.ood_heads and bool(scores.ood[h][row])]
             det = tr.detection
             whole = det is not None and not det.edges
-            tr.views.add(probs, ood=ood, whole=whole, weight=self.tracker.view_weight(tr), frame=frame.index,
-                         crop=crop, area=det.area if det is not None else 0.0)
+            tr.views.add(probs, ood=bool(ood_heads), whole=whole, weight=self.tracker.view_weight(tr),
+                         frame=frame.index, crop=crop, area=det.area if det is not None else 0.0, ood_heads=ood_heads)
 
     def _view(self, tr: Track) -> TrackView:
         probs = tr.views.probs()
@@ -300,14 +337,19 @@ class SorterLoop:
                 k = int(np.argmax(probs[head]))
                 parts.append(f"{self.labels[head][k]} {probs[head][k]:.2f}")
         return TrackView(tr.id, tr.bbox, tr.centroid, tr.confirmed, tr.decided, tr.shape.signs > 0 or tr.merged,
-                         tr.views.n, " ".join(parts))
+                         tr.views.n, " ".join(parts), self.nir.scans_of(tr.id) if self.nir is not None else 0)
 
-    def _decide(self, tr: Track, ended: Ended) -> _Finished:
+    def _decide(self, tr: Track, ended: Ended, nir: NirEvidence | None = None) -> _Finished:
+        """The policy's decision for ``tr``; on a line with a spectrometer also what the camera alone decides."""
         summary = self.tracker.summary(tr)
+        if self.nir is not None and nir is None:
+            nir = NirEvidence(scans=0)
         evidence = ItemEvidence(item_id=tr.id, probs=summary.probs, labels=self.labels, ood=summary.ood,
                                 overlap=summary.overlap, two_colours=summary.two_colours, cut_off=summary.cut_off,
-                                n_views=summary.n_views, ended=ended, not_garment=summary.not_garment)
-        return _Finished(tr, ended, summary, evidence, self.policy.decide(evidence))
+                                n_views=summary.n_views, ended=ended, not_garment=summary.not_garment, nir=nir,
+                                ood_heads=summary.ood_heads)
+        camera = self.policy.decide(replace(evidence, nir=None)) if nir is not None else None
+        return _Finished(tr, ended, summary, evidence, self.policy.decide(evidence), camera)
 
     def _log_and_schedule(self, item: _Finished, index: int, t: float, t0: float) -> ItemDecision:
         """Plan the firing, persist the (final) decision, and only then hand the firing to the scheduler.
@@ -333,7 +375,7 @@ class SorterLoop:
         self.items_decided += 1
         log.debug("item %d -> %s (%s)", tr.id, plan.decision.bin_name, plan.decision.reason)
         return ItemDecision(tr.id, uid, index, t, item.ended, plan.decision, item.summary, latency_ms,
-                            self.policy.reject_bin)
+                            self.policy.reject_bin, item.camera_decision, item.evidence.nir)
 
     def _flush_log(self, *, patience_s: float | None = None) -> None:
         """Write the log's backlog if it has one; fire the held items whose row is now stored."""
@@ -380,6 +422,8 @@ class SorterLoop:
         self.classifier, self.policy = new, policy
         self.labels = {h: list(v) for h, v in new.labels.items()}
         self.segmenter.check_colours = policy.uses_two_colours
+        if self.nir is not None:
+            self.nir.set_camera_fibres(self.labels.get("fibre"))
         self.decision_log.set_model(new.model_id)
         self.telemetry.model_loaded(new)
         log.info("now serving %s", new.model_id)
@@ -389,7 +433,9 @@ class SorterLoop:
         """Decide every item still in flight (reject ``shutdown``) and drop unsent firings."""
         t0 = time.perf_counter()
         t = self.tracker.last_t if self.tracker.last_t is not None else 0.0
-        items = [self._log_and_schedule(self._decide(tr, "shutdown"), -1, t, t0) for tr in self.tracker.drain()]
+        in_flight = self.tracker.drain()
+        nir = self.nir.evidence(in_flight) if self.nir is not None and in_flight else {}
+        items = [self._log_and_schedule(self._decide(tr, "shutdown", nir.get(tr.id)), -1, t, t0) for tr in in_flight]
         self._flush_log(patience_s=5.0)
         if self._ticker is not None:
             self._ticker.stop()
@@ -428,6 +474,8 @@ class SorterLoop:
         if self._ticker is not None:
             self._ticker.stop()
         self.source.close()
+        if self.nir is not None:
+            self.nir.close()
         if self.encoder is not None:
             self.encoder.close()
         self.scheduler.actuator.close()

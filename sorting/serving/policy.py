@@ -28,6 +28,7 @@ from pydantic import Field, field_validator, model_validator
 
 from sorting.config import StrictModel, load_config
 from sorting.errors import ConfigError
+from sorting.serving.fusion import NirEvidence, fuse
 from sorting.taxonomy import LAYOUT_HEAD, SEVERAL_LABEL
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class RejectReason(str, Enum):
     SHUTDOWN = "shutdown"  # in flight when the line stopped
     LOG_UNAVAILABLE = "log_unavailable"  # the decision log took no writes and its backlog was full
     NOT_A_GARMENT = "not_a_garment"  # a hand or an object (segmentation.non_garment): never ejected as a garment
+    NO_NIR = "no_nir"  # the line has a spectrometer, the item no usable reading, and the bins file says reject
+    NIR_OOD = "nir_ood"  # its reading is out of the spectral model's distribution, and the bins file says reject
 
 
 Ended = Literal["line", "lost", "shutdown"]
@@ -110,6 +113,26 @@ class RuleConfig(StrictModel):
         return {h: v for h, v in (("fibre", self.fibre), ("colour", self.colour)) if v != "any"}
 
 
+class NirPolicyConfig(StrictModel):
+    """``nir:`` of a bins file: what a line with a spectrometer does with each item's reading.
+
+    ``missing``: the item has no usable scan (it passed between the spots, the spectrometer is silent, every
+    scan was refused); ``ood``: its reading is out of the spectral model's distribution. ``camera``: the camera
+    decides alone under the same thresholds; ``reject``: the item goes to reject (``no_nir`` / ``nir_ood``).
+    ``fusion``: how an in-distribution reading is combined with the camera (:mod:`sorting.serving.fusion`).
+    ``camera_fibre_ood``: when only the camera's fibre head finds the garment out of its distribution and the
+    spectrometer reads it in distribution, ``spectrometer``: the fused fibre decides (the camera's fibre doubt
+    is about the garment's look, the spectrometer measures its fibre); ``reject``: it goes to reject as ``ood``.
+    The defaults are the rule chosen on the tuning clips (models/NIR.md, "On the line"). Lines without a
+    spectrometer ignore the section.
+    """
+
+    missing: Literal["camera", "reject"] = "camera"
+    ood: Literal["camera", "reject"] = "camera"
+    fusion: Literal["product", "confusion"] = "product"
+    camera_fibre_ood: Literal["spectrometer", "reject"] = "spectrometer"
+
+
 class PolicyConfig(StrictModel):
     """A bins file: bins, reject bin, per-head thresholds, OOD handling and ordered rules."""
 
@@ -126,6 +149,7 @@ class PolicyConfig(StrictModel):
     ood_quantile: float | None = Field(None, gt=0.0, lt=1.0)
     # a model with a layout head: reject as overlap when its p(several), averaged over the views, reaches this
     several_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    nir: NirPolicyConfig = Field(default_factory=NirPolicyConfig)
     rules: list[RuleConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -214,6 +238,8 @@ class ItemEvidence:
     n_views: int = 1
     ended: Ended = "line"  # crossed the decision line, lost by the tracker, or in flight at shutdown
     not_garment: str | None = None  # the segmentation saw a hand or an object, not a garment
+    nir: NirEvidence | None = None  # the spectrometer's reading (None: the line has no spectrometer)
+    ood_heads: frozenset[str] = frozenset()  # the heads that made ``ood`` (in at least half of the views)
 
 
 @dataclass(frozen=True)
@@ -309,7 +335,14 @@ class Policy:
         return as_reject(base, self.config.reject, reason, head)
 
     def decide(self, evidence: ItemEvidence) -> Decision:
-        """The bin for one item (never raises for odd evidence: unsure items go to reject)."""
+        """The bin for one item (never raises for odd evidence: unsure items go to reject).
+
+        On a line with a spectrometer (``evidence.nir``) the fibre probabilities are the fused ones
+        (:meth:`_with_nir`), or the item goes to reject when the bins file's ``nir`` section says so.
+        """
+        nir_reject = None
+        if evidence.nir is not None and "fibre" in self.ood_heads:  # a colour-only line ignores the reading
+            evidence, nir_reject = self._with_nir(evidence)
         base = self._top_labels(evidence)
         if evidence.ended != "line":
             return self.reject(RejectReason(evidence.ended), base)
@@ -321,8 +354,10 @@ class Policy:
             return self.reject(RejectReason.OVERLAP, base)
         if evidence.cut_off:
             return self.reject(RejectReason.CUT_OFF, base)
-        if evidence.ood and self.config.ood == "reject":
+        if evidence.ood and self.config.ood == "reject" and not self._nir_vouches(evidence):
             return self.reject(RejectReason.OOD, base)
+        if nir_reject is not None:
+            return self.reject(nir_reject, base)
         conf = base.confidence
         for head, threshold in self.config.thresholds.items():
             if conf.get(head, 0.0) < threshold:
@@ -336,6 +371,29 @@ class Policy:
                         return self.reject(RejectReason.LOW_CONFIDENCE, base, head)
                 return replace(base, bin=rule.bin, bin_name=self._names[rule.bin], reason=f"{RULE_PREFIX}{rule.name}")
         return self.reject(RejectReason.UNMATCHED, base)
+
+    def _nir_vouches(self, evidence: ItemEvidence) -> bool:
+        """Only the camera's fibre head found the garment out of its distribution, and the spectrometer read it in
+        distribution (the bins file's ``nir.camera_fibre_ood: spectrometer``): the fibre is the spectrometer's to
+        judge, so the camera's fibre OOD flag does not reject it."""
+        nir = evidence.nir
+        return (self.config.nir.camera_fibre_ood == "spectrometer" and nir is not None and nir.usable and not nir.ood
+                and evidence.ood_heads == {"fibre"} and "fibre" in self.ood_heads)
+
+    def _with_nir(self, evidence: ItemEvidence) -> tuple[ItemEvidence, RejectReason | None]:
+        """The evidence with the fibre probabilities fused with the spectrometer's reading, or unchanged with the
+        reject reason the bins file gives a missing or out-of-distribution reading (None: the camera decides)."""
+        nir = evidence.nir
+        assert nir is not None
+        rules = self.config.nir
+        if not nir.usable:
+            return evidence, RejectReason.NO_NIR if rules.missing == "reject" else None
+        if nir.ood:
+            return evidence, RejectReason.NIR_OOD if rules.ood == "reject" else None
+        camera = evidence.probs.get("fibre")
+        if camera is None or nir.likelihood is None or np.size(camera) != np.size(nir.likelihood):
+            return evidence, None  # no fibre head to fuse with (a colour line): nothing to change
+        return replace(evidence, probs={**evidence.probs, "fibre": fuse(camera, nir.likelihood)}), None
 
     @staticmethod
     def _never_classified(evidence: ItemEvidence) -> RejectReason:

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from sorting.serving.fusion import NirEvidence
+from sorting.serving.nir_stage import ScanOutcome
 from sorting.serving.policy import Decision, Ended
 from sorting.serving.segmentation import Detection
 from sorting.serving.tracking import ItemSummary
@@ -27,6 +29,7 @@ class TrackView:
     overlap: bool
     n_views: int
     label: str
+    nir_scans: int = 0  # spectrometer scans given to it so far (lines with a spectrometer)
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class ItemDecision:
     summary: ItemSummary
     latency_ms: float
     reject_bin: int
+    camera_decision: Decision | None = None  # on a line with a spectrometer: what the camera alone would decide
+    nir: NirEvidence | None = None  # on a line with a spectrometer: its reading of the item
 
     @property
     def bin(self) -> int:
@@ -68,3 +73,4 @@ class FrameResult:
     fps: float = 0.0
     items_decided: int = 0
     no_frame: bool = False
+    scans: list[ScanOutcome] = field(default_factory=list)  # spectrometer scans resolved in this frame

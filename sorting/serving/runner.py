@@ -60,9 +60,10 @@ def serve_line(
     """
     loop = build_sorter(cfg, max_frames=max_frames, keep_images=video_out is not None or feed is not None)
     axis = 0 if cfg.belt.direction[1] == "x" else 1
-    draw = partial(annotate_frame, decision_line_px=cfg.tracking.decision_line_px, axis=axis)
+    spots = cfg.spot_geometry() if cfg.spectrometer is not None else None
+    draw = partial(annotate_frame, decision_line_px=cfg.tracking.decision_line_px, axis=axis, spots=spots)
     if feed is not None:
-        _attach(feed, loop, draw)
+        attach_feed(feed, loop, draw)
     writer = VideoWriter(video_out, loop.source.fps or cfg.camera.fps or 30.0) if video_out else None
     restore = install_stop_handlers(loop)
     no_frames = 0
@@ -104,7 +105,7 @@ def serve_line(
     )
 
 
-def _attach(feed: LiveFeed, loop: SorterLoop, draw: Callable[[FrameResult], object]) -> None:
+def attach_feed(feed: LiveFeed, loop: SorterLoop, draw: Callable[[FrameResult], object]) -> None:
     """Connect the console's feed to a built line: its metrics, session, model, alarms and drawing."""
     feed.registry = loop.telemetry.registry
     feed.status.session = loop.decision_log.session

@@ -98,6 +98,9 @@ class Telemetry:
                                        namespace=ns, registry=reg)
         self.model_info = Gauge("model_info", "1 for the model currently serving", ["model_id"],
                                 namespace=ns, registry=reg)
+        self.spectrometer_scans = Counter("spectrometer_scans", "Spectrometer scans by what became of them (used, "
+                                          "no_garment, edge, two_garments, background, decided, past, future, bad, "
+                                          "grid)", ["outcome"], namespace=ns, registry=reg)
         self.alarm = Gauge("alarm", "1 while an alarm condition holds (belt_speed, decision_log, ...)", ["alarm"],
                            namespace=ns, registry=reg)
         self.actuator_connected.set(1)
@@ -149,6 +152,11 @@ class Telemetry:
 
     def observe_decision_latency(self, seconds: float) -> None:
         self.decision_latency.observe(seconds)
+
+    def on_scans(self, outcomes: Mapping[str, int]) -> None:
+        """Spectrometer scans resolved in one frame, counted by outcome."""
+        for outcome, n in outcomes.items():
+            self.spectrometer_scans.labels(outcome=outcome).inc(n)
 
     def on_dropped_frames(self, n: int = 1) -> None:
         self.dropped_frames.inc(n)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter, deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -146,6 +147,7 @@ class Views:
     n: int = 0
     n_whole: int = 0
     ood: int = 0
+    ood_by_head: Counter[str] = field(default_factory=Counter)  # views each head called out of distribution
     last_frame: int = -(10**9)
     weight_sum: float = 0.0
     prob_sums: dict[str, np.ndarray] = field(default_factory=dict)
@@ -153,8 +155,9 @@ class Views:
     best_crop: np.ndarray | None = field(default=None, repr=False)
 
     def add(self, probs: dict[str, np.ndarray], *, ood: bool, whole: bool, weight: float, frame: int,
-            crop: np.ndarray | None = None, area: float = 0.0) -> None:
-        """Fold one classified view into the aggregate (and keep its crop if it is the largest so far)."""
+            crop: np.ndarray | None = None, area: float = 0.0, ood_heads: Iterable[str] = ()) -> None:
+        """Fold one classified view into the aggregate (and keep its crop if it is the largest so far);
+        ``ood_heads``: the heads that called this view out of distribution."""
         for head, p in probs.items():
             p = np.asarray(p, dtype=np.float64)
             term = np.log(np.clip(p, _EPS, 1.0)) if self.log_space else p
@@ -163,6 +166,7 @@ class Views:
         self.n += 1
         self.n_whole += int(whole)
         self.ood += int(ood)
+        self.ood_by_head.update(ood_heads)
         self.last_frame = frame
         if crop is not None and area >= self.best_area:
             self.best_area, self.best_crop = area, crop
@@ -228,6 +232,7 @@ class ItemSummary:
     centroid: tuple[float, float]
     bbox: tuple[int, int, int, int]
     not_garment: str | None = None  # "hand" / "object" when seen as one in at least half of its frames
+    ood_heads: frozenset[str] = frozenset()  # the heads out of distribution in at least ood_min_fraction of views
 
 
 @dataclass
@@ -548,6 +553,7 @@ class Tracker:
         never_whole = shape.whole == 0 and shape.side > 0
         cut_off = never_whole and (self.cfg.cut_off == "reject" or views.n == 0)
         ood = views.n > 0 and views.ood / views.n >= self.cfg.ood_min_fraction
+        ood_heads = frozenset(h for h, n in views.ood_by_head.items() if n / views.n >= self.cfg.ood_min_fraction)
         seen = max(1, shape.checked)
 
         def shown(frames: int, share: float) -> bool:
@@ -561,7 +567,7 @@ class Tracker:
             track_id=track.id, probs=views.probs(), n_views=views.n, ood=ood, overlap=overlap,
             two_colours=shown(shape.colours, self.cfg.colour_min_fraction), cut_off=cut_off,
             first_frame=track.first_frame, last_frame=track.last_frame, centroid=track.centroid, bbox=track.bbox,
-            not_garment=not_garment,
+            not_garment=not_garment, ood_heads=ood_heads,
         )
 
 

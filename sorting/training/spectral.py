@@ -217,12 +217,13 @@ def fit_spectral(config: SpectralTrainConfig) -> SpectralTrainResult:
     for epoch, loss in enumerate(trained.losses):
         callbacks.on_epoch_end(epoch, {"train/loss": loss})
     metrics = {**oof_metrics(trained), "n_train": len(data), "n_swatches": len(set(data.groups()))}
+    cm = classification_metrics(trained.oof_true, trained.oof_logits.argmax(1), len(labels))["confusion_matrix"]
+    metrics["oof/confusion"] = cm  # rows: true class, columns: read as (the line's fusion rule uses it)
     if trained.composition:
         metrics["composition/components"] = trained.composition["components"]
     metadata = spectral_metadata(trained, data, config, run_dir.name, metrics, callbacks.run_id)
     ckpt = save_spectral_checkpoint(run_dir / "best.pt", trained.model, metadata, config.model_dump(mode="json"))
     (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=float) + "\n", encoding="utf-8")
-    cm = classification_metrics(trained.oof_true, trained.oof_logits.argmax(1), len(labels))["confusion_matrix"]
     pngs = [plots.plot_confusion_matrix(np.asarray(cm), labels, run_dir / "confusion_oof.png",
                                         title="out-of-fold (grouped by swatch) on the training set"),
             plot_class_means(data, run_dir / "class_means.png")]

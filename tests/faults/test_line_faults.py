@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -157,8 +158,12 @@ def test_firings_keep_their_time_while_the_camera_stalls(tmp_path):
     camera = PacedCamera(frames, stall_s=2.0, stall_when=lambda: bool(decided))
     loop = build_sorter(cfg, source=camera, classifier=ColourFakeClassifier(), actuator=actuator,
                         speed=FixedSpeed(SPEED, "px"), keep_images=False)
+    transitions: list[tuple[str, bool]] = []
+    loop.telemetry.listeners.append(SimpleNamespace(alarm=lambda key, on, msg: transitions.append((key, on)),
+                                                    event=lambda *a: None))
     for result in loop.run():
         decided += [d.track_id for d in result.decisions if d.bin != d.reject_bin and result.index >= 0]
+    assert [t for t in transitions if t[0] == "camera"] == [("camera", True), ("camera", False)]
     rows = decisions_in(tmp_path / "decisions.sqlite")
     first = str(decided[0])
     assert rows[first][1] == 0, f"the first item, decided before the camera stalled, was missed: {rows[first]}"
