@@ -75,7 +75,7 @@ def train_detector(out: Path) -> Path:
     done = _cli("train-belt-detector", "--config", "training/belt-detector.yaml", "--out", str(onnx),
                 f"output_dir={out / 'detector-runs'}", "progress=false")
     print(done.stdout.strip() + f"\ntraining took {time.perf_counter() - t0:.0f} s")
-    run = sorted((out / "detector-runs").glob("*/frames.json"))[-1]
+    run = max((out / "detector-runs").glob("*/frames.json"), key=lambda f: f.stat().st_mtime)  # this run's
     shutil.copyfile(run, frames_of(onnx))
     return onnx
 
@@ -100,6 +100,27 @@ def score(part: str, data: Path, out: Path, repeat: int, overrides: list[str], f
     print(f"== {part}{' (' + ', '.join(overrides) + ')' if overrides else ''}\n" + done.stdout.strip())
 
 
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def table(rows: list[tuple[str, str, Path]]) -> list[str]:
+    """One Markdown row per scored run (from its summary.json): recall/precision at IoU 0.5 and 0.3, merged and
+    split items, non-garment labels found as such, CPU ms per frame (segmentation + crops, one thread)."""
+    head = ("| part | segmentation | frames | garments | R@0.5 | P@0.5 | R@0.3 | P@0.3 | merged | split "
+            "| hands/objects found | CPU ms mean / p95 |")
+    out = [head, "|" + "---|" * 12]
+    for part, name, folder in rows:
+        s = json.loads((folder / "summary.json").read_text())
+        others = sum(v for k, v in s["labels_by_kind"].items() if not k.startswith("garment"))
+        ms = s["ms"].get("segment+crops cpu") or {"mean": float("nan"), "p95": float("nan")}
+        out.append(f"| {part} | {name} | {s['frames']} | {s['garments']} | {_pct(s['recall']['0.5'])} "
+                   f"| {_pct(s['precision']['0.5'])} | {_pct(s['recall']['0.3'])} | {_pct(s['precision']['0.3'])} "
+                   f"| {_pct(s['merged_rate'])} | {_pct(s['split_rate'])} | {s['other_found']} of {others} "
+                   f"| {ms['mean']:.1f} / {ms['p95']:.1f} |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "conveyor-photos")
@@ -111,6 +132,8 @@ def main() -> None:
     parser.add_argument("--detector", type=Path, help="also score the line with this learned detector (ONNX)")
     parser.add_argument("--train-detector", action="store_true", help="train the detector first (dev photos only)")
     parser.add_argument("--detector-parts", nargs="*", default=["dev-val", "dev", "heldout", "all"])
+    parser.add_argument("--detector-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="line overrides for the detector runs, e.g. segmentation.detector.min_score=0.4")
     args = parser.parse_args()
     if not args.keep_line:
         dev_images = _link_dev_images(args.data, args.out)
@@ -122,14 +145,19 @@ def main() -> None:
                     "../shared/data/conveyor-photos/images", "--overlay", str(args.out / "line-real-belt-belt.png"))
         print(done.stdout.strip())
         print(f"set-up took {time.perf_counter() - t0:.1f} s (one command, nothing typed into the config)")
-    for part in args.parts:
-        score(part, args.data, args.out / part, args.repeat, [])
     detector = train_detector(args.out) if args.train_detector else args.detector
+    frames = frames_of(detector) if detector is not None and frames_of(detector).is_file() else None
+    line_parts = [*args.parts, *(["dev-val"] if frames is not None and "dev-val" not in args.parts else [])]
+    rows = []
+    for part in line_parts:
+        score(part, args.data, args.out / part, args.repeat, [], frames)
+        rows.append((part, "classical", args.out / part))
     if detector is not None:
-        frames = frames_of(detector) if frames_of(detector).is_file() else None
+        sets = [f"segmentation.detector={{model: {detector.resolve()}}}", *args.detector_set]
         for part in args.detector_parts:
-            score(part, args.data, args.out / f"detector-{part}", args.repeat,
-                  [f"segmentation.detector={{model: {detector.resolve()}}}"], frames)
+            score(part, args.data, args.out / f"detector-{part}", args.repeat, sets, frames)
+            rows.append((part, "detector", args.out / f"detector-{part}"))
+    print("\n".join(table(rows)))
     if args.video:
         video_case(args.out)
 
