@@ -34,10 +34,12 @@ LINE = ROOT / "serving" / "line-real-belt.yaml"
 TEMPLATE = ROOT / "serving" / "line-colour-6bin.yaml"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, show_log: bool = False) -> subprocess.CompletedProcess:
+    """Run a textile-sorter command; its output is returned (its log passes through with ``show_log``)."""
     cmd = [sys.executable, "-m", "sorting", *args]
     print("$ textile-sorter " + " ".join(args), flush=True)
-    return subprocess.run(cmd, cwd=ROOT, check=True, text=True, capture_output=True)
+    return subprocess.run(cmd, cwd=ROOT, check=True, text=True, stdout=subprocess.PIPE,
+                          stderr=None if show_log else subprocess.PIPE)
 
 
 def _link_dev_images(data: Path, out: Path) -> Path:
@@ -73,7 +75,7 @@ def train_detector(out: Path) -> Path:
     onnx = out / "belt-detector.onnx"
     t0 = time.perf_counter()
     done = _cli("train-belt-detector", "--config", "training/belt-detector.yaml", "--out", str(onnx),
-                f"output_dir={out / 'detector-runs'}", "progress=false")
+                f"output_dir={out / 'detector-runs'}", "progress=false", show_log=True)
     print(done.stdout.strip() + f"\ntraining took {time.perf_counter() - t0:.0f} s")
     run = max((out / "detector-runs").glob("*/frames.json"), key=lambda f: f.stat().st_mtime)  # this run's
     shutil.copyfile(run, frames_of(onnx))
