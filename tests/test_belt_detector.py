@@ -12,12 +12,16 @@ import numpy as np
 import pytest
 import yaml
 
+from _blue_belt import blue_belt_frame
 from sorting.cli import main
 from sorting.errors import ConfigError, ModelFileError
 from sorting.models.belt_detector import KINDS, STRIDE, DetectorArch
 from sorting.models.multihead import IGNORE_INDEX
 from sorting.serving.instances import instance_outlines
-from sorting.serving.learned_detector import DetectorConfig, LearnedDetector, decode_cells
+from sorting.serving import segmentation
+from sorting.serving.belt_calibration import set_up_belt
+from sorting.serving.detection_eval import iou_matrix
+from sorting.serving.learned_detector import DetectorConfig, LearnedBox, LearnedDetector, decode_cells
 from sorting.serving.line_config import load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
 from sorting.training.belt_detector_data import photo_group, render_targets, split_by_group, DetectorSample
@@ -81,11 +85,43 @@ def test_outlines_share_the_foreground_between_overlapping_boxes_and_fall_back_t
     mask = np.zeros((100, 200), np.uint8)
     cv2.rectangle(mask, (10, 10), (110, 60), 255, -1)  # two touching garments seen as one blob
     boxes = [(20.0, 20.0, 120.0, 120.0), (100.0, 20.0, 220.0, 120.0), (260.0, 100.0, 380.0, 180.0)]  # full res
-    (left, a_left), (right, a_right), (empty, a_empty) = instance_outlines(mask, boxes, 0.5)
+    (left, a_left, _), (right, a_right, _), (empty, a_empty, shown) = instance_outlines(mask, boxes, 0.5)
     assert a_left + a_right <= cv2.countNonZero(mask)  # no pixel counted twice
     assert cv2.boundingRect(left)[0] < cv2.boundingRect(right)[0]
     x, y, w, h = cv2.boundingRect(empty)  # nothing in the mask there: the box's ellipse
-    assert (x, y, x + w, y + h) == pytest.approx((130, 50, 190, 90), abs=2) and a_empty > 0
+    assert (x, y, x + w, y + h) == pytest.approx((130, 50, 190, 90), abs=2) and a_empty > 0 and not shown
+
+
+class _FixedBoxes:
+    """Stands in for the ONNX detector: the same boxes on every frame."""
+
+    def __init__(self, boxes: list[LearnedBox]) -> None:
+        self.boxes = boxes
+
+    def detect(self, frame: np.ndarray, full_size: tuple[int, int]) -> list[LearnedBox]:
+        return list(self.boxes)
+
+
+def test_the_outline_box_fits_the_garment_where_the_learned_size_is_off(monkeypatch):
+    base = segmentation.SegmentationConfig()
+    set_up = set_up_belt([blue_belt_frame(seed)[0] for seed in range(4)], base).segmentation
+    image, things = blue_belt_frame(10, garments=("red",))
+    red = things[0].box
+    cx, cy = (red[0] + red[2]) / 2, (red[1] + red[3]) / 2
+    too_big = LearnedBox((cx - 60, cy - 50, cx + 60, cy + 50), "garment", 0.9)  # the learned size is off
+    bare = LearnedBox((280.0, 120.0, 330.0, 170.0), "garment", 0.6)  # nothing in the mask there
+    monkeypatch.setattr(segmentation, "LearnedDetector", lambda cfg: _FixedBoxes([too_big, bare]))
+    boxes = {}
+    for mode in ("outline", "learned"):
+        cfg = segmentation.SegmentationConfig.model_validate(
+            {**base.model_dump(), **set_up, "detector": {"model": "stub.onnx", "box": mode}})
+        found = segmentation.BeltSegmenter(cfg).segment(image)
+        assert len(found) == 2 and [d.kind for d in found] == ["garment", "garment"]
+        boxes[mode] = [(x, y, x + w, y + h) for x, y, w, h in (d.bbox for d in found)]
+    assert iou_matrix([red], boxes["outline"][:1])[0, 0] > 0.8
+    assert iou_matrix([red], boxes["learned"][:1])[0, 0] < 0.5
+    assert boxes["learned"][0] == pytest.approx(too_big.box, abs=1)
+    assert boxes["outline"][1] == boxes["learned"][1] == pytest.approx(bare.box, abs=1)  # the mask does not show it
 
 
 def test_photos_are_split_by_scene_group():

@@ -13,9 +13,10 @@ from pathlib import Path
 from sorting.cli.common import add_command
 
 EXAMPLES = """
-  textile-sorter train-belt-detector --config training/belt-detector.yaml --out serving/belt-detector.onnx
+  textile-sorter train-belt-detector --config training/belt-detector.yaml --out runs/belt-detector.onnx
   textile-sorter train-belt-detector --config training/belt-detector.yaml optim.epochs=10 threads=2
-then in the line config: segmentation.detector: {model: belt-detector.onnx}; score it with evaluate-detection
+then in the line config (serving/): segmentation.detector: {model: ../runs/belt-detector.onnx}; score it with
+evaluate-detection --set 'segmentation.detector={model: ../runs/belt-detector.onnx}' (serving/README.md)
 """
 
 

@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import cv2
 import numpy as np
 
 MIN_SHOWN = 0.05  # of its box (at the segmentation scale): a thing with fewer foreground pixels is not shown
+
+
+class Outline(NamedTuple):
+    contour: np.ndarray  # OpenCV contour at the segmentation scale
+    area: float  # in mask pixels
+    shown: bool  # False: the mask does not show the thing, the contour is its box's ellipse
 
 
 def _cells(box: Sequence[float], scale: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -32,9 +39,9 @@ def _ellipse(box: Sequence[float], scale: float) -> tuple[np.ndarray, float]:
     return points, math.pi * axes[0] * axes[1]
 
 
-def instance_outlines(mask: np.ndarray, boxes: Sequence[Sequence[float]], scale: float) -> list[tuple[np.ndarray, float]]:
-    """Per box (full-resolution x0, y0, x1, y1): its outline (an OpenCV contour at the segmentation scale, the
-    scale of ``mask``) and its area in ``mask`` pixels (see the module docstring)."""
+def instance_outlines(mask: np.ndarray, boxes: Sequence[Sequence[float]], scale: float) -> list[Outline]:
+    """Per box (full-resolution x0, y0, x1, y1): its :class:`Outline` at the scale of ``mask`` (see the module
+    docstring)."""
     shape = mask.shape[:2]
     best = np.full(shape, np.inf, np.float32)
     owner = np.full(shape, -1, np.int32)
@@ -53,8 +60,8 @@ def instance_outlines(mask: np.ndarray, boxes: Sequence[Sequence[float]], scale:
         own = ((owner[y0:y1, x0:x1] == k) & (mask[y0:y1, x0:x1] > 0)).astype(np.uint8)
         count = int(cv2.countNonZero(own))
         if count < MIN_SHOWN * (x1 - x0) * (y1 - y0):
-            out.append(_ellipse(box, scale))
+            out.append(Outline(*_ellipse(box, scale), shown=False))
             continue
         contours, _ = cv2.findContours(own, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))
-        out.append((max(contours, key=cv2.contourArea), float(count)))
+        out.append(Outline(max(contours, key=cv2.contourArea), float(count), shown=True))
     return out

@@ -401,9 +401,16 @@ class BeltSegmenter:
         s = self.cfg.scale
         kept = [b for b in found if (b.box[2] - b.box[0]) * (b.box[3] - b.box[1]) >= self.cfg.min_area_px
                 and _inside(region, b.centre, s)]
+        detector = self.cfg.detector
+        assert detector is not None
+        height, width = self._shape or (small.shape[0] / s, small.shape[1] / s)
+        grown = [_grown(b.box, detector.grow, (width, height)) for b in kept]
         out = []
-        for box, (contour, pixels) in zip(kept, instance_outlines(mask, [b.box for b in kept], s)):
-            out.append(self._detection(contour, small, pixels / (s * s), check_shape=check_shape,
+        for box, outline in zip(kept, instance_outlines(mask, grown, s)):
+            if detector.box == "outline" and outline.shown:
+                x, y, w, h = cv2.boundingRect(outline.contour)
+                box = LearnedBox((x / s, y / s, (x + w) / s, (y + h) / s), box.kind, box.score)
+            out.append(self._detection(outline.contour, small, outline.area / (s * s), check_shape=check_shape,
                                        shape_min_area=shape_min_area, confirm=confirm, learned=box))
         return out
 
@@ -528,6 +535,14 @@ class BeltSegmenter:
             if n < 2 or stats[1:, cv2.CC_STAT_AREA].max() < self.cfg.colour_split_contiguity * members.sum():
                 return False
         return True
+
+
+def _grown(box: tuple[float, float, float, float], factor: float, size: tuple[float, float]
+           ) -> tuple[float, float, float, float]:
+    """``box`` grown by ``factor`` about its centre, kept inside a frame of ``size`` (width, height)."""
+    cx, cy, hw, hh = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+    return (max(0.0, cx - factor * hw), max(0.0, cy - factor * hh),
+            min(size[0], cx + factor * hw), min(size[1], cy + factor * hh))
 
 
 def _inside(region: np.ndarray, point: tuple[float, float], scale: float) -> bool:
