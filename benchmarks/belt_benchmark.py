@@ -8,8 +8,13 @@
    fastest of ``--repeat`` runs (the machine is shared). Summaries under ``runs/belt/<part>/``.
 4. ``--video``: the video case on the synthetic conveyor: a line set up by ``calibrate --belt`` from 8 frames
    of one clip (seed 3), scored on another (seed 12, 40 garments) next to the hand-made colour line.
+5. ``--detector ONNX``: the same line with the learned detector (``segmentation.detector``), scored on the same
+   parts plus the development photos that validated it (``dev-val``: the detector never trained on them);
+   ``--train-detector`` first trains it (``textile-sorter train-belt-detector --config training/belt-detector.yaml``,
+   development photos only) and writes it to ``runs/belt/belt-detector.onnx``.
 
     python benchmarks/belt_benchmark.py --data ../shared/data/conveyor-photos [--repeat 5] [--keep-line] [--video]
+    python benchmarks/belt_benchmark.py --keep-line --train-detector [--detector-parts dev-val dev]
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ LINE = ROOT / "serving" / "line-real-belt.yaml"
 TEMPLATE = ROOT / "serving" / "line-colour-6bin.yaml"
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
+def _cli(*args: str, show_log: bool = False) -> subprocess.CompletedProcess:
+    """Run a textile-sorter command; its output is returned (its log passes through with ``show_log``)."""
     cmd = [sys.executable, "-m", "sorting", *args]
     print("$ textile-sorter " + " ".join(args), flush=True)
-    return subprocess.run(cmd, cwd=ROOT, check=True, text=True, capture_output=True)
+    return subprocess.run(cmd, cwd=ROOT, check=True, text=True, stdout=subprocess.PIPE,
+                          stderr=None if show_log else subprocess.PIPE)
 
 
 def _link_dev_images(data: Path, out: Path) -> Path:
@@ -63,6 +70,59 @@ def video_case(out: Path) -> None:
         print(f"== synthetic clip, {name}\n" + done.stdout.strip())
 
 
+def train_detector(out: Path) -> Path:
+    """Train the belt detector on the development photos; its ONNX file and run folder under ``out``."""
+    onnx = out / "belt-detector.onnx"
+    t0 = time.perf_counter()
+    done = _cli("train-belt-detector", "--config", "training/belt-detector.yaml", "--out", str(onnx),
+                f"output_dir={out / 'detector-runs'}", "progress=false", show_log=True)
+    print(done.stdout.strip() + f"\ntraining took {time.perf_counter() - t0:.0f} s")
+    run = max((out / "detector-runs").glob("*/frames.json"), key=lambda f: f.stat().st_mtime)  # this run's
+    shutil.copyfile(run, frames_of(onnx))
+    return onnx
+
+
+def frames_of(onnx: Path) -> Path:
+    """Where the benchmark keeps the names of the photos a detector trained and validated on."""
+    return onnx.with_name(onnx.stem + "-frames.json")
+
+
+def score(part: str, data: Path, out: Path, repeat: int, overrides: list[str], frames: Path | None = None) -> None:
+    """``evaluate-detection`` of the line on one part of the photos (dev, heldout, all; dev-val from ``frames``)."""
+    if part == "dev-val":
+        if frames is None:
+            raise SystemExit("dev-val needs the detector's run folder (its frames.json): train it with --train-detector")
+        subset = ["--subset", f"{frames}:val"]
+    else:
+        subset = [] if part == "all" else ["--subset", f"{SPLIT.relative_to(ROOT)}:{part}"]
+    sets = [a for o in overrides for a in ("--set", o)]
+    done = _cli("evaluate-detection", "--line", str(LINE.relative_to(ROOT)), str(data / "images"),
+                "--boxes", str(data / "boxes.csv"), "--labels", str(LABELS.relative_to(ROOT)), *subset, *sets,
+                "--out", str(out), "--repeat", str(repeat), "--no-progress")
+    print(f"== {part}{' (' + ', '.join(overrides) + ')' if overrides else ''}\n" + done.stdout.strip())
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def table(rows: list[tuple[str, str, Path]]) -> list[str]:
+    """One Markdown row per scored run (from its summary.json): recall/precision at IoU 0.5 and 0.3, merged and
+    split items, non-garment labels found as such, CPU ms per frame (segmentation + crops, one thread)."""
+    head = ("| part | segmentation | frames | garments | R@0.5 | P@0.5 | R@0.3 | P@0.3 | merged | split "
+            "| hands/objects found | CPU ms mean / p95 |")
+    out = [head, "|" + "---|" * 12]
+    for part, name, folder in rows:
+        s = json.loads((folder / "summary.json").read_text())
+        others = sum(v for k, v in s["labels_by_kind"].items() if not k.startswith("garment"))
+        ms = s["ms"].get("segment+crops cpu") or {"mean": float("nan"), "p95": float("nan")}
+        out.append(f"| {part} | {name} | {s['frames']} | {s['garments']} | {_pct(s['recall']['0.5'])} "
+                   f"| {_pct(s['precision']['0.5'])} | {_pct(s['recall']['0.3'])} | {_pct(s['precision']['0.3'])} "
+                   f"| {_pct(s['merged_rate'])} | {_pct(s['split_rate'])} | {s['other_found']} of {others} "
+                   f"| {ms['mean']:.1f} / {ms['p95']:.1f} |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "conveyor-photos")
@@ -70,6 +130,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep-line", action="store_true", help="score the existing line config, do not set it up")
     parser.add_argument("--video", action="store_true", help="also the video case on the synthetic conveyor")
+    parser.add_argument("--parts", nargs="*", default=["dev", "heldout", "all"], help="parts scored for the line")
+    parser.add_argument("--detector", type=Path, help="also score the line with this learned detector (ONNX)")
+    parser.add_argument("--train-detector", action="store_true", help="train the detector first (dev photos only)")
+    parser.add_argument("--detector-parts", nargs="*", default=["dev-val", "dev", "heldout", "all"])
+    parser.add_argument("--detector-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="line overrides for the detector runs, e.g. segmentation.detector.min_score=0.4")
     args = parser.parse_args()
     if not args.keep_line:
         dev_images = _link_dev_images(args.data, args.out)
@@ -81,12 +147,19 @@ def main() -> None:
                     "../shared/data/conveyor-photos/images", "--overlay", str(args.out / "line-real-belt-belt.png"))
         print(done.stdout.strip())
         print(f"set-up took {time.perf_counter() - t0:.1f} s (one command, nothing typed into the config)")
-    for part in ("dev", "heldout", "all"):
-        subset = [] if part == "all" else ["--subset", f"{SPLIT.relative_to(ROOT)}:{part}"]
-        done = _cli("evaluate-detection", "--line", str(LINE.relative_to(ROOT)), str(args.data / "images"),
-                    "--boxes", str(args.data / "boxes.csv"), "--labels", str(LABELS.relative_to(ROOT)), *subset,
-                    "--out", str(args.out / part), "--repeat", str(args.repeat), "--no-progress")
-        print(f"== {part}\n" + done.stdout.strip())
+    detector = train_detector(args.out) if args.train_detector else args.detector
+    frames = frames_of(detector) if detector is not None and frames_of(detector).is_file() else None
+    line_parts = [*args.parts, *(["dev-val"] if frames is not None and "dev-val" not in args.parts else [])]
+    rows = []
+    for part in line_parts:
+        score(part, args.data, args.out / part, args.repeat, [], frames)
+        rows.append((part, "classical", args.out / part))
+    if detector is not None:
+        sets = [f"segmentation.detector={{model: {detector.resolve()}}}", *args.detector_set]
+        for part in args.detector_parts:
+            score(part, args.data, args.out / f"detector-{part}", args.repeat, sets, frames)
+            rows.append((part, "detector", args.out / f"detector-{part}"))
+    print("\n".join(table(rows)))
     if args.video:
         video_case(args.out)
 

@@ -11,8 +11,8 @@ from sorting.apps.detection_data import (
     fit_to_frame,
     ground_truth_boxes,
     read_boxes_csv,
-    read_subset,
 )
+from sorting.datasets.box_labels import read_subset
 from sorting.errors import DataError
 from sorting.serving.detection_eval import (
     LabelBox,

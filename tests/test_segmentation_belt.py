@@ -169,12 +169,36 @@ def test_calibrate_belt_makes_a_line_from_frames_and_keeps_the_rest(tmp_path: Pa
     assert cfg.tracking.model_copy(update={"decision_line_px": 0}) == \
         template.tracking.model_copy(update={"decision_line_px": 0})
     assert (tmp_path / "lines" / "line-test-belt-belt.png").is_file()
+    # a camera is a moving belt; the new line logs to a file of its own and says what it is in a comment
+    assert cfg.tracking.scene == "belt" and str(cfg.log.path) == "runs/serve/test-belt.sqlite"
+    assert line.read_text().startswith("# Line test-belt: set up by `textile-sorter calibrate --belt` from 4 frames")
     data = yaml.safe_load(line.read_text())
     data["tracking"]["max_views"] = 4  # an integrator's own setting survives a second set-up
     line.write_text(yaml.safe_dump(data))
     assert main(["calibrate", "--belt", "--line", str(line), "--source", str(tmp_path / "setup"), "--frames", "3"]) == 0
     assert load_line_config(line).tracking.max_views == 4
     assert yaml.safe_load(line.with_name(line.name + ".bak").read_text())["tracking"]["max_views"] == 4
+    # a camera is a moving belt; the new line logs to a file of its own and says what it is in a comment
+
+
+def test_calibrate_belt_on_a_folder_of_photos_makes_a_still_line(tmp_path: Path, capsys):
+    """Photos (each a new scene) make a still line; a second set-up keeps the comment and an explicit scene."""
+    _photo_folder(tmp_path / "photos", range(4))
+    line = tmp_path / "line-photos.yaml"
+    assert main(["calibrate", "--belt", "--line", str(line), "--source", str(tmp_path / "photos"),
+                 "--template", str(TEMPLATE)]) == 0
+    assert "tracking.scene still" in capsys.readouterr().out
+    assert load_line_config(line).tracking.scene == "still"
+    header = [t for t in line.read_text().splitlines() if t.startswith("#")]
+    assert header and "tracking.scene: still" in " ".join(header)
+    data = yaml.safe_load(line.read_text())
+    data["tracking"]["scene"] = "belt"  # the integrator's choice (frames of a moving belt saved as images)
+    line.write_text("# my line\n" + yaml.safe_dump(data))
+    assert main(["calibrate", "--belt", "--line", str(line), "--frames", "2"]) == 0
+    assert load_line_config(line).tracking.scene == "belt" and line.read_text().startswith("# my line\n")
+    assert main(["calibrate", "--belt", "--line", str(line), "--frames", "2", "--scene", "still"]) == 0
+    assert load_line_config(line).tracking.scene == "still"
+    assert main(["calibrate", "--line", str(line), "--scene", "belt"]) == 2  # --scene goes with --belt
 
 
 def test_evaluate_detection_scores_photos_and_names_what_it_could_not_use(tmp_path: Path, belt_cfg, capsys):

@@ -31,9 +31,9 @@ from sorting.apps.detection_data import (
     merge_box_files,
     photo_frames,
     read_boxes_csv,
-    read_subset,
 )
 from sorting.apps.scoring import load_ground_truth
+from sorting.datasets.box_labels import read_subset
 from sorting.errors import DataError
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.detection_eval import (

@@ -1,9 +1,7 @@
 """Labelled frames for the detection benchmark: photos with a boxes CSV, or a video with its ground truth.
 
-``boxes.csv`` (the real conveyor photos' format): ``image,x0,y0,x1,y1`` with image paths relative to
-the CSV's folder, one row per item, an image without items as one row with an empty box. An optional
-``kind`` column marks non-garments (hand, object); without it every box is a garment. Bad rows are
-skipped, each with one line in ``problems``, so one typo does not lose the other labels.
+``boxes.csv`` (the real conveyor photos' format, read by :mod:`sorting.datasets.box_labels`):
+``image,x0,y0,x1,y1[,kind]``, one row per item; bad rows are skipped, each with one line in ``problems``.
 
 A synthetic clip's ``conveyor_gt.json`` gives each item's track point (the centre of its mask box)
 per frame and its size: the box of a frame is centre +- size / 2, clipped to the frame; an item cut
@@ -13,8 +11,6 @@ is a *partial* label. Distractors (stains) are labels of their own kind.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +19,10 @@ from typing import Any
 import cv2
 import numpy as np
 
+from sorting.datasets.box_labels import read_box_rows
 from sorting.errors import DataError
 from sorting.serving.detection_eval import GARMENT, LabelBox
 
-BOX_COLUMNS = ("image", "x0", "y0", "x1", "y1")
 PARTIAL_SHARE = 0.999
 
 
@@ -39,43 +35,11 @@ class BoxFile:
 
 
 def read_boxes_csv(path: str | Path, *, default_kind: str = GARMENT) -> BoxFile:
-    """Read a boxes CSV; DataError only if the file itself is unusable (missing, no header)."""
-    path = Path(path)
-    try:
-        with path.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.reader(fh))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read boxes file {path}: {exc}") from None
-    if not rows or [c.strip() for c in rows[0][:5]] != list(BOX_COLUMNS):
-        raise DataError(f"{path}: the first line must be the header {','.join(BOX_COLUMNS)}[,kind]")
-    has_kind = len(rows[0]) > 5 and rows[0][5].strip() == "kind"
-    out = BoxFile(labels={})
-    for line, row in enumerate(rows[1:], start=2):
-        if not row or not any(c.strip() for c in row):
-            continue
-        name = row[0].strip()
-        if not name:
-            out.problems.append(f"{path.name} line {line}: no image name, row skipped")
-            continue
-        labels = out.labels.setdefault(name, [])
-        values = [c.strip() for c in row[1:5]]
-        if len(row) < 5 or all(v == "" for v in values):
-            if len(row) >= 5:
-                continue  # an image without items
-            out.problems.append(f"{path.name} line {line}: {len(row)} columns instead of 5, row skipped")
-            continue
-        try:
-            x0, y0, x1, y1 = (float(v) for v in values)
-        except ValueError:
-            out.problems.append(f"{path.name} line {line}: box {values} is not four numbers, row skipped")
-            continue
-        if not (x1 > x0 and y1 > y0):
-            out.problems.append(f"{path.name} line {line}: box {values} has no area (need x1 > x0, y1 > y0), "
-                                "row skipped")
-            continue
-        kind = row[5].strip() if has_kind and len(row) > 5 and row[5].strip() else default_kind
-        labels.append(LabelBox((x0, y0, x1, y1), kind))
-    return out
+    """Read a boxes CSV (:func:`sorting.datasets.box_labels.read_box_rows`); DataError only if the file itself is
+    unusable (missing, no header)."""
+    rows = read_box_rows(path, default_kind=default_kind)
+    return BoxFile({name: [LabelBox(box, kind) for box, kind in boxes] for name, boxes in rows.boxes.items()},
+                   rows.problems)
 
 
 def fit_to_frame(name: str, labels: Sequence[LabelBox], size: tuple[int, int]) -> tuple[list[LabelBox], list[str]]:
@@ -102,26 +66,6 @@ def merge_box_files(main: BoxFile, extra: BoxFile) -> BoxFile:
             raise DataError(f"extra labels name image {name}, which the boxes file does not have")
         labels[name].extend(boxes)
     return BoxFile(labels, main.problems + extra.problems)
-
-
-def read_subset(spec: str) -> set[str]:
-    """Image names from ``FILE`` (one per line) or ``FILE.json:KEY`` (a list under KEY)."""
-    path_text, key = spec, ""
-    head, sep, tail = spec.rpartition(":")
-    if sep and head.endswith(".json"):
-        path_text, key = head, tail
-    path = Path(path_text)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read subset {path}: {exc}") from None
-    if key:
-        try:
-            names = json.loads(text)[key]
-        except (ValueError, KeyError, TypeError):
-            raise DataError(f"{path} has no list '{key}'") from None
-        return {str(n) for n in names}
-    return {line.strip() for line in text.splitlines() if line.strip()}
 
 
 @dataclass(frozen=True)

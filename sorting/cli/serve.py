@@ -1,4 +1,4 @@
-"""Sorter commands: ``serve``, ``calibrate``, ``evaluate-detection`` and ``pulse``."""
+"""Sorter commands: ``serve``, ``calibrate``, ``evaluate-detection`` (with ``train-belt-detector``) and ``pulse``."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from sorting.cli import belt_detector
 from sorting.cli.common import add_command
 from sorting.cli.console import add_console_flags, start_line_console
 from sorting.paths import check_output_path
@@ -55,8 +56,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _calibrate(args: argparse.Namespace) -> int:
     if args.belt:
         return _calibrate_belt(args)
-    if args.template or args.camera or args.overlay:
-        print("--template, --camera and --overlay go with --belt", file=sys.stderr)
+    if args.template or args.camera or args.overlay or args.scene:
+        print("--template, --camera, --overlay and --scene go with --belt", file=sys.stderr)
         return 2
     gains = calibrate_line(args.line, source=args.source, n_frames=args.frames or 30)
     wb = ", ".join(f"{g:.3f}" for g in gains.white_balance)
@@ -69,7 +70,7 @@ def _calibrate_belt(args: argparse.Namespace) -> int:
     from sorting.serving.belt_calibration import calibrate_belt
 
     setup = calibrate_belt(args.line, source=args.source, n_frames=args.frames or 8, template=args.template,
-                           camera=args.camera, overlay_path=args.overlay)
+                           camera=args.camera, overlay_path=args.overlay, scene=args.scene)
     print(setup.summary())
     print(f"segmentation written to {args.line} (previous file: {args.line}.bak if there was one); "
           f"check the belt region and what was found in {setup.overlay_path}")
@@ -219,6 +220,10 @@ Ctrl-C or SIGTERM stops after the current frame: items in flight go to reject ('
     c.add_argument("--template", help="--belt, new line: the line config to start from (bins, model, ejectors)")
     c.add_argument("--camera", help="--belt, new line: camera.source to write (default --source)")
     c.add_argument("--overlay", help="--belt: where to write the overlay PNG (default <line>-belt.png beside it)")
+    c.add_argument("--scene", choices=("still", "belt"),
+                   help="--belt: tracking.scene to write (default: still for a camera.source that is a folder of "
+                        "photos, belt for a camera or video; an existing line keeps the scene it sets)")
     c.set_defaults(func=_calibrate)
     _register_evaluate_detection(sub)
+    belt_detector.register(sub)  # train-belt-detector: the learned option of a real belt's segmentation
     _register_pulse(sub)

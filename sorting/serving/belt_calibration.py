@@ -38,8 +38,8 @@ from sorting.serving.belt_colour_model import (
     BeltColourConfig,
     BeltColourLookup,
     band_index,
-    colour_from_grey,
     chromaticity,
+    colour_from_grey,
     fit_belt_colour,
 )
 from sorting.serving.belt_region import belt_band, polygon_mask
@@ -70,6 +70,7 @@ class BeltSetup:
     item_areas: list[float]
     overlay: np.ndarray
     overlay_path: Path | None = None
+    scene: str | None = None  # the line's tracking.scene after the set-up
 
     def summary(self) -> str:
         items = (f"{len(self.item_areas)} items found, median area {np.median(self.item_areas):.0f} px"
@@ -77,7 +78,8 @@ class BeltSetup:
         return (f"belt model {self.segmentation['belt_model']}, belt region {self.segmentation['belt_region']} "
                 f"({self.belt_width_px:.0f} px wide) from "
                 f"{self.frames} frames of {self.frame_size[0]}x{self.frame_size[1]}; {items}; "
-                f"min_area_px {self.segmentation['min_area_px']}")
+                f"min_area_px {self.segmentation['min_area_px']}"
+                + (f"; tracking.scene {self.scene}" if self.scene else ""))
 
 
 def _small(frame: np.ndarray, scale: float) -> np.ndarray:
@@ -216,19 +218,56 @@ def setup_overlay(frames: Sequence[np.ndarray], found: Sequence[list[Detection]]
     return np.vstack(rows)
 
 
-def write_belt_setup(line_path: str | Path, setup: BeltSetup, *, data: dict[str, Any] | None = None) -> Path:
-    """Merge ``setup.segmentation`` into the line config's ``segmentation`` section, every other key kept and
-    the previous file kept as ``<name>.bak``; or, for a new line, into ``data`` written as the line config."""
+def write_belt_setup(line_path: str | Path, setup: BeltSetup, *, data: dict[str, Any] | None = None,
+                     scene: str | None = None, header: str = "") -> Path:
+    """Merge ``setup.segmentation`` into the line config's ``segmentation`` section (and ``scene`` into
+    ``tracking.scene``), every other key and the file's leading comment kept, the previous file kept as
+    ``<name>.bak``; or, for a new line, into ``data`` written as the line config under ``header`` (a comment)."""
     path = Path(line_path)
     if data is None:
+        text = path.read_text(encoding="utf-8")
         data = read_yaml(path)
-        backup = path.with_name(path.name + ".bak")
-        backup.write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+        header = leading_comment(text)
+        path.with_name(path.name + ".bak").write_text(text, encoding="utf-8")
     section = dict(data.get("segmentation") or {})
     section.update(setup.segmentation)
     data["segmentation"] = section
-    path.write_text(yaml.safe_dump(data, sort_keys=False, default_flow_style=None), encoding="utf-8")
+    if scene is not None:
+        data["tracking"] = {"scene": scene, **{k: v for k, v in (data.get("tracking") or {}).items() if k != "scene"}}
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    path.write_text(header + body, encoding="utf-8")
     return path
+
+
+def leading_comment(text: str) -> str:
+    """The comment lines at the top of a YAML file (with their newlines), kept when the file is rewritten."""
+    lines = []
+    for line in text.splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        lines.append(line if line.endswith("\n") else line + "\n")
+    return "".join(lines)
+
+
+def is_photo_folder(source: str) -> bool:
+    """Whether a camera source is a folder of images (still photos: each a new scene)."""
+    return Path(source).expanduser().is_dir()
+
+
+def scene_for(source: str) -> str:
+    """``tracking.scene`` for a line reading ``source``: ``still`` for a folder of photos (each a new scene),
+    ``belt`` for a camera, stream or video (a moving belt)."""
+    return "still" if is_photo_folder(source) else "belt"
+
+
+def new_line_header(name: str, *, n_frames: int, source: str, template: str | Path, scene: str) -> str:
+    """The comment a new line config starts with: what it is and how it was made."""
+    what = ("camera.source is a folder of photos: each photo is a new scene (tracking.scene: still), every item\n"
+            "# decided in the photo it is in. For a camera on a moving belt set tracking.scene: belt and the belt speed."
+            if scene == "still" else
+            "camera.source is a camera or video of the moving belt (tracking.scene: belt); check the belt speed.")
+    return (f"# Line {name}: set up by `textile-sorter calibrate --belt` from {n_frames} frames of {source},\n"
+            f"# starting from {template}. {what}\n")
 
 
 def sample_frames(source: str, n_frames: int, *, fps: float | None = None, spread_s: float = 0.5,
@@ -300,6 +339,8 @@ def line_from_template(template: str | Path, line_path: str | Path, *, camera: s
     seg = dict(data.get("segmentation") or {})
     seg.pop("ignore_rois", None)
     data["segmentation"] = seg
+    if data.get("log") is not None:  # a line of its own writes a decision log of its own
+        data["log"] = {**data["log"], "path": f"runs/serve/{data['name']}.sqlite"}
     for section, key in (("model", "path"), ("policy", "bins")):
         value = (data.get(section) or {}).get(key)
         if value and not Path(value).is_absolute():
@@ -329,35 +370,52 @@ def _real_belt_defaults(seg: SegmentationConfig) -> SegmentationConfig:
 
 def calibrate_belt(line_path: str | Path, *, source: str | None = None, n_frames: int = 8,
                    template: str | Path | None = None, camera: str | None = None,
-                   overlay_path: str | Path | None = None) -> BeltSetup:
+                   overlay_path: str | Path | None = None, scene: str | None = None) -> BeltSetup:
     """Set the line's segmentation up from ``n_frames`` frames of ``source`` (default: the line's camera)
-    and write it into the line config (created from ``template`` when it does not exist yet)."""
+    and write it into the line config (created from ``template`` when it does not exist yet).
+
+    ``tracking.scene`` is written as ``scene`` when given; else a new line's, or an existing line's that does
+    not set it, follows its camera: ``still`` for a folder of photos, ``belt`` for a camera or a video."""
     from sorting.serving.line_config import load_line_config
 
     path = Path(line_path)
     data: dict[str, Any] | None = None
+    header = ""
     if path.exists():
         cfg = load_line_config(path)
         frames = sample_frames(source or cfg.camera.source, n_frames, fps=cfg.camera.fps)
+        if scene is None and "scene" not in (read_yaml(path).get("tracking") or {}):
+            scene = scene_for(cfg.camera.source)
     else:
         if template is None or source is None:
             raise ConfigError(f"{path} does not exist: give --template (a line config to start from) and --source")
         frames = sample_frames(source, n_frames)
         height, width = frames[0].shape[:2]
         data = line_from_template(template, path, camera=camera or source, frame_size=(width, height))
-        draft = path.with_name(f".{path.name}.draft")  # checked as a line config before anything is written
-        try:
-            draft.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-            cfg = load_line_config(draft)
-        finally:
-            draft.unlink(missing_ok=True)
+        scene = scene or scene_for(camera or source)
+        data["tracking"] = {**data.get("tracking", {}), "scene": scene}
+        header = new_line_header(data["name"], n_frames=len(frames), source=source, template=template, scene=scene)
+        cfg = _checked_draft(path, data)
     along = 0 if cfg.belt.direction[1] == "x" else 1
     setup = set_up_belt(frames, _real_belt_defaults(cfg.segmentation), along_axis=along)
     if setup.segmentation["belt_model"] == "colour":
         setup.segmentation.update(_real_belt_defaults(cfg.segmentation).model_dump(include={"split_touching",
                                                                                           "non_garment"}))
-    write_belt_setup(path, setup, data=data)
+    write_belt_setup(path, setup, data=data, scene=scene, header=header)
+    setup.scene = scene or cfg.tracking.scene
     overlay = Path(overlay_path) if overlay_path else path.with_name(path.stem + "-belt.png")
     cv2.imwrite(str(overlay), setup.overlay)
     setup.overlay_path = overlay
     return setup
+
+
+def _checked_draft(path: Path, data: dict[str, Any]) -> Any:
+    """``data`` loaded as a line config (checked) before anything is written at ``path``."""
+    from sorting.serving.line_config import load_line_config
+
+    draft = path.with_name(f".{path.name}.draft")
+    try:
+        draft.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+        return load_line_config(draft)
+    finally:
+        draft.unlink(missing_ok=True)

@@ -1,7 +1,7 @@
 """The line config: one YAML per sorting line (camera, calibration, belt, segmentation,
 tracking, model, policy, ejector, actuator, decision log, telemetry, and an optional NIR spectrometer).
 
-Relative paths in it (model, bins file, log folder) are resolved against the YAML file's own
+Relative paths in it (model, bins file, the belt detector, log folder) are resolved against the YAML file's own
 folder, so a line folder can be moved as a whole. Every field is documented in
 ``serving/README.md``.
 """
@@ -185,6 +185,8 @@ def load_line_config(path: str | Path, overrides: list[str] | None = None) -> Li
     base = path.resolve().parent
     cfg.model.path = _resolve(base, cfg.model.path)
     cfg.policy.bins = _resolve(base, cfg.policy.bins)  # type: ignore[assignment]
+    if cfg.segmentation.detector is not None:
+        cfg.segmentation.detector.model = _resolve(base, cfg.segmentation.detector.model)  # type: ignore[assignment]
     if cfg.spectrometer is not None:
         _resolve_spectrometer(cfg.spectrometer, base)
     if cfg.model.path is not None and cfg.model.path.suffix.lower() != ".onnx":

@@ -47,6 +47,8 @@ from sorting.serving.belt_colour_model import BeltColourConfig
 from sorting.serving.belt_region import BeltEdgeFollower, check_polygon, polygon_mask
 from sorting.serving.blob_split import SplitConfig, split_blob
 from sorting.serving.colour_foreground import ColourForeground, FrameError
+from sorting.serving.instances import instance_outlines
+from sorting.serving.learned_detector import DetectorConfig, LearnedBox, LearnedDetector
 from sorting.serving.non_garment import (
     GARMENT,
     NonGarmentConfig,
@@ -101,6 +103,9 @@ class SegmentationConfig(StrictModel):
     expected_item_area_px: float | None = None  # typical garment area measured at set-up (informative)
     split_touching: SplitConfig | None = None  # cut blobs of touching garments of different colours apart
     non_garment: NonGarmentConfig | None = None  # tell hands and objects from garments (Detection.kind)
+    # a learned detector of garments, hands and objects (``textile-sorter train-belt-detector``): its boxes and
+    # kinds replace the blobs, split_touching and non_garment; the belt model above still outlines each thing
+    detector: DetectorConfig | None = None
 
     @model_validator(mode="after")
     def _real_belt(self) -> SegmentationConfig:
@@ -162,6 +167,8 @@ class BeltSegmenter:
         self.check_colours = True
         self._brighter = cfg.threshold if cfg.brighter_threshold is None else cfg.brighter_threshold
         self._colour: ColourForeground | None = None
+        self._region: np.ndarray | None = None  # this frame's belt region (the colour model follows the belt)
+        self._detector = LearnedDetector(cfg.detector) if cfg.detector is not None else None
         self._entry_edges = frozenset(("left", "right") if along_axis == 0 else ("top", "bottom"))
 
     def _small(self, image: np.ndarray) -> np.ndarray:
@@ -225,8 +232,15 @@ class BeltSegmenter:
         self.last_mask = mask
         self._frame += 1
         check = (self._frame - 1) % self.cfg.shape_check_every == 0
-        return self._detections(mask, small, check_shape=check, shape_min_area=shape_min_area or 0.0,
-                                confirm=lambda edges, box: self._confirm_edges(edges, box, image, normalise))
+
+        def confirm(edges: frozenset[str], box: tuple[int, int, int, int]) -> frozenset[str]:
+            return self._confirm_edges(edges, box, image, normalise)
+
+        if self._detector is not None:
+            found = self._detector.detect(small, (full_shape[1], full_shape[0]))
+            return self._learned_detections(found, mask, small, check_shape=check,
+                                            shape_min_area=shape_min_area or 0.0, confirm=confirm)
+        return self._detections(mask, small, check_shape=check, shape_min_area=shape_min_area or 0.0, confirm=confirm)
 
     def rewind(self) -> None:
         """Count the last frame as not seen (to segment the same frame again, e.g. to time it): the shape
@@ -245,7 +259,7 @@ class BeltSegmenter:
         """Foreground by the belt's colour (:mod:`~sorting.serving.colour_foreground`); this frame's belt,
         in YCrCb, becomes the belt model (for the edge checks)."""
         assert self._colour is not None
-        mask, _, belt = self._colour.mask(small)
+        mask, self._region, belt = self._colour.mask(small)
         self._background_u8 = cv2.cvtColor(cv2.convertScaleAbs(belt), cv2.COLOR_BGR2YCrCb)
         self._background = self._background_u8.astype(np.float32)
         return mask
@@ -314,70 +328,105 @@ class BeltSegmenter:
 
     def _detections(self, mask: np.ndarray, small: np.ndarray, *, check_shape: bool, shape_min_area: float,
                     confirm: Callable[[frozenset[str], tuple[int, int, int, int]], frozenset[str]]) -> list[Detection]:
-        s = self.cfg.scale
-        inv_area = 1.0 / (s * s)
-        height, width = self._shape or mask.shape
-        margin = self.cfg.border_margin_px
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         if self.cfg.split_touching is not None:
-            contours = self._split_touching(contours, small, 2.0 * self.cfg.min_area_px * s * s)
+            contours = self._split_touching(contours, small, 2.0 * self.cfg.min_area_px * self.cfg.scale ** 2)
+        inv_area = 1.0 / (self.cfg.scale * self.cfg.scale)
         out = []
         for contour in contours:
             area = cv2.contourArea(contour) * inv_area
-            if area < self.cfg.min_area_px:
-                continue
-            x, y, w, h = cv2.boundingRect(contour)
+            if area >= self.cfg.min_area_px:
+                out.append(self._detection(contour, small, area, check_shape=check_shape,
+                                           shape_min_area=shape_min_area, confirm=confirm))
+        return out
+
+    def _detection(self, contour: np.ndarray, small: np.ndarray, area: float, *, check_shape: bool,
+                   shape_min_area: float, confirm: Callable[[frozenset[str], tuple[int, int, int, int]], frozenset[str]],
+                   learned: LearnedBox | None = None) -> Detection:
+        """One blob's detection; with ``learned``, its box and kind are the detector's (the blob is its outline)."""
+        s = self.cfg.scale
+        inv_area = 1.0 / (s * s)
+        height, width = self._shape or small.shape[:2]
+        margin = self.cfg.border_margin_px
+        x, y, w, h = cv2.boundingRect(contour)
+        if learned is None:
             x0, y0 = int(x / s), int(y / s)
             x1, y1 = min(width, int(np.ceil((x + w) / s))), min(height, int(np.ceil((y + h) / s)))
-            m = cv2.moments(contour)
-            # pixel centre i at the segmentation scale is (i + 0.5) / s - 0.5 at full resolution
-            cx, cy = (((m["m10"] / m["m00"] + 0.5) / s - 0.5, (m["m01"] / m["m00"] + 0.5) / s - 0.5) if m["m00"]
-                      else ((x0 + x1) / 2, (y0 + y1) / 2))
-            hull_area = cv2.contourArea(cv2.convexHull(contour)) * inv_area
-            solidity = area / hull_area if hull_area > 0 else 1.0
-            edges = frozenset(
-                name
-                for name, hit in (
-                    ("left", x0 <= margin),
-                    ("right", x1 >= width - margin),
-                    ("top", y0 <= margin),
-                    ("bottom", y1 >= height - margin),
-                )
-                if hit
+        else:
+            x0, y0 = int(learned.box[0]), int(learned.box[1])
+            x1, y1 = min(width, int(np.ceil(learned.box[2]))), min(height, int(np.ceil(learned.box[3])))
+        m = cv2.moments(contour)
+        # pixel centre i at the segmentation scale is (i + 0.5) / s - 0.5 at full resolution
+        cx, cy = (((m["m10"] / m["m00"] + 0.5) / s - 0.5, (m["m01"] / m["m00"] + 0.5) / s - 0.5) if m["m00"]
+                  else ((x0 + x1) / 2, (y0 + y1) / 2))
+        hull_area = cv2.contourArea(cv2.convexHull(contour)) * inv_area
+        solidity = min(1.0, area / hull_area) if hull_area > 0 else 1.0
+        edges = frozenset(
+            name
+            for name, hit in (
+                ("left", x0 <= margin),
+                ("right", x1 >= width - margin),
+                ("top", y0 <= margin),
+                ("bottom", y1 >= height - margin),
             )
-            if edges:
-                edges = confirm(edges, (x0, y0, x1 - x0, y1 - y0))
-            cores, split, kind = self._blob_checks(contour, small, area, edges, check_shape, shape_min_area)
-            overlap = solidity < self.cfg.solidity_min or cores > 1 or split
-            out.append(
-                Detection(
-                    bbox=(x0, y0, x1 - x0, y1 - y0),
-                    area=float(area),
-                    centroid=(float(cx), float(cy)),
-                    edges=edges,
-                    overlap_suspect=overlap,
-                    solidity=float(solidity),
-                    n_cores=cores,
-                    two_colour_regions=split,
-                    shape_checked=check_shape,
-                    outline=contour,
-                    kind=kind,
-                )
-            )
+            if hit
+        )
+        if edges:
+            edges = confirm(edges, (x0, y0, x1 - x0, y1 - y0))
+        cores, split, kind = self._blob_checks(contour, small, area, edges, check_shape, shape_min_area,
+                                               kind=None if learned is None else learned.kind)
+        overlap = solidity < self.cfg.solidity_min or cores > 1 or split
+        return Detection(
+            bbox=(x0, y0, x1 - x0, y1 - y0),
+            area=float(area),
+            centroid=(float(cx), float(cy)),
+            edges=edges,
+            overlap_suspect=overlap,
+            solidity=float(solidity),
+            n_cores=cores,
+            two_colour_regions=split,
+            shape_checked=check_shape,
+            outline=contour,
+            kind=kind,
+        )
+
+    def _learned_detections(self, found: list[LearnedBox], mask: np.ndarray, small: np.ndarray, *, check_shape: bool,
+                            shape_min_area: float,
+                            confirm: Callable[[frozenset[str], tuple[int, int, int, int]], frozenset[str]]
+                            ) -> list[Detection]:
+        """The detector's things on the belt, each outlined by the foreground pixels nearest its box's centre
+        (:func:`~sorting.serving.instances.instance_outlines`)."""
+        assert self._ignore_mask is not None
+        region = self._region if self._region is not None else self._ignore_mask
+        s = self.cfg.scale
+        kept = [b for b in found if (b.box[2] - b.box[0]) * (b.box[3] - b.box[1]) >= self.cfg.min_area_px
+                and _inside(region, b.centre, s)]
+        detector = self.cfg.detector
+        assert detector is not None
+        height, width = self._shape or (small.shape[0] / s, small.shape[1] / s)
+        grown = [_grown(b.box, detector.grow, (width, height)) for b in kept]
+        out = []
+        for box, outline in zip(kept, instance_outlines(mask, grown, s)):
+            if detector.box == "outline" and outline.shown:
+                x, y, w, h = cv2.boundingRect(outline.contour)
+                box = LearnedBox((x / s, y / s, (x + w) / s, (y + h) / s), box.kind, box.score)
+            out.append(self._detection(outline.contour, small, outline.area / (s * s), check_shape=check_shape,
+                                       shape_min_area=shape_min_area, confirm=confirm, learned=box))
         return out
 
     def _blob_checks(self, contour: np.ndarray, small: np.ndarray, area: float, edges: frozenset[str],
-                     check_shape: bool, shape_min_area: float) -> tuple[int, bool, str]:
+                     check_shape: bool, shape_min_area: float, *, kind: str | None = None) -> tuple[int, bool, str]:
         """(bodies, two colour regions, kind) of one blob: the shape checks on a whole blob every
-        ``shape_check_every``-th frame, the kind on every frame when ``non_garment`` is set."""
-        non_garment = self.cfg.non_garment
+        ``shape_check_every``-th frame, the kind on every frame when ``non_garment`` is set (and ``kind``, the
+        learned detector's, is not given)."""
+        non_garment = self.cfg.non_garment if kind is None else None
         if not (check_shape and not edges) and non_garment is None:
-            return 1, False, GARMENT
+            return 1, False, kind or GARMENT
         x, y, w, h = cv2.boundingRect(contour)
         own = np.zeros((h, w), np.uint8)
         cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
         roi = small[y : y + h, x : x + w]
-        cores, split, kind = 1, False, GARMENT
+        cores, split, kind = 1, False, kind or GARMENT
         if check_shape and not edges:
             cores = self._cores(own, roi)
             split = (self.check_colours and cores <= 1 and area >= shape_min_area
@@ -486,6 +535,21 @@ class BeltSegmenter:
             if n < 2 or stats[1:, cv2.CC_STAT_AREA].max() < self.cfg.colour_split_contiguity * members.sum():
                 return False
         return True
+
+
+def _grown(box: tuple[float, float, float, float], factor: float, size: tuple[float, float]
+           ) -> tuple[float, float, float, float]:
+    """``box`` grown by ``factor`` about its centre, kept inside a frame of ``size`` (width, height)."""
+    cx, cy, hw, hh = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2, (box[2] - box[0]) / 2, (box[3] - box[1]) / 2
+    return (max(0.0, cx - factor * hw), max(0.0, cy - factor * hh),
+            min(size[0], cx + factor * hw), min(size[1], cy + factor * hh))
+
+
+def _inside(region: np.ndarray, point: tuple[float, float], scale: float) -> bool:
+    """Whether a full-resolution ``point`` lies in ``region`` (a mask at the segmentation scale)."""
+    h, w = region.shape[:2]
+    x, y = min(w - 1, max(0, int(point[0] * scale))), min(h - 1, max(0, int(point[1] * scale)))
+    return bool(region[y, x])
 
 
 def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:

@@ -1,0 +1,48 @@
+"""``textile-sorter train-belt-detector``: a recipe -> a learned detector of garments, hands and objects (ONNX).
+
+Registered from :mod:`sorting.cli.serve` next to ``calibrate --belt`` and ``evaluate-detection``, the other two
+steps of setting a real belt up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from sorting.cli.common import add_command
+
+EXAMPLES = """
+  textile-sorter train-belt-detector --config training/belt-detector.yaml --out runs/belt-detector.onnx
+  textile-sorter train-belt-detector --config training/belt-detector.yaml optim.epochs=10 threads=2
+then in the line config (serving/): segmentation.detector: {model: ../runs/belt-detector.onnx}; score it with
+evaluate-detection --set 'segmentation.detector={model: ../runs/belt-detector.onnx}' (serving/README.md)
+"""
+
+
+def _train_belt_detector(args: argparse.Namespace) -> int:
+    from sorting.training.belt_detector import fit_belt_detector
+    from sorting.training.belt_detector_config import load_belt_detector_config
+
+    config = load_belt_detector_config(args.config, args.overrides)
+    result = fit_belt_detector(config)
+    m = result.metrics
+    heads = ", ".join(f"{h} macro-F1 {m[f'val/{h}/macro_f1']:.3f}" for h in ("centre", "width", "height")
+                      if f"val/{h}/macro_f1" in m)
+    print(f"trained in {result.seconds:.0f} s; validation cells: {heads}")
+    onnx_path = result.onnx_path
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        onnx_path = Path(shutil.copyfile(result.onnx_path, args.out))
+    print(f"belt detector: {onnx_path} (run folder {result.run_dir})")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "train-belt-detector", "Train the learned detector of garments, hands and objects on a belt "
+                    "(segmentation.detector) from labelled photos and/or synthetic frames; writes an ONNX file.",
+                    EXAMPLES)
+    p.add_argument("--config", "-c", help="recipe YAML (training/belt-detector.yaml); omit to give every key as KEY=VALUE")
+    p.add_argument("--out", "-o", help="copy the ONNX file here too (default: only in the run folder)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides, e.g. optim.epochs=10")
+    p.set_defaults(func=_train_belt_detector)
