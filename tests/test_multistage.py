@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sorting.models.efficientnet_lite import EfficientNetLite0
+from sorting.models.efficientnet_lite import EfficientNetLite
 from sorting.models.multistage import MultiStagePoolBackbone
 from sorting.models.registry import list_backbones
 
@@ -14,7 +14,7 @@ torch.set_num_threads(1)
 def test_multistage_features_are_standardised_on_training_batches() -> None:
     assert "efficientnet_lite0_multistage" in list_backbones()
     torch.manual_seed(0)
-    module = MultiStagePoolBackbone(EfficientNetLite0(num_classes=0)).eval()
+    module = MultiStagePoolBackbone(EfficientNetLite(num_classes=0)).eval()
     assert module.feature_dim == 2768
     batches = [torch.randn(4, 3, 64, 64) for _ in range(2)]
     assert module.fit_statistics(batches) == 8

@@ -1,9 +1,9 @@
-"""Texture backbone: mean + std pooling of several EfficientNet-Lite0 stages plus the 1280-d head.
+"""Texture backbone: mean + std pooling of several EfficientNet-Lite stages plus the 1280-d head.
 
 Fibre is a texture question: yarn and weave live in the mid-level feature maps that global average
 pooling of the last layer mostly throws away. Pooling the outputs of stages 2-6 by mean *and* standard
 deviation (a cheap texture statistic, as in style/texture descriptors) plus the usual pooled head gives
-(40 + 80 + 112 + 192 + 320) x 2 + 1280 = 2768 features. On fibre-photos with a frozen backbone the
+(40 + 80 + 112 + 192 + 320) x 2 + 1280 = 2768 features for Lite0 and Lite1, 2912 for Lite2. On fibre-photos with a frozen backbone the
 research notes measured ~+5 points over the 1280-d embedding alone.
 
 The features are standardised with fixed buffers (``feat_mean``/``feat_std``, saved in the state_dict)
@@ -18,24 +18,21 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from sorting.models.efficientnet_lite import FEATURE_DIM, LITE0_STAGES, NUM_BLOCKS, EfficientNetLite0
+from sorting.models.efficientnet_lite import FEATURE_DIM, EfficientNetLite
 from sorting.models.standardise import column_statistics
 
-POOLED_STAGES = (2, 3, 4, 5, 6)  # indices into LITE0_STAGES whose outputs are pooled
+POOLED_STAGES = (2, 3, 4, 5, 6)  # indices of the stages whose outputs are pooled
 
 
 class MultiStagePoolBackbone(nn.Module):
-    """EfficientNet-Lite0 -> [mean(stage 2..6), mean(head), std(stage 2..6)], standardised."""
+    """EfficientNet-Lite -> [mean(stage 2..6), mean(head), std(stage 2..6)], standardised."""
 
-    def __init__(self, net: EfficientNetLite0) -> None:
+    def __init__(self, net: EfficientNetLite) -> None:
         super().__init__()
         self.net = net
-        ends, total = [], 0
-        for _, _, _, _, repeats in LITE0_STAGES:
-            total += repeats
-            ends.append(total - 1)
+        ends = net.stage_ends()
         self.stage_ends = tuple(ends[i] for i in POOLED_STAGES)  # block index closing each pooled stage
-        widths = [LITE0_STAGES[i][3] for i in POOLED_STAGES]
+        widths = [net.variant.stages[i][3] for i in POOLED_STAGES]
         self.feature_dim = 2 * sum(widths) + FEATURE_DIM
         self.register_buffer("feat_mean", torch.zeros(self.feature_dim))
         self.register_buffer("feat_std", torch.ones(self.feature_dim))
@@ -65,7 +62,7 @@ class MultiStagePoolBackbone(nn.Module):
 
     def _raw_suffix(self, parts: list[torch.Tensor], start: int) -> torch.Tensor:
         x, early_means, early_stds = parts
-        x, means, stds = self._pooled_blocks(x, start, NUM_BLOCKS)
+        x, means, stds = self._pooled_blocks(x, start, self.net.num_blocks)
         head = self.net.head_map(x).mean(dim=(2, 3))
         return torch.cat([early_means, *means, head, early_stds, *stds], dim=1)
 

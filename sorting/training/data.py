@@ -21,12 +21,13 @@ import torch
 from torch.utils.data import Dataset
 
 from sorting.datasets.images import load_image
+from sorting.datasets.importers import UNLABELLED
 from sorting.datasets.manifest import read_manifest
 from sorting.datasets.preprocess import PreprocessConfig, preprocess
 from sorting.errors import DataError
 from sorting.models.multihead import IGNORE_INDEX
 from sorting.paths import project_root
-from sorting.taxonomy import AliasMap, Taxonomy, load_aliases
+from sorting.taxonomy import AliasMap, Taxonomy, load_aliases, normalise_label
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,9 @@ def load_head_aliases(heads: Sequence[str]) -> dict[str, AliasMap]:
 
 
 def _means_missing(aliases: AliasMap, raw: str) -> bool:
-    """True for placeholder labels ('NA', 'none', ...) that the alias map treats as no label."""
-    return aliases.resolve(raw, (raw,)) is None
+    """True for placeholder labels ('NA', 'none', ...) and names the alias map lists as carrying no label
+    (``_unlabelled``, see :data:`sorting.datasets.importers.UNLABELLED`)."""
+    return aliases.resolve(raw, (raw,)) is None or aliases.table.get(normalise_label(raw)) == UNLABELLED
 
 
 def collect_samples(
