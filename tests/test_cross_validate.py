@@ -132,3 +132,28 @@ def test_cli_reports_a_broken_recipe_without_training(tmp_path: Path, manifest: 
     assert main(["cross-validate", "--manifest", str(manifest), "--config", str(bad), "--out", str(tmp_path / "cv")]) != 0
     assert "epochs" in capsys.readouterr().err
     assert not (tmp_path / "cv").exists()
+
+
+def test_an_all_rows_recipe_trains_folds_without_validation_split_and_a_final_model_calibrated_out_of_fold(
+        manifest: Path, tmp_path: Path) -> None:
+    from sorting.models.checkpoint import load_checkpoint
+
+    report = cross_validate(_config(tmp_path, "data.train_split=all", "data.val_split=all",
+                                    "early_stopping={patience: null, select: last}"),
+                            manifest, folds=3, seed=1, out_dir=tmp_path / "cv")
+    for k, result in enumerate(report.results):
+        fold = read_manifest(tmp_path / "cv" / f"fold-{k + 1}" / "manifest.csv")
+        assert Counter(r.split for r in fold.rows) == {"train": 16, "test": 8}  # no validation split taken out
+        assert (result.n_train, result.n_val) == (16, 0)
+    cal = report.calibration["fibre"]
+    assert cal.n == 24 and 0.05 <= cal.temperature <= 20 and 0 <= cal.ece_cross_fitted <= 1
+    assert set(cal.thresholds) >= {0.99, 0.95, 0.999}
+    final = load_checkpoint(report.final_checkpoint)
+    assert report.final_checkpoint == str(tmp_path / "cv" / "final.pt")
+    assert final.temperature["fibre"] == pytest.approx(cal.temperature)
+    assert final.ood["threshold"]["fibre"] == pytest.approx(cal.thresholds[0.99])
+    assert final.ood["by_quantile"]["fibre"]["0.995"] == pytest.approx(cal.thresholds[0.995])
+    assert final.metrics["train_images"] == 24  # every row of the manifest
+    saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert saved["final_checkpoint"] == report.final_checkpoint and "fibre" in saved["calibration"]
+    assert "T fitted on the other folds" in (tmp_path / "cv" / "cv.md").read_text()

@@ -176,6 +176,27 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def targets(self) -> torch.Tensor:
+        """(N, heads) class indices of every sample, without loading an image."""
+        return torch.tensor([s.targets for s in self.samples], dtype=torch.long)
+
+    def cache_keys(self) -> list[str] | None:
+        """One key per sample naming what its model input depends on (the file, as path, size and modification
+        time, and the preprocessing), for :class:`sorting.training.feature_cache.FeatureStore`; None when the
+        samples are augmented (random draws) or a file cannot be read."""
+        if self.augmentation is not None:
+            return None
+        config = self.preprocess_config.to_json()
+        keys = []
+        for sample in self.samples:
+            try:
+                stat = sample.path.stat()
+            except OSError:
+                return None
+            text = f"{sample.path}|{stat.st_size}|{stat.st_mtime_ns}|{config}"
+            keys.append(hashlib.sha1(text.encode()).hexdigest())
+        return keys
+
     def reseed(self, seed: int) -> None:
         """Give this copy (e.g. in a DataLoader worker) its own augmentation random stream."""
         set_seed = getattr(self.augmentation, "set_random_seed", None)
