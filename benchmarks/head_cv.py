@@ -98,7 +98,9 @@ def main() -> None:
         x_train_all = x
     print(f"## {task.name}, {args.backbone} {args.size} px, {args.features} averaged over {args.views}; training views: "
           f"{['avg', *args.train_views]}; weighted {args.weighted}\n")
-    print(f"| wd | lr | epochs | dropout | smoothing | {SCORE_HEADER} |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    extra = [name for name, _ in task.subsets(data)]
+    print(f"| wd | lr | epochs | dropout | smoothing | {SCORE_HEADER} | " + " | ".join(extra) + " |\n"
+          + "|---:" * (10 + len(extra)) + "|")
     n_classes = len(task.classes)
     for wd, lr, epochs, dropout, smoothing in itertools.product(args.wd, args.lr, args.epochs, args.dropout, args.smoothing):
         logits = np.zeros((len(y), n_classes))
@@ -112,7 +114,9 @@ def main() -> None:
                 test = torch.from_numpy((x[0, folds == k] - mean) / std).float()
                 logits[folds == k] = model(test)["fibre"].numpy()
         s = scores(logits, y, folds, n_classes)
-        print(f"| {wd:g} | {lr:g} | {epochs} | {dropout:g} | {smoothing:g} | {s.row()} |", flush=True)
+        parts = [f"{scores(logits, y, folds, n_classes, mask=m).accuracy:.1%}" for _, m in task.subsets(data)]
+        print(f"| {wd:g} | {lr:g} | {epochs} | {dropout:g} | {smoothing:g} | {s.row()} | " + " | ".join(parts) + " |",
+              flush=True)
 
 
 if __name__ == "__main__":

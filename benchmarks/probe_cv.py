@@ -33,6 +33,7 @@ FEATURE_SETS = {
                    "stage2_std", "stage3_std", "stage4_std", "stage5_std", "stage6_std"],
 }
 FEATURE_SETS["multistage+head_std"] = [*FEATURE_SETS["multistage"], "head_std"]
+FEATURE_SETS["head_mean+colour"] = ["head_mean", "colour"]
 FEATURE_SETS["head_meanstd+colour"] = [*FEATURE_SETS["head_meanstd"], "colour"]
 FEATURE_SETS["multistage+colour"] = [*FEATURE_SETS["multistage"], "colour"]
 FEATURE_SETS["multistage+head_std+colour"] = [*FEATURE_SETS["multistage+head_std"], "colour"]

@@ -157,3 +157,24 @@ def test_an_all_rows_recipe_trains_folds_without_validation_split_and_a_final_mo
     saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert saved["final_checkpoint"] == report.final_checkpoint and "fibre" in saved["calibration"]
     assert "T fitted on the other folds" in (tmp_path / "cv" / "cv.md").read_text()
+
+
+def test_the_recipes_other_manifests_are_trained_in_every_fold_and_never_tested(manifest: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    (tmp_path / "extra" / "img").mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        fibre = ("cotton", "polyester")[i % 2]
+        cv2.imwrite(str(tmp_path / "extra" / "img" / f"{i}.png"), _image(fibre, rng))
+        rows.append(ManifestRow(f"img/{i}.png", fibre=fibre, split="train", sha1=f"x{i}"))
+    (tmp_path / "extra" / "img" / "dup.png").write_bytes((tmp_path / "data" / "img" / "3.png").read_bytes())
+    rows.append(ManifestRow("img/dup.png", fibre="polyester", split="train", sha1="3"))  # a CV row's bytes: left out
+    extra = write_manifest(rows, tmp_path / "extra" / "manifest.csv")
+    config = _config(tmp_path, f"data.train=[{manifest},{extra}]")
+    report = cross_validate(config, manifest, folds=2, seed=0, out_dir=tmp_path / "cv")
+    for k in range(2):
+        fold = read_manifest(tmp_path / "cv" / f"fold-{k + 1}" / "manifest.csv")
+        from_extra = [r for r in fold.rows if r.sha1.startswith("x")]
+        assert len(from_extra) == 6 and all(r.split == "train" and fold.image_path(r).is_file() for r in from_extra)
+        assert sum(r.split == "test" for r in fold.rows) == 12 and not any("dup" in r.path for r in fold.rows)
+    assert report.heads["fibre"].n_scored == 24  # only the cross-validated manifest is scored

@@ -109,5 +109,8 @@ def test_feature_store_reuses_rows_of_the_same_encoder_and_only_of_it(tmp_path, 
     seen.clear()
     other = extract_features(encoder, [dataset], **kw)
     assert sum(seen[1:]) == 2 * len(dataset) and not torch.allclose(other.views, first.views)
+    seen.clear()
+    plain = extract_features(encoder, [dataset], **{**kw, "flip": False})  # the plain rows are stored already
+    assert seen == [2] and torch.equal(plain.views[0], other.views[0])
     dataset.augmentation = lambda image: {"image": image}
     assert dataset.cache_keys() is None

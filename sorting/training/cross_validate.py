@@ -9,6 +9,13 @@ Each fold gets its own manifest (``fold-K/manifest.csv``: the fold is ``test``, 
 split again into ``train`` and ``val``, stratified and grouped, because the trainer picks its best
 epoch and fits calibration on ``val``), its own training run (tracked like any other) and its own
 evaluation folder. The summary goes to ``cv.json`` / ``cv.md`` and to one MLflow run.
+
+When the recipe trains on the cross-validated manifest together with others, the others are *extra
+sources*: their rows are trained on in every fold and never tested (what another dataset adds to this one);
+a recipe that does not list the manifest has its ``data.train`` replaced. A recipe that trains on every row it is given
+(``data.train_split: all``) has no validation split in its folds; cross-validation then also fits its
+temperature and OOD thresholds on the out-of-fold logits and trains the final model on every row
+(``final.pt``): the calibration of a model trained on all the data, fitted on images no model saw.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sorting.datasets.manifest import ALL_ROWS, Manifest, read_manifest, write_manifest
+from sorting.datasets.manifest import ALL_ROWS, Manifest, ManifestRow, read_manifest, rebase_rows, write_manifest
 from sorting.datasets.split import assign_folds, split_rows
 from sorting.errors import ConfigError, DataError
 from sorting.models.checkpoint import read_checkpoint_dict
@@ -244,8 +251,32 @@ def _fold_config(config: TrainConfig, name: str, out: Path, manifest: Path, *, a
     })
 
 
+def extra_sources(config: TrainConfig, manifest: Manifest, manifest_path: Path) -> list[ManifestRow]:
+    """When the recipe trains on ``manifest_path`` together with other manifests: the others' rows, to train on in
+    every fold and never to test on (their ``train_split`` rows, every row for ``all``), as ``train`` rows with
+    paths relative to ``manifest``'s folder; images whose bytes are in ``manifest`` too are left out (they would
+    leak). A recipe that does not list ``manifest_path`` has its ``data.train`` replaced: no extra rows."""
+    own = {r.sha1 for r in manifest.rows if r.sha1}
+    paths = [Path(p) for p in config.data.train]
+    if not any(p.resolve() == manifest_path.resolve() for p in paths):
+        return []
+    rows: list[ManifestRow] = []
+    for path in paths:
+        if path.resolve() == manifest_path.resolve():
+            continue
+        other = read_manifest(path)
+        kept = [r for r in other.subset(config.data.train_split) if not (r.sha1 and r.sha1 in own)]
+        if len(kept) < len(other.subset(config.data.train_split)):
+            log.warning("%s: %d images also in %s left out", path, len(other.subset(config.data.train_split)) - len(kept),
+                        manifest_path)
+        rows += [replace(r, split="train") for r in rebase_rows(kept, other.root, manifest.root)]
+        log.info("%s: %d rows trained on in every fold", path, len(kept))
+    return rows
+
+
 def _run_fold(config: TrainConfig, manifest: Manifest, fold_of: list[int], k: int, *, out: Path, seed: int,
-              group_by: str | None, val_fraction: float, all_rows: bool) -> tuple[FoldResult, dict[str, HeadReport]]:
+              group_by: str | None, val_fraction: float, all_rows: bool,
+              extra: list[ManifestRow]) -> tuple[FoldResult, dict[str, HeadReport]]:
     fold_dir = out / f"fold-{k + 1}"
     test = [r for r, f in zip(manifest.rows, fold_of) if f == k]
     rest = [r for r, f in zip(manifest.rows, fold_of) if f != k]
@@ -253,6 +284,7 @@ def _run_fold(config: TrainConfig, manifest: Manifest, fold_of: list[int], k: in
         rest = [replace(r, split="train") for r in rest]
     else:
         rest = split_rows(rest, fractions=(1.0 - val_fraction, val_fraction, 0.0), seed=seed, group_by=group_by)
+    rest += extra
     n_train, n_val = sum(r.split == "train" for r in rest), sum(r.split == "val" for r in rest)
     fold_manifest = write_manifest(rest + [replace(r, split="test") for r in test], fold_dir / "manifest.csv",
                                    root=manifest.root)
@@ -283,8 +315,9 @@ def cross_validate(
     val_fraction: float = 0.125,
     out_dir: str | Path,
 ) -> CrossValidationReport:
-    """Train ``config`` once per fold of ``manifest_path`` (its ``data.train`` is replaced) and test each model
-    on its held-out fold. ``val_fraction`` of the other folds' rows is the validation split of each run.
+    """Train ``config`` once per fold of ``manifest_path`` and test each model on its held-out fold.
+    ``val_fraction`` of the other folds' rows is the validation split of each run. When ``data.train`` lists
+    ``manifest_path`` and others, the others are extra sources: trained on in every fold, never tested.
 
     A recipe that trains on every row it is given (``data.train_split: all``) trains each fold on all the other
     folds' rows (no validation split), and then the final model on every row of the manifest, whose temperature
@@ -297,19 +330,20 @@ def cross_validate(
     if not manifest.rows:
         raise DataError(f"manifest {manifest_path} has no rows")
     all_rows = config.data.train_split == ALL_ROWS
+    extra = extra_sources(config, manifest, Path(manifest_path))
     fold_of = assign_folds(manifest.rows, folds, seed=seed, group_by=group_by)
     out = Path(out_dir)
     report = CrossValidationReport(config.name, str(manifest_path), folds, seed, group_by, out)
     oof: list[tuple[int, dict[str, HeadReport]]] = []
     for k in range(folds):
         result, heads = _run_fold(config, manifest, fold_of, k, out=out, seed=seed, group_by=group_by,
-                                  val_fraction=val_fraction, all_rows=all_rows)
+                                  val_fraction=val_fraction, all_rows=all_rows, extra=extra)
         report.results.append(result)
         oof.append((k, heads))
     report.heads = summarise(report.results)
     report.calibration = out_of_fold_calibration(oof, config.calibration.ood_quantile)
     if all_rows:
-        report.final_checkpoint = str(_final_model(config, manifest, out, report.calibration))
+        report.final_checkpoint = str(_final_model(config, manifest, extra, out, report.calibration))
     _plot_pooled_confusion(report)
     (out / "cv.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
     (out / "cv.md").write_text(report.summary_markdown(), encoding="utf-8")
@@ -317,10 +351,12 @@ def cross_validate(
     return report
 
 
-def _final_model(config: TrainConfig, manifest: Manifest, out: Path, calibration: dict[str, HeadCalibration]) -> Path:
-    """Train the recipe on every row and write it, calibrated out of fold, to ``<out>/final.pt``."""
+def _final_model(config: TrainConfig, manifest: Manifest, extra: list[ManifestRow], out: Path,
+                 calibration: dict[str, HeadCalibration]) -> Path:
+    """Train the recipe on every row (and the extra sources) and write it, calibrated out of fold, to
+    ``<out>/final.pt``."""
     final_dir = out / "final"
-    rows = [replace(r, split="train") for r in manifest.rows]
+    rows = [replace(r, split="train") for r in manifest.rows] + extra
     final_manifest = write_manifest(rows, final_dir / "manifest.csv", root=manifest.root)
     trained = fit(_fold_config(config, f"{config.name}-final", final_dir, final_manifest, all_rows=True))
     return write_calibration(trained.best_checkpoint, out / "final.pt", calibration, config.calibration.ood_quantile)

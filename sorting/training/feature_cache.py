@@ -186,9 +186,9 @@ def _encode(encoder: Encoder, dataset: Dataset, *, mirror: bool, store: FeatureS
     """Rows (packed, ``dtype``) of ``dataset`` plain (and mirrored, when ``mirror``), and its targets.
 
     With a ``store``, rows already in it are read back and only the other images go through the encoder."""
-    keys = [k for k in (_row_keys(dataset, False), _row_keys(dataset, True) if mirror else []) if k is not None]
-    use_store = store is not None and len(keys) == (2 if mirror else 1)
     variants = 2 if mirror else 1
+    keys = [k for k in (_row_keys(dataset, v == 1) for v in range(variants)) if k is not None]
+    use_store = store is not None and len(keys) == variants
     rows: list[list[torch.Tensor | None]] = [[None] * len(dataset) for _ in range(variants)]
     layout = store.layout() if use_store else None
     if use_store:
