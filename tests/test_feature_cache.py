@@ -114,3 +114,13 @@ def test_feature_store_reuses_rows_of_the_same_encoder_and_only_of_it(tmp_path, 
     assert seen == [2] and torch.equal(plain.views[0], other.views[0])
     dataset.augmentation = lambda image: {"image": image}
     assert dataset.cache_keys() is None
+
+
+def test_cache_keys_name_the_file_not_the_way_a_manifest_reaches_it(tmp_path) -> None:
+    """Cross-validation folds and the final run read the same images through differently rebased manifests."""
+    from sorting.training.data import ManifestDataset, Sample
+
+    dataset = _swatch_dataset(tmp_path)
+    detour = Sample(tmp_path / "data" / "img" / ".." / "img" / dataset.samples[0].path.name, dataset.samples[0].targets)
+    other = ManifestDataset([detour], dataset.preprocess_config)
+    assert other.cache_keys() == dataset.cache_keys()[:1]

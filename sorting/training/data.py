@@ -190,10 +190,11 @@ class ManifestDataset(Dataset):
         keys = []
         for sample in self.samples:
             try:
-                stat = sample.path.stat()
+                path = sample.path.resolve()  # one key per file, however a manifest's relative path reaches it
+                stat = path.stat()
             except OSError:
                 return None
-            text = f"{sample.path}|{stat.st_size}|{stat.st_mtime_ns}|{config}"
+            text = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{config}"
             keys.append(hashlib.sha1(text.encode()).hexdigest())
         return keys
 
