@@ -25,7 +25,7 @@ from benchmarks.probe_cv import FEATURE_SETS, VIEW_SETS
 from benchmarks.research import SCORE_HEADER, cv_folds, encode, load_features, scores
 from benchmarks.tasks import TASKS
 from sorting.training.data import balanced_loss_weights
-from sorting.training.trainer import lr_factor
+from sorting.training.engine import lr_factor
 
 
 def train_head(x: np.ndarray, y: np.ndarray, n_classes: int, *, wd: float, lr: float, epochs: int, dropout: float,

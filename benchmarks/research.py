@@ -21,8 +21,8 @@ from sklearn.preprocessing import StandardScaler
 
 from sorting.datasets.manifest import read_manifest
 from sorting.datasets.split import assign_folds
-from sorting.training.calibration import softmax
-from sorting.training.metrics import classification_metrics, expected_calibration_error, purity_at_reject
+from sorting.models.calibration import softmax
+from sorting.models.metrics import classification_metrics, expected_calibration_error, purity_at_reject
 
 FEATURES = Path("runs/features")
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from sorting.errors import SortingError
+from sorting.errors import ConfigError, SortingError
 
 
 def project_root() -> Path:
@@ -30,3 +30,22 @@ def project_root() -> Path:
 def runs_dir() -> Path:
     """Default folder for run outputs (``$TEXTILE_SORTER_RUNS`` or ``./runs``)."""
     return Path(os.environ.get("TEXTILE_SORTER_RUNS", "runs"))
+
+
+def check_output_path(path: str | Path, what: str, *, folder: bool = False) -> Path:
+    """Refuse, before any work starts, an output that cannot be written; ``what`` names the option or key.
+
+    A file path must not be a folder (a folder path not a file), and no part of the way to it may be a
+    file. Missing folders are fine: every writer creates them.
+    """
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} is a file, not a folder")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{what} {path} is a folder; give a file name")
+    ancestor = next((p for p in path.parents if p.exists()), Path(path.anchor or "."))
+    if not ancestor.is_dir():
+        raise ConfigError(f"{what} {path}: {ancestor} is a file, not a folder")
+    if not os.access(ancestor, os.W_OK):
+        raise ConfigError(f"{what} {path}: no permission to write in {ancestor}")
+    return path

@@ -51,7 +51,7 @@ def load_taxonomy(path: str | Path | None = None) -> Taxonomy:
     """Load a taxonomy YAML (default: ``datasets/taxonomy.yaml``)."""
     path = Path(path) if path else project_root() / "datasets" / "taxonomy.yaml"
     data = read_yaml(path)
-    unknown = set(data) - {"version", "fibre", "colour"}
+    unknown = set(data) - {"version", "fibre", "colour", "blends"}  # blends: read by sorting.datasets.spectra_labels
     if unknown:
         raise ConfigError(f"taxonomy {path}: unknown key(s) {sorted(unknown)}")
     heads = {}

@@ -24,3 +24,12 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real reference data not present at {SHARED_DATA} (only in the project's CI/dev machines)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_nir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small spectral model trained on synthetic swatches (cotton, polyester, polyamide, background) and its
+    manifest split by swatch (``test``: spectra it never saw). ``(model.onnx, manifest)``."""
+    from tests._spectra_fixtures import tiny_spectral_model
+
+    return tiny_spectral_model(tmp_path_factory.mktemp("tiny-nir"))

@@ -76,7 +76,7 @@ def test_modbus_pulses_arrive_and_link_loss_is_survived() -> None:
         (a_on, v_on, t_on), (a_off, v_off, t_off) = plc.sets()
         assert (a_on, v_on, a_off, v_off) == (4, True, 4, False)
         assert t_on >= t0 - 0.005 and t_on - t0 < 0.1
-        assert 0.04 <= t_off - t_on < 0.2
+        assert 0.04 <= t_off - t_on < 0.5  # at least the pulse; the bound above only catches a stuck output
 
         # a firing already past its time is not sent
         act.fire(2, time.monotonic() - 1.0, 0.02, item_id=2)
@@ -93,7 +93,7 @@ def test_modbus_pulses_arrive_and_link_loss_is_survived() -> None:
 
         plc = LoopbackPlc(port).start()
         assert wait_for(lambda: act.connected), "reconnect with back-off after the PLC is back"
-        assert act.reconnects == 1 and links[-1] is True
+        assert act.link.reconnects == 1 and links[-1] is True
         time.sleep(0.1)
         assert all(a != 5 or v is False for a, v, _ in plc.sets()), "late firing must not be sent after reconnect"
         act.fire(2, time.monotonic() + 0.05, 0.02, item_id=4)
@@ -128,7 +128,7 @@ def test_modbus_without_plc_reports_missed_and_does_not_block() -> None:
     act, missed, _ = _modbus(free_port())
     t = time.monotonic()
     act.fire(1, t + 0.02, 0.01, item_id=1)
-    assert time.monotonic() - t < 0.05  # fire() never blocks the loop
+    assert time.monotonic() - t < 0.25  # fire() never blocks the loop (a timeout would take 0.5 s+)
     assert wait_for(lambda: len(missed) == 1)
     act.close()
     assert not act.connected and missed[0][1] == "disconnected"

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
+import numpy as np
 import pytest
-
 from _onnx_fixtures import make_checkpoint, make_manifest
+
 from sorting.cli import main
 from sorting.errors import ConfigError
 from sorting.models.bench import BenchConfig, EvalSet, run_benchmark, write_report
+from sorting.models.evaluation import evaluate_onnx
 from sorting.models.export import export_checkpoint
 from sorting.models.quantize import calibration_images, quantize_model
+from sorting.models.speed import SpeedMeter
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +45,11 @@ def test_bench_registry_and_file_models_fp32_and_int8(setup: tuple[Path, Path], 
         assert r["params_m"] > 0.01 and r["size_mb"] > 0
     acc_key = "data[test]:colour_accuracy"
     assert acc_key not in rows[0]  # untrained registry build: no accuracy
-    assert 0.0 <= rows[2][acc_key] <= 1.0 and 0.0 <= rows[3]["data[test]:fibre_macro_f1"] <= 1.0
-    assert result["machine"]["threads"] == 1 and result["machine"]["cores"] >= 1
+    for row, path in ((rows[2], onnx_path), (rows[3], int8_path)):  # the shared evaluation's figures, on all 12 test rows
+        report = evaluate_onnx(path, manifest, split="test", out_dir=tmp_path / "eval" / path.stem, progress=False)
+        assert row[acc_key] == report.heads["colour"].metrics["accuracy"]
+        assert row["data[test]:fibre_macro_f1"] == report.heads["fibre"].metrics["macro_f1"]
+    assert result["machine"]["threads"] == 1 and result["machine"]["cores"] == os.cpu_count()
     assert result["config"]["calib"].endswith("manifest.csv:val")  # never calibrates on test rows
 
     paths = write_report(result, tmp_path / "out" / "table", command="textile-sorter bench ...", note="noisy")
@@ -71,3 +78,28 @@ def test_cli_bench_quick(setup: tuple[Path, Path], tmp_path: Path, capsys: pytes
     assert "img/s" in capsys.readouterr().out
     text = out.with_suffix(".md").read_text()
     assert "--no-int8 --quick" in text and "data[val]" in text
+
+
+class RunClock:
+    """A fake clock read twice per timed run (start, end): each run lasts the next of ``durations`` seconds."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.durations = iter(durations)
+        self.now = 0.0
+        self.running = False
+
+    def __call__(self) -> float:
+        if self.running:
+            self.now += next(self.durations)
+        self.running = not self.running
+        return self.now
+
+
+def test_speed_figures_come_from_the_clock(setup: tuple[Path, Path]) -> None:
+    meter = SpeedMeter(setup[1], threads=1, batch=4, warmup=1,
+                       clock=RunClock([0.002, 0.002, 0.002, 0.010, 0.040, 0.040, 0.080]))
+    meter.sample(4, 3)  # four single-image runs (2, 2, 2, 10 ms), three batch runs (40, 40, 80 ms)
+    result = meter.result()
+    assert result["latency_p50_ms"] == pytest.approx(2.0)
+    assert result["latency_p99_ms"] == pytest.approx(float(np.percentile([2, 2, 2, 10], 99)))
+    assert result["throughput_img_s"] == pytest.approx(4 / 0.040)  # the median batch run

@@ -32,7 +32,7 @@ def test_each_chosen_bin_pulses_its_own_address(repo_root) -> None:
     assert pulses == [(4, True), (1, True)]  # in the order asked, nothing else switched on
     times = {a: [t for b, v, t in plc.sets() if b == a] for a in (4, 1)}
     on, off = times[4][-2:]
-    assert 0.06 <= off - on < 0.3  # wool's own 80 ms pulse
+    assert 0.06 <= off - on < 0.6  # wool's own 80 ms pulse (the bound above only catches a stuck output)
     assert plc.sets()[-1][1] is False  # closing clears the outputs
 
 

@@ -105,7 +105,7 @@ def test_writes_from_several_threads(log_path) -> None:
 def test_duplicate_decision_is_kept_visible(log_path) -> None:
     with DecisionLog(DecisionLogConfig(path=log_path), session="d") as log:
         log.record(evidence(1), decision(1, "rule:x"))
-        uid = log.record(evidence(1), decision(1, "rule:x"))
+        uid, _ = log.record(evidence(1), decision(1, "rule:x"))
         assert uid.startswith("d-1-dup") and log.summary()["items"] == 2
 
 

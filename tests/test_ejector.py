@@ -97,7 +97,7 @@ def test_stalled_loop_reports_missed_firing() -> None:
     sched, act = make()
     sched.commit(sched.plan(3, to(1), 0.0))
     result = sched.tick(0.49)  # the loop froze: 10 ms left, budget is 30 ms
-    assert [f.item_id for f in result.missed] == [3] and not result.dispatched
+    assert [(f.item_id, why) for f, why in result.missed] == [(3, "late")] and not result.dispatched
     assert not act.firings and sched.pending == 0
 
 

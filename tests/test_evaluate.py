@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -13,8 +16,9 @@ import torch
 from sorting.datasets.manifest import ManifestRow, write_manifest
 from sorting.errors import DataError, ModelFileError
 from sorting.models.checkpoint import save_checkpoint
+from sorting.models.evaluation import predict_logits
 from sorting.models.multihead import build_multihead
-from sorting.training.evaluate import evaluate_model, load_predictor, predict_logits
+from sorting.training.evaluate import evaluate_model, load_predictor
 
 FIBRES = ["cotton", "polyester", "wool"]
 COLOURS = ["red", "blue"]
@@ -130,6 +134,19 @@ def test_onnx_export_scores_like_its_checkpoint(tiny_checkpoint: Path, tiny_mani
     for head in ("fibre", "colour"):
         assert b.heads[head].metrics["confusion_matrix"] == a.heads[head].metrics["confusion_matrix"]
         assert b.heads[head].ece_after == pytest.approx(a.heads[head].ece_after, abs=1e-4)
+    # the models room scores the ONNX file without torch (what bench and quantize use)
+    script = (
+        "import json, sys\n"
+        "from sorting.models.evaluation import evaluate_onnx\n"
+        f"r = evaluate_onnx({str(onnx_path)!r}, {str(tiny_manifest)!r}, out_dir={str(tmp_path / 'np')!r}, threads=1,"
+        " progress=False)\n"
+        "print(json.dumps({'torch': 'torch' in sys.modules, 'cm': r.heads['colour'].metrics['confusion_matrix']}))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    torch_free = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert torch_free == {"torch": False, "cm": b.heads["colour"].metrics["confusion_matrix"]}
 
 
 def test_cli_evaluate_prints_summary(tiny_checkpoint: Path, tiny_manifest: Path, tmp_path: Path,

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-
 from _onnx_fixtures import LABELS, make_checkpoint, make_manifest, make_model
+
 from sorting.cli import main
 from sorting.datasets.manifest import read_manifest
 from sorting.errors import ConfigError, ModelFileError
@@ -76,7 +76,6 @@ def test_predict_matches_torch_with_calibration_and_ood(exported: tuple[Path, Pa
         np.testing.assert_allclose(pred.probs[head].sum(axis=1), 1.0, atol=1e-5)
         np.testing.assert_allclose(pred.energy[head], energy_score(logits, t), atol=1e-4)
         np.testing.assert_array_equal(pred.ood[head], pred.energy[head] > -1.0)
-    assert pred.top1("colour")[0] in LABELS["colour"]
     assert clf.predict(images[:1]).probs["colour"].shape == (1, 4)  # batch size is free
 
 

@@ -11,7 +11,7 @@ from _swatches import red_blue_manifest
 
 from sorting.datasets.preprocess import preprocess
 from sorting.models.checkpoint import load_checkpoint
-from sorting.training import trainer
+from sorting.training import feature_cache, image_setup, trainer
 from sorting.training.config import load_train_config
 from sorting.training.feature_cache import cache_applies
 
@@ -27,8 +27,8 @@ def test_cached_heads_training_gives_a_full_checkpoint(tmp_path, monkeypatch) ->
     ])
     assert cache_applies(config) and not cache_applies(config.model_copy(update={"freeze_backbone_epochs": 3}))
     passes = []
-    real_extract = trainer.extract_features
-    monkeypatch.setattr(trainer, "extract_features", lambda *a, **kw: passes.append(kw.get("flip", False)) or real_extract(*a, **kw))
+    real_extract = feature_cache.extract_features
+    monkeypatch.setattr(feature_cache, "extract_features", lambda *a, **kw: passes.append(kw.get("flip", False)) or real_extract(*a, **kw))
     result = trainer.fit(config)
     assert passes == [True, False]  # train (+ mirrored) and val features: one backbone pass each, not one per epoch
 
@@ -56,7 +56,7 @@ def test_frozen_backbone_standardisation_is_fitted_from_the_cache(tmp_path, monk
         "batch_size=8", "num_workers=0", "progress=false", "threads=1", "optim.epochs=2", "optim.warmup_epochs=0",
         "freeze_backbone_epochs=2", "augment.preset=flip", "tracking.enabled=false",
     ])
-    monkeypatch.setattr(trainer, "_fit_backbone_statistics", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("extra pass")))
+    monkeypatch.setattr(image_setup, "fit_backbone_statistics", lambda *a, **kw: (_ for _ in ()).throw(AssertionError("extra pass")))
     ckpt = load_checkpoint(trainer.fit(config).best_checkpoint)
     train_rows = [r for r in range(48) if r % 4 != 0]
     imgs = [cv2.imread(str(tmp_path / "data" / "img" / f"{i}.png")) for i in train_rows]
@@ -71,8 +71,8 @@ def test_frozen_backbone_standardisation_is_fitted_from_the_cache(tmp_path, monk
 
 def _swatch_dataset(tmp_path, n: int = 12):
     from sorting.datasets.preprocess import PreprocessConfig
-    from sorting.training.data import LabelSpace, ManifestDataset, collect_samples, load_head_aliases
     from sorting.taxonomy import load_taxonomy
+    from sorting.training.data import LabelSpace, ManifestDataset, collect_samples, load_head_aliases
 
     space = LabelSpace.from_taxonomy(load_taxonomy(), ["colour"])
     samples = collect_samples([red_blue_manifest(tmp_path / "data", n)], "train", space, load_head_aliases(["colour"]))

@@ -46,7 +46,8 @@ def _config(manifest: Path, tmp_path: Path, *extra: str):
 def _cpu_accuracy(checkpoint: Path, manifest: Path) -> float:
     """Accuracy of the saved checkpoint, loaded and run on the CPU, over every image of the manifest."""
     from sorting.datasets.manifest import read_manifest
-    from sorting.training.evaluate import load_predictor, predict_logits
+    from sorting.models.evaluation import predict_logits
+    from sorting.training.evaluate import load_predictor
 
     ckpt = load_checkpoint(checkpoint)
     assert all(p.device.type == "cpu" for p in ckpt.model.parameters())

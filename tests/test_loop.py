@@ -6,22 +6,21 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import yaml
 
 from sorting.config import build_config
 from sorting.errors import ConfigError
 from sorting.serving.actuators import SimulatedActuator
 from sorting.serving.annotate import VideoWriter, annotate_frame
-from sorting.serving.decision_log import DecisionLog
-from sorting.serving.ejector import EjectorScheduler, FixedSpeed
+from sorting.serving.builder import build_sorter
+from sorting.serving.classifier import ClassScores, CropBatch, ModelWatcher
+from sorting.serving.ejector import FixedSpeed
 from sorting.serving.line_config import LineConfig
-from sorting.serving.loop import ModelWatcher, SorterLoop
-from sorting.serving.policy import Policy, load_policy_config
+from sorting.serving.loop import STAGES, SorterLoop
 from sorting.serving.sources import Frame, FrameSource
 from sorting.taxonomy import load_taxonomy
 from test_segmentation import FPS, PALETTE, PATCH, SPEED, ClipItem, make_belt_clip
@@ -67,26 +66,23 @@ class _TimedList(ListSource):
         return None if frame is None else Frame(frame.index, frame.index / self._fps, frame.image)
 
 
-@dataclass
-class _Meta:
-    labels: dict[str, list[str]]
-
-
-@dataclass
-class _Preds:
-    probs: dict[str, np.ndarray]
-    ood: dict[str, np.ndarray]
-
-
 class ColourFakeClassifier:
-    """Stands in for OnnxClassifier: colour probabilities from the crop's central colour."""
+    """Stands in for a model: colour probabilities from the crop's central colour."""
+
+    model_id = "fake:colour"
 
     def __init__(self) -> None:
-        self.metadata = _Meta({"colour": COLOURS})
+        self.labels: dict[str, list[str]] = {"colour": COLOURS}
         self.calls = 0
         self.batch_sizes: list[int] = []
+        self.quantiles: list[float] = []
 
-    def predict(self, crops: list[np.ndarray]) -> _Preds:
+    def use_ood_quantile(self, quantile: float) -> None:
+        self.quantiles.append(quantile)
+
+    def classify(self, batch: CropBatch) -> ClassScores:
+        crops = batch.crops
+        assert len(batch.detections) == len(crops)
         self.calls += 1
         self.batch_sizes.append(len(crops))
         probs = np.full((len(crops), len(COLOURS)), 0.02 / (len(COLOURS) - 1), np.float32)
@@ -95,10 +91,7 @@ class ColourFakeClassifier:
             centre = np.median(crop[h // 3 : 2 * h // 3 + 1, w // 3 : 2 * w // 3 + 1].reshape(-1, 3), axis=0)
             name = min(PALETTE, key=lambda k: float(np.sum((np.asarray(PALETTE[k]) - centre) ** 2)))
             probs[i, COLOURS.index(NAME[name])] = 0.98
-        return _Preds({"colour": probs}, {"colour": np.zeros(len(crops), bool)})
-
-    def self_check(self) -> None:
-        """Always passes."""
+        return ClassScores({"colour": probs}, {"colour": np.zeros(len(crops), bool)})
 
 
 def line_config(tmp_path: Path) -> LineConfig:
@@ -112,15 +105,12 @@ def line_config(tmp_path: Path) -> LineConfig:
     }, "test line")
 
 
-def make_loop(tmp_path: Path, frames: list[np.ndarray]) -> tuple[SorterLoop, SimulatedActuator, ColourFakeClassifier]:
-    cfg = line_config(tmp_path)
-    policy_cfg = load_policy_config(cfg.policy.bins)
-    clf = ColourFakeClassifier()
-    policy = Policy(policy_cfg, clf.metadata.labels)
+def make_loop(tmp_path: Path, frames: list[np.ndarray], cfg: LineConfig | None = None,
+              clf: ColourFakeClassifier | None = None) -> tuple[SorterLoop, SimulatedActuator, ColourFakeClassifier]:
+    clf = clf or ColourFakeClassifier()
     actuator = SimulatedActuator()
-    scheduler = EjectorScheduler(cfg.ejector, policy_cfg, actuator, FixedSpeed(SPEED, "px"), px_per_m=500)
-    dlog = DecisionLog(cfg.log, reject_bin=policy_cfg.reject.id)
-    loop = SorterLoop(cfg, ListSource(frames), clf, policy, decision_log=dlog, scheduler=scheduler)
+    loop = build_sorter(cfg or line_config(tmp_path), source=ListSource(frames), classifier=clf, actuator=actuator,
+                        speed=FixedSpeed(SPEED, "px"))
     return loop, actuator, clf
 
 
@@ -164,16 +154,53 @@ def test_every_item_gets_one_decision_and_hard_items_fail_safe(tmp_path):
         else:
             assert decision.bin_name in ("reject", EXPECTED_BIN[it.colour]), (it, decision.decision)
     assert decided_tracks == set(by_track), "a decision belongs to no ground-truth item"
-    assert all(d.trigger == "line" for d in decisions)
-    # one batched model call per frame at most, and each item seen a few times, not every frame
-    assert clf.calls <= len(frames) and max(clf.batch_sizes) >= 1
+    assert all(d.ended == "line" for d in decisions)
+    # one batched model call per frame at most, never an empty one, and each item classified a few times only
+    max_views = loop.cfg.tracking.max_views
+    assert clf.calls <= len(frames) and min(clf.batch_sizes) >= 1
+    assert all(d.summary.n_views <= max_views for d in decisions)
+    assert all(d.summary.n_views >= 1 for d in decisions if d.bin != d.reject_bin)
     # persisted: one row per decision; product-bin decisions fired once each (offline clip flushed)
     with sqlite3.connect(tmp_path / "decisions.sqlite") as db:
         rows = db.execute("SELECT item_id, bin FROM decisions").fetchall()
     assert sorted(int(i) for i, _ in rows) == sorted(by_track)
     product = sorted(d.track_id for d in decisions if d.bin != d.reject_bin)
     assert sorted(int(f.item_id) for f in actuator.firings) == product
-    assert set(loop.stage_means_ms()) >= {"read", "segment", "track", "calibrate", "classify", "decide", "log_actuate"}
+    assert set(loop.stage_means_ms()) == set(STAGES)
+
+
+class CommitCheckingActuator(SimulatedActuator):
+    """Looks up the decision row through a second, read-only connection each time it is told to fire."""
+
+    def __init__(self, db_path: Path) -> None:
+        super().__init__()
+        self.db_path = db_path
+        self.unlogged: list[object] = []
+
+    def fire(self, bin: int, at_time: float, pulse_s: float, *, item_id: int | str | None = None) -> None:
+        db = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT bin FROM decisions WHERE item_id = ?", (str(item_id),)).fetchone()
+        finally:
+            db.close()
+        if row is None or row[0] != bin:
+            self.unlogged.append(item_id)
+        super().fire(bin, at_time, pulse_s, item_id=item_id)
+
+
+def test_a_decision_is_committed_before_the_actuator_hears_of_it(tmp_path):
+    """With a dispatch horizon longer than the belt, each firing reaches the actuator in the very frame
+    its item is decided: the row must already be committed (visible to another connection) by then."""
+    frames, _ = make_belt_clip(hard=False, n_frames=150)
+    cfg = line_config(tmp_path)
+    cfg.ejector.dispatch_horizon_ms = 100_000
+    actuator = CommitCheckingActuator(tmp_path / "decisions.sqlite")
+    loop = build_sorter(cfg, source=ListSource(frames), classifier=ColourFakeClassifier(), actuator=actuator,
+                        speed=FixedSpeed(SPEED, "px"))
+    decided = {r.index: [d.track_id for d in r.decisions if d.bin != d.reject_bin] for r in loop.run()}
+    fired = [int(f.item_id) for f in actuator.firings]
+    assert len(fired) >= 3 and actuator.unlogged == []
+    assert fired == [i for index in sorted(decided) if index >= 0 for i in decided[index]]
 
 
 def test_stop_drains_in_flight_items_as_shutdown(tmp_path):
@@ -185,8 +212,8 @@ def test_stop_drains_in_flight_items_as_shutdown(tmp_path):
         if res.index == 62:  # item 1 decided (frame ~55), items 2..4 upstream of the line
             loop.stop()
     decisions = [d for r in results for d in r.decisions]
-    assert {d.trigger for d in decisions} == {"line", "shutdown"}
-    assert all(d.bin_name == "reject" for d in decisions if d.trigger == "shutdown")
+    assert {d.ended for d in decisions} == {"line", "shutdown"}
+    assert all(d.bin_name == "reject" for d in decisions if d.ended == "shutdown")
     assert len({d.track_id for d in decisions}) == len(decisions)
     with sqlite3.connect(tmp_path / "decisions.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM decisions").fetchone()[0] == len(decisions)
@@ -203,20 +230,17 @@ def test_annotated_video_is_written(tmp_path):
     assert out.is_file() and out.stat().st_size > 1000
 
 
-class _Loaded:
-    def __init__(self, ok: bool) -> None:
-        self.ok = ok
-
-    def self_check(self) -> None:
-        if not self.ok:
-            raise RuntimeError("broken model")
-
-
 def test_hot_reload_swaps_only_a_model_that_passes_self_check(tmp_path):
     path = tmp_path / "model.onnx"
     path.write_bytes(b"v1")
     good = {"value": True}
-    watcher = ModelWatcher(path, poll_s=0.01, loader=lambda p: _Loaded(good["value"]))
+
+    def load(p: Path) -> ColourFakeClassifier:
+        if not good["value"]:
+            raise RuntimeError("broken model: self-check failed")
+        return ColourFakeClassifier()
+
+    watcher = ModelWatcher(path, poll_s=0.01, loader=load)
     assert watcher.poll() is None  # unchanged file
     for ok in (False, True):
         good["value"] = ok
@@ -235,18 +259,23 @@ class _ReloadedFake(ColourFakeClassifier):
 
     def __init__(self, layout: bool) -> None:
         super().__init__()
-        labels = {"colour": COLOURS, **({"layout": ["single", "several"]} if layout else {})}
-        self.metadata = SimpleNamespace(labels=labels, model_name="fake", run_id="layout" if layout else "plain")
+        self.labels = {"colour": COLOURS, **({"layout": ["single", "several"]} if layout else {})}
+        self.model_id = f"fake:{'layout' if layout else 'plain'}"
 
-    def predict(self, crops: list[np.ndarray]) -> _Preds:
-        preds = super().predict(crops)
-        if "layout" in self.metadata.labels:
-            preds.probs["layout"] = np.tile(np.array([[0.9, 0.1]], np.float32), (len(crops), 1))
-            preds.ood["layout"] = np.zeros(len(crops), bool)
-        return preds
+    def classify(self, batch: CropBatch) -> ClassScores:
+        scores = super().classify(batch)
+        if "layout" not in self.labels:
+            return scores
+        n = len(batch.crops)
+        return ClassScores({**scores.probs, "layout": np.tile(np.array([[0.9, 0.1]], np.float32), (n, 1))},
+                           {**scores.ood, "layout": np.zeros(n, bool)})
 
 
 class _OneModelWatcher:
+    """Hands over one model once; refuses no file."""
+
+    path, rejected, last_error = Path("model.onnx"), 0, ""
+
     def __init__(self, model) -> None:
         self.model = model
 
@@ -256,19 +285,18 @@ class _OneModelWatcher:
 
 
 def test_the_bins_files_ood_quantile_reaches_the_model_and_a_model_without_it_is_refused(tmp_path):
-    loop, _, clf = make_loop(tmp_path, [])
-    picked = []
-    clf.use_ood_quantile = picked.append
-    policy = Policy(loop.policy.config.model_copy(update={"ood_quantile": 0.995}), clf.metadata.labels)
-    SorterLoop(loop.cfg, ListSource([]), clf, policy).close()
-    assert picked == [0.995]
+    bins = yaml.safe_load((REPO / "serving" / "bins-colour-6.yaml").read_text())
+    (tmp_path / "bins.yaml").write_text(yaml.safe_dump({**bins, "ood_quantile": 0.995}))
+    cfg = line_config(tmp_path)
+    cfg.policy.bins = tmp_path / "bins.yaml"
+    loop, _, clf = make_loop(tmp_path, [], cfg)
+    assert clf.quantiles == [0.995]
 
     def lacks_table(quantile):
         raise ConfigError("no OOD threshold at quantile 0.995; retrain")
 
     new = _ReloadedFake(layout=False)
     new.use_ood_quantile = lacks_table
-    loop.policy = policy
     loop.watcher = _OneModelWatcher(new)
     loop._maybe_reload()
     assert loop.classifier is clf  # refused: the old model keeps serving
@@ -296,13 +324,11 @@ def test_synthetic_conveyor_clip_one_decision_per_garment(tmp_path):
 
     world = ConveyorWorld(ConveyorConfig(n_items=10, seed=3, hard_fraction=0.2))
     gt = world.ground_truth()
-    cfg = load_line_config(REPO / "serving" / "line-colour-6bin.yaml", [f"log.path={tmp_path / 'd.sqlite'}"])
-    policy_cfg = load_policy_config(cfg.policy.bins)
-    clf = ColourFakeClassifier()
-    scheduler = EjectorScheduler(cfg.ejector, policy_cfg, SimulatedActuator(), FixedSpeed(200.0, "px"), px_per_m=500)
+    cfg = load_line_config(REPO / "serving" / "line-colour-6bin.yaml",
+                           [f"log.path={tmp_path / 'd.sqlite'}", "telemetry.port=0"])
     frames = [img for _, _, img in world.frames()]
-    loop = SorterLoop(cfg, _TimedList(frames, gt["fps"]), clf, Policy(policy_cfg, clf.metadata.labels),
-                      scheduler=scheduler, keep_images=True)
+    loop = build_sorter(cfg, source=_TimedList(frames, gt["fps"]), classifier=ColourFakeClassifier(),
+                        actuator=SimulatedActuator(), speed=FixedSpeed(200.0, "px"))
     results = list(loop.run())
     decisions = {d.track_id: d for r in results for d in r.decisions}
     owners: dict[int, dict[int, int]] = {it["id"]: {} for it in gt["items"]}
@@ -328,7 +354,7 @@ def test_synthetic_conveyor_clip_one_decision_per_garment(tmp_path):
 
 def test_demo_without_progress_trains_without_progress_bars():
     from sorting.config import load_config
-    from sorting.serving.demo import DemoConfig, train_overrides
+    from sorting.apps.demo import DemoConfig, train_overrides
     from sorting.training.config import TrainConfig
 
     recipe = REPO / "training" / "synthetic-quick.yaml"

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sorting.training.calibration import (
+from sorting.models.calibration import (
     energy_scores,
-    energy_threshold,
+    energy_thresholds,
     fit_temperature,
     nll,
     softmax,
 )
-from sorting.training.metrics import (
+from sorting.models.metrics import (
     classification_metrics,
     confusion_matrix,
     expected_calibration_error,
@@ -142,7 +142,10 @@ def test_energy_scores_and_threshold():
     assert e[1] == pytest.approx(-(10.0 + np.log1p(np.exp(-10.0))))
     assert energy_scores(logits, 2.0)[0] == pytest.approx(-2.0 * np.log(2.0))
     val = np.random.default_rng(0).normal(size=(1000, 4)) * 3
-    thr = energy_threshold(val, 1.0, quantile=0.99)
-    assert np.mean(energy_scores(val, 1.0) > thr) == pytest.approx(0.01, abs=0.002)
+    low, high = energy_thresholds(val, 1.0, (0.95, 0.99))
+    assert np.mean(energy_scores(val, 1.0) > high) == pytest.approx(0.01, abs=0.002)
+    assert np.mean(energy_scores(val, 1.0) > low) == pytest.approx(0.05, abs=0.002)
     with pytest.raises(ValueError):
-        energy_threshold(val, 0.0)
+        energy_thresholds(val, 0.0, (0.99,))
+    with pytest.raises(ValueError, match="quantiles"):
+        energy_thresholds(val, 1.0, (0.0,))

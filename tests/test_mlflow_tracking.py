@@ -11,11 +11,11 @@ import pytest
 from onnx import TensorProto, helper
 
 from sorting.datasets.preprocess import PreprocessConfig
+from sorting.models.evaluation import EvaluationReport, evaluate_head
 from sorting.models.onnx_model import ModelMetadata
-from sorting.training.cross_validate import CrossValidationReport, FoldResult, summarise
-from sorting.training.evaluate import EvaluationReport, evaluate_head
 from sorting.training.config import TrackingConfig
-from sorting.training.tracking import MlflowCallback, MlflowTracker, default_tracking_uri, flatten, numeric_metrics
+from sorting.training.cross_validate import CrossValidationReport, FoldResult, summarise
+from sorting.training.tracking import MlflowTracker, default_tracking_uri, flatten, numeric_metrics
 
 pytestmark = pytest.mark.slow  # creating an MLflow SQLite store runs its migrations (~10 s)
 
@@ -39,7 +39,7 @@ def _artifacts(client, run_id: str, path: str | None = None) -> set[str]:
 
 
 def test_training_run_is_logged_and_registered(store: str, tmp_path: Path):
-    tracker = MlflowCallback(TrackingConfig(enabled=True, experiment="unit", tracking_uri=store))
+    tracker = MlflowTracker(TrackingConfig(enabled=True, experiment="unit", tracking_uri=store))
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     config = {"name": "tiny-test", "optim": {"lr": 0.001, "epochs": 2}, "model": {"heads": ["fibre", "colour"]}}
@@ -105,7 +105,7 @@ def test_onnx_joins_its_training_run_and_registry(store: str, tmp_path: Path):
     assert client.get_run(other).data.tags["textile_sorter.train_run_id"] == "nope"
 
 
-def test_log_evaluation(store: str, tmp_path: Path):
+def test_an_evaluation_report_logs_itself(store: str, tmp_path: Path):
     out = tmp_path / "eval"
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
     head = evaluate_head("colour", logits, np.array([0, 1, 1]), ["red", "blue"], out_dir=out)
@@ -113,7 +113,7 @@ def test_log_evaluation(store: str, tmp_path: Path):
     report = EvaluationReport(model_path="m.pt", model_kind="checkpoint", model_name="tiny", run_id="abc",
                               manifest_path="m.csv", split="test", tta=False, out_dir=out, n_rows=3,
                               n_evaluated=3, n_unreadable=0, unreadable=[], heads={"colour": head})
-    run_id = MlflowTracker(experiment="unit", tracking_uri=store).log_evaluation(report)
+    run_id = MlflowTracker(experiment="unit", tracking_uri=store).log_report(report)
     client = _client(store)
     run = client.get_run(run_id)
     assert run.data.metrics["colour_accuracy"] == pytest.approx(2 / 3)
@@ -121,14 +121,14 @@ def test_log_evaluation(store: str, tmp_path: Path):
     assert {"evaluation/metrics.json", "evaluation/confusion_colour.png"} <= _artifacts(client, run_id)
 
 
-def test_log_cross_validation(store: str, tmp_path: Path):
+def test_a_cross_validation_report_logs_itself(store: str, tmp_path: Path):
     results = [FoldResult(k, 8, 2, 5, f"fold-{k + 1}/best.pt", 3.0, {"fibre": acc}, {"fibre": acc / 2}, {"fibre": 5},
                           {"fibre": ["cotton", "wool"]}, {"fibre": [[2, 1], [0, 2]]}) for k, acc in enumerate((0.6, 1.0))]
     report = CrossValidationReport("tiny", "m.csv", 2, 0, None, tmp_path, results, summarise(results))
     (tmp_path / "cv.md").write_text(report.summary_markdown())
     (tmp_path / "cv.json").write_text("{}")
     (tmp_path / "confusion_fibre.png").write_bytes(b"\x89PNG\r\n\x1a\nfake")
-    run_id = MlflowTracker(experiment="unit", tracking_uri=store).log_cross_validation(report)
+    run_id = MlflowTracker(experiment="unit", tracking_uri=store).log_report(report)
     run = _client(store).get_run(run_id)
     assert run.data.metrics["cv/fibre/accuracy_mean"] == pytest.approx(0.8)
     assert run.data.metrics["cv/fibre/pooled_accuracy"] == pytest.approx(0.8)

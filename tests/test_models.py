@@ -70,7 +70,8 @@ def test_torchvision_pretrained_loads_a_local_weights_file_and_the_hub_cache(tmp
 @pytest.mark.parametrize("variant", list(VARIANTS.values()), ids=list(VARIANTS))
 def test_pretrained_lite_recognises_real_photos(variant: LiteVariant) -> None:
     """Strict-loaded packaged ImageNet weights: chelsea is a cat (281-285), coffee an espresso/cup."""
-    data = pytest.importorskip("skimage.data")
+    from skimage import data  # scikit-image's sample photos (a dev dependency)
+
     model = efficientnet_lite(variant, pretrained=True).eval()
     size = variant.input_size
     cfg = PreprocessConfig(input_size=size, resize="center_crop", mean=LITE_MEAN, std=LITE_STD)

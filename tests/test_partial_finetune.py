@@ -14,8 +14,9 @@ from _swatches import red_blue_manifest
 from sorting.datasets.preprocess import preprocess
 from sorting.errors import ConfigError
 from sorting.models.checkpoint import load_checkpoint
+from sorting.models.multihead import build_multihead
 from sorting.models.registry import create_backbone
-from sorting.training import trainer
+from sorting.training import feature_cache, trainer
 from sorting.training.config import load_train_config
 from sorting.training.feature_cache import PackedLayout, cache_applies, view_count
 
@@ -53,10 +54,10 @@ def test_partial_finetune_caches_the_prefix_once_and_trains_only_the_rest(tmp_pa
     config = load_train_config(None, _overrides(tmp_path, "augment.preset=light", "augment.views=3", "freeze_backbone_epochs=1"))
     assert cache_applies(config) and view_count(config) == 3
     torch.manual_seed(config.seed)  # the trainer seeds the same way before building the model
-    start_state = {k: v.clone() for k, v in trainer.build_multihead("efficientnet_lite0", {"colour": 12})[0].state_dict().items()}
+    start_state = {k: v.clone() for k, v in build_multihead("efficientnet_lite0", {"colour": 12})[0].state_dict().items()}
     passes = []
-    real_extract = trainer.extract_features
-    monkeypatch.setattr(trainer, "extract_features", lambda enc, ds, **kw: passes.append(len(ds)) or real_extract(enc, ds, **kw))
+    real_extract = feature_cache.extract_features
+    monkeypatch.setattr(feature_cache, "extract_features", lambda enc, ds, **kw: passes.append(len(ds)) or real_extract(enc, ds, **kw))
     result = trainer.fit(config)
     assert passes == [3, 1]  # one prefix pass per training view and one over validation, not one per epoch
 

@@ -8,7 +8,7 @@ import pytest
 
 from sorting.errors import DataError
 from sorting.serving.policy import Policy, load_policy_config
-from sorting.serving.scoring import DecisionPoint, expected_bin, load_ground_truth, score_run
+from sorting.apps.scoring import DecisionPoint, expected_bin, load_ground_truth, score_run
 from sorting.taxonomy import load_taxonomy
 
 REPO = Path(__file__).resolve().parent.parent
@@ -103,7 +103,7 @@ def test_bad_ground_truth_file(tmp_path):
 @pytest.fixture(scope="module")
 def short_clip_run(tmp_path_factory):
     """The sorter on a short synthetic conveyor video (decoded by OpenCV) with the GT-oracle classifier."""
-    from sorting.serving.bench import BenchConfig, run_bench
+    from sorting.apps.bench_sorter import BenchConfig, run_bench
 
     out = tmp_path_factory.mktemp("bench") / "run"
     bench = BenchConfig(line=REPO / "serving" / "line-colour-6bin.yaml", out_dir=out, items=24, seed=3,
@@ -138,7 +138,7 @@ def test_short_clip_touching_garments_fail_safe(short_clip_run):
 def test_short_clip_with_a_layout_head_routes_touching_garments_fail_safe(tmp_path):
     """With a layout head (here the oracle's: touching = "several") the policy rejects the pair that segmentation
     alone lets through, and still one decision per garment, and no single garment rejected as overlapping."""
-    from sorting.serving.bench import BenchConfig, run_bench
+    from sorting.apps.bench_sorter import BenchConfig, run_bench
 
     bench = BenchConfig(line=REPO / "serving" / "line-colour-6bin.yaml", out_dir=tmp_path / "run", items=24, seed=3,
                         hard_fraction=0.3, oracle_layout=True, progress=False)

@@ -128,7 +128,7 @@ def test_segmentation_finds_items_and_ignores_stain_and_patch():
             hits = [d for d in dets if abs(d.centroid[0] - point[0]) < 6 and abs(d.centroid[1] - point[1]) < 6]
             assert len(hits) == 1, (f, it.id, dets)
             assert hits[0].area == pytest.approx(it.w * it.h, rel=0.2)
-            assert not hits[0].touches_border and not hits[0].overlap_suspect
+            assert not hits[0].edges and not hits[0].overlap_suspect
             checked += 1
     assert checked > 100
 
@@ -308,11 +308,11 @@ def test_aggregation_weights_views(aggregation):
     tracker = Tracker(track_config(aggregation=aggregation), speed_px_s=SPEED)
     tracker.update([Detection(bbox=(80, 100, 40, 40), area=1600.0, centroid=(100.0, 120.0))], 0, 0.0)
     tr = tracker.tracks[0]
-    tr.add_view({"colour": np.array([0.8, 0.2])}, ood=False, whole=True, weight=1.0, frame=0)
-    tr.add_view({"colour": np.array([0.4, 0.6])}, ood=True, whole=False, weight=0.25, frame=2)
-    p = tr.probs()["colour"]
+    tr.views.add({"colour": np.array([0.8, 0.2])}, ood=False, whole=True, weight=1.0, frame=0)
+    tr.views.add({"colour": np.array([0.4, 0.6])}, ood=True, whole=False, weight=0.25, frame=2)
+    p = tr.views.probs()["colour"]
     assert p.sum() == pytest.approx(1.0, abs=1e-5) and p[0] > 0.6
-    assert tr.n_views == 2 and tr.ood_views == 1
+    assert tr.views.n == 2 and tr.views.ood == 1
 
 
 # -- colour calibration ---------------------------------------------------------------------

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from sorting.errors import DataError
+from sorting.serving.backoff import Backoff
 from sorting.serving.sources import (
-    Backoff,
     FolderSource,
     LiveCaptureSource,
     SyntheticSource,
@@ -153,7 +153,7 @@ def test_folder_source_sorted_and_skips_bad_files(tmp_path):
         assert isinstance(src, FolderSource)
         frames = list(src)
     assert [int(f.image[0, 0, 0]) for f in frames] == [10, 20, 30]
-    assert frames[2].t == pytest.approx(0.2) and src.stats.dropped == 1
+    assert frames[2].t == pytest.approx(0.2) and src.stats.unreadable == 1
 
 
 def test_factory_dispatch_and_errors(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from sorting.cli import main
 from sorting.datasets.manifest import read_manifest
 from sorting.datasets.synth import ConveyorConfig, ConveyorWorld, make_crop_dataset, render_conveyor_clip
-from sorting.datasets.synth.colours import COLOUR_BOXES, bgr_to_lab, prototype_lab
+from sorting.datasets.synth.colours import COLOUR_BOXES, prototype_lab
 from sorting.datasets.synth.garments import GARMENTS
 from sorting.datasets.synth.scene import ItemSpec, Lighting, Scene, random_lighting, render_sprite
 from sorting.datasets.synth.textures import FIBRES
@@ -85,7 +85,8 @@ def test_rendered_colour_is_nearest_its_own_prototype(scene):
         colour = names[i % len(names)]
         spec = ItemSpec(FIBRES[i % len(FIBRES)], colour, GARMENTS[i % len(GARMENTS)], 1000 + i)
         img, inner = _on_belt(scene, spec, rng)
-        lab = bgr_to_lab(img[inner].astype(np.float32).mean(axis=0))
+        mean_bgr = img[inner].astype(np.float32).mean(axis=0) / 255.0
+        lab = cv2.cvtColor(mean_bgr.reshape(1, 1, 3), cv2.COLOR_BGR2Lab).reshape(3)
         hits += names[int(np.argmin(np.linalg.norm(protos - lab, axis=1)))] == colour
         total += 1
     assert hits / total >= 0.9, f"only {hits}/{total} crops nearest their own colour prototype"

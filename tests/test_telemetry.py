@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -43,8 +44,8 @@ def feed(tel: Telemetry) -> None:
     tel.on_dropped_frames(3)
     tel.on_camera_reconnect()
     tel.on_actuator_connection(False)
-    tel.set_model("run42")
-    tel.set_model("run43")
+    tel.model_loaded(SimpleNamespace(model_id="run42", labels={}))
+    tel.model_loaded(SimpleNamespace(model_id="run43", labels={}))
 
 
 def test_metric_values() -> None:

@@ -18,8 +18,8 @@ from sorting.errors import ConfigError, DataError
 from sorting.models.checkpoint import load_checkpoint
 from sorting.models.multihead import IGNORE_INDEX, build_multihead
 from sorting.taxonomy import load_taxonomy
-from sorting.training.callbacks import build_callbacks
-from sorting.training.config import TrainConfig, load_train_config
+from sorting.training.callbacks import CallbackList, EarlyStopping, build_callbacks
+from sorting.training.config import EarlyStoppingConfig, TrainConfig, load_train_config
 from sorting.training.data import (
     LabelSpace,
     ManifestDataset,
@@ -28,8 +28,10 @@ from sorting.training.data import (
     collect_samples,
     load_head_aliases,
 )
-from sorting.training.loop import multihead_loss
-from sorting.training.trainer import fit, lr_factor
+from sorting.training.engine import lr_factor
+from sorting.training.loop import ValidationResult, multihead_loss
+from sorting.training.state import EpochOutcome, TrainState
+from sorting.training.trainer import fit
 
 torch.set_num_threads(1)
 COLOURS_BGR = {"red": (0, 0, 230), "blue": (230, 40, 0)}
@@ -214,5 +216,55 @@ def test_callbacks_only_on_the_main_process(manifests, tmp_path) -> None:
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "training").glob("*.yaml")))
 def test_shipped_recipes_are_valid_configs(recipe: str, repo_root: Path) -> None:
-    config = load_train_config(repo_root / "training" / recipe)
+    from sorting.training.spectral_config import load_spectral_config, recipe_task
+
+    path = repo_root / "training" / recipe
+    config = load_spectral_config(path) if recipe_task(path) == "spectral" else load_train_config(path)
     assert config.name == Path(recipe).stem
+
+
+def _outcome(epoch: int, score: float) -> EpochOutcome:
+    val = ValidationResult(0.0, {"colour": {"macro_f1": score, "accuracy": score}}, {}, {})
+    return EpochOutcome(epoch, {"epoch": epoch, "val/score": score}, val)
+
+
+def test_early_stopping_selects_the_best_epoch_and_stops_after_patience() -> None:
+    state = TrainState()
+    stopping = EarlyStopping(EarlyStoppingConfig(patience=2, min_delta=0.05), state, epochs=10)
+    marks = []
+    for epoch, score in enumerate([0.5, 0.7, 0.72, 0.6]):
+        outcome = _outcome(epoch, score)
+        stopping.on_epoch_scored(outcome)
+        marks.append((outcome.improved, outcome.selected, state.stopped_early))
+    # 0.72 is not 0.05 better than 0.7: no gain; the second epoch without gain stops the run
+    assert marks == [(True, True, False), (True, True, False), (False, False, False), (False, False, True)]
+    assert (state.best_epoch, state.best_score, state.bad_epochs) == (1, 0.7, 2)
+    last = TrainState()
+    keep_last = EarlyStopping(EarlyStoppingConfig(patience=None, select="last"), last, epochs=3)
+    for epoch, score in enumerate([0.9, 0.1, 0.2]):
+        keep_last.on_epoch_scored(_outcome(epoch, score))
+    assert (last.best_epoch, last.best_score, last.stopped_early) == (2, 0.9, False)
+    final = TrainState()
+    on_last_epoch = EarlyStopping(EarlyStoppingConfig(patience=1), final, epochs=2)
+    for epoch in range(2):
+        on_last_epoch.on_epoch_scored(_outcome(epoch, 0.5))
+    assert final.bad_epochs == 1 and not final.stopped_early  # the run used all its epochs: not stopped early
+
+
+class _Broken:
+    steers = False
+
+    def on_epoch_end(self, epoch, metrics):
+        raise RuntimeError("tracking server down")
+
+
+class _BrokenSteering(_Broken):
+    steers = True
+
+
+def test_a_failing_observer_is_logged_but_a_failing_steering_callback_stops_the_run(caplog) -> None:
+    CallbackList([_Broken(), Recorder()]).on_epoch_end(0, {})  # the recorder still hears of the epoch
+    assert "tracking server down" in caplog.text
+    with pytest.raises(RuntimeError, match="tracking server down"):
+        CallbackList([_BrokenSteering()]).on_epoch_end(0, {})
+    assert TrainState.from_checkpoint(TrainState(epoch=3, history=[{"epoch": 3}]).to_checkpoint()).epochs_run == 4

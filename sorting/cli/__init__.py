@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 
 from sorting import __version__
-from sorting.cli import data, export, serve, train
+from sorting.cli import apps, console, data, export, serve, train
 from sorting.cli.common import OneLineErrorParser
 from sorting.errors import SortingError
+from sorting.logs import MaskCredentials, mask_credentials
 
-COMMAND_MODULES = (data, train, export, serve)
+COMMAND_MODULES = (data, train, export, serve, console, apps)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,11 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminated(signum: int, _frame: object) -> None:
+    """SIGTERM ends a command like Ctrl-C does: its ``finally`` blocks run (outputs cleared, files closed)."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _terminated)  # serve replaces it with its graceful drain while it runs
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(MaskCredentials())
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
@@ -47,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(func(args) or 0)
     except SortingError as exc:
-        sys.stderr.write(f"textile-sorter: error: {exc}\n")
+        sys.stderr.write(f"textile-sorter: error: {mask_credentials(str(exc))}\n")
         return exc.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("textile-sorter: interrupted\n")

@@ -2,7 +2,7 @@
 
 Registered by :mod:`sorting.cli.train` (``register(sub)``); the work is
 :func:`sorting.training.evaluate.evaluate_model`, tracking is
-:meth:`sorting.training.tracking.MlflowTracker.log_evaluation`.
+:meth:`sorting.training.tracking.MlflowTracker.log_report`.
 """
 
 from __future__ import annotations
@@ -19,10 +19,17 @@ EXAMPLES = """
   textile-sorter evaluate model.onnx ../shared/data/colour/manifest.csv --split test --tta --out runs/eval/colour
   textile-sorter evaluate best.pt manifest.csv --no-track --threads 2     # no MLflow run
   mlflow ui --backend-store-uri sqlite:///runs/mlflow.db                  # browse tracked runs
+  textile-sorter evaluate models/nir.onnx runs/data/nir-single.csv        # a spectral model on spectra
 """
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from sorting.datasets.spectra_store import is_spectral_manifest
+
+    if is_spectral_manifest(args.manifest):  # spectral dispatch: spectra beside the manifest
+        from sorting.cli import spectral
+
+        return spectral.evaluate(args)
     from sorting.training.evaluate import evaluate_model
 
     out = Path(args.out) if args.out else runs_dir() / "eval" / f"{Path(args.model).stem}-{args.split or 'all'}"
@@ -36,7 +43,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         from sorting.training.tracking import MlflowTracker
 
         tracker = MlflowTracker(experiment=args.experiment)
-        run_id = tracker.log_evaluation(report)
+        run_id = tracker.log_report(report)
         if run_id:
             print(f"MLflow run {run_id} in {tracker.tracking_uri}")
         else:

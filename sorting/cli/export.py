@@ -4,9 +4,32 @@ from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 from sorting.cli.common import add_command, add_no_track, track_onnx
+
+EXPORT_HELP = "Export a training checkpoint to one self-describing ONNX file (checked against torch)."
+EXPORT_EXAMPLES = """
+  textile-sorter export runs/train/best.pt -o models/sorter.onnx
+  textile-sorter export best.pt -o sorter.onnx --check-manifest data/synth/manifest.csv
+  textile-sorter export runs/train/nir-linear-<time>/best.pt -o models/nir.onnx --check-manifest runs/data/nir-swatches.csv
+"""
+
+QUANTIZE_HELP = "Static INT8 quantization (QDQ, per-channel) of an exported model, calibrated on a manifest."
+QUANTIZE_EXAMPLES = """
+  textile-sorter quantize sorter.onnx --calib data/synth/manifest.csv -o sorter.int8.onnx
+  textile-sorter quantize sorter.onnx --calib train.csv --calib-split val --eval test.csv --eval-split test -o s.int8.onnx
+"""
+
+BENCH_HELP = "Benchmark models (registry names and/or .onnx files, FP32 and INT8): accuracy, size, latency, throughput."
+BENCH_EXAMPLES = """
+  textile-sorter bench mobilenet_v3_small resnet18 --manifest synth/manifest.csv:test --calib synth/manifest.csv:val -o runs/bench/table
+  textile-sorter bench sorter.onnx --manifest synth/manifest.csv:test --manifest catalogue/manifest.csv:val --threads 2
+  textile-sorter bench sorter.onnx sorter.int8.onnx --manifest test.csv:test -o runs/bench/mine
+  textile-sorter bench tiny --manifest data/synth/manifest.csv --quick -o /tmp/bench
+  textile-sorter bench models/nir.onnx --manifest runs/data/nir-single.csv -o runs/bench/nir   # spectral models
+"""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,15 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _register_export(sub: argparse._SubParsersAction) -> None:
-    p = add_command(
-        sub,
-        "export",
-        "Export a training checkpoint to one self-describing ONNX file (checked against torch).",
-        """
-  textile-sorter export runs/train/best.pt -o models/sorter.onnx
-  textile-sorter export best.pt -o sorter.onnx --check-manifest data/synth/manifest.csv
-""",
-    )
+    p = add_command(sub, "export", EXPORT_HELP, EXPORT_EXAMPLES)
     p.add_argument("checkpoint", type=Path, help="checkpoint (.pt) written by `textile-sorter train`")
     p.add_argument("-o", "--output", type=Path, required=True, help="ONNX file to write")
     p.add_argument("--check-manifest", type=Path, help="manifest whose images verify the export (default: synthetic)")
@@ -33,10 +48,33 @@ def _register_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (18)")
     p.add_argument("--dynamo", action="store_true", help="use torch's torch.export-based exporter (slower)")
     add_no_track(p)
-    p.set_defaults(func=_export)
+    p.set_defaults(func=_export_command)
 
 
-def _export(args: argparse.Namespace) -> int:
+def _tracked(write_onnx: Callable[[argparse.Namespace], Path]) -> Callable[[argparse.Namespace], int]:
+    """A command that writes an ONNX file, which then goes to MLflow unless ``--no-track``."""
+
+    def command(args: argparse.Namespace) -> int:
+        path = write_onnx(args)
+        if args.track:
+            track_onnx(path)
+        return 0
+
+    return command
+
+
+def _export_command(args: argparse.Namespace) -> int:
+    """``export``: a spectral checkpoint goes to the spectral exporter (it logs its own model)."""
+    from sorting.models.spectral_checkpoint import is_spectral_checkpoint
+
+    if is_spectral_checkpoint(args.checkpoint):  # spectral dispatch
+        from sorting.cli import spectral
+
+        return spectral.export(args)
+    return _tracked(_export)(args)
+
+
+def _export(args: argparse.Namespace) -> Path:
     from sorting.models.export import export_checkpoint
 
     result = export_checkpoint(
@@ -47,21 +85,11 @@ def _export(args: argparse.Namespace) -> int:
     print(f"wrote {result.path} ({result.size_bytes / 1e6:.1f} MB): {meta.model_name}, heads "
           + ", ".join(f"{h} ({len(meta.labels[h])} classes)" for h in meta.heads))
     print(f"check passed: {result.check.summary()}")
-    if args.track:
-        track_onnx(result.path)
-    return 0
+    return result.path
 
 
 def _register_quantize(sub: argparse._SubParsersAction) -> None:
-    p = add_command(
-        sub,
-        "quantize",
-        "Static INT8 quantization (QDQ, per-channel) of an exported model, calibrated on a manifest.",
-        """
-  textile-sorter quantize sorter.onnx --calib data/synth/manifest.csv -o sorter.int8.onnx
-  textile-sorter quantize sorter.onnx --calib train.csv --calib-split val --eval test.csv --eval-split test -o s.int8.onnx
-""",
-    )
+    p = add_command(sub, "quantize", QUANTIZE_HELP, QUANTIZE_EXAMPLES)
     p.add_argument("model", type=Path, help="FP32 ONNX model from `textile-sorter export`")
     p.add_argument("--calib", type=Path, required=True, help="manifest of calibration images")
     p.add_argument("--calib-split", help="use only this split of --calib (e.g. val)")
@@ -79,10 +107,10 @@ def _register_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eval-split", help="split of --eval to score (default: all rows)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads for the speed comparison (1)")
     add_no_track(p)
-    p.set_defaults(func=_quantize)
+    p.set_defaults(func=_tracked(_quantize))
 
 
-def _quantize(args: argparse.Namespace) -> int:
+def _quantize(args: argparse.Namespace) -> Path:
     from sorting.models.quantize import QuantizeOptions, calibration_images, compare_models, quantize_model
 
     options = QuantizeOptions(format=args.format, calibration=args.method, reduce_range=args.reduce_range,
@@ -96,23 +124,11 @@ def _quantize(args: argparse.Namespace) -> int:
         cmp = compare_models(args.model, args.output, args.eval, split=args.eval_split, threads=args.threads)
         for line in cmp.lines():
             print(line)
-    if args.track:
-        track_onnx(result.path)
-    return 0
+    return result.path
 
 
 def _register_bench(sub: argparse._SubParsersAction) -> None:
-    p = add_command(
-        sub,
-        "bench",
-        "Benchmark models (registry names and/or .onnx files, FP32 and INT8): accuracy, size, latency, throughput.",
-        """
-  textile-sorter bench mobilenet_v3_small resnet18 --manifest synth/manifest.csv:test --calib synth/manifest.csv:val -o runs/bench/table
-  textile-sorter bench sorter.onnx --manifest synth/manifest.csv:test --manifest catalogue/manifest.csv:val --threads 2
-  textile-sorter bench sorter.onnx sorter.int8.onnx --manifest test.csv:test -o runs/bench/mine
-  textile-sorter bench tiny --manifest data/synth/manifest.csv --quick -o /tmp/bench
-""",
-    )
+    p = add_command(sub, "bench", BENCH_HELP, BENCH_EXAMPLES)
     p.add_argument("models", nargs="+", help="registry names (e.g. mobilenet_v3_small) and/or .onnx files")
     p.add_argument("--manifest", action="append", default=[], metavar="PATH[:SPLIT]",
                    help="evaluation manifest, optionally one split of it (repeatable)")
@@ -138,6 +154,10 @@ def _register_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from sorting.cli import spectral
+
+    if all(spectral.is_spectral_onnx(m) for m in args.models):  # spectral dispatch
+        return spectral.bench(args)
     from sorting.models.bench import BenchConfig, EvalSet, run_benchmark, write_report
 
     cfg = BenchConfig(

@@ -1,4 +1,4 @@
-"""Sorter commands: ``serve``, ``calibrate``, ``pulse``, ``demo`` and ``bench-sorter``."""
+"""Sorter commands: ``serve``, ``calibrate``, ``evaluate-detection`` and ``pulse``."""
 
 from __future__ import annotations
 
@@ -7,17 +7,31 @@ import sys
 from pathlib import Path
 
 from sorting.cli.common import add_command
+from sorting.cli.console import add_console_flags, start_line_console
+from sorting.paths import check_output_path
 from sorting.serving.colour_calibration import calibrate_line
-from sorting.serving.line_config import load_line_config
-from sorting.serving.loop import serve_line
+from sorting.serving.line_config import check_outputs, load_line_config
+from sorting.serving.runner import serve_line
 
 
 def _serve(args: argparse.Namespace) -> int:
     cfg = load_line_config(args.line, args.set)
+    if args.source:
+        cfg.camera.source = args.source
+    if args.model:
+        cfg.model.path = Path(args.model).resolve()
     if args.realtime:
         cfg.camera.realtime = True
-    summary = serve_line(cfg, source=args.source, model=args.model, max_frames=args.max_frames,
-                         video_out=args.video_out, progress=not args.no_progress)
+    check_outputs(cfg)
+    if args.video_out:
+        check_output_path(args.video_out, "--video-out")
+    console = start_line_console(args, cfg)
+    try:
+        summary = serve_line(cfg, max_frames=args.max_frames, video_out=args.video_out, progress=not args.no_progress,
+                             feed=console[1] if console else None)
+    finally:
+        if console is not None:
+            console[0].close()
     log = summary.log
     print(f"frames {summary.frames}  items {summary.items}  {summary.fps:.1f} frames/s  ({summary.wall_s:.1f} s)")
     print("per bin: " + ", ".join(f"{k}={v}" for k, v in dict(log.get("per_bin", {})).items()))
@@ -30,16 +44,56 @@ def _serve(args: argparse.Namespace) -> int:
     if summary.no_frame_events or summary.camera_reconnects or summary.dropped_frames:
         print(f"camera: {summary.no_frame_events} no-frame waits, {summary.dropped_frames} dropped frames, "
               f"{summary.camera_reconnects} reconnects")
+    if summary.unreadable_frames:
+        print(f"WARNING: {summary.unreadable_frames} frame(s) of the source could not be decoded and were skipped "
+              "(damaged file?); see the warnings above")
     if summary.video is not None:
         print(f"annotated video: {summary.video}")
     return 0
 
 
 def _calibrate(args: argparse.Namespace) -> int:
-    gains = calibrate_line(args.line, source=args.source, n_frames=args.frames)
+    if args.belt:
+        return _calibrate_belt(args)
+    if args.template or args.camera or args.overlay:
+        print("--template, --camera and --overlay go with --belt", file=sys.stderr)
+        return 2
+    gains = calibrate_line(args.line, source=args.source, n_frames=args.frames or 30)
     wb = ", ".join(f"{g:.3f}" for g in gains.white_balance)
     print(f"patch BGR {gains.patch_bgr} over {gains.n_frames} usable frames -> white balance (B,G,R) [{wb}], "
           f"exposure {gains.exposure:.3f}; written to {args.line}")
+    return 0
+
+
+def _calibrate_belt(args: argparse.Namespace) -> int:
+    from sorting.serving.belt_calibration import calibrate_belt
+
+    setup = calibrate_belt(args.line, source=args.source, n_frames=args.frames or 8, template=args.template,
+                           camera=args.camera, overlay_path=args.overlay)
+    print(setup.summary())
+    print(f"segmentation written to {args.line} (previous file: {args.line}.bak if there was one); "
+          f"check the belt region and what was found in {setup.overlay_path}")
+    return 0
+
+
+def _evaluate_detection(args: argparse.Namespace) -> int:
+    from sorting.apps.detection_bench import (
+        DetectionBenchConfig,
+        run_detection_bench,
+        summary_lines,
+    )
+
+    source = Path(args.source)
+    out = args.out or Path("runs") / "evaluate-detection" / Path(args.line).stem
+    cfg = DetectionBenchConfig(line=Path(args.line), source=source, boxes=args.boxes, ground_truth=args.ground_truth,
+                               extra_labels=args.labels, subset=args.subset, out_dir=out, overrides=args.set,
+                               one_by_one=args.one_by_one, every=args.every, max_overlays=args.overlays,
+                               threads=args.threads, repeat=args.repeat, progress=not args.no_progress)
+    report = run_detection_bench(cfg)
+    for line in report.problems + report.skipped:
+        print(f"not used: {line}")
+    print("\n".join(summary_lines(report)))
+    print(f"summary: {out / 'summary.md'}, overlays: {out / 'overlays'}")
     return 0
 
 
@@ -47,6 +101,7 @@ def _pulse(args: argparse.Namespace) -> int:
     from sorting.serving.commissioning import pulse_bins
 
     cfg = load_line_config(args.line, args.set)
+    check_outputs(cfg)
     act = cfg.actuator
     target = f"the PLC at {act.host}:{act.port}" if act.kind == "modbus" else f"the {act.kind} actuator"
     if act.kind == "simulated":
@@ -69,6 +124,40 @@ def _pulse(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _register_evaluate_detection(sub: argparse._SubParsersAction) -> None:
+    e = add_command(
+        sub, "evaluate-detection", "Score the line's segmentation, run as serve runs it, against labelled boxes: "
+        "recall/precision at IoU 0.5 and 0.3, merged, split, off the belt, non-garments, ms per frame.",
+        """
+  textile-sorter evaluate-detection --line serving/line-real-belt.yaml ../shared/data/conveyor-photos/images \\
+      --boxes ../shared/data/conveyor-photos/boxes.csv --labels benchmarks/belt_non_garment_boxes.csv
+  textile-sorter evaluate-detection --line serving/line-real-belt.yaml PHOTOS --boxes boxes.csv \\
+      --subset benchmarks/belt_split.json:heldout --repeat 5
+  textile-sorter evaluate-detection --line serving/line-colour-6bin.yaml runs/clip/conveyor.mp4 \\
+      --ground-truth runs/clip/conveyor_gt.json --every 5
+Writes summary.md, summary.json, frames.json and an overlay PNG per frame (green matched, red missed,
+orange false, grey cut at the entry/exit edge, magenta non-garment, blue tint the foreground).""",
+    )
+    e.add_argument("--line", required=True, help="line config YAML")
+    e.add_argument("source", help="folder of photos (with --boxes) or a video (with --ground-truth)")
+    e.add_argument("--boxes", type=Path, help="boxes CSV: image,x0,y0,x1,y1 (image paths relative to the CSV)")
+    e.add_argument("--ground-truth", type=Path, help="a synthetic clip's conveyor_gt.json")
+    e.add_argument("--labels", type=Path, help="more labels of the same photos: image,x0,y0,x1,y1,kind (hand, object)")
+    e.add_argument("--subset", help="score only these photos: FILE (a name a line) or FILE.json:KEY")
+    e.add_argument("--out", type=Path, help="output folder (default runs/evaluate-detection/<line>)")
+    e.add_argument("--one-by-one", action="store_true", help="a fresh segmentation for each frame (still photos "
+                                                             "with the per-pixel belt model)")
+    e.add_argument("--every", type=int, default=1, help="video: score every n-th frame (all are segmented)")
+    e.add_argument("--overlays", type=int, help="at most this many overlay PNGs (default: every photo, 40 video "
+                                                "frames)")
+    e.add_argument("--threads", type=int, default=1, help="OpenCV threads (default 1: the one-core budget)")
+    e.add_argument("--repeat", type=int, default=1, help="time each frame this many times, keep the fastest "
+                                                         "(a shared machine)")
+    e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a line config key")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=_evaluate_detection)
+
+
 def _register_pulse(sub: argparse._SubParsersAction) -> None:
     p = add_command(
         sub, "pulse", "Commissioning: fire each bin's ejector once through the line's actuator (wiring check).",
@@ -87,13 +176,14 @@ Watch each valve or pusher: the bin printed as 'sent' should move, and only that
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Register ``serve``, ``calibrate``, ``pulse``, ``demo`` and ``bench-sorter``."""
+    """Register ``serve``, ``calibrate``, ``evaluate-detection`` and ``pulse``."""
     p = add_command(
         sub, "serve", "Run a sorting line: camera -> segment -> track -> classify -> bins, until stopped.",
         """
   textile-sorter serve --line serving/line-colour-6bin.yaml --model runs/demo/model.onnx
   textile-sorter serve --line serving/line-colour-6bin.yaml --source clip.mp4 --video-out runs/serve/annotated.mp4
   textile-sorter serve --line serving/line-fibre-colour.yaml --source 0 --set actuator.kind=jsonl
+  textile-sorter serve --line serving/line-colour-6bin.yaml --console      # operator's console on :8088
 Ctrl-C or SIGTERM stops after the current frame: items in flight go to reject ('shutdown'), the log is closed.""",
     )
     p.add_argument("--line", required=True, help="line config YAML (serving/line-*.yaml)")
@@ -105,100 +195,30 @@ Ctrl-C or SIGTERM stops after the current frame: items in flight go to reject ('
     p.add_argument("--realtime", action="store_true", help="play a video file at its frame rate")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a line config key")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--console", action="store_true", help="serve the operator's console (live view, history, "
+                                                          "relabelling) on --console-host:--console-port")
+    add_console_flags(p, prefix="console-")
     p.set_defaults(func=_serve)
 
     c = add_command(
-        sub, "calibrate", "Measure white balance + exposure from the reference patch; write them into the line config.",
+        sub, "calibrate", "Measure white balance + exposure from the reference patch, or (--belt) set the belt up "
+        "from its own frames; write them into the line config.",
         """
   textile-sorter calibrate --line serving/line-colour-6bin.yaml
-  textile-sorter calibrate --line serving/line-fibre-colour.yaml --source 0 --frames 60""",
+  textile-sorter calibrate --line serving/line-fibre-colour.yaml --source 0 --frames 60
+  textile-sorter calibrate --belt --line serving/line-real-belt.yaml --template serving/line-colour-6bin.yaml \\
+      --source setup-photos/ --camera rtsp://camera/stream      # a new line from 8 frames of its belt
+  textile-sorter calibrate --belt --line serving/line-real-belt.yaml   # again, from the line's camera
+--belt finds the belt region, the belt's colour and the item size; look at the overlay PNG it writes.""",
     )
     c.add_argument("--line", required=True, help="line config YAML to update (a .bak copy is kept)")
-    c.add_argument("--source", help="override camera.source")
-    c.add_argument("--frames", type=int, default=30, help="frames to measure (median over them; default 30)")
+    c.add_argument("--source", help="frames to measure: camera, video, folder of photos (default camera.source)")
+    c.add_argument("--frames", type=int, help="frames to use (white balance: 30, median over them; --belt: 8, "
+                                              "spread over the source)")
+    c.add_argument("--belt", action="store_true", help="set up the segmentation: belt region, belt colour, item size")
+    c.add_argument("--template", help="--belt, new line: the line config to start from (bins, model, ejectors)")
+    c.add_argument("--camera", help="--belt, new line: camera.source to write (default --source)")
+    c.add_argument("--overlay", help="--belt: where to write the overlay PNG (default <line>-belt.png beside it)")
     c.set_defaults(func=_calibrate)
+    _register_evaluate_detection(sub)
     _register_pulse(sub)
-    _register_demo(sub)
-    _register_bench_sorter(sub)
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from sorting.serving.demo import DemoConfig, run_demo
-
-    report = run_demo(DemoConfig(out_dir=Path(args.out), items=args.items, seed=args.seed, retrain=args.retrain,
-                                 train_overrides=args.train_set, video=not args.no_video,
-                                 progress=not args.no_progress))
-    print("\n".join(report.summary_lines()))
-    return 0
-
-
-def _register_demo(sub: argparse._SubParsersAction) -> None:
-    d = add_command(
-        sub, "demo", "End-to-end demo on the synthetic world: train (or reuse), export, sort a conveyor video, report.",
-        """
-  textile-sorter demo                      # what `make demo` runs; outputs under runs/demo/
-  textile-sorter demo --items 100 --no-video
-  textile-sorter demo --retrain --train-set optim.epochs=10""",
-    )
-    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--items", type=int, default=300, help="garments on the synthetic belt (default 300)")
-    d.add_argument("--seed", type=int, default=1, help="seed of the conveyor clip (default 1)")
-    d.add_argument("--retrain", action="store_true", help="train a new model even if the demo has one")
-    d.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a key of training/synthetic-quick.yaml")
-    d.add_argument("--no-video", action="store_true", help="skip the annotated video")
-    d.add_argument("--no-progress", action="store_true", help="no progress bars")
-    d.set_defaults(func=_demo)
-
-
-def _bench_sorter(args: argparse.Namespace) -> int:
-    from sorting.serving.bench import BenchConfig, run_bench
-
-    out = args.out or Path("runs") / "bench-sorter" / ("oracle" if args.model is None else Path(args.model).stem)
-    bench = BenchConfig(line=args.line, out_dir=out, model=args.model, oracle=args.model is None or args.oracle,
-                        items=args.items, minutes=args.minutes, threads=args.threads, seed=args.seed,
-                        belt_speed_px_s=args.belt_speed, oracle_layout=args.oracle_layout, overrides=args.set,
-                        progress=not args.no_progress)
-    r = run_bench(bench)
-    s = r.score
-    ratio = "n/a (no model)" if r.loop_ratio is None else f"{r.loop_ratio:.2f}x"
-    print(f"{r.frames} frames in {r.wall_s:.1f} s: {r.fps:.1f} frames/s, {r.items_per_s:.2f} items/s, "
-          f"latency p50 {r.latency_ms_p50:.1f} ms p99 {r.latency_ms_p99:.1f} ms (load {r.load_avg[0]:.1f})")
-    print(f"loop {r.loop_ms_per_frame:.2f} ms/frame vs decode {r.decode_ms_per_frame:.2f} + classify "
-          f"{r.classify_ms_per_frame:.2f}: {ratio}")
-    print("stage ms/frame: " + "  ".join(f"{k} {v:.2f}" for k, v in r.stage_ms.items()))
-    print(f"GT items {s.gt_items}, decisions {s.decisions}: lost {s.lost}, duplicated {s.duplicated}, "
-          f"phantom {s.phantom}, shared pairs {s.shared}; non-hard correct {s.correct_rate:.1%} "
-          f"({s.non_hard_correct}/{s.non_hard_total}); hard safe {s.hard_safe}/{s.hard_items}; "
-          f"reject rate {s.reject_rate:.1%}")
-    print(f"RSS {r.rss_mb[-1][1]:.0f} MB, growth after warm-up {r.rss_growth:+.1%} over {r.wall_s / 60:.1f} min")
-    print("targets: " + ", ".join(f"{k}: {'n/a' if ok is None else ('ok' if ok else 'MISSED')}"
-                                  for k, ok in r.checks().items()))
-    print(f"report: {bench.out_dir / 'bench.md'}")
-    return 0
-
-
-def _register_bench_sorter(sub: argparse._SubParsersAction) -> None:
-    b = add_command(
-        sub, "bench-sorter", "Sort a dense synthetic conveyor video offline as fast as it goes; speed, latency, "
-        "loop overhead, item-by-item correctness and memory against the targets.",
-        """
-  textile-sorter bench-sorter                                   # GT-oracle classifier: segmentation/tracking only
-  textile-sorter bench-sorter --model runs/demo/model.onnx --oracle   # model cost measured, oracle decides
-  textile-sorter bench-sorter --model runs/demo/model.onnx --minutes 10   # memory-flat check""",
-    )
-    b.add_argument("--line", type=Path, default=Path("serving/line-colour-6bin.yaml"), help="line config YAML")
-    b.add_argument("--model", type=Path, help="ONNX model (default: none, the GT oracle classifies)")
-    b.add_argument("--oracle", action="store_true", help="with --model: decide from the GT oracle, "
-                                                         "still running the model for its cost")
-    b.add_argument("--oracle-layout", action="store_true", help="the oracle also answers a layout head "
-                   "(touching garments are 'several'): what a perfect layout head would give")
-    b.add_argument("--items", type=int, default=300, help="garments in the clip (300)")
-    b.add_argument("--minutes", type=float, help="loop the clip for this long (memory check)")
-    b.add_argument("--threads", type=int, default=1, help="onnxruntime threads (1)")
-    b.add_argument("--seed", type=int, default=7, help="clip seed (7)")
-    b.add_argument("--belt-speed", type=float, default=900.0, help="belt px/s of the clip (900: dense)")
-    b.add_argument("--out", type=Path, help="output folder (default runs/bench-sorter/<model>)")
-    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a line config key")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
-    b.set_defaults(func=_bench_sorter)

@@ -16,11 +16,18 @@ TRAIN_EXAMPLES = """
   textile-sorter train --config training/fibre-photos.yaml optim.epochs=20 batch_size=16
   textile-sorter train --config training/joint.yaml resume=runs/train/joint-20260101-120000/last.pt
   torchrun --nproc_per_node=2 -m sorting train --config training/joint.yaml   # DDP
+  textile-sorter train --config training/nir-linear.yaml     # a spectral model (task: spectral)
 """
 
 
 def _train(args: argparse.Namespace) -> int:
     from sorting.training.config import load_train_config
+    from sorting.training.spectral_config import SPECTRAL_TASK, recipe_task
+
+    if recipe_task(args.config, args.overrides) == SPECTRAL_TASK:  # spectral dispatch
+        from sorting.cli import spectral
+
+        return spectral.train(args)
     from sorting.training.trainer import fit
 
     config = load_train_config(args.config, args.overrides)
@@ -36,6 +43,12 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _cross_validate(args: argparse.Namespace) -> int:
+    from sorting.training.spectral_config import SPECTRAL_TASK, recipe_task
+
+    if recipe_task(args.config, args.overrides) == SPECTRAL_TASK:  # spectral dispatch
+        from sorting.cli import spectral
+
+        return spectral.cross_validate(args)
     from sorting.paths import runs_dir
     from sorting.training.config import load_train_config
     from sorting.training.cross_validate import cross_validate
@@ -49,7 +62,7 @@ def _cross_validate(args: argparse.Namespace) -> int:
         from sorting.training.tracking import MlflowTracker
 
         tracker = MlflowTracker(config.tracking)
-        run_id = tracker.log_cross_validation(report)
+        run_id = tracker.log_report(report)
         if run_id:
             print(f"MLflow run {run_id} in {tracker.tracking_uri}")
     return 0
@@ -82,6 +95,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                      """
   textile-sorter cross-validate --manifest runs/data/fibre4.csv --config training/fibre-photos.yaml --folds 5
   textile-sorter cross-validate -m runs/data/colour.csv -c training/colour-catalogue.yaml --folds 3 optim.epochs=30
+  textile-sorter cross-validate -m runs/data/nir-swatches.csv -c training/nir-linear.yaml --group-by garment
 """)
     cv.add_argument("--manifest", "-m", required=True, help="manifest CSV of labelled images (its split column is ignored)")
     cv.add_argument("--config", "-c", required=True, help="training recipe YAML; its data.train is replaced per fold")

@@ -14,12 +14,18 @@ pixel mode, so every format is converted on purpose:
 Images with more than ``max_pixels`` (default 50 MP) are *rejected* ("too large"),
 not decoded reduced: nothing in this project needs more than a few megapixels, and a
 huge file in a dataset is more often a mistake (scan, panorama) than a sample.
+
+Only regular files are read (a FIFO named ``.jpg`` would block forever, a link to
+``/dev/zero`` would fill the memory): anything else is "not a regular file", and a file
+over ``max_bytes`` (default 50 MB) is "too large" before a byte of it is read.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +36,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from sorting.errors import DataError
 
 DEFAULT_MAX_PIXELS = 50_000_000
+DEFAULT_MAX_BYTES = 50_000_000
 _WHITE = (255, 255, 255)
 _PLAIN_MODES = frozenset({"RGB", "L", "1", "P", "RGBA", "LA", "CMYK"})  # convert() cannot fail on these
 
@@ -115,27 +122,53 @@ def decode_image(data: bytes, *, path: str | Path = "<bytes>", max_pixels: int =
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
 
 
-def _read_bytes(path: Path) -> bytes:
+def _check_regular(path: Path, st: os.stat_result, max_bytes: int) -> None:
+    if stat.S_ISDIR(st.st_mode):
+        raise ImageError(path, "not a file", "is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "FIFO" if stat.S_ISFIFO(st.st_mode) else "device" if stat.S_ISCHR(st.st_mode) or \
+            stat.S_ISBLK(st.st_mode) else "socket or other special file"
+        raise ImageError(path, "not a regular file", kind)
+    if st.st_size > max_bytes:
+        raise ImageError(path, "too large", f"{st.st_size} bytes > {max_bytes} bytes")
+
+
+def read_file_bytes(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (links followed); :class:`ImageError` otherwise.
+
+    The type and size are checked before opening (opening a device can have effects) and again on the
+    open file, which is opened non-blocking so that a FIFO swapped in meanwhile cannot hang the read.
+    """
     try:
-        return path.read_bytes()
+        _check_regular(path, path.stat(), max_bytes)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise ImageError(path, "missing file") from None
-    except IsADirectoryError:
-        raise ImageError(path, "not a file", "is a directory") from None
     except OSError as exc:
         raise ImageError(path, "unreadable file", exc.strerror or str(exc)) from None
+    with os.fdopen(fd, "rb") as fh:
+        _check_regular(path, os.fstat(fd), max_bytes)
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise ImageError(path, "unreadable file", exc.strerror or str(exc)) from None
+    if len(data) > max_bytes:
+        raise ImageError(path, "too large", f"more than {max_bytes} bytes")
+    return data
 
 
-def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+               ) -> np.ndarray:
     """Load an image file as BGR uint8 HxWx3 (any common format; see module docstring)."""
     path = Path(path)
-    return decode_image(_read_bytes(path), path=path, max_pixels=max_pixels)
+    return decode_image(read_file_bytes(path, max_bytes), path=path, max_pixels=max_pixels)
 
 
-def inspect_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageInfo:
+def inspect_image(path: str | Path, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+                  ) -> ImageInfo:
     """Fully decode an image (so truncation is caught) and return its size and SHA-1."""
     path = Path(path)
-    data = _read_bytes(path)
+    data = read_file_bytes(path, max_bytes)
     img = _open_decoded(data, path, max_pixels)
     if img.mode not in _PLAIN_MODES:
         _to_rgb_array(img, path)  # unusual modes: make sure the conversion works too

@@ -9,6 +9,10 @@ Exact duplicates (same file bytes, SHA-1) are removed *at import time*: the firs
 occurrence is kept and later ones are rejected as ``duplicate``. Splitting then cannot
 leak one picture into two splits (``split.check_no_leak`` still guards hand-made
 manifests).
+
+Hostile folders cost a reject each: a file name that is not UTF-8 (a manifest is UTF-8 text)
+is a ``bad file name``; FIFOs, devices and links to them are ``not a regular file``; a file
+over ``max_bytes`` is ``too large`` before it is read (see :mod:`sorting.datasets.images`).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from sorting.datasets.images import DEFAULT_MAX_PIXELS, ImageError, ImageInfo, inspect_image
-from sorting.datasets.manifest import ManifestRow, relative_path, write_manifest
+from sorting.datasets.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, ImageInfo, inspect_image
+from sorting.datasets.manifest import ManifestRow, read_csv_text, relative_path, write_manifest
 from sorting.errors import ConfigError, DataError
 from sorting.taxonomy import HEADS, AliasMap, Taxonomy, load_aliases, load_taxonomy, normalise_label
 
@@ -162,13 +166,13 @@ def _show(labels: dict[str, str | None]) -> str:
 
 
 def _validate(
-    candidates: list[_Candidate], *, max_pixels: int, workers: int, progress: bool
+    candidates: list[_Candidate], *, max_pixels: int, max_bytes: int, workers: int, progress: bool
 ) -> list[ImageInfo | ImageError]:
     """Decode every candidate image (thread pool); results in input order."""
 
     def check(candidate: _Candidate) -> ImageInfo | ImageError:
         try:
-            return inspect_image(candidate.image, max_pixels=max_pixels)
+            return inspect_image(candidate.image, max_pixels=max_pixels, max_bytes=max_bytes)
         except ImageError as exc:
             return exc
 
@@ -189,6 +193,7 @@ def _finish(
     heads: tuple[str, ...],
     source: str,
     max_pixels: int,
+    max_bytes: int,
     workers: int,
     deduplicate: bool,
     progress: bool,
@@ -198,7 +203,7 @@ def _finish(
     rejects = list(early_rejects)
     rows: list[ManifestRow] = []
     first_by_sha1: dict[str, _Candidate] = {}
-    results = _validate(candidates, max_pixels=max_pixels, workers=workers, progress=progress)
+    results = _validate(candidates, max_pixels=max_pixels, max_bytes=max_bytes, workers=workers, progress=progress)
     for candidate, result in zip(candidates, results):
         if isinstance(result, ImageError):
             rejects.append(candidate.reject(result.reason, result.detail))
@@ -259,6 +264,7 @@ def import_image_folder(
     rejects_path: str | Path | None = None,
     source: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     workers: int = 2,
     deduplicate: bool = True,
     progress: bool = True,
@@ -288,6 +294,10 @@ def import_image_folder(
             image = Path(dirpath) / name
             origin = image.relative_to(root).as_posix()
             parts = image.relative_to(root).parts
+            if not _is_utf8(origin):
+                shown = os.fsencode(origin).decode("utf-8", "backslashreplace")
+                rejects.append(Reject(shown, "bad file name", "not UTF-8: rename it"))
+                continue
             if len(parts) < 2:
                 rejects.append(Reject(origin, "not in a class folder"))
                 continue
@@ -303,9 +313,18 @@ def import_image_folder(
         raise DataError(f"image folder {root} holds no files (expected one sub-folder per class)")
     return _finish(
         candidates, rejects, scanned=scanned, manifest_path=manifest_path, rejects_path=rejects_path,
-        heads=(task,), source=source or root.name, max_pixels=max_pixels, workers=workers,
+        heads=(task,), source=source or root.name, max_pixels=max_pixels, max_bytes=max_bytes, workers=workers,
         deduplicate=deduplicate, progress=progress,
     )
+
+
+def _is_utf8(name: str) -> bool:
+    """Whether a file name from the OS is valid UTF-8 (undecodable bytes arrive as lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _cell(record: dict[str | None, object], column: str | None) -> str | None:
@@ -328,15 +347,18 @@ def import_csv(
     rejects_path: str | Path | None = None,
     source: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_bytes: int = DEFAULT_MAX_BYTES,
     workers: int = 2,
     deduplicate: bool = True,
     progress: bool = True,
+    encoding: str = "utf-8",
 ) -> ImportReport:
     """Import a CSV with one row per image; ``label_cols`` maps head -> column name.
 
     Image paths are relative to ``image_root`` (default: the CSV's folder) or absolute.
     A row is rejected when its image is missing/bad, a label is unknown, or it has no
-    label at all (``NA``/empty); a row may label only some of the heads.
+    label at all (``NA``/empty); a row may label only some of the heads. The CSV is UTF-8
+    unless ``encoding`` says otherwise.
     """
     csv_path, manifest_path = Path(csv_path), Path(manifest_path)
     unknown_heads = set(label_cols) - set(HEADS)
@@ -354,7 +376,7 @@ def import_csv(
     rejects: list[Reject] = []
     scanned = 0
     try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+        with read_csv_text(csv_path, encoding) as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames or []
             missing = [f"{what} '{col}'" for what, col in wanted.items() if col and col not in header]
@@ -382,12 +404,10 @@ def import_csv(
                     image=image_root / image_cell, origin=origin, labels=resolved, line=line,
                     garment=_cell(record, garment_col), composition=_cell(record, composition_col),
                 ))
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{csv_path}: not a UTF-8 text CSV ({exc.reason})") from None
     except csv.Error as exc:
         raise DataError(f"{csv_path}: malformed CSV: {exc}") from None
     return _finish(
         candidates, rejects, scanned=scanned, manifest_path=manifest_path, rejects_path=rejects_path,
-        heads=heads, source=source or csv_path.parent.name, max_pixels=max_pixels, workers=workers,
-        deduplicate=deduplicate, progress=progress,
+        heads=heads, source=source or csv_path.parent.name, max_pixels=max_pixels, max_bytes=max_bytes,
+        workers=workers, deduplicate=deduplicate, progress=progress,
     )

@@ -12,14 +12,16 @@ header, so a hand-written ``path,colour`` manifest is valid.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
+import io
 import os
 import tempfile
 from dataclasses import astuple, dataclass, replace
 from pathlib import Path
 
-from sorting.errors import DataError
+from sorting.errors import ConfigError, DataError
 
 COLUMNS: tuple[str, ...] = (
     "path",
@@ -118,13 +120,38 @@ def _parse_row(record: dict[str, str], where: str) -> ManifestRow:
     return ManifestRow(**values)  # type: ignore[arg-type]
 
 
+def read_csv_text(path: str | Path, encoding: str = "utf-8") -> io.StringIO:
+    """A CSV file's text, ready for ``csv.reader``; text it cannot be is a :class:`DataError` naming the line.
+
+    UTF-8 (with or without a byte-order mark) unless ``encoding`` says otherwise (a spreadsheet's
+    ``latin-1`` or ``cp1252`` export).
+    """
+    path = Path(path)
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise ConfigError(f"unknown text encoding '{encoding}'") from None
+    if not path.is_file():
+        raise DataError(f"{path} does not exist or is not a file")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig" if name == "utf-8" else name)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not a {'UTF-8' if name == 'utf-8' else name} text CSV (byte "
+                        f"0x{data[exc.start]:02x}); save it as UTF-8") from None
+    if "\x00" in text:
+        raise DataError(f"{path}:{text.count(chr(10), 0, text.index(chr(0))) + 1}: a NUL character: not a text CSV")
+    return io.StringIO(text, newline="")
+
+
 def read_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest CSV; raises :class:`DataError` naming file and line."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist" if not path.exists() else f"manifest {path} is not a file")
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
+        with read_csv_text(path) as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames
             if not header:
@@ -148,8 +175,6 @@ def read_manifest(path: str | Path) -> Manifest:
                     raise DataError(f"{where}: path '{row.path}' already listed on line {first_line[row.path]}")
                 first_line[row.path] = reader.line_num
                 rows.append(row)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not a UTF-8 text CSV ({exc.reason})") from None
     except csv.Error as exc:
         raise DataError(f"{path}: malformed CSV: {exc}") from None
     return Manifest(rows=rows, root=path.parent)

@@ -11,6 +11,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from sorting.datasets.manifest import SPLITS, Manifest, read_manifest
+from sorting.errors import ConfigError
 from sorting.taxonomy import HEADS
 
 UNSPLIT = "unsplit"
@@ -96,6 +97,15 @@ def compute_stats(manifest: Manifest) -> ManifestStats:
     )
 
 
+def check_chart_path(path: str | Path) -> Path:
+    """``path`` if matplotlib can write a chart in its format (by suffix), else one :class:`ConfigError`."""
+    path = Path(path)
+    if path.suffix.lower().lstrip(".") not in FigureCanvasAgg.get_supported_filetypes():
+        raise ConfigError(f"chart {path}: give an image file name ending in .png, .svg or .pdf "
+                          f"(not '{path.suffix}'); the counts are printed, not written")
+    return path
+
+
 def plot_stats(stats: ManifestStats, out_path: str | Path, *, title: str = "") -> Path:
     """Bar chart of class counts per head, stacked by split; written as PNG."""
     heads = [h for h in HEADS if stats.totals(h)] or [HEADS[0]]
@@ -119,7 +129,7 @@ def plot_stats(stats: ManifestStats, out_path: str | Path, *, title: str = "") -
             ax.legend()
     if title:
         fig.suptitle(title)
-    out_path = Path(out_path)
+    out_path = check_chart_path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=100)
     return out_path
@@ -133,6 +143,8 @@ def default_stats_png(manifest_path: str | Path) -> Path:
 
 def manifest_stats(manifest_path: str | Path, out_png: str | Path | None = None) -> tuple[ManifestStats, Path]:
     """Read a manifest, compute its stats and write the chart (default next to the manifest)."""
+    if out_png is not None:
+        check_chart_path(out_png)
     stats = compute_stats(read_manifest(manifest_path))
     png = plot_stats(stats, out_png or default_stats_png(manifest_path), title=Path(manifest_path).name)
     return stats, png

@@ -9,8 +9,8 @@ pass both files, so each is calibrated on its own domain.
 
 Speed: onnxruntime on ``threads`` intra-op threads, warm-up runs excluded; latency p50/p99 over
 ``repeats`` single-image runs, throughput from the median of repeated ``batch``-image runs, and
-each model's throughput relative to the fastest. Accuracy and macro-F1 per head come from
-:func:`sorting.training.evaluate.evaluate_model` (shared metrics), only for ``.onnx`` files:
+each model's throughput relative to the fastest (:mod:`sorting.models.speed`). Accuracy and macro-F1 per head come
+from :func:`sorting.models.evaluation.evaluate_onnx` (shared metrics), only for ``.onnx`` files:
 registry-built models are untrained here, their accuracy would mean nothing.
 """
 
@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import platform
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,10 @@ import onnx
 from tqdm import tqdm
 
 from sorting.errors import ConfigError, DataError, ModelFileError
-from sorting.models.onnx_model import INPUT_NAME, OnnxClassifier, read_metadata
+from sorting.models.evaluation import evaluate_onnx
+from sorting.models.onnx_model import read_metadata
+from sorting.models.quantize import QuantizeOptions, calibration_images, quantize_model
+from sorting.models.speed import SpeedMeter
 
 log = logging.getLogger(__name__)
 
@@ -138,53 +140,9 @@ def count_params(path: Path) -> int:
     return total
 
 
-class SpeedMeter:
-    """Times one model; :meth:`sample` can be called in several rounds, interleaved with other models.
-
-    Interleaving rounds across models spreads the noise of a shared machine over all of them
-    instead of penalising whichever model ran during a busy moment.
-    """
-
-    def __init__(self, path: Path, *, threads: int, batch: int, warmup: int, seed: int = 0) -> None:
-        self._session = OnnxClassifier.load(path, threads=threads).session
-        size = self._session.get_inputs()[0].shape[2]
-        rng = np.random.default_rng(seed)
-        self._single = {INPUT_NAME: rng.standard_normal((1, 3, size, size)).astype(np.float32)}
-        self._many = {INPUT_NAME: rng.standard_normal((batch, 3, size, size)).astype(np.float32)}
-        self.batch = batch
-        self.latencies: list[float] = []
-        self.batch_times: list[float] = []
-        for _ in range(warmup):  # first runs allocate memory and pick kernels: excluded
-            self._session.run(None, self._single)
-        for _ in range(max(1, warmup // 2)):
-            self._session.run(None, self._many)
-
-    def sample(self, n_single: int, n_batch: int) -> None:
-        for feed, store, n in ((self._single, self.latencies, n_single), (self._many, self.batch_times, n_batch)):
-            for _ in range(n):
-                start = time.perf_counter()
-                self._session.run(None, feed)
-                store.append(time.perf_counter() - start)
-
-    def result(self) -> dict[str, float]:
-        """Latency p50/p99 (ms, batch 1) and throughput (img/s at ``batch``, median run)."""
-        lat = np.asarray(self.latencies) * 1000.0
-        return {
-            "latency_p50_ms": float(np.percentile(lat, 50)),
-            "latency_p99_ms": float(np.percentile(lat, 99)),
-            "throughput_img_s": float(self.batch / np.median(self.batch_times)),
-        }
-
-
-def measure_speed(path: Path, *, threads: int, batch: int, repeats: int, warmup: int, seed: int = 0) -> dict[str, float]:
-    """Latency p50/p99 (ms, batch 1) over ``repeats`` runs and throughput at ``batch`` for one model."""
-    meter = SpeedMeter(path, threads=threads, batch=batch, warmup=warmup, seed=seed)
-    meter.sample(repeats, max(3, repeats // 5))
-    return meter.result()
-
-
 def measure_interleaved(paths: list[Path], cfg: "BenchConfig") -> list[dict[str, float]]:
-    """:func:`measure_speed` for several models in ``cfg.rounds`` interleaved rounds (all sessions kept open)."""
+    """:func:`~sorting.models.speed.measure_speed` for several models in ``cfg.rounds`` interleaved rounds (all
+    sessions kept open)."""
     meters = [SpeedMeter(p, threads=cfg.threads, batch=cfg.batch, warmup=cfg.warmup, seed=cfg.seed)
               for p in tqdm(paths, desc="loading + warm-up", unit="model", leave=False)]
     n_single = max(1, cfg.repeats // cfg.rounds)
@@ -233,8 +191,6 @@ def calibration_set(cfg: BenchConfig) -> EvalSet:
 
 
 def _int8_variant(fp32: BenchModel, cfg: BenchConfig, calib: EvalSet, images: list[Path]) -> BenchModel:
-    from sorting.models.quantize import QuantizeOptions, quantize_model
-
     path = cfg.work_dir / f"{fp32.path.stem}.int8.onnx"
     options = QuantizeOptions(format=cfg.int8_format, n_calib=cfg.n_calib)  # type: ignore[arg-type]
     quantize_model(fp32.path, path, images, options, calib_source=str(calib))
@@ -261,8 +217,6 @@ def resolve_models(cfg: BenchConfig) -> list[BenchModel]:
             raise ConfigError(f"'{spec}' is neither an .onnx file nor a registered model ({', '.join(known)})")
     out = []
     if cfg.int8 and built:
-        from sorting.models.quantize import calibration_images
-
         calib = calibration_set(cfg)
         images = calibration_images(calib.path, cfg.n_calib, seed=cfg.seed, split=calib.split)
     for model in built:
@@ -274,14 +228,12 @@ def resolve_models(cfg: BenchConfig) -> list[BenchModel]:
 
 def _accuracy(model: BenchModel, data: EvalSet, cfg: BenchConfig) -> dict[str, float]:
     """``{"<head>_accuracy": .., "<head>_macro_f1": ..}`` on ``data`` ({} if no head matches)."""
-    from sorting.training.evaluate import evaluate_model
-
     out_dir = cfg.work_dir / "eval" / f"{model.path.stem}-{data.label.replace('/', '-')}"
     target, split = data.path, data.split
     if cfg.max_eval_images:
         target, split = _subsample_manifest(data, cfg.max_eval_images, cfg.seed, out_dir), None
     try:
-        report = evaluate_model(model.path, target, out_dir=out_dir, split=split, threads=cfg.threads,
+        report = evaluate_onnx(model.path, target, out_dir=out_dir, split=split, threads=cfg.threads,
                                 progress=False)
     except DataError as exc:
         log.warning("%s on %s: no accuracy (%s)", model.name, data, exc)

@@ -163,7 +163,7 @@ class ColourAwareBackbone(nn.Module):
     ``colour_mean``/``colour_std`` (saved in the state_dict, so checkpoints and ONNX carry them),
     because the heads are plain Linear layers and the histogram bins live on very different scales
     from the CNN embedding. The trainer sets them once from the training images through
-    :meth:`fit_statistics` before the first epoch (see ``sorting.training.trainer``).
+    :meth:`fit_statistics` before the first epoch (see ``sorting.training.image_setup``).
     """
 
     def __init__(self, backbone: nn.Module, backbone_dim: int, colour: ColourFeatures) -> None:

@@ -196,11 +196,6 @@ class Predictions:
     def __len__(self) -> int:
         return int(self.embedding.shape[0])
 
-    def top1(self, head: str) -> list[str]:
-        """Predicted label name per image for ``head``."""
-        names = self.labels[head]
-        return [names[i] for i in self.probs[head].argmax(axis=1)]
-
 
 class OnnxClassifier:
     """An exported textile-sorter model running on onnxruntime (CPU)."""

@@ -43,7 +43,9 @@ from tqdm import tqdm
 
 from sorting.datasets.preprocess import PreprocessConfig, preprocess_batch
 from sorting.errors import DataError, ModelFileError
+from sorting.models.evaluation import evaluate_onnx
 from sorting.models.onnx_model import INPUT_NAME, OnnxClassifier, read_metadata
+from sorting.models.speed import measure_speed
 
 log = logging.getLogger(__name__)
 
@@ -257,13 +259,10 @@ def compare_models(
     fp32_path: str | Path, int8_path: str | Path, manifest: str | Path, *, split: str | None = None, threads: int = 1
 ) -> Comparison:
     """Score both models on ``manifest`` (shared evaluation code) and time them on the same settings."""
-    from sorting.models.bench import measure_speed
-    from sorting.training.evaluate import evaluate_model
-
     reports = []
     with tempfile.TemporaryDirectory() as tmp:
         for i, path in enumerate((fp32_path, int8_path)):
-            reports.append(evaluate_model(path, manifest, out_dir=Path(tmp) / str(i), split=split, threads=threads))
+            reports.append(evaluate_onnx(path, manifest, out_dir=Path(tmp) / str(i), split=split, threads=threads))
     accuracy = {h: (reports[0].heads[h].metrics["accuracy"], reports[1].heads[h].metrics["accuracy"])
                 for h in reports[0].heads if h in reports[1].heads}
     speeds = [measure_speed(Path(p), threads=threads, batch=16, repeats=20, warmup=3)["throughput_img_s"]

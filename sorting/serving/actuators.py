@@ -80,7 +80,10 @@ class ActuatorConfig(StrictModel):
 
 
 class Actuator(ABC):
-    """Interface the ejector talks to."""
+    """Interface the ejector talks to. ``real_time``: it drives physical outputs, so firing times
+    must be wall-clock times (see :mod:`sorting.serving.clock`)."""
+
+    real_time: bool = False
 
     @abstractmethod
     def fire(self, bin: int, at_time: float, pulse_s: float, *, item_id: int | str | None = None) -> None:
@@ -178,6 +181,8 @@ class ModbusTcpActuator(Actuator):
     it). ``on_missed`` and ``on_connection`` are called from the worker thread.
     """
 
+    real_time = True
+
     def __init__(
         self,
         config: ActuatorConfig,
@@ -212,10 +217,6 @@ class ModbusTcpActuator(Actuator):
     @property
     def connected(self) -> bool:
         return self.link.connected
-
-    @property
-    def reconnects(self) -> int:
-        return self.link.reconnects
 
     def fire(self, bin: int, at_time: float, pulse_s: float, *, item_id: int | str | None = None) -> None:
         firing = Firing(bin, _address(self.addresses, bin), at_time, pulse_s, item_id)

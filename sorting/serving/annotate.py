@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from sorting.errors import DataError
-
-if TYPE_CHECKING:
-    from sorting.serving.loop import FrameResult
+from sorting.serving.nir_stage import ASSIGNED
+from sorting.serving.records import FrameResult
+from sorting.serving.spectrometer_config import SpotGeometry
 
 log = logging.getLogger(__name__)
 
 _GREEN, _YELLOW, _RED, _WHITE, _CYAN = (60, 200, 60), (0, 215, 255), (40, 40, 230), (255, 255, 255), (230, 200, 0)
+_MAGENTA, _GREY = (220, 60, 220), (150, 150, 150)
 
 
 def _label(img: np.ndarray, text: str, org: tuple[int, int], colour: tuple[int, int, int]) -> None:
@@ -27,8 +27,39 @@ def _label(img: np.ndarray, text: str, org: tuple[int, int], colour: tuple[int, 
     cv2.putText(img, text, (x + 1, y - 1), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
 
 
-def annotate_frame(result: "FrameResult", *, decision_line_px: float, axis: int = 0) -> np.ndarray:
-    """A copy of ``result.image`` with boxes, ids, labels + confidence, bins, decision line and fps."""
+def _spots(img: np.ndarray, result: FrameResult, spots: SpotGeometry, axis: int) -> None:
+    """The spectrometer's spots, each joined to the garment its scans of this frame went to (magenta), grey when
+    they read the belt or could not be used; spots upstream of the view are marked on its entry edge."""
+    h, w = img.shape[:2]
+    extent = w if axis == 0 else h
+    reading: dict[int, tuple[str, int | None]] = {}
+    for outcome in result.scans:
+        reading[outcome.scan.spot] = (outcome.outcome, outcome.track_id)
+    centres = {tv.track_id: tv.centroid for tv in result.tracks}
+    r = max(2, int(round(spots.diameter / 2)))
+    for k, across in enumerate(spots.across):
+        along = spots.along
+        inside = 0 <= along < extent
+        a = along if inside else (0 if spots.sign > 0 else extent - 1)
+        x, y = (int(round(a)), int(round(across))) if axis == 0 else (int(round(across)), int(round(a)))
+        outcome, track = reading.get(k, ("", None))
+        colour = _MAGENTA if outcome == ASSIGNED else _GREY
+        if inside:
+            cv2.circle(img, (x, y), r, colour, 2)
+        else:
+            cv2.drawMarker(img, (x, y), colour, cv2.MARKER_TRIANGLE_UP, 2 * r, 2)
+        if outcome == ASSIGNED and track in centres:
+            cx, cy = centres[track]
+            cv2.line(img, (x, y), (int(round(cx)), int(round(cy))), _MAGENTA, 1)
+    if not 0 <= spots.along < extent:
+        _label(img, f"NIR spots {abs(spots.along if spots.sign > 0 else spots.along - extent):.0f} px upstream",
+               (4, h - 6), _GREY)
+
+
+def annotate_frame(result: FrameResult, *, decision_line_px: float, axis: int = 0,
+                   spots: SpotGeometry | None = None) -> np.ndarray:
+    """A copy of ``result.image`` with boxes, ids, labels + confidence, bins, decision line and fps; with
+    ``spots`` (a line with a spectrometer) the sensor's spots and the garment each one is reading."""
     if result.image is None:
         raise ValueError("frame result carries no image (loop run with keep_images=False)")
     img = result.image.copy()
@@ -47,15 +78,21 @@ def annotate_frame(result: "FrameResult", *, decision_line_px: float, axis: int 
         text = f"#{tr.track_id}"
         if tr.label:
             text += f" {tr.label}"
+        if tr.nir_scans:
+            text += f" nir:{tr.nir_scans}"
         decision = decided.get(tr.track_id)
         if decision is not None:
             colour = _RED if decision.bin == decision.reject_bin else _GREEN
+            if decision.nir is not None and decision.nir.usable:
+                text += f" NIR {decision.nir.fibre} {decision.nir.confidence or 0:.2f}"
             text += f" -> {decision.bin_name}"
             thickness = 3
         else:
             thickness = 1
         cv2.rectangle(img, (x, y), (x + bw, y + bh), colour, thickness)
         _label(img, text, (x, y - 2), colour)
+    if spots is not None:
+        _spots(img, result, spots, axis)
     status = f"frame {result.index}  {result.fps:5.1f} fps  items {result.items_decided}"
     if result.no_frame:
         status += "  NO CAMERA FRAME"

@@ -8,20 +8,26 @@ belt slows down, stops or speeds up. Firings are handed to the actuator once the
 
 An item that can no longer be reached (its time is less than ``latency_budget_ms`` away: the
 valve and link need that long) is not fired: it rides to the end-of-belt reject. At planning
-time this turns the decision into ``reason="late"`` (before it is logged); at dispatch time (loop
+time this turns the decision into ``late`` (before it is logged); at dispatch time (loop
 stalled) it is returned in ``TickResult.missed`` so the loop can mark the logged row as missed.
 
-Library code never sleeps: the loop passes ``now`` (its clock) to :meth:`EjectorScheduler.tick`.
-For live serving an :class:`EjectorTicker` thread can tick it every few milliseconds.
+Nobody measures the belt (an encoder that stopped answering: :meth:`SpeedSource.measured` is
+False): no firing can be timed, so new decisions become ``no_belt_speed`` rejects and every
+firing still pending is returned as missed ``encoder`` at once; none is sent at a guessed time.
+
+Library code never sleeps: :meth:`EjectorScheduler.tick` takes ``now`` on the line's clock
+(:mod:`sorting.serving.clock`). On wall time an :class:`EjectorTicker` thread ticks it every few
+milliseconds, so firings keep their time while the loop waits for a camera; on frame time (an
+offline clip) the loop ticks it once per frame.
 
 Call order per decided item (the decision is persisted before the actuator is told)::
 
     decision = policy.decide(evidence)
-    plan = scheduler.plan(evidence.item_id, decision, t_decision, now)   # may become 'late'
+    plan = scheduler.plan(evidence.item_id, decision, t_decision, now)   # may become a reject
     decision_log.record(evidence, plan.decision, latency_ms=..., crop=...)
     scheduler.commit(plan)
-    result = scheduler.tick(now)          # every frame (or from the ticker thread)
-    for firing in result.missed: decision_log.mark_missed(firing.item_id, "late")
+    result = scheduler.tick(now)          # the ticker thread, or every frame
+    for firing, reason in result.missed: decision_log.mark_missed(firing.item_id, reason)
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from pydantic import Field
@@ -41,7 +47,7 @@ from pydantic import Field
 from sorting.config import StrictModel
 from sorting.errors import ConfigError
 from sorting.serving.actuators import Actuator, Firing
-from sorting.serving.policy import Decision, PolicyConfig
+from sorting.serving.policy import Decision, PolicyConfig, RejectReason, as_reject
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +68,13 @@ class EjectorConfig(StrictModel):
 
 
 class SpeedSource(Protocol):
-    """Current belt speed in ``unit`` per second (0 = stopped)."""
+    """Current belt speed in ``unit`` per second (0 = stopped), and whether anybody measures it."""
 
     unit: Unit
 
     def speed(self, now: float) -> float: ...
+
+    def measured(self, now: float) -> bool: ...
 
 
 class FixedSpeed:
@@ -81,13 +89,17 @@ class FixedSpeed:
     def speed(self, now: float) -> float:
         return self._speed
 
+    def measured(self, now: float) -> bool:
+        return True
+
 
 class EncoderSpeed:
     """Belt speed from a shaft encoder: feed cumulative counts with their time.
 
-    Speed is the count rate over the last ``window_s`` times ``distance_per_count``. With no new
-    counts for ``stale_s`` the belt is treated as stopped (0): pending items then wait instead of
-    being fired at a wrong time. ``wrap`` is the counter modulus (e.g. 2**32) when it rolls over;
+    Speed is the count rate over the last ``window_s`` times ``distance_per_count``. A belt that
+    stands still keeps sending the same count (speed 0, measured). With no reading for ``stale_s``
+    nobody measures the belt (:meth:`measured` is False, speed 0): the scheduler then times
+    nothing and sends the items to reject. ``wrap`` is the counter modulus (e.g. 2**32) when it rolls over;
     a step of more than half of it counts as a step back (ignored), not as a leap forward.
     """
 
@@ -140,6 +152,10 @@ class EncoderSpeed:
             self._samples.clear()
             self._last_raw = None
 
+    def measured(self, now: float) -> bool:
+        with self._lock:
+            return bool(self._samples) and now - self._samples[-1][0] <= self.stale_s
+
     def speed(self, now: float) -> float:
         with self._lock:
             if len(self._samples) < 2 or now - self._samples[-1][0] > self.stale_s:
@@ -161,10 +177,11 @@ class Plan:
 
 @dataclass
 class TickResult:
-    """Firings handed to the actuator and firings missed (item goes to end-of-belt reject)."""
+    """Firings handed to the actuator, and firings missed with the reason (``late``: the loop or
+    the belt left no time; ``encoder``: nobody measures the belt): those items go to the end-of-belt reject."""
 
     dispatched: list[Firing] = field(default_factory=list)
-    missed: list[Firing] = field(default_factory=list)
+    missed: list[tuple[Firing, str]] = field(default_factory=list)
 
 
 class EjectorScheduler:
@@ -233,6 +250,9 @@ class EjectorScheduler:
             self._advance(max(now, t_decision))
             if decision.bin not in self._distance:
                 return Plan(item_id, decision, t_decision, None)
+            if not self.speed_source.measured(now):
+                return Plan(item_id, as_reject(decision, self.policy.reject, RejectReason.NO_BELT_SPEED), t_decision,
+                            None)
             target = self._odo_at(t_decision) + self._distance[decision.bin]
             v = self.speed_source.speed(now)
             eta = now + (target - self._odo) / v if v > 0 else None
@@ -240,8 +260,7 @@ class EjectorScheduler:
             if (eta is not None and eta - now < self._latency_s) or too_many:
                 if too_many:
                     log.error("ejector queue full (%d items): item %s goes to reject", len(self._pending), item_id)
-                late = replace(decision, bin=self.policy.reject.id, bin_name=self.policy.reject.name, reason="late")
-                return Plan(item_id, late, t_decision, None)
+                return Plan(item_id, as_reject(decision, self.policy.reject, RejectReason.LATE), t_decision, None)
             return Plan(item_id, decision, t_decision, eta, target)
 
     def commit(self, plan: Plan) -> None:
@@ -255,6 +274,11 @@ class EjectorScheduler:
         """Hand due firings to the actuator; report those that can no longer be made."""
         result = TickResult()
         with self._lock:
+            if not self.speed_source.measured(now):
+                result.missed = [(self._firing(plan, plan.eta or now), "encoder") for _, _, plan in sorted(self._pending)]
+                self._pending.clear()
+                self._t = None  # the odometer restarts when the belt is measured again
+                return result
             self._advance(now)
             v = self.speed_source.speed(now)
             while self._pending:
@@ -266,24 +290,24 @@ class EjectorScheduler:
                 if time_left > self._horizon_s:
                     break
                 heapq.heappop(self._pending)
-                bin_id = plan.decision.bin
-                firing = Firing(bin_id, self._address[bin_id], now + time_left, self._pulse_s[bin_id], plan.item_id)
+                firing = self._firing(plan, now + time_left)
                 if time_left < self._latency_s:
-                    log.warning("item %s missed bin %d (%.1f ms left)", plan.item_id, bin_id, time_left * 1e3)
-                    result.missed.append(firing)
+                    log.warning("item %s missed bin %d (%.1f ms left)", plan.item_id, firing.bin, time_left * 1e3)
+                    result.missed.append((firing, "late"))
                 else:
                     result.dispatched.append(firing)
         for firing in result.dispatched:
             self.actuator.fire(firing.bin, firing.at_time, firing.pulse_s, item_id=firing.item_id)
         return result
 
+    def _firing(self, plan: Plan, at_time: float) -> Firing:
+        b = plan.decision.bin
+        return Firing(b, self._address[b], at_time, self._pulse_s[b], plan.item_id)
+
     def shutdown(self) -> list[Firing]:
         """Drop every pending firing (returned, for the log's 'shutdown' marks)."""
         with self._lock:
-            dropped = []
-            for _, _, p in sorted(self._pending):
-                b = p.decision.bin
-                dropped.append(Firing(b, self._address[b], p.eta or 0.0, self._pulse_s[b], p.item_id))
+            dropped = [self._firing(p, p.eta or 0.0) for _, _, p in sorted(self._pending)]
             self._pending.clear()
         return dropped
 

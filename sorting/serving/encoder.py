@@ -7,13 +7,12 @@ the same) and may wrap at 2**16 (``words: 1``) or 2**32 (``words: 2``, both word
 ``word_order: high_first`` means the register at ``address`` holds the high 16 bits).
 
 Link loss: the reader logs it, closes the socket and reconnects with exponential back-off; it
-never raises into the loop. While no reading arrives the speed goes stale and reads 0 after
-``stale_s``, so the scheduler *holds* pending items instead of firing them at a time computed
-from a speed nobody measures. The belt may have run on meanwhile, so when readings resume
-after such a gap the held firings are not made late either: ``on_gap`` (wired to
-:func:`drop_held_firings` by the loop) drops them as missed ``encoder`` and their items ride
-to the end-of-belt reject. After a reconnect the counter baseline starts afresh (the PLC may
-have restarted its counter), so a jump across the outage never shows up as a burst of speed.
+never raises into the loop. With no reading for ``stale_s`` nobody measures the belt
+(``speed.measured()`` is False): the ejector scheduler then fires nothing at a guessed time, the
+items pending go to the end-of-belt reject as missed ``encoder`` and new ones are decided
+``no_belt_speed`` (see :mod:`sorting.serving.ejector`); the loop raises the ``belt_speed`` alarm.
+After a reconnect the counter baseline starts afresh (the PLC may have restarted its counter), so
+a jump across the outage never shows up as a burst of speed.
 """
 
 from __future__ import annotations
@@ -22,26 +21,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
 from sorting.config import StrictModel
-from sorting.serving.actuators import Firing
-from sorting.serving.ejector import EjectorScheduler, EncoderSpeed, FixedSpeed, SpeedSource
+from sorting.serving.ejector import EncoderSpeed
 from sorting.serving.modbus_link import ModbusLink
-
-if TYPE_CHECKING:
-    from sorting.serving.decision_log import DecisionLog
-    from sorting.serving.line_config import BeltConfig
-    from sorting.serving.telemetry import Telemetry
 
 log = logging.getLogger(__name__)
 
 # (encoder name "host:port", link up, speed in m/s): called from the reader thread after every poll
 EncoderStatusCallback = Callable[[str, bool, float], None]
-# seconds without a reading (longer than stale_s): called from the reader thread when readings resume
-GapCallback = Callable[[float], None]
 
 
 class EncoderConfig(StrictModel):
@@ -58,7 +49,7 @@ class EncoderConfig(StrictModel):
     distance_per_count_m: float = Field(gt=0, description="belt travel per counter step, metres")
     poll_s: float = Field(default=0.02, gt=0)
     window_s: float = Field(default=0.3, gt=0, description="speed = counts over this window")
-    stale_s: float = Field(default=0.5, gt=0, description="no reading this long: speed 0, held items dropped later")
+    stale_s: float = Field(default=0.5, gt=0, description="no reading this long: belt speed unknown, items to reject")
     timeout_ms: float = Field(default=200, gt=0, description="Modbus connect/request timeout")
     retry_initial_ms: float = Field(default=100, gt=0)
     retry_max_ms: float = Field(default=5000, gt=0)
@@ -84,8 +75,7 @@ class EncoderReader:
     """Polls the encoder counter in a thread; ``speed`` is the measured belt speed in m/s.
 
     Call :meth:`start` (or use it as a context manager) and :meth:`close` at the end.
-    ``on_status`` (see :data:`EncoderStatusCallback`) and ``on_gap`` (see :data:`GapCallback`;
-    may be set until :meth:`start`) are called from the reader thread.
+    ``on_status`` (see :data:`EncoderStatusCallback`) is called from the reader thread.
     """
 
     def __init__(
@@ -93,13 +83,11 @@ class EncoderReader:
         config: EncoderConfig,
         *,
         on_status: EncoderStatusCallback | None = None,
-        on_gap: GapCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.clock = clock
         self.on_status = on_status
-        self.on_gap = on_gap
         self.speed = EncoderSpeed(config.distance_per_count_m, "m", window_s=config.window_s,
                                   stale_s=config.stale_s, wrap=2 ** (16 * config.words))
         self.readings = 0
@@ -109,17 +97,8 @@ class EncoderReader:
             retry_initial_s=config.retry_initial_ms / 1000.0, retry_max_s=config.retry_max_ms / 1000.0,
             on_connect=self.speed.reset, clock=clock,
         )
-        self._last_reading: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="belt-encoder", daemon=True)
-
-    @property
-    def connected(self) -> bool:
-        return self.link.connected
-
-    @property
-    def reconnects(self) -> int:
-        return self.link.reconnects
 
     def start(self) -> EncoderReader:
         """Start polling (idempotent)."""
@@ -165,15 +144,6 @@ class EncoderReader:
         except Exception:  # a faulty callback must not stop the speed measurement
             log.exception("encoder on_status callback failed")
 
-    def _after_gap(self, t: float) -> None:
-        last, self._last_reading = self._last_reading, t
-        if last is None or t - last <= self.config.stale_s or self.on_gap is None:
-            return
-        try:
-            self.on_gap(t - last)
-        except Exception:  # a faulty callback must not stop the speed measurement
-            log.exception("encoder on_gap callback failed")
-
     def _run(self) -> None:
         cfg = self.config
         next_poll = self.clock()
@@ -188,7 +158,6 @@ class EncoderReader:
                     # the PLC sampled the counter between request and response: take the middle
                     t = (t0 + self.clock()) / 2.0
                     self.link.ok()
-                    self._after_gap(t)
                     self.speed.update(counts, t)
                     self.readings += 1
                     self._report()
@@ -198,42 +167,3 @@ class EncoderReader:
             self._report()  # speed reads 0 once stale
             self._stop.wait(max(0.0, self.link.next_try - self.clock()))
         self.link.close()
-
-
-def belt_speed(
-    belt: BeltConfig, *, live: bool, on_status: EncoderStatusCallback | None = None
-) -> tuple[SpeedSource, EncoderReader | None]:
-    """The ejector's speed source for ``belt``, plus the encoder reader to start and close (if any).
-
-    A source that is not live (file, folder, synthetic) runs on its own clock, which a live
-    encoder cannot follow: it uses the nominal speed (``speed_px_s`` or ``speed_m_s``) even
-    when ``belt.encoder`` is set.
-    """
-    if belt.encoder is None:
-        return FixedSpeed(belt.pixels_per_second, "px"), None
-    if not live:
-        log.warning("belt.encoder ignored: the source is not live (file, folder or synthetic); "
-                    "using the nominal belt speed")
-        return FixedSpeed(belt.pixels_per_second, "px"), None
-    reader = EncoderReader(belt.encoder, on_status=on_status)
-    return reader.speed, reader
-
-
-def drop_held_firings(
-    scheduler: EjectorScheduler, decision_log: DecisionLog | None, telemetry: Telemetry | None, gap_s: float
-) -> list[Firing]:
-    """After ``gap_s`` without encoder readings: drop every firing the scheduler held meanwhile.
-
-    Nobody measured the belt during the gap; fired now, a pulse would hit whatever is in front
-    of its jet. The items are marked missed ``encoder`` and ride to the end-of-belt reject.
-    """
-    dropped = scheduler.shutdown()
-    for firing in dropped:
-        if decision_log is not None and firing.item_id is not None:
-            decision_log.mark_missed(firing.item_id, "encoder")
-        if telemetry is not None:
-            telemetry.on_missed(firing.bin, "encoder")
-    if dropped:
-        log.warning("belt encoder readings resumed after %.1f s: %d held firing(s) dropped (end-of-belt reject)",
-                    gap_s, len(dropped))
-    return dropped

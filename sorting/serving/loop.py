@@ -1,211 +1,101 @@
 """The sorter loop: frames -> segment -> track -> classify -> decide -> log -> eject.
 
 :class:`SorterLoop` is a generator over frames (:meth:`SorterLoop.run`) that yields one
-:class:`FrameResult` per frame (detections, tracks, decisions, per-stage timings) for the
-annotator, a benchmark or a test. Memory is bounded: it holds only the tracks in view, the
-best crop of each, and the frame being processed.
+:class:`~sorting.serving.records.FrameResult` per frame (detections, tracks, decisions, per-stage
+timings) for the annotator, a benchmark or a test. Memory is bounded: it holds only the tracks in
+view (each with its best crop) and the frame being processed. Build it with
+:func:`sorting.serving.builder.build_sorter`.
 
-Per frame, in order:
+Per frame, in order (the stage names of the timings and metrics):
 
-``read``        next frame from the source (live sources may return "no frame": the loop then
-                yields a ``no_frame`` result, keeps the ejector ticking, and waits for the camera)
-``segment``     belt model -> detections (with continuous white balance: re-measure the
-                reference patch every few frames and segment the white-balanced frame)
-``track``       association, lost items
-``calibrate``   crop the items due for a view (neighbouring garments painted out as belt,
-                :class:`~sorting.serving.segmentation.NeighbourMasker`) and apply the colour correction
-                to the crops only
-``classify``    ONE ``OnnxClassifier.predict`` call for all crops of the frame
-``decide``      policy for items at the decision line (or lost)
-``log_actuate`` decision log row (committed) BEFORE the ejector/actuator hears of it; ejector tick
+``wait_frame``    the wait for the next frame from the source (live sources may return "no frame":
+                  the loop then yields a ``no_frame`` result, keeps the ejector ticking, and waits)
+``segment``       belt model -> detections (with continuous white balance: re-measure the reference
+                  patch every few frames and segment the white-balanced frame)
+``track``         association, lost items
+``nir``           (a line with a spectrometer) its new scans given to the tracked garments
+                  (:class:`~sorting.serving.nir_stage.NirStage`)
+``crop``          crop the items due for a view (neighbouring garments painted out as belt,
+                  :class:`~sorting.serving.segmentation.NeighbourMasker`) and colour-correct the crops
+``classify``      ONE :meth:`Classifier.classify` call for all crops of the frame
+``decide``        the policy decides the items at the decision line (or lost); with a spectrometer,
+                  each item's scans are read once and fused with the camera's view
+``log_and_fire``  decision log row (committed) BEFORE the ejector/actuator hears of it; ejector tick
 
-Shutdown (:meth:`SorterLoop.stop`, e.g. on SIGTERM/Ctrl-C): the loop finishes the current
-frame, then decides every item still on the belt upstream of the decision line as reject
-``shutdown`` (their evidence is incomplete and the line is stopping; their predicted labels
-and confidences are still logged for review), drops firings not yet handed to the actuator
-(logged as missed ``shutdown``: those items ride to the end-of-belt reject) and closes the log.
+Shutdown (:meth:`SorterLoop.stop`, e.g. on SIGTERM/Ctrl-C): the loop finishes the current frame,
+then decides every item still on the belt upstream of the decision line as reject ``shutdown``
+(their evidence is incomplete and the line is stopping; their predicted labels and confidences are
+still logged for review), drops firings not yet handed to the actuator (logged as missed
+``shutdown``: those items ride to the end-of-belt reject) and closes the log.
 """
 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
-from typing import Any
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
-from tqdm import tqdm
 
 from sorting.datasets.preprocess import garment_crop_box
-from sorting.errors import ConfigError
-from sorting.models.onnx_model import OnnxClassifier
-from sorting.serving.actuators import Actuator, bin_addresses, make_actuator
-from sorting.serving.annotate import VideoWriter, annotate_frame
-from sorting.serving.colour_calibration import ColourCorrector, ContinuousWhiteBalance
-from sorting.serving.decision_log import DecisionLog
-from sorting.serving.ejector import EjectorScheduler
-from sorting.serving.encoder import EncoderReader, belt_speed, drop_held_firings
+from sorting.logs import mask_credentials
+from sorting.serving.classifier import Classifier, CropBatch, ModelWatcher, apply_ood_quantile
+from sorting.serving.clock import LineClock
+from sorting.serving.decision_log import DecisionLog, Stored
+from sorting.serving.ejector import EjectorScheduler, EjectorTicker, Plan, TickResult
+from sorting.serving.encoder import EncoderReader
 from sorting.serving.line_config import LineConfig
-from sorting.serving.policy import Decision, ItemEvidence, Policy, load_policy_config
-from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker
-from sorting.serving.sources import FrameSource, open_source
+from sorting.serving.nir_stage import NirStage, ScanOutcome
+from sorting.serving.fusion import NirEvidence
+from sorting.serving.policy import Decision, Ended, ItemEvidence, Policy, RejectReason
+from sorting.serving.records import FrameResult, ItemDecision, TrackView
+from sorting.serving.line_segmentation import LineSegmentation
+from sorting.serving.non_garment import GARMENT
+from sorting.serving.segmentation import Detection, FrameError
+from sorting.serving.sources import Frame, FrameSource
 from sorting.serving.telemetry import Telemetry
-from sorting.serving.tracking import ItemSummary, Track, Tracker
+from sorting.serving.timing import StageTimer
+from sorting.serving.tracking import ItemSummary, Track, make_tracker
 
 log = logging.getLogger(__name__)
 
-STAGES = ("read", "segment", "track", "calibrate", "classify", "decide", "log_actuate")
+STAGES = ("wait_frame", "segment", "track", "crop", "classify", "decide", "log_and_fire")
+NIR_STAGE = "nir"  # after "track", on lines with a spectrometer
 
 
-@dataclass(frozen=True)
-class TrackView:
-    """A snapshot of one track for drawing and evaluation."""
+class _Finished(NamedTuple):
+    """An item whose track ended, with what the policy decided about it."""
 
-    track_id: int
-    bbox: tuple[int, int, int, int]
-    centroid: tuple[float, float]
-    confirmed: bool
-    decided: bool
-    overlap: bool
-    n_views: int
-    label: str
-
-
-@dataclass(frozen=True)
-class ItemDecision:
-    """One item's final decision (``trigger``: line, lost or shutdown)."""
-
-    track_id: int
-    uid: str | None
-    frame: int
-    t_decision: float
-    trigger: str
-    decision: Decision
+    track: Track
+    ended: Ended
     summary: ItemSummary
-    latency_ms: float
-    reject_bin: int
-
-    @property
-    def bin(self) -> int:
-        return self.decision.bin
-
-    @property
-    def bin_name(self) -> str:
-        return self.decision.bin_name
-
-
-@dataclass
-class FrameResult:
-    """What happened in one loop iteration. ``image`` is the raw frame and ``tracks`` the live
-    tracks' display views; both only when the loop keeps images for drawing."""
-
-    index: int
-    t: float
-    image: np.ndarray | None
-    detections: list[Detection] = field(default_factory=list)
-    tracks: list[TrackView] = field(default_factory=list)
-    decisions: list[ItemDecision] = field(default_factory=list)
-    timings_ms: dict[str, float] = field(default_factory=dict)
-    n_classified: int = 0
-    fps: float = 0.0
-    items_decided: int = 0
-    no_frame: bool = False
-
-
-def _apply_ood_quantile(classifier: OnnxClassifier, policy: Policy) -> None:
-    """The bins file's ``ood_quantile``, if set, picks the model's OOD thresholds (ConfigError if it lacks them)."""
-    if policy.config.ood_quantile is not None:
-        classifier.use_ood_quantile(policy.config.ood_quantile)
-        log.info("OOD thresholds at the validation quantile %g (bins file)", policy.config.ood_quantile)
-
-
-def model_id(classifier: OnnxClassifier) -> str:
-    """Short id of a model for logs and metrics: name plus run id (or file name)."""
-    meta = classifier.metadata
-    return f"{meta.model_name}:{meta.run_id or Path(classifier.path).stem}"
-
-
-class ModelWatcher:
-    """Hot reload: watches the model file's mtime; loads and self-checks a new file in a thread.
-
-    :meth:`poll` (called by the loop each frame, cheap) returns a new, checked classifier once,
-    or None. A file that fails to load or to self-check is logged and ignored; the old model
-    keeps serving.
-    """
-
-    def __init__(self, path: str | Path, *, threads: int | None = None, poll_s: float = 2.0,
-                 loader: Callable[[Path], OnnxClassifier] | None = None) -> None:
-        self.path = Path(path)
-        self.poll_s = poll_s
-        self._loader = loader or (lambda p: OnnxClassifier.load(p, threads=threads))
-        self._mtime = self._stat()
-        self._next_check = time.monotonic() + poll_s
-        self._ready: OnnxClassifier | None = None
-        self._worker: threading.Thread | None = None
-        self._lock = threading.Lock()
-
-    def _stat(self) -> float | None:
-        try:
-            return self.path.stat().st_mtime
-        except OSError:
-            return None
-
-    def _load(self) -> None:
-        try:
-            candidate = self._loader(self.path)
-            candidate.self_check()
-        except Exception as exc:  # any failure keeps the old model serving
-            log.error("hot reload of %s rejected: %s (old model keeps serving)", self.path, exc)
-            return
-        with self._lock:
-            self._ready = candidate
-        log.info("hot reload: %s loaded and self-checked", self.path)
-
-    def poll(self) -> OnnxClassifier | None:
-        with self._lock:
-            ready, self._ready = self._ready, None
-        if ready is not None:
-            return ready
-        now = time.monotonic()
-        if now < self._next_check or (self._worker is not None and self._worker.is_alive()):
-            return None
-        self._next_check = now + self.poll_s
-        mtime = self._stat()
-        if mtime is None or mtime == self._mtime:
-            return None
-        self._mtime = mtime
-        self._worker = threading.Thread(target=self._load, name="model-reload", daemon=True)
-        self._worker.start()
-        return None
-
-    def join(self, timeout: float = 30.0) -> None:
-        """Wait for a running load (tests)."""
-        if self._worker is not None:
-            self._worker.join(timeout)
+    evidence: ItemEvidence
+    decision: Decision
+    camera_decision: Decision | None = None  # what the camera alone decides (lines with a spectrometer)
 
 
 class SorterLoop:
-    """One sorting line at work. Build it with :func:`build_sorter` or pass the parts (tests)."""
+    """One sorting line at work (see the module docstring); built by :func:`~sorting.serving.builder.build_sorter`."""
 
     def __init__(
         self,
         cfg: LineConfig,
         source: FrameSource,
-        classifier: Any,
+        classifier: Classifier,
         policy: Policy,
         *,
-        decision_log: DecisionLog | None = None,
-        scheduler: EjectorScheduler | None = None,
-        telemetry: Telemetry | None = None,
+        decision_log: DecisionLog,
+        scheduler: EjectorScheduler,
+        telemetry: Telemetry,
+        clock: LineClock,
         watcher: ModelWatcher | None = None,
         encoder: EncoderReader | None = None,
         keep_images: bool = True,
-        clock: Callable[[], float] = time.monotonic,
+        nir: NirStage | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -218,30 +108,31 @@ class SorterLoop:
         self.encoder = encoder
         self.keep_images = keep_images
         self.clock = clock
-        self.labels = {h: list(v) for h, v in classifier.metadata.labels.items()}
-        _apply_ood_quantile(classifier, policy)
-        cal = cfg.calibration
-        self.corrector = ColourCorrector(cal.white_balance if cal.apply else (1, 1, 1),
-                                         cal.exposure_gain if cal.apply else 1.0)
-        self.white_balance = (
-            ContinuousWhiteBalance(cal.reference_roi, cal.target_level, every=cal.continuous_every,
-                                   smoothing=cal.continuous_smoothing)
-            if cal.apply and cal.continuous and cal.reference_roi is not None else None
-        )
-        fps = source.fps or cfg.camera.fps or 30.0
-        along = 0 if cfg.belt.direction[1] == "x" else 1
-        patch = [cal.reference_roi] if cal.reference_roi is not None else []
-        self.segmenter = BeltSegmenter(cfg.segmentation, fps=fps, along_axis=along, extra_ignore=patch)
-        self.masker = NeighbourMasker(cfg.segmentation.scale)
+        self.labels = {h: list(v) for h, v in classifier.labels.items()}
+        apply_ood_quantile(classifier, policy.config)
+        self.stage = LineSegmentation(cfg, fps=source.fps)  # exactly what evaluate-detection measures
+        self.segmenter = self.stage.segmenter
         self.segmenter.check_colours = policy.uses_two_colours  # no work for evidence the policy ignores
-        self.tracker = Tracker(cfg.tracking, speed_px_s=cfg.belt.pixels_per_second, direction=cfg.belt.direction)
-        self._best_crop: dict[int, tuple[float, np.ndarray]] = {}
+        non_garment = cfg.segmentation.non_garment
+        self._ignore_non_garments = non_garment is not None and non_garment.route == "ignore"
+        self.tracker = make_tracker(cfg.tracking, speed_px_s=cfg.belt.pixels_per_second, direction=cfg.belt.direction)
+        self.nir = nir
+        self._nir_alarm = False
+        self._nir_since: float | None = None  # when the loop began listening to the spectrometer
+        self.timer = StageTimer(STAGES if nir is None else (*STAGES[:3], NIR_STAGE, *STAGES[3:]))
+        # on wall time a thread keeps the firings on time while the loop waits for frames
+        self._ticker = EjectorTicker(scheduler, clock=clock.now, on_result=self._on_tick) \
+            if clock.mode == "wall" else None
+        self._speed_alarm = False
+        self._log_alarm = False
+        self._next_health_check = 0.0
+        self._camera_alarm = False
+        self._refused_reloads = 0
+        self._held: dict[str, Plan] = {}  # product decisions whose row waits in the log's backlog
         self._stop = threading.Event()
         self._closed = False
         self.items_decided = 0
-        self.frames_done = 0
-        self.stage_totals_ms = {s: 0.0 for s in STAGES}
-        self._last_stats = (0, 0)  # dropped, reconnects already reported
+        self._last_stats = (0, 0, 0)  # dropped, unreadable, reconnects already reported
         self.log_summary: dict[str, object] = {}
 
     # -- control ------------------------------------------------------------------------
@@ -253,23 +144,29 @@ class SorterLoop:
     def stopping(self) -> bool:
         return self._stop.is_set()
 
+    @property
+    def frames_done(self) -> int:
+        return self.timer.frames
+
     # -- the loop -----------------------------------------------------------------------
     def run(self, max_frames: int | None = None) -> Iterator[FrameResult]:
         """Process frames until the source ends, ``max_frames`` or :meth:`stop`; then drain."""
         fps_ema = 0.0
         last_wall: float | None = None
+        if self._ticker is not None:
+            self._ticker.start()
         try:
             while not self._stop.is_set() and (max_frames is None or self.frames_done < max_frames):
                 t0 = time.perf_counter()
                 frame = self.source.read(self.cfg.camera.read_timeout_s)
-                t_read = time.perf_counter()
+                waited_ms = (time.perf_counter() - t0) * 1e3
                 self._source_stats()
                 if frame is None:
                     if self.source.exhausted:
                         break
                     yield self._no_frame()
                     continue
-                result = self._process(frame.index, frame.t, frame.image, t0, t_read)
+                result = self._process(frame, t0, waited_ms)
                 now = time.perf_counter()
                 if last_wall is not None and now > last_wall:
                     inst = 1.0 / (now - last_wall)
@@ -284,195 +181,287 @@ class SorterLoop:
             yield final
 
     def _source_stats(self) -> None:
-        if self.telemetry is None:
+        stats = self.source.stats
+        now = (stats.dropped, stats.unreadable, stats.reconnects)
+        if now == self._last_stats:
             return
-        dropped, reconnects = self.source.stats.dropped, self.source.stats.reconnects
-        old_dropped, old_reconnects = self._last_stats
-        if dropped > old_dropped:
-            self.telemetry.on_dropped_frames(dropped - old_dropped)
-        for _ in range(reconnects - old_reconnects):
+        dropped, unreadable, reconnects = (new - old for new, old in zip(now, self._last_stats))
+        if dropped:
+            self.telemetry.on_dropped_frames(dropped)
+        if unreadable:
+            self.telemetry.unreadable_frames.inc(unreadable)
+        for _ in range(reconnects):
             self.telemetry.on_camera_reconnect()
-        self._last_stats = (dropped, reconnects)
+        self._last_stats = now
 
-    def _now(self, t_frame: float) -> float:
-        """Ejector time: the source clock for files (offline runs), the wall clock for live cameras."""
-        return self.clock() if self.source.live else t_frame
+    def _no_frame(self) -> FrameResult:
+        log.debug("no frame from %s", mask_credentials(self.cfg.camera.source))
+        if not self._camera_alarm:
+            self._camera_alarm = True
+            self.telemetry.set_alarm("camera", True, f"no frame from the camera for {self.cfg.camera.read_timeout_s:g} s"
+                                     + ("" if self.source.stats.connected else " (reconnecting)"))
+        self._check_belt_speed()
+        self._flush_log()
+        self._check_health()
+        return FrameResult(index=-1, t=self.clock.now(), image=None, no_frame=True, items_decided=self.items_decided)
+
+    def _check_health(self) -> None:
+        """Once a second: the PLC link and the decision log's disk, as alarms (the camera's is raised by a frame
+        that does not come and cleared by the next that does)."""
+        now = time.monotonic()
+        if now < self._next_health_check:
+            return
+        self._next_health_check = now + 1.0
+        connected = self.scheduler.actuator.connected
+        self.telemetry.set_alarm("plc", not connected, "actuator link down: firings are missed" if not connected
+                                 else "actuator link up")
+        self.telemetry.check_disk(self.decision_log.path.parent)
+
+    def _check_belt_speed(self) -> None:
+        """Raise or clear the belt-speed alarm: nobody measures the belt, so every item goes to reject."""
+        measured = self.scheduler.speed_source.measured(self.clock.now())
+        if measured == (not self._speed_alarm):
+            return
+        self._speed_alarm = not measured
+        self.telemetry.set_alarm("belt_speed", self._speed_alarm,
+                                 "belt speed unknown (encoder silent): every item goes to reject" if not measured
+                                 else "belt speed measured again")
+
+    def _process(self, frame: Frame, t0: float, waited_ms: float) -> FrameResult:
+        timer = self.timer
+        timer.start_frame()
+        timer.add("wait_frame", waited_ms)
+        self.clock.advance(frame.t)
+        if self._camera_alarm:
+            self._camera_alarm = False
+            self.telemetry.set_alarm("camera", False, "frames arrive again")
+        self._check_belt_speed()
+        self._flush_log()
+        self._check_health()
+        self._maybe_reload()
+        with timer.stage("segment"):
+            detections = self._segment(frame.image)
+        if detections is None:  # a frame the segmentation cannot use: skipped, the tracks wait for the next
+            return FrameResult(index=frame.index, t=frame.t, image=frame.image if self.keep_images else None,
+                               timings_ms=dict(timer.frame_ms), items_decided=self.items_decided)
+        with timer.stage("track"):
+            update = self.tracker.update(detections, frame.index, frame.t)
+        scans = self._scans(frame) if self.nir is not None else []
+        with timer.stage("crop"):
+            todo = self.tracker.views_to_classify(frame.index)
+            crops = [self.stage.corrector.apply(self._crop(frame.image, tr, detections)) for tr in todo]
+        with timer.stage("classify"):
+            self._classify(frame, todo, crops)
+        with timer.stage("decide"):
+            ended: list[tuple[Track, Ended]] = [(tr, "lost") for tr in update.lost]
+            ended += [(tr, "line") for tr in self.tracker.due()]
+            nir = self.nir.evidence([tr for tr, _ in ended]) if self.nir is not None and ended else {}
+            finished = [self._decide(tr, end, nir.get(tr.id)) for tr, end in ended]
+        with timer.stage("log_and_fire"):
+            items = [self._log_and_schedule(item, frame.index, frame.t, t0) for item in finished]
+            if self._ticker is None:
+                self._on_tick(self.scheduler.tick(self.clock.now()))
+        for stage, ms in timer.frame_ms.items():
+            self.telemetry.observe_stage(stage, ms / 1e3)
+        self.telemetry.on_frame(time.monotonic())
+        return FrameResult(
+            index=frame.index, t=frame.t, image=frame.image if self.keep_images else None, detections=detections,
+            tracks=[self._view(tr) for tr in self.tracker.tracks] if self.keep_images else [],
+            decisions=items, timings_ms=dict(timer.frame_ms), n_classified=len(crops),
+            items_decided=self.items_decided, scans=scans,
+        )
+
+    def _scans(self, frame: Frame) -> list[ScanOutcome]:
+        """The ``nir`` stage: the spectrometer's new scans given to the tracked garments, counted; its alarm
+        when no scan came for ``spectrometer.silent_s`` (the items are then decided without a reading)."""
+        assert self.nir is not None and self.cfg.spectrometer is not None
+        with self.timer.stage(NIR_STAGE):
+            now = self.clock.now()
+            outcomes = self.nir.update(now, frame.t, self.tracker.tracks, frame.image.shape[:2],
+                                       self.tracker.speed_px_s)
+            if outcomes:
+                self.telemetry.on_scans(Counter(o.outcome for o in outcomes))
+            if self._nir_since is None:
+                self._nir_since = now
+            last = self.nir.last_scan_t if self.nir.last_scan_t is not None else self._nir_since
+            silent = now - last > self.cfg.spectrometer.silent_s
+            if silent != self._nir_alarm:
+                self._nir_alarm = silent
+                self.telemetry.set_alarm("spectrometer", silent, "no scan from the spectrometer: items are decided "
+                                         "as the bins file's nir.missing says" if silent else "scans arrive again")
+        return outcomes
+
+    def _segment(self, image: np.ndarray) -> list[Detection] | None:
+        """This frame's detections (None: a frame the segmentation cannot use, counted and skipped)."""
+        try:
+            detections = self.stage.segment(image, shape_min_area=self.tracker.shape_evidence_min_area)
+        except FrameError as exc:
+            self.source.stats.unreadable += 1
+            log.warning("%s", exc)
+            return None
+        if self._ignore_non_garments:
+            ignored = Counter(d.kind for d in detections if d.kind != GARMENT)
+            for kind, n in ignored.items():
+                self.telemetry.ignored_detections.labels(kind=kind).inc(n)
+            if ignored:
+                detections = [d for d in detections if d.kind == GARMENT]
+        if self.encoder is not None and (speed := self.encoder.speed.speed(self.clock.now())) > 0:
+            # new items start at the measured speed (an encoder line config always has px_per_m)
+            self.tracker.set_belt_speed(speed * (self.cfg.belt.px_per_m or 0.0))
+        return detections
 
     def _crop(self, image: np.ndarray, track: Track, detections: list[Detection]) -> np.ndarray:
         """The classifier's view of ``track`` (seen in this frame): its garment crop, neighbours painted as belt."""
         assert track.detection is not None  # views_to_classify returns tracks detected in this frame
-        return self.masker.crop(image, garment_crop_box(image.shape, track.bbox), track.detection, detections)
+        return self.stage.masker.crop(image, garment_crop_box(image.shape, track.bbox), track.detection, detections)
 
-    def _no_frame(self) -> FrameResult:
-        log.debug("no frame from %s", self.cfg.camera.source)
-        if self.scheduler is not None and self.source.live:
-            self._handle_tick(self.scheduler.tick(self.clock()))  # firings keep their time without frames
-        return FrameResult(index=-1, t=self.clock(), image=None, no_frame=True, items_decided=self.items_decided)
-
-    def _process(self, index: int, t: float, image: np.ndarray, t0: float, t_read: float) -> FrameResult:
-        timings = {"read": (t_read - t0) * 1e3}
-        self._maybe_reload()
-        tic = time.perf_counter()
-        if self.white_balance is not None:
-            self.corrector = self.white_balance.update(image) or self.corrector
-        detections = self.segmenter.segment(image, self.corrector.apply if self.white_balance is not None else None,
-                                            shape_min_area=self.tracker.shape_evidence_min_area)
-        tac = time.perf_counter()
-        timings["segment"] = (tac - tic) * 1e3
-        if self.encoder is not None and (speed := self.encoder.speed.speed(self.clock())) > 0:
-            # new items start at the measured speed (an encoder line config always has px_per_m)
-            self.tracker.speed_px_s = speed * (self.cfg.belt.px_per_m or 0.0)
-        update = self.tracker.update(detections, index, t)
-        tic = time.perf_counter()
-        timings["track"] = (tic - tac) * 1e3
-        todo = self.tracker.views_to_classify(index)
-        crops = [self.corrector.apply(self._crop(image, tr, detections)) for tr in todo]
-        tac = time.perf_counter()
-        timings["calibrate"] = (tac - tic) * 1e3
-        if crops:
-            preds = self.classifier.predict(crops)
-            for row, (tr, crop) in enumerate(zip(todo, crops)):
-                probs = {h: preds.probs[h][row] for h in preds.probs}
-                ood = any(bool(preds.ood[h][row]) for h in preds.ood if h in self.policy.ood_heads)
-                whole = tr.detection is not None and not tr.detection.edges
-                tr.add_view(probs, ood=ood, whole=whole, weight=self.tracker.view_weight(tr), frame=index)
-                area = tr.detection.area if tr.detection is not None else 0.0
-                if area >= self._best_crop.get(tr.id, (-1.0, None))[0]:
-                    self._best_crop[tr.id] = (area, crop)
-        tic = time.perf_counter()
-        timings["classify"] = (tic - tac) * 1e3
-        finished = [(tr, "lost") for tr in update.lost] + [(tr, "line") for tr in self.tracker.due()]
-        decided = [self._decide(tr, trigger) for tr, trigger in finished]
-        tac = time.perf_counter()
-        timings["decide"] = (tac - tic) * 1e3
-        items = [self._log_and_schedule(tr, trigger, dec, index, t, t0) for (tr, trigger), dec in zip(finished, decided)]
-        if self.scheduler is not None:
-            self._handle_tick(self.scheduler.tick(self._now(t)))
-        active_ids = {tr.id for tr in self.tracker.tracks}
-        for tid in [k for k in self._best_crop if k not in active_ids]:
-            del self._best_crop[tid]
-        timings["log_actuate"] = (time.perf_counter() - tac) * 1e3
-        for stage, ms in timings.items():
-            self.stage_totals_ms[stage] += ms
-            if self.telemetry is not None:
-                self.telemetry.observe_stage(stage, ms / 1e3)
-        if self.telemetry is not None:
-            self.telemetry.on_frame(time.monotonic())
-        self.frames_done += 1
-        return FrameResult(
-            index=index, t=t, image=image if self.keep_images else None, detections=detections,
-            tracks=[self._view(tr) for tr in self.tracker.tracks] if self.keep_images else [],
-            decisions=items, timings_ms=timings,
-            n_classified=len(crops), items_decided=self.items_decided,
-        )
+    def _classify(self, frame: Frame, todo: list[Track], crops: list[np.ndarray]) -> None:
+        """One classifier call for the frame's crops; each view is folded into its track's evidence."""
+        if not crops:
+            return
+        dets = [tr.detection for tr in todo]
+        scores = self.classifier.classify(CropBatch(frame.index, frame.t, crops, dets))  # type: ignore[arg-type]
+        for row, (tr, crop) in enumerate(zip(todo, crops)):
+            probs = {h: scores.probs[h][row] for h in scores.probs}
+            ood_heads = [h for h in scores.ood if h in self.policy.ood_heads and bool(scores.ood[h][row])]
+            det = tr.detection
+            whole = det is not None and not det.edges
+            tr.views.add(probs, ood=bool(ood_heads), whole=whole, weight=self.tracker.view_weight(tr),
+                         frame=frame.index, crop=crop, area=det.area if det is not None else 0.0, ood_heads=ood_heads)
 
     def _view(self, tr: Track) -> TrackView:
-        probs = tr.probs()
+        probs = tr.views.probs()
         parts = []
         for head in ("fibre", "colour"):
             if head in probs:
                 k = int(np.argmax(probs[head]))
                 parts.append(f"{self.labels[head][k]} {probs[head][k]:.2f}")
-        return TrackView(tr.id, tr.bbox, tr.centroid, tr.confirmed, tr.decided, tr.overlap_frames > 0 or tr.merged,
-                         tr.n_views, " ".join(parts))
+        return TrackView(tr.id, tr.bbox, tr.centroid, tr.confirmed, tr.decided, tr.shape.signs > 0 or tr.merged,
+                         tr.views.n, " ".join(parts), self.nir.scans_of(tr.id) if self.nir is not None else 0)
 
-    def _decide(self, tr: Track, trigger: str) -> tuple[ItemSummary, ItemEvidence, Decision]:
+    def _decide(self, tr: Track, ended: Ended, nir: NirEvidence | None = None) -> _Finished:
+        """The policy's decision for ``tr``; on a line with a spectrometer also what the camera alone decides."""
         summary = self.tracker.summary(tr)
+        if self.nir is not None and nir is None:
+            nir = NirEvidence(scans=0)
         evidence = ItemEvidence(item_id=tr.id, probs=summary.probs, labels=self.labels, ood=summary.ood,
                                 overlap=summary.overlap, two_colours=summary.two_colours, cut_off=summary.cut_off,
-                                n_views=summary.n_views)
-        decision = self.policy.decide(evidence)
-        several = summary.overlap or summary.two_colours
-        if summary.n_views == 0 and (several or summary.cut_off):
-            # never classifiable because it was never seen alone and whole: say why
-            decision = self.policy.reject("overlap" if several else "cut_off", decision)
-        if trigger in ("lost", "shutdown"):
-            decision = self.policy.reject(trigger, decision)
-        return summary, evidence, decision
+                                n_views=summary.n_views, ended=ended, not_garment=summary.not_garment, nir=nir,
+                                ood_heads=summary.ood_heads)
+        camera = self.policy.decide(replace(evidence, nir=None)) if nir is not None else None
+        return _Finished(tr, ended, summary, evidence, self.policy.decide(evidence), camera)
 
-    def _log_and_schedule(self, tr: Track, trigger: str, decided: tuple[ItemSummary, ItemEvidence, Decision],
-                          index: int, t: float, t0: float) -> ItemDecision:
-        summary, evidence, decision = decided
-        plan = None
-        if self.scheduler is not None:
-            plan = self.scheduler.plan(tr.id, decision, t, self._now(t))
-            decision = plan.decision
+    def _log_and_schedule(self, item: _Finished, index: int, t: float, t0: float) -> ItemDecision:
+        """Plan the firing, persist the (final) decision, and only then hand the firing to the scheduler.
+
+        A row the log holds in its backlog (database locked or full) keeps its firing back until the
+        row is stored (:meth:`_flush_log`); with the backlog full the item goes to reject.
+        """
+        tr = item.track
+        decision = item.decision
+        if self.decision_log.full:
+            decision = self.policy.reject(RejectReason.LOG_UNAVAILABLE, decision)
+        plan = self.scheduler.plan(tr.id, decision, t, self.clock.now())
         latency_ms = (time.perf_counter() - t0) * 1e3
-        uid = None
-        if self.decision_log is not None:
-            crop = self._best_crop.pop(tr.id, (0.0, None))[1]
-            uid = self.decision_log.record(evidence, decision, latency_ms=latency_ms, crop=crop, t_decision=t)
-        if plan is not None and self.scheduler is not None:
+        uid, stored = self.decision_log.record(item.evidence, plan.decision, latency_ms=latency_ms,
+                                               crop=tr.views.take_best_crop(), t_decision=t)
+        if stored is Stored.STORED:
             self.scheduler.commit(plan)  # only after the row is committed
-        if self.telemetry is not None:
-            self.telemetry.on_decision(decision)
-            self.telemetry.observe_decision_latency(latency_ms / 1e3)
+        elif stored is Stored.HELD:
+            self._held[uid] = plan
+            self._set_log_alarm()
+        self.telemetry.on_decision(plan.decision)
+        self.telemetry.observe_decision_latency(latency_ms / 1e3)
         self.items_decided += 1
-        log.debug("item %d -> %s (%s)", tr.id, decision.bin_name, decision.reason)
-        return ItemDecision(tr.id, uid, index, t, trigger, decision, summary, latency_ms, self.policy.reject_bin)
+        log.debug("item %d -> %s (%s)", tr.id, plan.decision.bin_name, plan.decision.reason)
+        return ItemDecision(tr.id, uid, index, t, item.ended, plan.decision, item.summary, latency_ms,
+                            self.policy.reject_bin, item.camera_decision, item.evidence.nir)
 
-    def _handle_tick(self, result: Any) -> None:
-        for firing in result.missed:
-            if self.decision_log is not None and firing.item_id is not None:
-                self.decision_log.mark_missed(firing.item_id, "late")
-            if self.telemetry is not None:
-                self.telemetry.on_missed(firing.bin, "late")
+    def _flush_log(self, *, patience_s: float | None = None) -> None:
+        """Write the log's backlog if it has one; fire the held items whose row is now stored."""
+        if not self.decision_log.backlog:
+            return
+        stored = self.decision_log.settle(patience_s) if patience_s is not None else self.decision_log.flush()
+        for uid in stored:
+            plan = self._held.pop(uid, None)
+            if plan is not None:
+                self.scheduler.commit(plan)  # too late by now? the scheduler reports it missed 'late'
+        self._set_log_alarm()
+
+    def _set_log_alarm(self) -> None:
+        held = self.decision_log.backlog > 0
+        if held != self._log_alarm:
+            self._log_alarm = held
+            self.telemetry.set_alarm("decision_log", held, "decision log takes no writes: rows held in memory, "
+                                     "items wait to be stored before they are fired" if held else "decision log "
+                                     "takes writes again")
+
+    def _on_tick(self, result: TickResult) -> None:
+        """Mark the firings the scheduler could not make (the ticker thread calls this on wall time)."""
+        for firing, reason in result.missed:
+            if firing.item_id is not None:
+                self.decision_log.mark_missed(firing.item_id, reason)
+            self.telemetry.on_missed(firing.bin, reason)
 
     def _maybe_reload(self) -> None:
         if self.watcher is None:
             return
         new = self.watcher.poll()
+        if self.watcher.rejected != self._refused_reloads:
+            self._refused_reloads = self.watcher.rejected
+            self.telemetry.model_rejected(str(self.watcher.path), self.watcher.last_error)
         if new is None:
             return
         try:
-            policy = Policy(self.policy.config, new.metadata.labels)
-            _apply_ood_quantile(new, policy)
+            policy = Policy(self.policy.config, new.labels)
+            apply_ood_quantile(new, policy.config)
         except Exception as exc:  # labels (or OOD table) no longer fit the bins file: keep the old model
             log.error("hot reload rejected: %s", exc)
+            self.telemetry.model_rejected(str(self.watcher.path), str(exc))
             return
         self.classifier, self.policy = new, policy
-        self.labels = {h: list(v) for h, v in new.metadata.labels.items()}
+        self.labels = {h: list(v) for h, v in new.labels.items()}
         self.segmenter.check_colours = policy.uses_two_colours
-        mid = model_id(new)
-        if self.decision_log is not None:
-            self.decision_log.set_model(mid)
-        if self.telemetry is not None:
-            self.telemetry.set_model(mid)
-        log.info("now serving %s", mid)
+        if self.nir is not None:
+            self.nir.set_camera_fibres(self.labels.get("fibre"))
+        self.decision_log.set_model(new.model_id)
+        self.telemetry.model_loaded(new)
+        log.info("now serving %s", new.model_id)
 
     # -- shutdown -----------------------------------------------------------------------
     def drain(self) -> FrameResult:
         """Decide every item still in flight (reject ``shutdown``) and drop unsent firings."""
         t0 = time.perf_counter()
         t = self.tracker.last_t if self.tracker.last_t is not None else 0.0
-        finished = [(tr, "shutdown") for tr in self.tracker.drain()]
-        items = [self._log_and_schedule(tr, trig, self._decide(tr, trig), -1, t, t0) for tr, trig in finished]
-        if self.scheduler is not None:
-            if self.source.exhausted and not self.source.live and not self._stop.is_set():
-                self._flush_offline(t)
-            for firing in self.scheduler.shutdown():
-                if self.decision_log is not None and firing.item_id is not None:
-                    self.decision_log.mark_missed(firing.item_id, "shutdown")
-                if self.telemetry is not None:
-                    self.telemetry.on_missed(firing.bin, "shutdown")
+        in_flight = self.tracker.drain()
+        nir = self.nir.evidence(in_flight) if self.nir is not None and in_flight else {}
+        items = [self._log_and_schedule(self._decide(tr, "shutdown", nir.get(tr.id)), -1, t, t0) for tr in in_flight]
+        self._flush_log(patience_s=5.0)
+        if self._ticker is not None:
+            self._ticker.stop()
+        elif self.source.exhausted and not self._stop.is_set():
+            self._flush_offline(t)
+        for firing in self.scheduler.shutdown():
+            if firing.item_id is not None:
+                self.decision_log.mark_missed(firing.item_id, "shutdown")
+            self.telemetry.on_missed(firing.bin, "shutdown")
         if items:
             log.info("shutdown: %d item(s) in flight sent to reject", len(items))
         return FrameResult(index=-1, t=t, image=None, decisions=items, items_decided=self.items_decided)
 
     def _flush_offline(self, t: float) -> None:
-        """End of a recorded clip: the belt runs on, so fire what is pending on the simulated clock."""
-        assert self.scheduler is not None
+        """End of a clip sorted on frame time: the belt runs on, so fire what is pending as its time comes."""
         step = self.scheduler.config.dispatch_horizon_ms / 2000.0
         for _ in range(100_000):
             if not self.scheduler.pending:
                 return
             t += step
-            self._handle_tick(self.scheduler.tick(t))
+            self.clock.advance(t)
+            self._on_tick(self.scheduler.tick(self.clock.now()))
 
     def stage_means_ms(self) -> dict[str, float]:
         """Mean milliseconds per frame of each stage so far."""
-        n = max(1, self.frames_done)
-        return {stage: total / n for stage, total in self.stage_totals_ms.items()}
+        return self.timer.means_ms()
 
     def close(self) -> None:
         """Release source, belt encoder, actuator, log and metrics endpoint (idempotent).
@@ -482,143 +471,14 @@ class SorterLoop:
         if self._closed:
             return
         self._closed = True
+        if self._ticker is not None:
+            self._ticker.stop()
         self.source.close()
+        if self.nir is not None:
+            self.nir.close()
         if self.encoder is not None:
             self.encoder.close()
-        if self.scheduler is not None:
-            self.scheduler.actuator.close()
-        if self.decision_log is not None:
-            self.log_summary = self.decision_log.summary()
-            self.decision_log.close()
-        if self.telemetry is not None:
-            self.telemetry.close()
-
-
-def build_sorter(
-    cfg: LineConfig,
-    *,
-    source: str | None = None,
-    model: str | Path | None = None,
-    max_frames: int | None = None,
-    keep_images: bool = True,
-    actuator: Actuator | None = None,
-) -> SorterLoop:
-    """Wire a :class:`SorterLoop` from a line config (``source``/``model`` override the config)."""
-    model_path = Path(model) if model is not None else cfg.model.path
-    if model_path is None:
-        raise ConfigError("no model: set model.path in the line config or pass --model")
-    classifier = OnnxClassifier.load(model_path, threads=cfg.model.threads)
-    classifier.self_check()
-    policy_cfg = load_policy_config(cfg.policy.bins)
-    policy = Policy(policy_cfg, classifier.metadata.labels)
-    cam = cfg.camera
-    frames = open_source(source or cam.source, realtime=cam.realtime, fps=cam.fps, width=cam.width,
-                         height=cam.height, backoff=cam.reconnect.backoff(), max_frames=max_frames)
-    telemetry = Telemetry(cfg.telemetry, bin_names=policy_cfg.bin_names(), reject_bin=policy_cfg.reject.id)
-    mid = model_id(classifier)
-    telemetry.set_model(mid)
-    decision_log = DecisionLog(cfg.log, model_id=mid, reject_bin=policy_cfg.reject.id)
-    if actuator is None:
-        actuator = make_actuator(cfg.actuator, bin_addresses(policy_cfg.bins),
-                                 on_missed=lambda f, why: decision_log.mark_missed(f.item_id, why)
-                                 if f.item_id is not None else None,
-                                 on_connection=telemetry.on_actuator_connection)
-    speed, encoder = belt_speed(cfg.belt, live=frames.live, on_status=telemetry.on_encoder)
-    scheduler = EjectorScheduler(cfg.ejector, policy_cfg, actuator, speed, px_per_m=cfg.belt.px_per_m)
-    watcher = ModelWatcher(model_path, threads=cfg.model.threads, poll_s=cfg.model.reload_poll_s) \
-        if cfg.model.hot_reload else None
-    telemetry.start()
-    loop = SorterLoop(cfg, frames, classifier, policy, decision_log=decision_log, scheduler=scheduler,
-                      telemetry=telemetry, watcher=watcher, encoder=encoder, keep_images=keep_images)
-    if encoder is not None:
-        encoder.on_gap = partial(drop_held_firings, scheduler, decision_log, telemetry)
-        encoder.start()
-    return loop
-
-
-@dataclass
-class ServeSummary:
-    """What a serve run did: frames, items, bins, reject rate, speed and latency."""
-
-    frames: int
-    items: int
-    wall_s: float
-    fps: float
-    stage_ms: dict[str, float]
-    log: dict[str, object]
-    no_frame_events: int
-    dropped_frames: int
-    camera_reconnects: int
-    video: Path | None = None
-
-
-def serve_line(
-    cfg: LineConfig,
-    *,
-    source: str | None = None,
-    model: str | Path | None = None,
-    max_frames: int | None = None,
-    video_out: str | Path | None = None,
-    progress: bool = True,
-    on_decision: Callable[[ItemDecision], None] | None = None,
-) -> ServeSummary:
-    """Run a line until the source ends, ``max_frames``, or SIGINT/SIGTERM (graceful drain).
-
-    ``on_decision`` sees every item decision (the demo scores them against ground truth).
-    """
-    loop = build_sorter(cfg, source=source, model=model, max_frames=max_frames, keep_images=video_out is not None)
-    writer = VideoWriter(video_out, loop.source.fps or cfg.camera.fps or 30.0) if video_out else None
-    restore = install_stop_handlers(loop)
-    axis = 0 if cfg.belt.direction[1] == "x" else 1
-    no_frames = 0
-    start = time.perf_counter()
-    bar = tqdm(desc=f"sorting {cfg.name}", unit="frame", disable=not progress, total=max_frames)
-    try:
-        for result in loop.run(max_frames):
-            if on_decision is not None:
-                for item in result.decisions:
-                    on_decision(item)
-            if result.no_frame:
-                no_frames += 1
-                bar.set_postfix_str("NO CAMERA FRAMES", refresh=True)
-                continue
-            if result.index < 0:
-                continue  # the shutdown drain: decisions only
-            bar.update(1)
-            if result.index % 30 == 0:
-                bar.set_postfix(items=result.items_decided, fps=f"{result.fps:.0f}")
-            if writer is not None:
-                writer.write(annotate_frame(result, decision_line_px=cfg.tracking.decision_line_px, axis=axis))
-    finally:
-        bar.close()
-        restore()
-        loop.close()
-        if writer is not None:
-            writer.close()
-    wall = time.perf_counter() - start
-    return ServeSummary(
-        frames=loop.frames_done, items=loop.items_decided, wall_s=wall,
-        fps=loop.frames_done / wall if wall > 0 else 0.0, stage_ms=loop.stage_means_ms(), log=loop.log_summary,
-        no_frame_events=no_frames, dropped_frames=loop.source.stats.dropped,
-        camera_reconnects=loop.source.stats.reconnects, video=Path(video_out) if video_out else None,
-    )
-
-
-def install_stop_handlers(loop: SorterLoop) -> Callable[[], None]:
-    """SIGINT/SIGTERM -> graceful :meth:`SorterLoop.stop` (a second Ctrl-C aborts); returns an undo."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def handler(signum: int, _frame: object) -> None:
-        if loop.stopping and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        log.warning("signal %d: stopping after this frame, draining items in flight", signum)
-        loop.stop()
-
-    for sig in previous:
-        signal.signal(sig, handler)
-
-    def restore() -> None:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-    return restore
+        self.scheduler.actuator.close()
+        self.log_summary = self.decision_log.summary()
+        self.decision_log.close()
+        self.telemetry.close()

@@ -13,6 +13,8 @@ import logging
 import time
 from collections.abc import Callable
 
+from sorting.serving.backoff import Backoff
+
 log = logging.getLogger(__name__)
 
 
@@ -49,9 +51,8 @@ class ModbusLink:
         self.reconnects = 0
         self.next_try = 0.0
         self._ever_connected = False
-        self._initial_s = retry_initial_s
-        self._max_s = retry_max_s
-        self._backoff_s = retry_initial_s
+        self._backoff = Backoff(retry_initial_s, 2.0, retry_max_s)
+        self._attempt = 0  # failed attempts since the last success
 
     def ensure(self) -> bool:
         """Whether the link is up; connects first when it is down and the back-off has passed."""
@@ -71,14 +72,14 @@ class ModbusLink:
             self._set_connected(True)
             return True
         self.client.close()
-        if self._backoff_s == self._initial_s:
+        if self._attempt == 0:
             log.warning("cannot reach %s; retrying with back-off", self.name)
         self._wait()
         return False
 
     def ok(self) -> None:
         """A request succeeded: the next failure starts the back-off from the beginning."""
-        self._backoff_s = self._initial_s
+        self._attempt = 0
 
     def drop(self, exc: BaseException) -> None:
         """A request failed: close the socket and reconnect after the back-off."""
@@ -93,8 +94,8 @@ class ModbusLink:
         self._set_connected(False)
 
     def _wait(self) -> None:
-        self.next_try = self.clock() + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2.0, self._max_s)
+        self.next_try = self.clock() + self._backoff.delay(self._attempt)
+        self._attempt += 1
 
     def _set_connected(self, value: bool) -> None:
         if value == self.connected:

@@ -7,9 +7,11 @@ confidence, no rule) goes to the reject bin with a reason that the decision log 
 the tracker's shape/colour evidence or, for a model with a ``layout`` head, its p(several) at or
 above ``several_threshold``.
 
-Reasons (``Decision.reason``): ``rule:<name>``, ``low_confidence:<head>``, ``ood``, ``overlap``,
-``cut_off``, ``unmatched``, ``lost`` (tracked but never classified), and, set by the ejector or
-the loop, ``late`` (cannot be reached in time) and ``shutdown``.
+Reasons (``Decision.reason``, the decision log's text): ``rule:<name>`` for a product bin, else a
+:class:`RejectReason` (``low_confidence:<head>`` names the unsure head). The policy owns them all:
+the item's fate when it ended (crossed the line, lost by the tracker, in flight at shutdown) is
+part of its :class:`ItemEvidence`, and the ejector turns a decision it cannot reach in time into
+``late`` with :func:`as_reject`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
 from pathlib import Path
 from typing import Literal
 
@@ -25,11 +28,34 @@ from pydantic import Field, field_validator, model_validator
 
 from sorting.config import StrictModel, load_config
 from sorting.errors import ConfigError
+from sorting.serving.fusion import NirEvidence, fuse
 from sorting.taxonomy import LAYOUT_HEAD, SEVERAL_LABEL
 
 log = logging.getLogger(__name__)
 
 MAX_BINS = 64
+RULE_PREFIX = "rule:"
+
+
+class RejectReason(str, Enum):
+    """Why an item went to the reject bin; the value is what the decision log stores."""
+
+    LOST = "lost"  # tracked but never classified, or lost by the tracker before the decision line
+    OVERLAP = "overlap"  # several garments in one blob
+    CUT_OFF = "cut_off"  # never seen whole (the field of view cuts it)
+    OOD = "ood"  # out of the model's distribution
+    LOW_CONFIDENCE = "low_confidence"  # stored as ``low_confidence:<head>``
+    UNMATCHED = "unmatched"  # no rule matches its classes
+    LATE = "late"  # its bin cannot be reached in time
+    NO_BELT_SPEED = "no_belt_speed"  # nobody measures the belt (encoder silent): no firing can be timed
+    SHUTDOWN = "shutdown"  # in flight when the line stopped
+    LOG_UNAVAILABLE = "log_unavailable"  # the decision log took no writes and its backlog was full
+    NOT_A_GARMENT = "not_a_garment"  # a hand or an object (segmentation.non_garment): never ejected as a garment
+    NO_NIR = "no_nir"  # the line has a spectrometer, the item no usable reading, and the bins file says reject
+    NIR_OOD = "nir_ood"  # its reading is out of the spectral model's distribution, and the bins file says reject
+
+
+Ended = Literal["line", "lost", "shutdown"]
 
 
 class BinConfig(StrictModel):
@@ -87,6 +113,26 @@ class RuleConfig(StrictModel):
         return {h: v for h, v in (("fibre", self.fibre), ("colour", self.colour)) if v != "any"}
 
 
+class NirPolicyConfig(StrictModel):
+    """``nir:`` of a bins file: what a line with a spectrometer does with each item's reading.
+
+    ``missing``: the item has no usable scan (it passed between the spots, the spectrometer is silent, every
+    scan was refused); ``ood``: its reading is out of the spectral model's distribution. ``camera``: the camera
+    decides alone under the same thresholds; ``reject``: the item goes to reject (``no_nir`` / ``nir_ood``).
+    ``fusion``: how an in-distribution reading is combined with the camera (:mod:`sorting.serving.fusion`).
+    ``camera_fibre_ood``: when only the camera's fibre head finds the garment out of its distribution and the
+    spectrometer reads it in distribution, ``spectrometer``: the fused fibre decides (the camera's fibre doubt
+    is about the garment's look, the spectrometer measures its fibre); ``reject``: it goes to reject as ``ood``.
+    The defaults are the rule chosen on the tuning clips (models/NIR.md, "On the line"). Lines without a
+    spectrometer ignore the section.
+    """
+
+    missing: Literal["camera", "reject"] = "camera"
+    ood: Literal["camera", "reject"] = "camera"
+    fusion: Literal["product", "confusion"] = "product"
+    camera_fibre_ood: Literal["spectrometer", "reject"] = "spectrometer"
+
+
 class PolicyConfig(StrictModel):
     """A bins file: bins, reject bin, per-head thresholds, OOD handling and ordered rules."""
 
@@ -103,6 +149,7 @@ class PolicyConfig(StrictModel):
     ood_quantile: float | None = Field(None, gt=0.0, lt=1.0)
     # a model with a layout head: reject as overlap when its p(several), averaged over the views, reaches this
     several_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    nir: NirPolicyConfig = Field(default_factory=NirPolicyConfig)
     rules: list[RuleConfig] = Field(min_length=1)
 
     @model_validator(mode="after")
@@ -118,6 +165,9 @@ class PolicyConfig(StrictModel):
         units = {"m" if b.distance_m is not None else "px" for b in self.bins}
         if len(units) > 1:
             raise ValueError("all bins must use the same unit (all distance_m or all distance_px)")
+        clash = shared_output({b.id: b.actuator_address for b in self.bins}, self.bin_names())
+        if clash:
+            raise ValueError(clash)
         known = set(ids) | {self.reject.id}
         for rule in self.rules:
             if rule.bin not in known:
@@ -150,6 +200,21 @@ class PolicyConfig(StrictModel):
         return frozenset(used)
 
 
+def shared_output(addresses: Mapping[int, int], names: Mapping[int, str]) -> str | None:
+    """Bins (id -> actuator address) that share one coil/register, described; None when each has its own.
+
+    Two bins on one output cannot be told apart: a firing for either moves both jets.
+    """
+    by_address: dict[int, list[int]] = {}
+    for bin_id, address in sorted(addresses.items()):
+        by_address.setdefault(address, []).append(bin_id)
+    for address, ids in sorted(by_address.items()):
+        if len(ids) > 1:
+            shared = " and ".join(f"{names.get(i, '?')} ({i})" for i in ids)
+            return f"bins {shared} share actuator address {address}"
+    return None
+
+
 def load_policy_config(path: str | Path, overrides: list[str] | None = None) -> PolicyConfig:
     """Load and validate a bins YAML (structure only; labels are checked by :class:`Policy`)."""
     return load_config(PolicyConfig, path, overrides)
@@ -171,11 +236,18 @@ class ItemEvidence:
     two_colours: bool = False  # segmentation saw two colour regions (used when the model has no layout head)
     cut_off: bool = False
     n_views: int = 1
+    ended: Ended = "line"  # crossed the decision line, lost by the tracker, or in flight at shutdown
+    not_garment: str | None = None  # the segmentation saw a hand or an object, not a garment
+    nir: NirEvidence | None = None  # the spectrometer's reading (None: the line has no spectrometer)
+    ood_heads: frozenset[str] = frozenset()  # the heads that made ``ood`` (in at least half of the views)
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Where one item goes, and why. ``fibre``/``colour`` are the top-1 labels (None if no head)."""
+    """Where one item goes, and why. ``fibre``/``colour`` are the top-1 labels (None if no head).
+
+    ``reason`` is ``rule:<name>`` or a :class:`RejectReason` value (see the module docstring).
+    """
 
     bin: int
     bin_name: str
@@ -183,6 +255,17 @@ class Decision:
     fibre: str | None = None
     colour: str | None = None
     confidence: dict[str, float] | None = None
+
+    @property
+    def kind(self) -> str:
+        """``rule`` for a product bin, else the reject reason without its head (a metric label)."""
+        return "rule" if self.reason.startswith(RULE_PREFIX) else self.reason.split(":", 1)[0]
+
+
+def as_reject(decision: Decision, reject: RejectBinConfig, reason: RejectReason, head: str | None = None) -> Decision:
+    """``decision`` sent to the reject bin for ``reason``, keeping its labels and confidences."""
+    text = reason.value if head is None else f"{reason.value}:{head}"
+    return replace(decision, bin=reject.id, bin_name=reject.name, reason=text)
 
 
 class Policy:
@@ -246,14 +329,83 @@ class Policy:
     def reject_bin(self) -> int:
         return self.config.reject.id
 
-    def reject(self, reason: str, decision: Decision | None = None) -> Decision:
-        """A reject decision with ``reason``, keeping the labels/confidences of ``decision``."""
-        if decision is None:
-            return Decision(bin=self.reject_bin, bin_name=self.config.reject.name, reason=reason)
-        return replace(decision, bin=self.reject_bin, bin_name=self.config.reject.name, reason=reason)
+    def reject(self, reason: RejectReason, decision: Decision | None = None, head: str | None = None) -> Decision:
+        """A reject decision for ``reason``, keeping the labels/confidences of ``decision``."""
+        base = decision or Decision(bin=self.reject_bin, bin_name=self.config.reject.name, reason="")
+        return as_reject(base, self.config.reject, reason, head)
 
     def decide(self, evidence: ItemEvidence) -> Decision:
-        """The bin for one item (never raises for odd evidence: unsure items go to reject)."""
+        """The bin for one item (never raises for odd evidence: unsure items go to reject).
+
+        On a line with a spectrometer (``evidence.nir``) the fibre probabilities are the fused ones
+        (:meth:`_with_nir`), or the item goes to reject when the bins file's ``nir`` section says so.
+        """
+        nir_reject = None
+        if evidence.nir is not None and "fibre" in self.ood_heads:  # a colour-only line ignores the reading
+            evidence, nir_reject = self._with_nir(evidence)
+        base = self._top_labels(evidence)
+        if evidence.ended != "line":
+            return self.reject(RejectReason(evidence.ended), base)
+        if evidence.not_garment is not None:
+            return self.reject(RejectReason.NOT_A_GARMENT, base)
+        if evidence.n_views <= 0 or not base.confidence:
+            return self.reject(self._never_classified(evidence), base)
+        if evidence.overlap or self._looks_several(evidence):
+            return self.reject(RejectReason.OVERLAP, base)
+        if evidence.cut_off:
+            return self.reject(RejectReason.CUT_OFF, base)
+        if evidence.ood and self.config.ood == "reject" and not self._nir_vouches(evidence):
+            return self.reject(RejectReason.OOD, base)
+        if nir_reject is not None:
+            return self.reject(nir_reject, base)
+        conf = base.confidence
+        for head, threshold in self.config.thresholds.items():
+            if conf.get(head, 0.0) < threshold:
+                return self.reject(RejectReason.LOW_CONFIDENCE, base, head)
+        top = {"fibre": base.fibre, "colour": base.colour}
+        for rule in self.config.rules:
+            constrained = rule.heads()
+            if all(top.get(head) in wanted for head, wanted in constrained.items()):
+                for head, minimum in rule.min_confidence.items():
+                    if conf.get(head, 0.0) < minimum:
+                        return self.reject(RejectReason.LOW_CONFIDENCE, base, head)
+                return replace(base, bin=rule.bin, bin_name=self._names[rule.bin], reason=f"{RULE_PREFIX}{rule.name}")
+        return self.reject(RejectReason.UNMATCHED, base)
+
+    def _nir_vouches(self, evidence: ItemEvidence) -> bool:
+        """Only the camera's fibre head found the garment out of its distribution, and the spectrometer read it in
+        distribution (the bins file's ``nir.camera_fibre_ood: spectrometer``): the fibre is the spectrometer's to
+        judge, so the camera's fibre OOD flag does not reject it."""
+        nir = evidence.nir
+        return (self.config.nir.camera_fibre_ood == "spectrometer" and nir is not None and nir.usable and not nir.ood
+                and evidence.ood_heads == {"fibre"} and "fibre" in self.ood_heads)
+
+    def _with_nir(self, evidence: ItemEvidence) -> tuple[ItemEvidence, RejectReason | None]:
+        """The evidence with the fibre probabilities fused with the spectrometer's reading, or unchanged with the
+        reject reason the bins file gives a missing or out-of-distribution reading (None: the camera decides)."""
+        nir = evidence.nir
+        assert nir is not None
+        rules = self.config.nir
+        if not nir.usable:
+            return evidence, RejectReason.NO_NIR if rules.missing == "reject" else None
+        if nir.ood:
+            return evidence, RejectReason.NIR_OOD if rules.ood == "reject" else None
+        camera = evidence.probs.get("fibre")
+        if camera is None or nir.likelihood is None or np.size(camera) != np.size(nir.likelihood):
+            return evidence, None  # no fibre head to fuse with (a colour line): nothing to change
+        return replace(evidence, probs={**evidence.probs, "fibre": fuse(camera, nir.likelihood)}), None
+
+    @staticmethod
+    def _never_classified(evidence: ItemEvidence) -> RejectReason:
+        """Why an item with no usable view is rejected: never seen alone (overlap), never whole, or lost."""
+        if evidence.n_views <= 0 and (evidence.overlap or evidence.two_colours):
+            return RejectReason.OVERLAP
+        if evidence.n_views <= 0 and evidence.cut_off:
+            return RejectReason.CUT_OFF
+        return RejectReason.LOST
+
+    def _top_labels(self, evidence: ItemEvidence) -> Decision:
+        """A reject-bin decision carrying the top-1 label and confidence of every usable head."""
         top: dict[str, str] = {}
         conf: dict[str, float] = {}
         for head, probs in evidence.probs.items():
@@ -265,30 +417,5 @@ class Policy:
                 continue
             k = int(np.argmax(p))
             top[head], conf[head] = names[k], float(p[k])
-        base = Decision(
-            bin=self.reject_bin,
-            bin_name=self.config.reject.name,
-            reason="",
-            fibre=top.get("fibre"),
-            colour=top.get("colour"),
-            confidence=conf,
-        )
-        if evidence.n_views <= 0 or not top:
-            return self.reject("lost", base)
-        if evidence.overlap or self._looks_several(evidence):
-            return self.reject("overlap", base)
-        if evidence.cut_off:
-            return self.reject("cut_off", base)
-        if evidence.ood and self.config.ood == "reject":
-            return self.reject("ood", base)
-        for head, threshold in self.config.thresholds.items():
-            if conf.get(head, 0.0) < threshold:
-                return self.reject(f"low_confidence:{head}", base)
-        for rule in self.config.rules:
-            constrained = rule.heads()
-            if all(top.get(head) in wanted for head, wanted in constrained.items()):
-                for head, minimum in rule.min_confidence.items():
-                    if conf.get(head, 0.0) < minimum:
-                        return self.reject(f"low_confidence:{head}", base)
-                return replace(base, bin=rule.bin, bin_name=self._names[rule.bin], reason=f"rule:{rule.name}")
-        return self.reject("unmatched", base)
+        return Decision(bin=self.reject_bin, bin_name=self.config.reject.name, reason="", fibre=top.get("fibre"),
+                        colour=top.get("colour"), confidence=conf)

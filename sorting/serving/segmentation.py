@@ -21,22 +21,44 @@ like more than one garment: two thick cores in its distance transform (two bodie
 narrow contact), two large contiguous regions of clearly different colour (one garment lying
 on another), or very low solidity (deep convexity defects). "Far larger than the
 typical item" needs to know which blobs are items, so the tracker checks that.
+
+Real belts (opt-in, written by ``textile-sorter calibrate --belt``): ``belt_model: colour`` replaces the
+per-pixel model by the belt's colour (:mod:`~sorting.serving.colour_foreground`: each frame on its own,
+for still photos, sun and shade), ``belt_region`` keeps rails and brackets out (followed per frame with
+``belt_region_follow_px``), ``split_touching`` cuts blobs of touching garments apart
+(:mod:`~sorting.serving.blob_split`) and ``non_garment`` gives each detection a ``kind``
+(:mod:`~sorting.serving.non_garment`). A frame the segmentation cannot use raises ``FrameError``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import cv2
 import numpy as np
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from sorting.config import StrictModel
+from sorting.errors import ConfigError
+from sorting.serving.belt_colour_model import BeltColourConfig
+from sorting.serving.belt_region import BeltEdgeFollower, check_polygon, polygon_mask
+from sorting.serving.blob_split import SplitConfig, split_blob
+from sorting.serving.colour_foreground import ColourForeground, FrameError
+from sorting.serving.non_garment import (
+    GARMENT,
+    NonGarmentConfig,
+    blob_kind,
+    blob_measures,
+)
 
 log = logging.getLogger(__name__)
 
-Roi = tuple[int, int, int, int]
+# x, y, width, height in full-resolution pixels
+Roi = tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt]
+
 BODY_MIN_LEVEL_PX = 2.0  # lowest cut of the distance map: below it, outline noise makes "peaks"
 BODY_LEVEL_STEP = 1.4
 
@@ -44,28 +66,57 @@ BODY_LEVEL_STEP = 1.4
 class SegmentationConfig(StrictModel):
     """Belt/background segmentation settings (pixel values in full-resolution pixels)."""
 
-    scale: float = 0.5
-    threshold: int = 30
+    scale: float = Field(0.5, ge=0.1, le=1.0, description="segmentation resolution / full resolution")
+    threshold: int = Field(30, ge=0, le=255)
     # pixels brighter than the belt (default: ``threshold``). Dirt and stains are darker than a belt, so a
     # lower value here finds pale garments on a grey belt without turning stains into items
-    brighter_threshold: int | None = None
-    chroma_threshold: int = 14
-    shape_check_every: int = 3
-    min_area_px: int = 1500
-    morph_kernel_px: int = 7
-    background_rate: float = 0.02  # per frame
-    background_every: int = 2  # update the belt model every n-th frame (at n x the rate): it drifts slowly
-    static_s: float = 3.0
-    border_margin_px: int = 3
-    edge_contact_px: int = 4
-    solidity_min: float = 0.4
-    body_prominence: float = 0.5
-    body_colour_delta: float = 12.0  # two bodies count only if their colours differ this much (0: always)
-    colour_split_delta: float = 30.0
-    colour_split_lightness_weight: float = 0.25  # weight of L* against a*b*: < 1 ignores shading and folds
-    colour_split_min_share: float = 0.12
-    colour_split_contiguity: float = 0.8
+    brighter_threshold: int | None = Field(None, ge=0, le=255)
+    chroma_threshold: int = Field(14, ge=0, le=255)  # on |dCr| + |dCb| (saturates at 255)
+    shape_check_every: int = Field(3, ge=1)
+    min_area_px: int = Field(1500, ge=0)
+    morph_kernel_px: int = Field(7, ge=0)
+    background_rate: float = Field(0.02, ge=0, le=1)  # per frame
+    background_every: int = Field(2, ge=1)  # update the belt model every n-th frame (at n x the rate): it drifts slowly
+    static_s: float = Field(3.0, gt=0)
+    border_margin_px: int = Field(3, ge=0)
+    edge_contact_px: int = Field(4, ge=0)
+    solidity_min: float = Field(0.4, ge=0, le=1)
+    body_prominence: float = Field(0.5, ge=0, lt=1)
+    body_colour_delta: float = Field(12.0, ge=0)  # two bodies count only if their colours differ this much (0: always)
+    colour_split_delta: float = Field(30.0, ge=0)
+    colour_split_lightness_weight: float = Field(0.25, ge=0)  # weight of L* against a*b*: < 1 ignores shading, folds
+    colour_split_min_share: float = Field(0.12, ge=0, le=1)
+    colour_split_contiguity: float = Field(0.8, ge=0, le=1)
     ignore_rois: list[Roi] = []
+    # --- real belts (opt-in; ``textile-sorter calibrate --belt`` writes these from frames of the belt) ---
+    # "median": the per-pixel belt model above (starts from the first frame, learns along the run);
+    # "colour": the belt's colour (belt_colour) says what is belt in each frame on its own, and the belt's
+    # brightness around each garment is estimated from that frame's belt pixels (still photos, sun, shade)
+    belt_model: Literal["median", "colour"] = "median"
+    belt_colour: BeltColourConfig | None = None
+    belt_region: list[tuple[int, int]] | None = None  # polygon (full-resolution px): outside is not belt
+    belt_region_follow_px: float = Field(default=0.0, ge=0)  # "colour": re-fit the band's edges per frame, +- this
+    frame_size: tuple[int, int] | None = None  # (width, height) of the frames belt_region was set up on
+    background_sigma_px: float = Field(default=40.0, gt=0)  # reach of the per-frame belt estimate ("colour")
+    expected_item_area_px: float | None = None  # typical garment area measured at set-up (informative)
+    split_touching: SplitConfig | None = None  # cut blobs of touching garments of different colours apart
+    non_garment: NonGarmentConfig | None = None  # tell hands and objects from garments (Detection.kind)
+
+    @model_validator(mode="after")
+    def _real_belt(self) -> SegmentationConfig:
+        if self.belt_model == "colour" and self.belt_colour is None:
+            raise ValueError("segmentation.belt_model 'colour' needs segmentation.belt_colour "
+                             "(run textile-sorter calibrate --belt)")
+        if self.belt_region is not None:
+            if self.frame_size is None:
+                raise ValueError("segmentation.belt_region needs segmentation.frame_size (width, height)")
+            try:
+                check_polygon(self.belt_region, self.frame_size)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return self
+
+
 
 
 @dataclass(frozen=True)
@@ -83,10 +134,7 @@ class Detection:
     shape_checked: bool = True  # cores / colour regions were examined in this frame
     # outline at the segmentation scale (OpenCV contour, int32 (N, 1, 2)); for painting neighbours out of a crop
     outline: np.ndarray | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def touches_border(self) -> bool:
-        return bool(self.edges)
+    kind: str = GARMENT  # or "hand" / "object" (segmentation.non_garment): never sorted as a garment
 
 
 class BeltSegmenter:
@@ -94,8 +142,6 @@ class BeltSegmenter:
 
     def __init__(self, cfg: SegmentationConfig, *, fps: float = 30.0, along_axis: int = 0,
                  extra_ignore: list[Roi] | None = None) -> None:
-        if not 0.1 <= cfg.scale <= 1.0:
-            raise ValueError(f"segmentation.scale must be within 0.1..1, got {cfg.scale}")
         self.cfg = cfg
         self._along_axis = along_axis  # image axis the belt moves along: 0 = x, 1 = y
         self._static_frames = max(1, int(round(cfg.static_s * fps)))
@@ -115,6 +161,8 @@ class BeltSegmenter:
         # look for two colour regions in large blobs; off when the model's layout head judges several garments
         self.check_colours = True
         self._brighter = cfg.threshold if cfg.brighter_threshold is None else cfg.brighter_threshold
+        self._colour: ColourForeground | None = None
+        self._entry_edges = frozenset(("left", "right") if along_axis == 0 else ("top", "bottom"))
 
     def _small(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
@@ -133,7 +181,17 @@ class BeltSegmenter:
             x0, y0 = int(x * s), int(y * s)
             x1, y1 = int(np.ceil((x + w) * s)), int(np.ceil((y + h) * s))
             keep[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = 0
-        self._ignore_mask = keep
+        region = keep
+        if self.cfg.belt_region is not None:
+            region = cv2.bitwise_and(keep, polygon_mask(self.cfg.belt_region, small.shape[:2], self.cfg.scale))
+        self._ignore_mask = region
+        if self.cfg.belt_model == "colour" and self.cfg.belt_colour is not None:
+            follower = None
+            if self.cfg.belt_region is not None and self.cfg.belt_region_follow_px > 0:
+                follower = BeltEdgeFollower(self.cfg.belt_region, small.shape[:2], self.cfg.scale,
+                                            along_axis=self._along_axis, follow_px=self.cfg.belt_region_follow_px)
+            self._colour = ColourForeground(self.cfg.belt_colour, keep, region, follower=follower,
+                                            sigma_px=self.cfg.background_sigma_px * self.cfg.scale)
         self._shape = full_shape
         log.debug("belt model started, mean YCrCb %s", belt.reshape(-1, 3).mean(axis=0).round(1).tolist())
 
@@ -147,6 +205,7 @@ class BeltSegmenter:
         (the tracker counts them only for blobs larger than a typical item).
         """
         full_shape = image.shape[:2]
+        self._check_size(full_shape)
         small = self._small(image)
         if normalise is not None:
             small = normalise(small)
@@ -154,10 +213,12 @@ class BeltSegmenter:
         if self._background is None or self._shape != full_shape:
             self._init(ycc, full_shape)
         assert self._background_u8 is not None and self._ignore_mask is not None
-        mask = self._foreground(ycc, self._background_u8)
-        mask = cv2.bitwise_and(mask, self._ignore_mask)
-        if self._frame % max(1, self.cfg.background_every) == 0:
-            self._update_background(ycc, mask)
+        if self._colour is not None:
+            mask = self._colour_foreground(small)
+        else:
+            mask = cv2.bitwise_and(self._foreground(ycc, self._background_u8), self._ignore_mask)
+            if self._frame % max(1, self.cfg.background_every) == 0:
+                self._update_background(ycc, mask)
         # close first: joins the fragments of a striped or textured garment, then drop specks
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._kernel)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel, anchor=self._open_anchor)
@@ -166,6 +227,28 @@ class BeltSegmenter:
         check = (self._frame - 1) % self.cfg.shape_check_every == 0
         return self._detections(mask, small, check_shape=check, shape_min_area=shape_min_area or 0.0,
                                 confirm=lambda edges, box: self._confirm_edges(edges, box, image, normalise))
+
+    def rewind(self) -> None:
+        """Count the last frame as not seen (to segment the same frame again, e.g. to time it): the shape
+        checks run on the same frames as without the repeat. Only for a belt model without memory."""
+        if self._colour is None:
+            raise RuntimeError("the per-pixel belt model learns from every frame: it cannot rewind")
+        self._frame = max(0, self._frame - 1)
+
+    def _check_size(self, full_shape: tuple[int, int]) -> None:
+        size = self.cfg.frame_size
+        if size is not None and (full_shape[1], full_shape[0]) != tuple(size):
+            raise FrameError(f"frame is {full_shape[1]}x{full_shape[0]}, the line's belt was set up on "
+                             f"{size[0]}x{size[1]} frames (segmentation.frame_size): frame skipped")
+
+    def _colour_foreground(self, small: np.ndarray) -> np.ndarray:
+        """Foreground by the belt's colour (:mod:`~sorting.serving.colour_foreground`); this frame's belt,
+        in YCrCb, becomes the belt model (for the edge checks)."""
+        assert self._colour is not None
+        mask, _, belt = self._colour.mask(small)
+        self._background_u8 = cv2.cvtColor(cv2.convertScaleAbs(belt), cv2.COLOR_BGR2YCrCb)
+        self._background = self._background_u8.astype(np.float32)
+        return mask
 
     def _confirm_edges(self, edges: frozenset[str], bbox: tuple[int, int, int, int], image: np.ndarray,
                        normalise: Callable[[np.ndarray], np.ndarray] | None) -> frozenset[str]:
@@ -236,6 +319,8 @@ class BeltSegmenter:
         height, width = self._shape or mask.shape
         margin = self.cfg.border_margin_px
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if self.cfg.split_touching is not None:
+            contours = self._split_touching(contours, small, 2.0 * self.cfg.min_area_px * s * s)
         out = []
         for contour in contours:
             area = cv2.contourArea(contour) * inv_area
@@ -262,14 +347,7 @@ class BeltSegmenter:
             )
             if edges:
                 edges = confirm(edges, (x0, y0, x1 - x0, y1 - y0))
-            cores, split = 1, False
-            if check_shape and not edges:
-                own = np.zeros((h, w), np.uint8)
-                cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
-                roi = small[y : y + h, x : x + w]
-                cores = self._cores(own, roi)
-                split = (self.check_colours and cores <= 1 and area >= shape_min_area
-                         and self._two_colour_regions(roi, own))
+            cores, split, kind = self._blob_checks(contour, small, area, edges, check_shape, shape_min_area)
             overlap = solidity < self.cfg.solidity_min or cores > 1 or split
             out.append(
                 Detection(
@@ -283,8 +361,53 @@ class BeltSegmenter:
                     two_colour_regions=split,
                     shape_checked=check_shape,
                     outline=contour,
+                    kind=kind,
                 )
             )
+        return out
+
+    def _blob_checks(self, contour: np.ndarray, small: np.ndarray, area: float, edges: frozenset[str],
+                     check_shape: bool, shape_min_area: float) -> tuple[int, bool, str]:
+        """(bodies, two colour regions, kind) of one blob: the shape checks on a whole blob every
+        ``shape_check_every``-th frame, the kind on every frame when ``non_garment`` is set."""
+        non_garment = self.cfg.non_garment
+        if not (check_shape and not edges) and non_garment is None:
+            return 1, False, GARMENT
+        x, y, w, h = cv2.boundingRect(contour)
+        own = np.zeros((h, w), np.uint8)
+        cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
+        roi = small[y : y + h, x : x + w]
+        cores, split, kind = 1, False, GARMENT
+        if check_shape and not edges:
+            cores = self._cores(own, roi)
+            split = (self.check_colours and cores <= 1 and area >= shape_min_area
+                     and self._two_colour_regions(roi, own))
+        if non_garment is not None:
+            typical = self.cfg.expected_item_area_px or 10.0 * self.cfg.min_area_px
+            kind = blob_kind(blob_measures(roi, own, contour), area_px=area, typical_area_px=typical,
+                             at_edge=bool(edges & self._entry_edges), cfg=non_garment)
+        return cores, split, kind
+
+    def _split_touching(self, contours: Sequence[np.ndarray], small: np.ndarray, min_area: float) -> list[np.ndarray]:
+        """Contours with each blob of touching garments (``split_touching``) replaced by its parts."""
+        assert self.cfg.split_touching is not None
+        out: list[np.ndarray] = []
+        max_solidity = self.cfg.split_touching.max_solidity
+        for contour in contours:
+            area = cv2.contourArea(contour)
+            if area < min_area or area > max_solidity * cv2.contourArea(cv2.convexHull(contour)):
+                out.append(contour)
+                continue
+            x, y, w, h = cv2.boundingRect(contour)
+            own = np.zeros((h, w), np.uint8)
+            cv2.drawContours(own, [contour], -1, 255, -1, offset=(-x, -y))
+            parts = split_blob(own, small[y : y + h, x : x + w], self.cfg.split_touching)
+            if len(parts) == 1:
+                out.append(contour)
+                continue
+            for part in parts:
+                found, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
+                out.extend(found)
         return out
 
     def _cores(self, own: np.ndarray, roi_bgr: np.ndarray) -> int:

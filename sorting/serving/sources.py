@@ -36,6 +36,8 @@ import numpy as np
 
 from sorting.datasets.synth.conveyor import iter_conveyor_frames
 from sorting.errors import DataError
+from sorting.logs import mask_credentials
+from sorting.serving.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class SourceStats:
 
     frames: int = 0
     dropped: int = 0
+    unreadable: int = 0  # frames of a file (or images of a folder) that could not be decoded, skipped
     reconnects: int = 0
     connected: bool = True
     decode_s: float = 0.0  # seconds spent decoding frames (files; on the decoder thread if any)
@@ -76,7 +79,13 @@ CaptureFactory = Callable[[], Capture]
 
 
 class FrameSource(ABC):
-    """A stream of frames; use as a context manager so live capture threads stop."""
+    """A stream of frames; use as a context manager so live capture threads stop.
+
+    ``live``: a camera or stream (it may pause and come back; frames nobody read are dropped).
+    ``paced``: frames arrive at the pace of the world and are stamped with ``time.monotonic()``
+    (a live camera, or a recording played at its frame rate); otherwise frame times are the
+    source's own clock and frames come as fast as they are read (see :mod:`sorting.serving.clock`).
+    """
 
     live: bool = False
 
@@ -96,6 +105,10 @@ class FrameSource(ABC):
         """Nominal frame rate if known."""
         return None
 
+    @property
+    def paced(self) -> bool:
+        return self.live
+
     def __iter__(self) -> Iterator[Frame]:
         """Frames until the end of a finite source (``None`` gaps of live sources are skipped)."""
         while True:
@@ -110,18 +123,6 @@ class FrameSource(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential back-off for reopening a capture: initial, initial*factor, ... capped at max."""
-
-    initial_s: float = 0.5
-    factor: float = 2.0
-    max_s: float = 10.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.max_s, self.initial_s * self.factor ** max(0, attempt))
 
 
 class LiveCaptureSource(FrameSource):
@@ -142,6 +143,7 @@ class LiveCaptureSource(FrameSource):
     ) -> None:
         super().__init__()
         self.target = target
+        self.name = mask_credentials(str(target))  # for logs and thread names: never the password
         self._width, self._height, self._fps = width, height, fps
         self._backoff = backoff
         self._factory = capture_factory or (lambda: cv2.VideoCapture(target, backend))
@@ -150,7 +152,7 @@ class LiveCaptureSource(FrameSource):
         self._delivered_index = -1
         self._stop = threading.Event()
         self.stats.connected = False
-        self._thread = threading.Thread(target=self._grab_loop, name=f"grabber-{target}", daemon=True)
+        self._thread = threading.Thread(target=self._grab_loop, name=f"grabber-{self.name}", daemon=True)
         self._thread.start()
 
     @property
@@ -161,7 +163,7 @@ class LiveCaptureSource(FrameSource):
         try:
             cap = self._factory()
         except Exception as exc:  # a driver/back-end error must not kill the grabber
-            log.warning("camera %s: open failed: %s", self.target, exc)
+            log.warning("camera %s: open failed: %s", self.name, exc)
             return None
         if not cap.isOpened():
             cap.release()
@@ -183,13 +185,13 @@ class LiveCaptureSource(FrameSource):
             cap = self._open()
             if cap is None:
                 delay = self._backoff.delay(attempt)
-                log.warning("camera %s: not available, retry in %.2f s", self.target, delay)
+                log.warning("camera %s: not available, retry in %.2f s", self.name, delay)
                 attempt += 1
                 self._stop.wait(delay)
                 continue
             if ever_connected:
                 self.stats.reconnects += 1
-                log.info("camera %s: reconnected", self.target)
+                log.info("camera %s: reconnected", self.name)
             ever_connected = True
             attempt = 0
             self.stats.connected = True
@@ -197,7 +199,7 @@ class LiveCaptureSource(FrameSource):
                 try:
                     ok, image = cap.read()
                 except Exception as exc:
-                    log.warning("camera %s: read raised %s", self.target, exc)
+                    log.warning("camera %s: read raised %s", self.name, exc)
                     ok, image = False, None
                 if not ok or image is None:
                     break
@@ -211,7 +213,7 @@ class LiveCaptureSource(FrameSource):
             cap.release()
             self.stats.connected = False
             if not self._stop.is_set():
-                log.warning("camera %s: lost (disconnect or end of stream), reopening", self.target)
+                log.warning("camera %s: lost (disconnect or end of stream), reopening", self.name)
 
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         if self._stop.is_set():
@@ -241,6 +243,11 @@ class VideoFileSource(FrameSource):
 
     ``read_ahead`` > 0 decodes up to that many frames ahead on a decoder thread (bounded
     memory); 0 decodes in :meth:`read`.
+
+    A damaged stretch (garbage in the middle of the file) stops the decoder before the file's
+    last frame: the file is reopened past it, the frames lost are counted in ``stats.unreadable``
+    and reported, and sorting goes on with the frame's true index and time (the belt moved on).
+    When nothing after the damage decodes, the source says how far it got.
     """
 
     def __init__(self, path: str | Path, *, realtime: bool = False, fps: float | None = None,
@@ -254,11 +261,12 @@ class VideoFileSource(FrameSource):
             raise DataError(f"cannot open video file {self.path} (not a video, or codec not supported)")
         file_fps = self._cap.get(cv2.CAP_PROP_FPS)
         self._fps = float(fps or (file_fps if file_fps and file_fps > 0 else 30.0))
+        self._total = int(max(0.0, self._cap.get(cv2.CAP_PROP_FRAME_COUNT)))
         self._realtime = realtime
-        self._index = 0
+        self._pos = 0  # index of the next frame the decoder reads
         self._start: float | None = None
         self._stop = threading.Event()
-        self._queue: queue.Queue[np.ndarray | None] | None = None
+        self._queue: queue.Queue[tuple[int, np.ndarray] | None] | None = None
         self._decoder: threading.Thread | None = None
         if read_ahead > 0:
             self._queue = queue.Queue(maxsize=read_ahead)
@@ -269,30 +277,64 @@ class VideoFileSource(FrameSource):
     def fps(self) -> float:
         return self._fps
 
-    def _decode(self) -> np.ndarray | None:
-        tic = time.perf_counter()
+    @property
+    def paced(self) -> bool:
+        return self._realtime
+
+    def _read_one(self) -> np.ndarray | None:
         try:
             ok, image = self._cap.read()
-        except cv2.error as exc:  # a corrupt stream ends the file, it does not kill the loop
-            log.error("%s: decoding failed, the file ends here: %s", self.path, exc)
+        except cv2.error as exc:  # a corrupt stream must not kill the loop
+            log.debug("%s: decoder raised at frame %d: %s", self.path, self._pos, exc)
             ok, image = False, None
+        return image if ok and image is not None else None
+
+    def _decode(self) -> tuple[int, np.ndarray] | None:
+        """The next decodable frame with its index in the file, or None at the end."""
+        tic = time.perf_counter()
+        image = self._read_one()
+        if image is None and self._pos < self._total:
+            image = self._skip_damage()
         self.stats.decode_s += time.perf_counter() - tic
-        return image if ok else None
+        if image is None:
+            return None
+        self._pos += 1
+        return self._pos - 1, image
+
+    def _skip_damage(self) -> np.ndarray | None:
+        """Reopen the file further and further past a damaged frame until one decodes (None: none does)."""
+        first, step = self._pos, 1
+        while first + step < self._total and not self._stop.is_set():
+            self._cap.release()
+            self._cap = cv2.VideoCapture(str(self.path))
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, first + step)
+            image = self._read_one()
+            if image is not None:
+                self._pos = first + step
+                self.stats.unreadable += step
+                log.warning("%s: frames %d-%d of %d are damaged and cannot be decoded: skipped", self.path, first,
+                            first + step - 1, self._total)
+                return image
+            step *= 2
+        self.stats.unreadable += self._total - first
+        log.warning("%s: the file is damaged or truncated after frame %d of %d: it ends here (%d frames lost)",
+                    self.path, first, self._total, self._total - first)
+        return None
 
     def _decode_loop(self) -> None:
         assert self._queue is not None
         while not self._stop.is_set():
-            image = self._decode()
+            item = self._decode()
             while not self._stop.is_set():
                 try:
-                    self._queue.put(image, timeout=0.1)
+                    self._queue.put(item, timeout=0.1)
                     break
                 except queue.Full:
                     continue
-            if image is None:
+            if item is None:
                 return
 
-    def _next_image(self) -> np.ndarray | None:
+    def _next_image(self) -> tuple[int, np.ndarray] | None:
         if self._queue is None:
             return self._decode()
         while not self._stop.is_set():
@@ -305,21 +347,20 @@ class VideoFileSource(FrameSource):
     def read(self, timeout_s: float = 1.0) -> Frame | None:
         if self.exhausted:
             return None
-        image = self._next_image()
-        if image is None:
+        item = self._next_image()
+        if item is None:
             self.exhausted = True
             return None
-        t = self._index / self._fps
-        if self._realtime:
+        index, image = item
+        t = index / self._fps
+        if self._realtime:  # released at the file's pace, stamped on the monotonic clock
             now = time.monotonic()
             self._start = now if self._start is None else self._start
-            wait = self._start + t - now
-            if wait > 0:
-                time.sleep(wait)
-        frame = Frame(self._index, t, image)
-        self._index += 1
+            t += self._start
+            if t > now:
+                time.sleep(t - now)
         self.stats.frames += 1
-        return frame
+        return Frame(index, t, image)
 
     def close(self) -> None:
         self._stop.set()
@@ -353,7 +394,7 @@ class FolderSource(FrameSource):
             image = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if image is None:
                 log.warning("skipping unreadable image %s", path)
-                self.stats.dropped += 1
+                self.stats.unreadable += 1
                 continue
             frame = Frame(self._index, self._index / self._fps, image)
             self._index += 1
@@ -425,6 +466,5 @@ def open_source(
         return FolderSource(path, fps=fps or 30.0)
     if path.is_file():
         return VideoFileSource(path, realtime=realtime, fps=fps)
-    raise DataError(
-        f"source '{text}' is not a device index, URL, GStreamer pipeline, folder, video file or synthetic[:seed]"
-    )
+    raise DataError(f"source '{mask_credentials(text)}' is not a device index, URL, GStreamer pipeline, folder, "
+                    "video file or synthetic[:seed]")

@@ -7,7 +7,7 @@ Paths (manifests, weights, output folder) are relative to the current directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import Field, model_validator
 
@@ -194,6 +194,23 @@ class TrainConfig(StrictModel):
         if self.model.freeze_bn and self.model.trainable_from is None:
             raise ValueError("model.freeze_bn applies to partial fine-tuning only: set model.trainable_from")
         return self
+
+
+class Recipe(Protocol):
+    """The sections of a recipe that the training engine (:mod:`sorting.training.engine`) reads: a
+    :class:`TrainConfig`, or the recipe of another kind of model that has the same shared sections."""
+
+    name: str
+    output_dir: str | None
+    resume: str | None
+    progress: bool
+    freeze_backbone_epochs: int
+    optim: OptimConfig
+    early_stopping: EarlyStoppingConfig
+    calibration: CalibrationConfig
+    tracking: TrackingConfig
+
+    def model_dump(self, *, mode: str = "python") -> dict[str, Any]: ...
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

@@ -33,14 +33,15 @@ import torch
 from sorting.datasets.manifest import ALL_ROWS, Manifest, ManifestRow, read_manifest, rebase_rows, write_manifest
 from sorting.datasets.split import assign_folds, split_rows
 from sorting.errors import ConfigError, DataError
+from sorting.models.calibration import LINE_OOD_QUANTILES, energy_scores, energy_thresholds, fit_temperature, softmax
 from sorting.models.checkpoint import read_checkpoint_dict
+from sorting.models.evaluation import HeadReport
+from sorting.models.metrics import expected_calibration_error
 from sorting.models.onnx_model import ood_quantile_key
+from sorting.models.plots import plot_confusion_matrix
 from sorting.taxonomy import HEADS
-from sorting.training import plots
-from sorting.training.calibration import LINE_OOD_QUANTILES, energy_scores, energy_thresholds, fit_temperature, softmax
 from sorting.training.config import TrainConfig
-from sorting.training.evaluate import HeadReport, evaluate_model
-from sorting.training.metrics import expected_calibration_error
+from sorting.training.evaluate import evaluate_model
 from sorting.training.trainer import fit
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,25 @@ class CrossValidationReport:
 
     def flat_metrics(self) -> dict[str, float]:
         return {f"cv/{head}/{key}": float(value) for head, s in self.heads.items() for key, value in vars(s).items()}
+
+    # -- what an MLflow run of this cross-validation holds (sorting.training.tracking.Trackable) --------------
+    def mlflow_run_name(self) -> str:
+        return f"cross-validate-{self.name}"
+
+    def mlflow_tags(self) -> dict[str, str]:
+        return {"textile_sorter.job": "cross-validate"}
+
+    def mlflow_params(self) -> dict[str, Any]:
+        return {"manifest": self.manifest, "folds": self.folds, "seed": self.seed, "group_by": self.group_by or "",
+                "recipe": self.name}
+
+    def mlflow_metrics(self) -> dict[str, float]:
+        return self.flat_metrics()
+
+    def mlflow_artifacts(self) -> list[tuple[Path, str]]:
+        """cv.md, cv.json and the pooled confusion matrices under ``cross-validation/``."""
+        names = ["cv.md", "cv.json", *sorted(p.name for p in self.out_dir.glob("confusion_*.png"))]
+        return [(self.out_dir / name, "cross-validation") for name in names]
 
     def summary_markdown(self) -> str:
         lines = [f"# Cross-validation: {self.name}", "",
@@ -236,7 +256,7 @@ def _plot_pooled_confusion(report: CrossValidationReport) -> None:
             log.warning("%s: the folds' models have different label lists; no pooled confusion matrix", head)
             continue
         total = np.sum([np.asarray(r.confusion[head]) for r in scored], axis=0)
-        plots.plot_confusion_matrix(total, labels, report.out_dir / f"confusion_{head}.png",
+        plot_confusion_matrix(total, labels, report.out_dir / f"confusion_{head}.png",
                                     title=f"{head}: {report.folds}-fold cross-validation, pooled (row-normalised)")
 
 

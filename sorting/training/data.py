@@ -28,10 +28,23 @@ from sorting.errors import DataError
 from sorting.models.multihead import IGNORE_INDEX
 from sorting.paths import project_root
 from sorting.taxonomy import AliasMap, Taxonomy, load_aliases, normalise_label
+from sorting.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
 Augmentation = Callable[..., dict[str, Any]]  # albumentations-style: aug(image=rgb)["image"]
+
+
+def build_augmentation(config: TrainConfig, seed: int) -> Augmentation | None:
+    """The recipe's ``augment`` preset (None for ``none``); colour-safe by default when the colour head trains."""
+    if config.augment.preset == "none":
+        return None
+    from sorting.datasets.augment import build_augmentation as build_preset  # albumentations: slow to import
+
+    colour_safe = config.augment.colour_safe
+    if colour_safe is None:
+        colour_safe = "colour" in config.model.heads
+    return build_preset(config.augment.preset, colour_safe=colour_safe, seed=seed)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +38,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from sorting.datasets.preprocess import PreprocessConfig
 from sorting.errors import ConfigError
 from sorting.models.multihead import EMBEDDING, MultiHeadClassifier
 from sorting.training.config import FIXED_VIEWS, TrainConfig
+from sorting.training.data import ManifestDataset, Sample, build_augmentation
+from sorting.training.distributed import ShardedSampler
+
+log = logging.getLogger(__name__)
 
 SPLIT_METHODS = ("prefix", "suffix", "suffix_modules", "num_blocks")
 
@@ -326,3 +333,54 @@ class SuffixAndHeads(HeadsOnly):
 
     def forward(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
         return super().forward(self.backbone.suffix(self.layout.unpack(rows), self.start))
+
+
+def cached_loaders(
+    model: MultiHeadClassifier, train_samples: list[Sample], val_ds: ManifestDataset, pre: PreprocessConfig,
+    sampler: ShardedSampler, config: TrainConfig, device: torch.device, *, fit_statistics: bool = False,
+) -> tuple[DataLoader, DataLoader, nn.Module]:
+    """Run the frozen backbone (or its frozen prefix) once per training view and validation image.
+
+    With ``fit_statistics`` the backbone is still unfitted (its outputs are the raw features): its
+    standardisation is fitted on the cached unaugmented view and applied to the cache, which equals
+    fitting first and caching the standardised outputs.
+
+    Returns loaders of (cached rows, targets) and the module a step runs on them: the heads, or the
+    trainable backbone suffix plus heads.
+    """
+    model.set_backbone_trainable(False)
+    model.backbone.eval()
+    start = config.model.trainable_from
+    backbone = model.backbone
+    encoder = (lambda x: [backbone(x)]) if start is None else (lambda x: backbone.prefix(x, start))
+    n_views = view_count(config)
+    flip = config.augment.preset == "flip"
+    views = [ManifestDataset(train_samples, pre, None, cache_images=False)]
+    for v in range(1, 1 if flip else n_views):
+        views.append(ManifestDataset(train_samples, pre, build_augmentation(config, seed=config.seed + v), cache_images=False))
+    kw = {
+        "batch_size": config.eval_batch_size or config.batch_size, "device": device, "num_workers": config.num_workers,
+        "progress": config.progress, "dtype": torch.float32 if start is None else torch.float16,  # activation maps: half the RAM
+    }
+    started = time.perf_counter()
+    train = extract_features(encoder, views, flip=flip, desc="train features", **kw)
+    val = extract_features(encoder, [val_ds], desc="val features", **kw)
+    if fit_statistics:
+        mean, std = backbone.statistics_from_features(train.views[0])  # view 0: unaugmented, not mirrored
+        for cache in (train, val):
+            cache.views.sub_(mean.to(cache.views.dtype)).div_(std.to(cache.views.dtype))
+        log.info("backbone statistics fitted on %d cached training images", train.views.shape[1])
+    log.info(
+        "cached %s of %d train images x %d views / %d val images in %.0f s (%.0f MB)",
+        "frozen-backbone features" if start is None else f"backbone blocks 0-{start - 1} outputs",
+        len(train_samples), n_views, len(val_ds), time.perf_counter() - started,
+        (train.views.numel() + val.views.numel()) * train.views.element_size() / 1e6,
+    )
+    per_rank = len(sampler)
+    train_loader = DataLoader(
+        FeatureDataset(train, seed=config.seed), batch_size=config.batch_size, sampler=sampler, drop_last=per_rank > config.batch_size,
+    )
+    val_loader = DataLoader(FeatureDataset(val), batch_size=config.eval_batch_size or config.batch_size, shuffle=False)
+    if start is None:
+        return train_loader, val_loader, HeadsOnly(model)
+    return train_loader, val_loader, SuffixAndHeads(model, start, train.layout, freeze_bn=config.model.freeze_bn)

@@ -117,7 +117,7 @@ def load_layout_crops(paths: Sequence[str | Path]) -> list[LayoutSample]:
     return samples
 
 
-def _held_out(samples: Sequence[LayoutSample]) -> np.ndarray:
+def held_out_mask(samples: Sequence[LayoutSample]) -> np.ndarray:
     """Validation mask: the last quarter of the synthetic worlds, and a fixed quarter of the line's crops."""
     worlds = np.array([s.world for s in samples])
     names = np.unique(worlds[worlds != LINE_WORLD])
@@ -139,7 +139,7 @@ def fit_layout_head(model: MultiHeadClassifier, preprocess: PreprocessConfig, cf
     if len(set(labels.tolist())) < 2:
         raise ConfigError("the layout set needs crops of single garments and of several touching ones")
     features = embed(model, samples, preprocess)
-    val = torch.from_numpy(_held_out(samples))
+    val = torch.from_numpy(held_out_mask(samples))
     line = torch.tensor([s.world == LINE_WORLD for s in samples])
     check = fit_logistic(features[~val], labels[~val], cfg.l2)
     metrics = {f"val_{k}": v for k, v in _rates(check, features[val], labels[val]).items()}

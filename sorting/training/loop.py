@@ -16,9 +16,9 @@ from torch import nn
 from tqdm import tqdm
 
 from sorting.models.checkpoint import unwrap_model
+from sorting.models.metrics import classification_metrics
 from sorting.models.multihead import IGNORE_INDEX
 from sorting.training.distributed import DistContext, gather_arrays
-from sorting.training.metrics import classification_metrics
 
 
 @dataclass

@@ -3,8 +3,8 @@
 :class:`MlflowTracker` implements the trainer's callback protocol (``on_train_start``,
 ``on_epoch_end``, ``on_artifact``, ``on_train_end``) and logs params (the flattened
 config), per-epoch metrics, the config, plots and the checkpoint, then registers the
-checkpoint as a new version of a registered model. ``log_evaluation`` and ``log_onnx``
-cover ``textile-sorter evaluate`` and exports.
+checkpoint as a new version of a registered model. ``log_report`` logs any :class:`Trackable` report
+(``textile-sorter evaluate``, ``cross-validate``) as its own run, ``log_onnx`` an exported model.
 
 Store: ``$MLFLOW_TRACKING_URI`` when set (e.g. a tracking server), else an embedded SQLite
 database ``<runs>/mlflow.db`` with artifacts in ``<runs>/mlartifacts`` (no server). Open
@@ -29,15 +29,12 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from sorting.paths import runs_dir
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-    from sorting.training.cross_validate import CrossValidationReport
-    from sorting.training.evaluate import EvaluationReport
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +48,23 @@ CURVES_PNG = "training_curves.png"
 _BAD_NAME_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Trackable(Protocol):
+    """A result logged as its own MLflow run (:meth:`MlflowTracker.log_report`): it names its run and hands over
+    its tags (``textile_sorter.job`` at least), params, metrics and files, so the tracker knows no report type."""
+
+    def mlflow_run_name(self) -> str: ...
+
+    def mlflow_tags(self) -> dict[str, str]: ...
+
+    def mlflow_params(self) -> dict[str, Any]: ...
+
+    def mlflow_metrics(self) -> dict[str, float]: ...
+
+    def mlflow_artifacts(self) -> list[tuple[Path, str]]:
+        """``(file or folder, artifact path in the run)`` pairs."""
+        ...
 
 
 def default_tracking_uri() -> str:
@@ -281,32 +295,19 @@ class MlflowTracker:
                                                 {"format": "checkpoint"})
         self.client.set_terminated(self.run_id, "FINISHED")
 
-    # -- evaluate / export -------------------------------------------------------------------
+    # -- reports / export --------------------------------------------------------------------
     @_never_raises
-    def log_evaluation(self, report: "EvaluationReport") -> str:
-        """Log an evaluation as its own run (linked to the training run when known); returns its id."""
-        tags = {"textile_sorter.job": "evaluate", "textile_sorter.model_kind": report.model_kind}
-        if report.run_id:
-            tags["textile_sorter.train_run_id"] = report.run_id
-        run_id = self._new_run(self.run_name or f"evaluate-{report.model_name}-{report.split or 'all'}", tags)
-        self._log_params(run_id, {"model": report.model_path, "manifest": report.manifest_path,
-                                  "split": report.split or "all", "tta": report.tta, "model_name": report.model_name})
-        metrics = report.flat_metrics()
-        metrics.update(n_evaluated=float(report.n_evaluated), n_unreadable=float(report.n_unreadable))
-        self._log_metrics(run_id, metrics, step=0)
-        self.client.log_artifacts(run_id, str(report.out_dir), "evaluation")
-        self.client.set_terminated(run_id, "FINISHED")
-        return run_id
-
-    @_never_raises
-    def log_cross_validation(self, report: "CrossValidationReport") -> str:
-        """Log a cross-validation summary (mean / std / pooled per head, cv.md, cv.json, plots) as one run."""
-        run_id = self._new_run(self.run_name or f"cross-validate-{report.name}", {"textile_sorter.job": "cross-validate"})
-        self._log_params(run_id, {"manifest": report.manifest, "folds": report.folds, "seed": report.seed,
-                                  "group_by": report.group_by or "", "recipe": report.name})
-        self._log_metrics(run_id, report.flat_metrics(), step=0)
-        for name in ("cv.md", "cv.json", *sorted(p.name for p in report.out_dir.glob("confusion_*.png"))):
-            self.client.log_artifact(run_id, str(report.out_dir / name), "cross-validation")
+    def log_report(self, report: "Trackable") -> str:
+        """Log a report (an evaluation, a cross-validation...) as its own run, as the report describes it;
+        returns the run id."""
+        run_id = self._new_run(self.run_name or report.mlflow_run_name(), report.mlflow_tags())
+        self._log_params(run_id, report.mlflow_params())
+        self._log_metrics(run_id, report.mlflow_metrics(), step=0)
+        for path, artifact_path in report.mlflow_artifacts():
+            if path.is_dir():
+                self.client.log_artifacts(run_id, str(path), artifact_path)
+            else:
+                self.client.log_artifact(run_id, str(path), artifact_path)
         self.client.set_terminated(run_id, "FINISHED")
         return run_id
 
@@ -339,7 +340,3 @@ class MlflowTracker:
         if opened:
             self.client.set_terminated(target, "FINISHED")
         return target
-
-
-# The name the trainer's callback list imports (sorting.training.callbacks.build_callbacks).
-MlflowCallback = MlflowTracker

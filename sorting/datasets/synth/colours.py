@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from sorting.errors import ConfigError
@@ -62,12 +61,6 @@ def lab_to_bgr(lab: np.ndarray) -> np.ndarray:
     rgb = np.clip(xyz @ _XYZ_TO_RGB.T, 0.0, 1.0)
     srgb = np.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb ** (1 / 2.4) - 0.055)
     return (srgb[..., ::-1] * 255.0).astype(np.float32)
-
-
-def bgr_to_lab(bgr: np.ndarray) -> np.ndarray:
-    """Convert (..., 3) BGR in 0..255 to Lab (L 0..100)."""
-    arr = (np.asarray(bgr, dtype=np.float32) / 255.0).reshape(-1, 1, 3)
-    return cv2.cvtColor(arr, cv2.COLOR_BGR2Lab).reshape(np.shape(bgr))
 
 
 def prototype_lab(colour: str) -> np.ndarray:

@@ -99,7 +99,6 @@ def expected_calibration_error(probs: Any, y_true: Any, n_bins: int = 15) -> flo
     correct = (p.argmax(axis=1) == y).astype(np.float64)
     # Bin b holds confidences in (b/n, (b+1)/n]; confidence 0 falls into bin 0.
     bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    counts = np.bincount(bins, minlength=n_bins).astype(np.float64)
     conf_sum = np.bincount(bins, weights=conf, minlength=n_bins)
     acc_sum = np.bincount(bins, weights=correct, minlength=n_bins)
     return float(np.abs(acc_sum - conf_sum).sum() / y.size)

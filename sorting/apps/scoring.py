@@ -48,11 +48,13 @@ class DecisionPoint:
     reason: str
 
     @classmethod
-    def from_item_decision(cls, item: Any) -> DecisionPoint:
-        """From a :class:`sorting.serving.loop.ItemDecision` (a shutdown decision uses its last seen frame)."""
+    def from_item_decision(cls, item: Any, *, camera_alone: bool = False) -> DecisionPoint:
+        """From a :class:`sorting.serving.loop.ItemDecision` (a shutdown decision uses its last seen frame);
+        ``camera_alone``: the decision the camera alone gives (an item of a line with a spectrometer)."""
         frame = item.frame if item.frame >= 0 else item.summary.last_frame
+        decision = item.camera_decision if camera_alone and item.camera_decision is not None else item.decision
         return cls(int(item.track_id), int(frame), tuple(map(float, item.summary.centroid)),
-                   int(item.decision.bin), item.decision.bin_name, item.decision.reason)
+                   int(decision.bin), decision.bin_name, decision.reason)
 
 
 @dataclass
@@ -74,6 +76,7 @@ class SortScore:
     reject_rate: float
     errors: list[dict[str, Any]] = field(default_factory=list)
     assignment: dict[int, int | None] = field(default_factory=dict)  # GT id -> track id of its decision
+    right: dict[int, bool] = field(default_factory=dict)  # GT id -> in its correct bin (a hard item: or reject)
 
     @property
     def correct_rate(self) -> float:
@@ -193,6 +196,7 @@ def score_run(decisions: Iterable[DecisionPoint], gt: Mapping[str, Any], policy:
     reject = policy.reject_bin
     errors: list[dict[str, Any]] = []
     assignment: dict[int, int | None] = {}
+    right: dict[int, bool] = {}
     lost = shared = non_hard_total = non_hard_correct = hard_safe = 0
     for g, it in enumerate(items):
         want = expected_bin(policy, it)
@@ -214,6 +218,7 @@ def score_run(decisions: Iterable[DecisionPoint], gt: Mapping[str, Any], policy:
             non_hard_total += 1
             non_hard_correct += int(ok)
             safe = ok
+        right[it["id"]] = safe
         if not safe or extra.get(g):
             errors.append({"id": it["id"], "garment": it.get("garment"), "colour": it.get("colour"),
                            "fibre": it.get("fibre"), "hard": it.get("hard_reason"), "expected_bin": want,
@@ -227,5 +232,5 @@ def score_run(decisions: Iterable[DecisionPoint], gt: Mapping[str, Any], policy:
         lost=lost, duplicated=len(extra), phantom=phantom, shared=shared, non_hard_correct=non_hard_correct,
         non_hard_total=non_hard_total, hard_safe=hard_safe, per_bin=dict(sorted(per_bin.items())),
         per_reason=dict(sorted(per_reason.items())), reject_rate=n_reject / len(decs) if decs else 0.0,
-        errors=errors, assignment=assignment,
+        errors=errors, assignment=assignment, right=right,
     )

@@ -6,11 +6,12 @@ loop, as on a line fed by a camera. Figures, against the issue's targets:
 
 * frames/s and items/s over the run (wall clock), p50/p99 frame-to-decision latency;
 * loop time per frame against (decode + model inference on that frame's crops) from the
-  same run: ``ratio = wall per frame / (decode + classify)``. The file is decoded a few frames
+  same run: ``ratio = wall per frame / (decode + classify)`` (with the simulated spectrometer: its own
+  time is left out of the loop's, and the spectral model's inference counts as inference). The file is decoded a few frames
   ahead on its own thread (as a camera pipeline decodes while the loop works), so the loop's
   ``read`` stage is only the wait for a decoded frame; the decode time itself is measured on
   the decoder thread (``SourceStats.decode_s``);
-* correctness item by item (:mod:`sorting.serving.scoring`);
+* correctness item by item (:mod:`sorting.apps.scoring`);
 * resident memory (``/proc/self/statm``) over time: growth after warm-up.
 
 Classifiers: an ONNX model, the *GT oracle* (probabilities from the ground-truth labels of
@@ -25,27 +26,55 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from sorting.apps.nir_scoring import (
+    NirScore,
+    ScanRecord,
+    score_nir,
+    sim_spectrometer_overrides,
+)
+from sorting.apps.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
+from sorting.datasets.synth.belt_truth import BeltTruth
 from sorting.datasets.synth.conveyor import WORLD_VERSION, render_conveyor_clip
 from sorting.errors import ConfigError
-from sorting.models.onnx_model import OnnxClassifier
 from sorting.serving.actuators import SimulatedActuator
-from sorting.serving.decision_log import DecisionLog
-from sorting.serving.ejector import EjectorScheduler, FixedSpeed
+from sorting.serving.annotate import annotate_frame
+from sorting.serving.builder import build_sorter
+from sorting.serving.classifier import (
+    Classifier,
+    ClassScores,
+    CropBatch,
+    ModelClassifier,
+)
+from sorting.serving.ejector import FixedSpeed
 from sorting.serving.line_config import LineConfig, load_line_config
+from sorting.serving.live import LiveFeed, live_feed_for_line
 from sorting.serving.loop import SorterLoop
-from sorting.serving.policy import Policy, load_policy_config
-from sorting.serving.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
+from sorting.serving.records import FrameResult, ItemDecision
+from sorting.serving.runner import attach_feed
+from sorting.serving.segmentation import Detection
 from sorting.serving.sources import Frame, FrameSource, VideoFileSource
-from sorting.taxonomy import HEADS, LAYOUT_HEAD, LAYOUT_LABELS, SEVERAL_LABEL, SINGLE_LABEL, load_taxonomy
+from sorting.serving.spectrometer_sim import SimulatedSpectrometer, open_simulated
+from sorting.taxonomy import (
+    HEADS,
+    LAYOUT_HEAD,
+    LAYOUT_LABELS,
+    SEVERAL_LABEL,
+    SINGLE_LABEL,
+    load_taxonomy,
+)
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +98,13 @@ class BenchConfig:
     belt_speed_px_s: float = DENSE_BELT_PX_S
     hard_fraction: float = 0.12
     oracle_layout: bool = False  # the oracle also answers a layout head: touching garments are "several"
+    console: bool = False  # the operator's console attached, with a viewer watching its camera stream
     overrides: list[str] = field(default_factory=list)
     progress: bool = True
+    spectrometer: str | None = None  # "sim": the simulated spectrometer (sorting.apps.nir_scoring.SIM_SPOTS)
+    nir_model: Path = Path("runs/models/nir-line.onnx")  # the line's spectral model (training/nir-line.yaml)
+    nir_spectra: Path = Path("runs/data/nir-line.csv")  # the simulator's spectra (its split 'test')
+    bins: Path | None = None  # another bins file than the line's
 
 
 def rss_bytes() -> int:
@@ -130,73 +164,59 @@ class LoopingVideoSource(FrameSource):
         self.exhausted = True
 
 
-@dataclass
-class _Meta:
-    labels: dict[str, list[str]]
-
-
-@dataclass
-class _OraclePredictions:
-    probs: dict[str, np.ndarray]
-    ood: dict[str, np.ndarray]
-
-
 class GtOracle:
     """A classifier that reads the ground truth: each crop gets one-hot probabilities of the
     GT garment whose track point lies in its detection box (nearest the blob centroid), or
     flat, out-of-distribution probabilities if there is none (a stain). Asked for a layout head,
     it calls a touching garment's blob "several" and any other "single".
 
-    ``predict`` receives only crops, so the oracle asks the loop's tracker again which tracks
-    it is classifying in the current frame (the same, deterministic list the loop cropped).
-    With a ``model``, the model also runs on the crops (its time is what a real line pays).
+    It implements :class:`~sorting.serving.classifier.Classifier`: the batch says which frame and
+    which detections the crops come from. ``clip_frames`` is the clip's length once known (the
+    benchmark may loop the clip, frame numbers keep counting). With a ``model``, the model also
+    runs on the crops (its time is what a real line pays).
     """
 
-    def __init__(self, gt: dict[str, Any], labels: dict[str, list[str]], *, frame_of: Callable[[], int],
-                 tracker_of: Callable[[], Any], clip_frames: Callable[[], int], model: OnnxClassifier | None = None):
-        self.metadata = _Meta(labels)
+    model_id = "gt-oracle"
+
+    def __init__(self, gt: dict[str, Any], labels: dict[str, list[str]], *, clip_frames: Callable[[], int],
+                 model: Classifier | None = None):
+        self.labels = labels
         self.model = model
-        self._frame_of, self._tracker_of, self._clip_frames = frame_of, tracker_of, clip_frames
+        self._clip_frames = clip_frames
         self._by_frame: dict[int, list[tuple[float, float, dict[str, Any]]]] = {}
         for it in gt["items"]:
             for f, x, y in it["track"]:
                 self._by_frame.setdefault(int(f), []).append((float(x), float(y), it))
 
-    def self_check(self) -> None:
-        """Nothing to check (the wrapped model, if any, was checked when loaded)."""
-
-    def use_ood_quantile(self, quantile: float | None) -> None:
+    def use_ood_quantile(self, quantile: float) -> None:
         """The oracle's OOD flags come from the ground truth (a stain); a line's quantile changes nothing."""
 
-    def _item_at(self, frame: int, det: Any) -> dict[str, Any] | None:
+    def _item_at(self, frame: int, det: Detection) -> dict[str, Any] | None:
         x, y, w, h = det.bbox
         cx, cy = det.centroid
         inside = [(np.hypot(px - cx, py - cy), it) for px, py, it in self._by_frame.get(frame, [])
                   if x - 10 <= px <= x + w + 10 and y - 10 <= py <= y + h + 10]
         return min(inside, key=lambda c: c[0])[1] if inside else None
 
-    def predict(self, crops: Sequence[np.ndarray]) -> _OraclePredictions:
+    def classify(self, batch: CropBatch) -> ClassScores:
         if self.model is not None:
-            self.model.predict(list(crops))
-        frame = self._frame_of()
+            self.model.classify(batch)
         period = self._clip_frames()
-        local = frame % period if period else frame
-        todo = self._tracker_of().views_to_classify(frame)
-        if len(todo) != len(crops):
-            raise RuntimeError(f"oracle out of step with the loop: {len(todo)} tracks, {len(crops)} crops")
-        probs = {h: np.zeros((len(crops), len(v)), np.float32) for h, v in self.metadata.labels.items()}
-        ood = {h: np.zeros(len(crops), bool) for h in self.metadata.labels}
-        for row, tr in enumerate(todo):
-            item = self._item_at(local, tr.detection) if tr.detection is not None else None
+        local = batch.frame % period if period else batch.frame
+        n = len(batch.crops)
+        probs = {h: np.zeros((n, len(v)), np.float32) for h, v in self.labels.items()}
+        ood = {h: np.zeros(n, bool) for h in self.labels}
+        for row, det in enumerate(batch.detections):
+            item = self._item_at(local, det)
             if item is not None:  # the layout truth: a touching garment shares its blob
                 item = {**item, LAYOUT_HEAD: SEVERAL_LABEL if item.get("hard_reason") == "touching" else SINGLE_LABEL}
-            for head, names in self.metadata.labels.items():
+            for head, names in self.labels.items():
                 if item is None or item.get(head) not in names:
                     probs[head][row] = 1.0 / len(names)
                     ood[head][row] = True
                 else:
                     probs[head][row, names.index(item[head])] = 1.0
-        return _OraclePredictions(probs, ood)
+        return ClassScores(probs, ood)
 
 
 @dataclass
@@ -222,6 +242,9 @@ class BenchResult:
     score: SortScore
     load_avg: tuple[float, float, float]
     passes: int
+    nir: NirScore | None = None
+    simulator_ms_per_frame: float = 0.0  # the simulated spectrometer's own time, left out of loop_ms_per_frame
+    decisions: list[ItemDecision] = field(default_factory=list, repr=False)  # every item's decision (not in JSON)
 
     def checks(self) -> dict[str, bool | None]:
         """Each target: met (True), missed (False) or not measurable in this run (None)."""
@@ -239,8 +262,9 @@ class BenchResult:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "score"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("score", "nir", "decisions")}
         out["score"] = self.score.to_dict()
+        out["nir"] = self.nir.to_dict() if self.nir is not None else None
         out["checks"] = self.checks()
         return out
 
@@ -270,6 +294,9 @@ class BenchResult:
             "per bin: " + ", ".join(f"{k}={v}" for k, v in s.per_bin.items()), "",
             "reasons: " + ", ".join(f"{k}={v}" for k, v in s.per_reason.items()), "",
         ]
+        if self.nir is not None:
+            lines += [f"loop time excludes the simulated spectrometer's own {self.simulator_ms_per_frame:.2f} ms/frame "
+                      "(the instrument's work, not the line's)", "", *self.nir.markdown()]
         if s.errors:
             lines += ["## items not in their correct bin (first 30)", "", "| id | garment | colour | hard | "
                       "expected | got | reason | extra |", "|---|---|---|---|---|---|---|---|"]
@@ -290,10 +317,26 @@ def _repeat_ground_truth(gt: dict[str, Any], clip_frames: int, passes: int) -> d
     return dict(gt, items=items)
 
 
+def _oracle_labels(model: ModelClassifier | None, layout: bool) -> dict[str, list[str]]:
+    """The heads the oracle answers: fibre and colour (the model's label sets if there is one), and the layout."""
+    tax = load_taxonomy()
+    labels = {h: list(v) for h, v in model.labels.items() if h in HEADS} if model is not None else \
+        {"fibre": list(tax.fibre), "colour": list(tax.colour)}
+    if layout:
+        labels[LAYOUT_HEAD] = list(LAYOUT_LABELS)
+    return labels
+
+
 def _line_config(bench: BenchConfig, video: Path, speed_px_s: float) -> LineConfig:
     overrides = [f"camera.source={video}", f"log.path={bench.out_dir / 'decisions.sqlite'}",
-                 f"belt.speed_px_s={speed_px_s}", "model.hot_reload=false",
-                 *bench.overrides]
+                 f"belt.speed_px_s={speed_px_s}", "model.hot_reload=false", "telemetry.port=0"]
+    if bench.bins is not None:
+        overrides.append(f"policy.bins={bench.bins.resolve()}")
+    if bench.spectrometer is not None:
+        if bench.spectrometer != "sim":
+            raise ConfigError(f"bench-sorter --spectrometer {bench.spectrometer}: only 'sim' (the synthetic world's)")
+        overrides += sim_spectrometer_overrides(bench.nir_model, bench.nir_spectra)
+    overrides += bench.overrides
     if bench.threads is not None:
         overrides.append(f"model.threads={bench.threads}")
     return load_line_config(bench.line, overrides)
@@ -305,53 +348,29 @@ def render_bench_clip(bench: BenchConfig) -> tuple[Path, Path]:
     folder = bench.out_dir.parent / "clips" / name
     video, gt = folder / "conveyor.mp4", folder / "conveyor_gt.json"
     if not (video.is_file() and gt.is_file()):
-        clip = render_conveyor_clip(folder, n_items=bench.items, seed=bench.seed,
-                                    belt_speed_px_s=bench.belt_speed_px_s, hard_fraction=bench.hard_fraction)
+        clip = render_conveyor_clip(folder, n_items=bench.items, seed=bench.seed, belt_speed_px_s=bench.belt_speed_px_s,
+                                    hard_fraction=bench.hard_fraction, progress=bench.progress)
         video, gt = clip.video_path, clip.ground_truth_path
     return video, gt
 
 
-def run_bench(bench: BenchConfig) -> BenchResult:
-    """Render/reuse the clip, sort it (or loop it for ``minutes``), measure and score."""
-    if bench.model is None and not bench.oracle:
-        raise ConfigError("bench-sorter needs --model or the GT oracle")
-    model = OnnxClassifier.load(bench.model, threads=bench.threads) if bench.model is not None else None
-    if model is not None:
-        model.self_check()
-    bench.out_dir.mkdir(parents=True, exist_ok=True)
-    video, gt_path = render_bench_clip(bench)
-    gt = load_ground_truth(gt_path)
-    cfg = _line_config(bench, video, float(gt["belt_speed_px_s"]))
-    labels = dict(model.metadata.labels) if model is not None else \
-        {"fibre": list(load_taxonomy().fibre), "colour": list(load_taxonomy().colour)}
-    if bench.oracle:  # the oracle knows fibre and colour, and the layout if asked to
-        labels = {h: v for h, v in labels.items() if h in HEADS}
-        if bench.oracle_layout:
-            labels[LAYOUT_HEAD] = list(LAYOUT_LABELS)
-    policy_cfg = load_policy_config(cfg.policy.bins)
-    policy = Policy(policy_cfg, labels)
-    source = LoopingVideoSource(video, seconds=bench.minutes * 60 if bench.minutes else None)
-    holder: dict[str, SorterLoop] = {}
-    classifier: Any = model
-    if bench.oracle:
-        classifier = GtOracle(gt, labels, frame_of=lambda: source.last_index,
-                              tracker_of=lambda: holder["loop"].tracker,
-                              clip_frames=lambda: source.clip_frames or int(gt.get("n_frames", 0)), model=model)
-    scheduler = EjectorScheduler(cfg.ejector, policy_cfg, SimulatedActuator(), FixedSpeed(cfg.belt.pixels_per_second,
-                                 "px"), px_per_m=cfg.belt.px_per_m)
-    db = bench.out_dir / "decisions.sqlite"
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{db}{suffix}").unlink(missing_ok=True)
-    dlog = DecisionLog(cfg.log, reject_bin=policy_cfg.reject.id)
-    loop = SorterLoop(cfg, source, classifier, policy, decision_log=dlog, scheduler=scheduler, keep_images=False)
-    holder["loop"] = loop
+@dataclass
+class _Run:
+    """What the benchmark collected while the loop ran."""
 
-    decisions, latencies, frame_ms = [], [], []
-    rss: list[tuple[float, float]] = []
+    decisions: list[ItemDecision] = field(default_factory=list)
+    frame_ms: list[float] = field(default_factory=list)
+    rss: list[tuple[float, float]] = field(default_factory=list)
+    scans: list[ScanRecord] = field(default_factory=list)
+    wall_s: float = 0.0
+
+
+def _drive(loop: SorterLoop, bench: BenchConfig, total: int | None, feed: LiveFeed | None = None) -> _Run:
+    """Run the loop to the end, timing each frame and sampling the resident memory."""
+    run = _Run()
     start = time.perf_counter()
     next_rss = start
     it = loop.run()
-    total = None if bench.minutes else int(gt.get("n_frames", 0)) or None
     with tqdm(total=total, desc="bench-sorter", unit="frame", disable=not bench.progress) as bar:
         while True:
             tic = time.perf_counter()
@@ -361,39 +380,131 @@ def run_bench(bench: BenchConfig) -> BenchResult:
                 break
             toc = time.perf_counter()
             if result.index >= 0:
-                frame_ms.append((toc - tic) * 1e3)
+                run.frame_ms.append((toc - tic) * 1e3)
                 bar.update(1)
-            for d in result.decisions:
-                decisions.append(DecisionPoint.from_item_decision(d))
-                latencies.append(d.latency_ms)
+            run.decisions += result.decisions
+            if feed is not None:
+                _feed(feed, result)
+            run.scans += [ScanRecord.of(o) for o in result.scans]
             if toc >= next_rss:
-                rss.append((toc - start, rss_bytes() / 2**20))
+                run.rss.append((toc - start, rss_bytes() / 2**20))
                 next_rss = toc + (10.0 if bench.minutes else 1.0)
-    wall = time.perf_counter() - start
-    rss.append((wall, rss_bytes() / 2**20))
-    stages = loop.stage_means_ms()
+    run.wall_s = time.perf_counter() - start
+    run.rss.append((run.wall_s, rss_bytes() / 2**20))
+    return run
+
+
+def _simulator(bench: BenchConfig, cfg: LineConfig, gt: dict[str, Any]) -> SimulatedSpectrometer | None:
+    """The simulated spectrometer over the clip's world (a looped clip starts over every pass)."""
+    if cfg.spectrometer is None or cfg.spectrometer.sim is None:
+        return None
+    period = int(gt["n_frames"]) / float(gt["fps"]) if bench.minutes else None
+    return open_simulated(cfg.spectrometer.sim, cfg.spot_geometry(), axis=0 if cfg.belt.direction[1] == "x" else 1,
+                          rate_hz=cfg.spectrometer.rate_hz, truth=BeltTruth.from_ground_truth(gt), period_s=period)
+
+
+def _feed(feed: LiveFeed, result: FrameResult) -> None:
+    """What ``serve --console`` hands the console per frame."""
+    if result.index >= 0:
+        feed.slot.put(result)
+    for item in result.decisions:
+        feed.on_item_decision(item)
+
+
+@contextmanager
+def _watched_console(loop: SorterLoop) -> Iterator[LiveFeed]:
+    """The operator's console on the line, as ``serve --console`` attaches it, with one viewer reading its
+    MJPEG camera stream the whole time (what a browser on the Live page does)."""
+    from sorting.apps.console import start_console
+
+    cfg = loop.cfg
+    feed = live_feed_for_line(cfg)
+    attach_feed(feed, loop, partial(annotate_frame, decision_line_px=cfg.tracking.decision_line_px,
+                                    axis=0 if cfg.belt.direction[1] == "x" else 1))
+    console = start_console(feed, cfg.log.path, port=0)
+    stop = threading.Event()
+
+    def watch() -> None:
+        with urllib.request.urlopen(console.url + "stream.mjpg", timeout=10) as stream:
+            while not stop.is_set() and stream.read(65536):
+                pass
+
+    viewer = threading.Thread(target=watch, name="bench-viewer", daemon=True)
+    viewer.start()
+    try:
+        yield feed
+    finally:
+        stop.set()
+        console.close()
+        viewer.join(5)
+        log.info("console: %d frames encoded for the viewer", feed.slot.frames_encoded)
+
+
+def run_bench(bench: BenchConfig) -> BenchResult:
+    """Render/reuse the clip, sort it (or loop it for ``minutes``), measure and score."""
+    if bench.model is None and not bench.oracle:
+        raise ConfigError("bench-sorter needs --model or the GT oracle")
+    model = ModelClassifier.load(bench.model, threads=bench.threads) if bench.model is not None else None
+    bench.out_dir.mkdir(parents=True, exist_ok=True)
+    video, gt_path = render_bench_clip(bench)
+    gt = load_ground_truth(gt_path)
+    cfg = _line_config(bench, video, float(gt["belt_speed_px_s"]))
+    source = LoopingVideoSource(video, seconds=bench.minutes * 60 if bench.minutes else None)
+    classifier: Classifier | None = model
+    if bench.oracle:
+        classifier = GtOracle(gt, _oracle_labels(model, bench.oracle_layout),
+                              clip_frames=lambda: source.clip_frames or int(gt.get("n_frames", 0)), model=model)
+    assert classifier is not None
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{cfg.log.path}{suffix}").unlink(missing_ok=True)
+    sim = _simulator(bench, cfg, gt)
+    loop = build_sorter(cfg, source=source, classifier=classifier, actuator=SimulatedActuator(),
+                        speed=FixedSpeed(cfg.belt.pixels_per_second, "px"), keep_images=bench.console, spectrometer=sim)
+    with _watched_console(loop) if bench.console else nullcontext() as feed:
+        run = _drive(loop, bench, None if bench.minutes else int(gt.get("n_frames", 0)) or None, feed)
     passes = source.passes
     gt_run = _repeat_ground_truth(gt, source.clip_frames or int(gt["n_frames"]), passes) if passes > 1 else gt
-    score = score_run(decisions, gt_run, policy)
-    warm = [mb for t, mb in rss if t >= 0.1 * wall] or [rss[-1][1]]
-    frames = len(frame_ms)
-    loop_ms = float(np.mean(frame_ms)) if frame_ms else 0.0
-    decode_ms = source.stats.decode_s * 1e3 / max(1, source.stats.frames)
-    base = decode_ms + stages.get("classify", 0.0)
-    result = BenchResult(
-        config={"line": str(bench.line), "model": str(bench.model) if bench.model else None, "oracle": bench.oracle,
-                "items": bench.items, "minutes": bench.minutes, "threads": bench.threads, "seed": bench.seed,
-                "belt_speed_px_s": gt["belt_speed_px_s"], "video": str(video), "overrides": bench.overrides},
-        frames=frames, wall_s=wall, fps=frames / wall if wall > 0 else 0.0, items=len(decisions),
-        items_per_s=len(decisions) / wall if wall > 0 else 0.0,
-        latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else 0.0,
-        latency_ms_p99=float(np.percentile(latencies, 99)) if latencies else 0.0,
-        loop_ms_per_frame=loop_ms, read_ms_per_frame=stages.get("read", 0.0), decode_ms_per_frame=decode_ms,
-        classify_ms_per_frame=stages.get("classify", 0.0),
-        loop_ratio=loop_ms / base if model is not None and base > 0 else None,
-        stage_ms=stages, rss_mb=rss, rss_growth=(warm[-1] - warm[0]) / warm[0], score=score,
-        load_avg=os.getloadavg(), passes=passes,
-    )
+    score = score_run([DecisionPoint.from_item_decision(d) for d in run.decisions], gt_run, loop.policy)
+    nir = None if sim is None else score_nir(run.decisions, gt_run, loop.policy, run.scans, own=_own_fibres(sim),
+                                             score=score)
+    result = _result(bench, gt, video, loop, source, run, score, model is not None)
+    result.nir, result.decisions = nir, run.decisions
     (bench.out_dir / "bench.json").write_text(json.dumps(result.to_dict(), indent=2, default=str))
     (bench.out_dir / "bench.md").write_text(result.markdown())
     return result
+
+
+def _own_fibres(sim: SimulatedSpectrometer) -> set[str]:
+    """The taxonomy fibres the simulator has spectra of their own for."""
+    tax = load_taxonomy()
+    return {f for f in tax.fibre if sim.pool.source_class(f) == f}
+
+
+def _result(bench: BenchConfig, gt: dict[str, Any], video: Path, loop: SorterLoop, source: LoopingVideoSource,
+            run: _Run, score: SortScore, has_model: bool) -> BenchResult:
+    stages = loop.stage_means_ms()
+    wall = run.wall_s
+    latencies = [d.latency_ms for d in run.decisions]
+    warm = [mb for t, mb in run.rss if t >= 0.1 * wall] or [run.rss[-1][1]]
+    frames = len(run.frame_ms)
+    sim = loop.nir.source if loop.nir is not None else None
+    sim_ms = getattr(sim, "busy_s", 0.0) * 1e3 / max(1, frames)
+    nir_ms = loop.nir.infer_s * 1e3 / max(1, frames) if loop.nir is not None else 0.0  # the spectral model's inference
+    loop_ms = float(np.mean(run.frame_ms)) - sim_ms if run.frame_ms else 0.0
+    decode_ms = source.stats.decode_s * 1e3 / max(1, source.stats.frames)
+    base = decode_ms + stages.get("classify", 0.0) + nir_ms
+    return BenchResult(
+        config={"line": str(bench.line), "model": str(bench.model) if bench.model else None, "oracle": bench.oracle,
+                "items": bench.items, "minutes": bench.minutes, "threads": bench.threads, "seed": bench.seed,
+                "belt_speed_px_s": gt["belt_speed_px_s"], "video": str(video), "overrides": bench.overrides,
+                "spectrometer": bench.spectrometer, "bins": str(loop.cfg.policy.bins), "console": bench.console},
+        frames=frames, wall_s=wall, fps=frames / wall if wall > 0 else 0.0, items=len(run.decisions),
+        items_per_s=len(run.decisions) / wall if wall > 0 else 0.0,
+        latency_ms_p50=float(np.percentile(latencies, 50)) if latencies else 0.0,
+        latency_ms_p99=float(np.percentile(latencies, 99)) if latencies else 0.0,
+        loop_ms_per_frame=loop_ms, read_ms_per_frame=stages.get("wait_frame", 0.0), decode_ms_per_frame=decode_ms,
+        classify_ms_per_frame=stages.get("classify", 0.0) + nir_ms,
+        loop_ratio=loop_ms / base if has_model and base > 0 else None,
+        stage_ms=stages, rss_mb=run.rss, rss_growth=(warm[-1] - warm[0]) / warm[0], score=score,
+        load_avg=os.getloadavg(), passes=source.passes, simulator_ms_per_frame=sim_ms,
+    )

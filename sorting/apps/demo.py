@@ -4,6 +4,10 @@ Steps: train a small fibre+colour model on synthetic crops (or reuse the one a p
 trained), export it to ONNX (self-checked), render a synthetic conveyor video of a few hundred
 garments, sort it with the real serving loop (simulated ejectors), score every decision against
 the ground truth, and write an annotated video, the decision log, plots and a report.
+
+Where the real NIR spectra are (or a previous demo made its spectral model from them), the line also has
+the simulated spectrometer (:mod:`sorting.apps.demo_nir`): the report then gives the fibre x colour bins with
+and without it, and the video marks the spots and the garment each one reads.
 """
 
 from __future__ import annotations
@@ -17,15 +21,21 @@ from typing import Any
 
 import numpy as np
 
+from sorting.apps.demo_nir import DemoSpectrometer, demo_spectrometer
+from sorting.apps.nir_scoring import NirScore, score_nir, sim_spectrometer_overrides
+from sorting.apps.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
 from sorting.config import load_config
 from sorting.datasets.synth.conveyor import WORLD_VERSION, render_conveyor_clip
 from sorting.models.export import export_checkpoint
 from sorting.models.onnx_model import read_metadata
 from sorting.paths import project_root
 from sorting.serving.line_config import load_line_config
-from sorting.serving.loop import ItemDecision, ServeSummary, serve_line
 from sorting.serving.policy import Policy, load_policy_config
-from sorting.serving.scoring import DecisionPoint, SortScore, load_ground_truth, score_run
+from sorting.serving.records import ItemDecision
+from sorting.serving.runner import ServeSummary, serve_line
+from sorting.serving.spectrometer_config import SimSpectraConfig
+from sorting.serving.spectrometer_sim import SpectraPool
+from sorting.taxonomy import load_taxonomy
 from sorting.training.config import TrainConfig
 from sorting.training.plots import plot_counts, plot_histogram
 from sorting.training.tracking import MlflowTracker
@@ -54,6 +64,7 @@ class DemoConfig:
     belt_speed_px_s: float = DEMO_BELT_PX_S
     video: bool = True
     progress: bool = True
+    spectrometer: bool = True  # the simulated spectrometer, when there is a spectral model or the data to make one
 
 
 @dataclass
@@ -69,6 +80,8 @@ class DemoReport:
     report_path: Path
     plots: list[Path]
     video_path: Path | None
+    nir: NirScore | None = None
+    nir_note: str = ""
 
     def summary_lines(self) -> list[str]:
         s, sc = self.serve, self.score
@@ -80,12 +93,24 @@ class DemoReport:
             f"correct bin      {sc.correct_rate:.1%} of {sc.non_hard_total} normal items; "
             f"hard items safe {sc.hard_safe_rate:.1%} of {sc.hard_items}",
             f"reject rate      {sc.reject_rate:.1%}",
+            *self._nir_lines(),
             f"per bin          {bins}",
             f"speed            {s.fps:.1f} frames/s over {s.frames} frames ({s.wall_s:.1f} s)",
             f"decision latency p50 {self.latency_ms['p50']:.1f} ms, p99 {self.latency_ms['p99']:.1f} ms",
             f"report           {self.report_path}",
             *([f"annotated video  {self.video_path}"] if self.video_path else []),
         ]
+
+
+    def _nir_lines(self) -> list[str]:
+        if self.nir is None:
+            return [f"spectrometer     {self.nir_note}"] if self.nir_note else []
+        g, own, other = self.nir.total(), self.nir.groups["own"], self.nir.groups["stand-in"]
+        return [f"spectrometer     {self.nir_note}",
+                f"  right bin      {g.right_nir}/{g.normal} with NIR, {g.right_camera}/{g.normal} camera alone; "
+                f"wrong product bin {g.wrong_nir} with NIR, {g.wrong_camera} camera alone",
+                f"  by fibre       own spectra {own.right_nir}/{own.normal} (camera alone {own.right_camera}), "
+                f"stand-in {other.right_nir}/{other.normal} (camera alone {other.right_camera}); read by NIR {g.read}"]
 
 
 def train_overrides(cfg: DemoConfig) -> list[str]:
@@ -142,25 +167,47 @@ def run_demo(cfg: DemoConfig) -> DemoReport:
     for stale in cfg.out_dir.glob("decisions.sqlite*"):
         stale.unlink()
     bins = (cfg.bins or root / DEMO_BINS).resolve()
+    nir = demo_spectrometer(cfg.out_dir, retrain=cfg.retrain, progress=cfg.progress) if cfg.spectrometer else None
     line = load_line_config(cfg.line or root / DEMO_LINE, [
         f"camera.source={video_in}", f"belt.speed_px_s={cfg.belt_speed_px_s}", "belt.speed_m_s=null",
         f"model.path={onnx_path.resolve()}", "model.hot_reload=false", f"policy.bins={bins}",
         f"log.path={db_path.resolve()}", "telemetry.port=0", f"name=demo-{bins.stem}",
+        *(sim_spectrometer_overrides(nir.model, nir.spectra) if nir is not None else []),
     ])
     decisions: list[ItemDecision] = []
     video_out = cfg.out_dir / "annotated.mp4" if cfg.video else None
     serve = serve_line(line, video_out=video_out, progress=cfg.progress, on_decision=decisions.append)
 
     policy = Policy(load_policy_config(bins), _labels_of(onnx_path))
-    score = score_run([DecisionPoint.from_item_decision(d) for d in decisions], load_ground_truth(gt_path), policy)
+    gt = load_ground_truth(gt_path)
+    score = score_run([DecisionPoint.from_item_decision(d) for d in decisions], gt, policy)
     latencies = [d.latency_ms for d in decisions]
     latency = _percentiles(latencies)
     plots = _plots(cfg.out_dir, score, latencies)
     report = DemoReport(model_path=onnx_path, checkpoint_path=ckpt_path, trained_now=trained_now, serve=serve,
                         score=score, latency_ms=latency, report_path=cfg.out_dir / "report.md", plots=plots,
-                        video_path=video_out)
+                        video_path=video_out, nir=_nir_score(nir, decisions, gt, policy, score),
+                        nir_note=_nir_note(nir, cfg))
     _write_report(report, cfg)
     return report
+
+
+def _nir_score(nir: DemoSpectrometer | None, decisions: list[ItemDecision], gt: dict[str, Any], policy: Policy,
+               score: SortScore) -> NirScore | None:
+    """Fibre-correct bins with and without the spectrometer (the same run), by the simulator's spectra."""
+    if nir is None:
+        return None
+    pool = SpectraPool.load(SimSpectraConfig(spectra=nir.spectra))
+    own = {f for f in load_taxonomy().fibre if pool.source_class(f) == f}
+    return score_nir(decisions, gt, policy, [], own, score=score)
+
+
+def _nir_note(nir: DemoSpectrometer | None, cfg: DemoConfig) -> str:
+    if not cfg.spectrometer:
+        return ""
+    if nir is None:
+        return "none (no NIR data: see sorting/apps/demo_nir.py)"
+    return f"simulated, model {nir.model} ({'trained now' if nir.made_now else 'reused'})"
 
 
 def _labels_of(onnx_path: Path) -> dict[str, list[str]]:
@@ -178,6 +225,7 @@ def _write_report(report: DemoReport, cfg: DemoConfig) -> None:
         "model": str(report.model_path),
         "items": cfg.items,
         "seed": cfg.seed,
+        "nir": report.nir.to_dict() if report.nir is not None else None,
     }
     (cfg.out_dir / "report.json").write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
     lines = ["# textile-sorter demo report", "", "```", *report.summary_lines(), "```", ""]

@@ -111,13 +111,8 @@ def energy_scores(logits: Any, temperature: float) -> np.ndarray:
     return -t * logsumexp(_as_logits(logits) / t)
 
 
-def energy_threshold(logits: Any, temperature: float, quantile: float = 0.99) -> float:
-    """OOD threshold: the ``quantile`` of in-distribution (validation) energies."""
-    return energy_thresholds(logits, temperature, (quantile,))[0]
-
-
 def energy_thresholds(logits: Any, temperature: float, quantiles: tuple[float, ...]) -> list[float]:
-    """:func:`energy_threshold` at each of ``quantiles``, from one pass over the energies."""
+    """OOD thresholds: the ``quantiles`` of in-distribution (validation) energies, from one pass over them."""
     if not all(0.0 < q <= 1.0 for q in quantiles):
         raise ValueError(f"quantiles must be in (0, 1], got {quantiles}")
     energies = energy_scores(logits, temperature)

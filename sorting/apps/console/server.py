@@ -1,0 +1,111 @@
+"""Serving the console: in the sorter's process (:func:`start_console`) or on its own over a
+decision log after a shift (:func:`run_console`).
+
+werkzeug's threaded WSGI server runs in one daemon thread and answers each request on its own
+thread: the sorter process has no asyncio loop to share, the pages are synchronous SQLite reads,
+and a long-polling camera viewer must not hold up other requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from sorting.apps.console.app import create_app
+from sorting.apps.console.context import ConsoleContext
+from sorting.apps.console.logview import LogView
+from sorting.apps.console.security import Access
+from sorting.errors import ConfigError, DataError
+from sorting.serving.live import LiveFeed
+from sorting.taxonomy import Taxonomy, load_taxonomy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8088
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """Request lines at debug level: the page polls every second, the camera view several times."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
+
+
+class ConsoleHandle:
+    """A running console: its :attr:`url`; :meth:`close` stops it (idempotent)."""
+
+    def __init__(self, server: BaseWSGIServer, ctx: ConsoleContext, host: str) -> None:
+        self._server = server
+        self._ctx = ctx
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{server.server_port}/"
+        self.port = int(server.server_port)
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+                                        name="console-http", daemon=True)
+        self._thread.start()
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._ctx.stopping.set()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(2.0)
+        log.info("console stopped")
+
+
+def start_console(
+    feed: LiveFeed | None,
+    db_path: str | Path,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    taxonomy: Taxonomy | None = None,
+) -> ConsoleHandle:
+    """Serve the console on its own thread; returns at once. ``feed`` None: no line attached.
+
+    Raises :class:`ConfigError` when ``host`` is beyond loopback without a ``token`` or the port
+    is taken. The decision log may not exist yet (a line just starting): the pages say so.
+    """
+    access = Access.for_bind(host, token)
+    ctx = ConsoleContext(view=LogView(db_path), feed=feed, access=access, taxonomy=taxonomy or load_taxonomy())
+    try:
+        server = make_server(host, port, create_app(ctx), threaded=True, request_handler=_QuietHandler)
+    except OSError as exc:
+        raise ConfigError(f"console: cannot listen on {host}:{port}: {exc}") from None
+    handle = ConsoleHandle(server, ctx, host)
+    log.debug("operator's console on %s%s", handle.url, " (access token required)" if access.token else "")
+    return handle
+
+
+def run_console(
+    db_path: str | Path,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    token: str | None = None,
+    taxonomy: Taxonomy | None = None,
+    on_ready: Callable[[ConsoleHandle], None] | None = None,
+) -> None:
+    """Serve the console over a decision log (review and relabelling) until Ctrl-C."""
+    if not Path(db_path).is_file():
+        raise DataError(f"decision log {db_path} does not exist")
+    handle = start_console(None, db_path, host=host, port=port, token=token, taxonomy=taxonomy)
+    if on_ready is not None:
+        on_ready(handle)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.close()

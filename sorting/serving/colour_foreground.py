@@ -1,0 +1,131 @@
+"""Foreground on a coloured belt, each frame on its own (still photos, or a video without warm-up).
+
+Three masks at the segmentation scale, from :class:`~sorting.serving.belt_colour_model.BeltColourConfig`:
+
+* *not belt-coloured*: distance to the belt colour above ``max_distance`` (white, red, black...);
+* *surely belt*: distance below ``sure_distance``: this frame's belt, from which the belt's colour
+  around every pixel is spread (a normalised Gaussian blur of ``sigma_px`` on a 4x coarser grid, so it
+  reaches under garments);
+* *off the local belt colour*: chromaticity further than ``local_max_distance`` local sigmas from that
+  local belt colour (a navy or royal-blue garment on a blue belt: far from the belt next to it, though
+  within the spread of the belt across frames), or darker than ``local_dark_ratio`` times it (a black
+  garment). A garment's shadow keeps the belt's chromaticity and is rarely that dark.
+
+Surely-belt pixels leave out the darkest DARK_SHARE of the belt-coloured ones in the frame (black
+garments hide there), and the foreground loses single-pixel noise with a median filter.
+
+The belt region is the configured polygon, or (``follow``) that band re-fitted to this frame's belt.
+A frame with almost no belt in view (black, saturated, lens covered) raises :class:`FrameError`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from sorting.errors import DataError
+from sorting.serving.belt_colour_model import BeltColourConfig, BeltColourLookup
+from sorting.serving.belt_region import BeltEdgeFollower
+
+MIN_BELT_SHARE = 0.02  # of the belt region surely belt, or the frame is unusable
+DARK_SHARE = 0.15  # the darkest share of belt-coloured pixels in a frame is not used as surely belt
+MEDIAN_PX = 5  # median filter of the foreground (at the segmentation scale)
+GRID = 4  # the local belt colour is spread on a grid this much coarser than the segmentation scale
+
+
+class FrameError(DataError):
+    """A frame the segmentation cannot use (another size than the line's belt set-up, black, saturated,
+    no belt in view): the frame is skipped with this one message, the run goes on."""
+
+
+class ColourForeground:
+    """``mask(small_bgr)`` -> (foreground, belt region, local belt BGR float32) at the segmentation scale.
+
+    ``keep``: 255 where the segmentation may look at all (ignored rectangles blanked); ``region``: the
+    configured belt region within ``keep``; ``follower``: re-fits the region to each frame's belt.
+    """
+
+    def __init__(self, model: BeltColourConfig, keep: np.ndarray, region: np.ndarray, *, sigma_px: float,
+                 follower: BeltEdgeFollower | None = None) -> None:
+        self.model = model
+        self.keep, self.region, self.follower = keep, region, follower
+        self.lookup = BeltColourLookup(model)
+        self.sigma = sigma_px
+        self._inv_sigma: tuple[np.ndarray, np.ndarray] | None = None
+        if model.local_sigma:
+            levels = np.arange(256, dtype=np.float64)
+            edges = np.asarray(model.intensity_edges)
+            band = np.clip(np.searchsorted(edges, levels, side="right") - 1, 0, len(edges) - 2)
+            sig = np.asarray(model.local_sigma, np.float64)[band]
+            self._inv_sigma = ((1.0 / sig[:, 0]).astype(np.float32).reshape(256, 1),
+                               (1.0 / sig[:, 1]).astype(np.float32).reshape(256, 1))
+
+    def belt_region(self, sure: np.ndarray) -> np.ndarray:
+        """This frame's belt region (the configured one, or followed to where the belt is)."""
+        if self.follower is None:
+            return self.region
+        return cv2.bitwise_and(self.follower.region(sure), self.keep)
+
+    @staticmethod
+    def bright_enough(candidates: np.ndarray, level: np.ndarray) -> np.ndarray:
+        """``candidates`` less their darkest DARK_SHARE: a black garment's chromaticity is noise, and a dark
+        belt colour band cannot tell it from the belt; within one frame the belt is brighter."""
+        hist = cv2.calcHist([level], [0], candidates, [256], [0, 256]).ravel()
+        total = hist.sum()
+        if total == 0:
+            return candidates
+        cut = int(np.searchsorted(np.cumsum(hist), DARK_SHARE * total))
+        return cv2.bitwise_and(candidates, cv2.threshold(level, cut - 1, 255, cv2.THRESH_BINARY)[1])
+
+    def local_belt(self, small: np.ndarray, sure: np.ndarray) -> np.ndarray:
+        """The belt's BGR colour (float32) on the coarse grid, spread from the surely-belt pixels."""
+        h, w = sure.shape
+        tiny = (max(1, w // GRID), max(1, h // GRID))
+        weight = cv2.resize(sure, tiny, interpolation=cv2.INTER_AREA).astype(np.float32)
+        values = cv2.resize(cv2.bitwise_and(small, small, mask=sure), tiny, interpolation=cv2.INTER_AREA)
+        num = cv2.GaussianBlur(values.astype(np.float32), (0, 0), self.sigma / GRID)
+        den = cv2.GaussianBlur(weight, (0, 0), self.sigma / GRID)
+        return num * (255.0 / np.maximum(den, 1e-2))[..., None]
+
+    def off_local_colour(self, small: np.ndarray, belt_grid: np.ndarray) -> np.ndarray:
+        """Pixels whose chromaticity is more than ``local_max_distance`` local sigmas from the belt beside
+        them, or which are darker than ``local_dark_ratio`` times it (OpenCV calls on whole images)."""
+        assert self._inv_sigma is not None
+        h, w = small.shape[:2]
+        ref = belt_grid + 1.0
+        ref_total = ref.sum(axis=2)
+        ref_chroma = np.dstack([ref[..., 0] / ref_total, ref[..., 2] / ref_total, ref_total])  # small grid
+        ref_b, ref_r, ref_total = cv2.split(cv2.resize(ref_chroma, (w, h), interpolation=cv2.INTER_LINEAR))
+        px_b, px_g, px_r = cv2.split(cv2.add(small.astype(np.float32), 1.0))
+        total = cv2.add(cv2.add(px_b, px_g), px_r)
+        level = cv2.convertScaleAbs(total, alpha=1.0 / 3.0)
+        inv_b, inv_r = (cv2.LUT(level, t) for t in self._inv_sigma)
+        d_b = cv2.multiply(cv2.subtract(cv2.divide(px_b, total), ref_b), inv_b)
+        d_r = cv2.multiply(cv2.subtract(cv2.divide(px_r, total), ref_r), inv_r)
+        off = cv2.compare(cv2.magnitude(d_b, d_r), self.model.local_max_distance, cv2.CMP_GT)
+        if self.model.local_dark_ratio > 0:
+            off = cv2.bitwise_or(off, cv2.compare(total, ref_total * self.model.local_dark_ratio, cv2.CMP_LT))
+        return off
+
+    def mask(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(foreground, belt region, local belt BGR float32) of one frame; FrameError if no belt is in view."""
+        distance = self.lookup.distance_map(small)
+        level = cv2.transform(small, np.full((1, 3), 1.0 / 3.0, np.float32))
+        sure = cv2.bitwise_and(cv2.threshold(distance, self.lookup.sure_level, 255, cv2.THRESH_BINARY_INV)[1],
+                               self.keep)
+        sure = self.bright_enough(sure, level)
+        region = self.belt_region(sure)
+        sure = cv2.bitwise_and(sure, region)
+        share = cv2.countNonZero(sure) / max(1, cv2.countNonZero(region))
+        if share < MIN_BELT_SHARE:
+            level = float(np.mean(cv2.mean(small)[:3]))
+            what = "black" if level < 12 else "saturated" if level > 243 else "no belt in view"
+            raise FrameError(f"frame unusable ({what}: {share:.1%} of the belt region looks like belt, "
+                             f"mean level {level:.0f}): frame skipped")
+        belt_grid = self.local_belt(small, sure)
+        fg = cv2.threshold(distance, self.lookup.max_level, 255, cv2.THRESH_BINARY)[1]
+        if self._inv_sigma is not None:
+            fg = cv2.bitwise_or(fg, self.off_local_colour(small, belt_grid))
+        fg = cv2.medianBlur(fg, MEDIAN_PX)
+        belt = cv2.resize(belt_grid, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_LINEAR)
+        return cv2.bitwise_and(fg, region), region, belt

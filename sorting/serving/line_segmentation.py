@@ -1,0 +1,50 @@
+"""A line's segmentation stage as the sorter loop runs it, on its own: white balance, belt model, crops.
+
+``serve`` builds these parts from the line config in :class:`sorting.serving.loop.SorterLoop`;
+:class:`LineSegmentation` builds them the same way so that ``evaluate-detection`` (and anything
+else that scores detections) measures exactly what the loop sees: the continuous white balance
+(when the line has a reference patch) applied to the frame the segmenter gets, the reference
+patch ignored, and the classifier's crops with neighbours painted out and the colour corrected.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from sorting.datasets.preprocess import garment_crop_box
+from sorting.serving.colour_calibration import ColourCorrector, ContinuousWhiteBalance
+from sorting.serving.line_config import LineConfig
+from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker
+
+
+class LineSegmentation:
+    """Per frame: ``segment(image)`` then, if wanted, ``crops(image, detections)``."""
+
+    def __init__(self, cfg: LineConfig, *, fps: float | None = None) -> None:
+        cal = cfg.calibration
+        self.corrector = ColourCorrector(cal.white_balance if cal.apply else (1, 1, 1),
+                                         cal.exposure_gain if cal.apply else 1.0)
+        self.white_balance = (
+            ContinuousWhiteBalance(cal.reference_roi, cal.target_level, every=cal.continuous_every,
+                                   smoothing=cal.continuous_smoothing)
+            if cal.apply and cal.continuous and cal.reference_roi is not None else None
+        )
+        along = 0 if cfg.belt.direction[1] == "x" else 1
+        patch = [cal.reference_roi] if cal.reference_roi is not None else []
+        self.segmenter = BeltSegmenter(cfg.segmentation, fps=fps or cfg.camera.fps or 30.0, along_axis=along,
+                                       extra_ignore=patch)
+        self.masker = NeighbourMasker(cfg.segmentation.scale)
+        self.along_axis = along
+
+    def segment(self, image: np.ndarray, *, shape_min_area: float | None = None) -> list[Detection]:
+        """Detections in ``image`` (raises :class:`~sorting.serving.segmentation.FrameError` for a frame it
+        cannot use); the white balance follows the reference patch first, as in the loop."""
+        if self.white_balance is not None:
+            self.corrector = self.white_balance.update(image) or self.corrector
+        normalise = self.corrector.apply if self.white_balance is not None else None
+        return self.segmenter.segment(image, normalise, shape_min_area=shape_min_area)
+
+    def crops(self, image: np.ndarray, detections: list[Detection]) -> list[np.ndarray]:
+        """The classifier's view of every detection (the loop crops only tracks due for a view)."""
+        return [self.corrector.apply(self.masker.crop(image, garment_crop_box(image.shape, d.bbox), d, detections))
+                for d in detections]
