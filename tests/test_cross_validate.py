@@ -16,7 +16,7 @@ from sorting.datasets.manifest import ManifestRow, read_manifest, write_manifest
 from sorting.datasets.split import assign_folds
 from sorting.errors import ConfigError, DataError
 from sorting.training.config import load_train_config
-from sorting.training.cross_validate import FoldResult, cross_validate, summarise
+from sorting.training.cross_validate import FoldResult, _head_calibration, cross_validate, summarise
 
 torch.set_num_threads(1)
 
@@ -157,6 +157,27 @@ def test_an_all_rows_recipe_trains_folds_without_validation_split_and_a_final_mo
     saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
     assert saved["final_checkpoint"] == report.final_checkpoint and "fibre" in saved["calibration"]
     assert "T fitted on the other folds" in (tmp_path / "cv" / "cv.md").read_text()
+    assert "least confident 20% rejected" in (tmp_path / "cv" / "cv.md").read_text()
+
+
+def _fold_logits(rng: np.random.Generator, n_right: int, n_wrong: int, wrong_margin: tuple[float, float]):
+    """Two-class logits of one fold: ``n_right`` confident and right, ``n_wrong`` wrong with the given margin."""
+    y = rng.integers(0, 2, n_right + n_wrong)
+    margin = np.r_[rng.uniform(4, 6, n_right), -rng.uniform(*wrong_margin, n_wrong)]
+    z = np.zeros((len(y), 2))
+    z[np.arange(len(y)), y] = margin
+    return z, y, 1.0
+
+
+def test_purity_at_20_percent_reject_out_of_fold() -> None:
+    """Wrong calls that are the least confident fifth are what the reject takes: purity 100% once they go, with
+    the threshold from the pooled predictions and with one fitted on the other folds; confident mistakes stay."""
+    rng = np.random.default_rng(0)
+    unsure = _head_calibration([_fold_logits(rng, 16, 4, (0.1, 0.5)) for _ in range(4)], 0.99)
+    assert unsure.purity_pooled == 1.0 and unsure.purity_cross_fitted == 1.0
+    assert 0.2 <= unsure.reject_cross_fitted <= 0.3
+    sure = _head_calibration([_fold_logits(rng, 16, 4, (4, 6)) for _ in range(4)], 0.99)
+    assert sure.purity_pooled < 0.85 and sure.purity_cross_fitted < 0.85
 
 
 def test_the_recipes_other_manifests_are_trained_in_every_fold_and_never_tested(manifest: Path, tmp_path: Path) -> None:

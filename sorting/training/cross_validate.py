@@ -36,7 +36,7 @@ from sorting.errors import ConfigError, DataError
 from sorting.models.calibration import LINE_OOD_QUANTILES, energy_scores, energy_thresholds, fit_temperature, softmax
 from sorting.models.checkpoint import read_checkpoint_dict
 from sorting.models.evaluation import HeadReport
-from sorting.models.metrics import expected_calibration_error
+from sorting.models.metrics import expected_calibration_error, purity_at_reject
 from sorting.models.onnx_model import ood_quantile_key
 from sorting.models.plots import plot_confusion_matrix
 from sorting.taxonomy import HEADS
@@ -45,6 +45,8 @@ from sorting.training.evaluate import evaluate_model
 from sorting.training.trainer import fit
 
 log = logging.getLogger(__name__)
+
+REJECT_RATE = 0.2  # the share of least confident items a line may reject (issue 15: bin purity at <= 20% reject)
 
 
 @dataclass
@@ -89,6 +91,12 @@ class HeadCalibration:
     ood_rate_cross_fitted: float  # share of each fold above the threshold fitted on the other folds (aim: 1 - q)
     quantile: float
     n: int
+    # bin purity when the least confident REJECT_RATE are rejected: the threshold picked on the pooled out-of-fold
+    # probabilities at T = 1 (the curve's point), and a threshold (and T) fitted on the other folds and applied to
+    # each fold, as a line would (purity and reject rate actually reached on the images that did not fit them)
+    purity_pooled: float = float("nan")
+    purity_cross_fitted: float = float("nan")
+    reject_cross_fitted: float = float("nan")
 
 
 @dataclass
@@ -161,6 +169,12 @@ class CrossValidationReport:
             for head, c in self.calibration.items():
                 lines.append(f"| {head} | {c.ece_raw:.3f} | {c.ece_fold_models:.3f} | {c.ece_cross_fitted:.3f} | "
                              f"{c.ood_rate_cross_fitted:.1%} (q {c.quantile:g}) | {c.temperature:.3f} |")
+            lines += ["", f"Bin purity with the least confident {REJECT_RATE:.0%} rejected, out of fold:", "",
+                      "| head | purity, threshold on the pooled predictions | purity / reject, T and threshold "
+                      "fitted on the other folds |", "|---|---:|---:|"]
+            for head, c in self.calibration.items():
+                lines.append(f"| {head} | {c.purity_pooled:.1%} | {c.purity_cross_fitted:.1%} / "
+                             f"{c.reject_cross_fitted:.1%} |")
         if self.final_checkpoint:
             lines += ["", f"Final model (every row, temperature and OOD thresholds from the out-of-fold logits): "
                           f"`{self.final_checkpoint}`"]
@@ -192,7 +206,7 @@ def _head_calibration(parts: list[tuple[np.ndarray, np.ndarray, float]], quantil
     y = np.concatenate([p[1] for p in parts])
     temperature = fit_temperature(z, y)
     thresholds = energy_thresholds(z, temperature, (quantile, *LINE_OOD_QUANTILES))
-    crossed, crossed_y, flagged = [], [], []
+    crossed, crossed_y, flagged, accepted = [], [], [], []
     for k, (zk, yk, _) in enumerate(parts):
         others = [p for j, p in enumerate(parts) if j != k and len(p[1])]
         if not len(yk) or not others:
@@ -202,13 +216,21 @@ def _head_calibration(parts: list[tuple[np.ndarray, np.ndarray, float]], quantil
         crossed.append(softmax(zk, tk))
         crossed_y.append(yk)
         flagged.append(energy_scores(zk, tk) > energy_thresholds(zo, tk, (quantile,))[0])
+        cut = purity_at_reject(softmax(zo, tk), yo, rates=(REJECT_RATE,))[REJECT_RATE]["threshold"]
+        accepted.append(crossed[-1].max(axis=1) >= cut)
+    probs_crossed, y_crossed = (np.concatenate(crossed), np.concatenate(crossed_y)) if crossed else (None, None)
+    keep = np.concatenate(accepted) if accepted else np.zeros(0, dtype=bool)
     return HeadCalibration(
         temperature=float(temperature), thresholds=dict(zip((quantile, *LINE_OOD_QUANTILES), thresholds)),
         ece_raw=expected_calibration_error(softmax(z), y),
         ece_fold_models=expected_calibration_error(np.concatenate([softmax(p[0], p[2]) for p in parts]), y),
-        ece_cross_fitted=expected_calibration_error(np.concatenate(crossed), np.concatenate(crossed_y)) if crossed else float("nan"),
+        ece_cross_fitted=expected_calibration_error(probs_crossed, y_crossed) if crossed else float("nan"),
         ood_rate_cross_fitted=float(np.concatenate(flagged).mean()) if flagged else float("nan"),
         quantile=quantile, n=int(len(y)),
+        purity_pooled=purity_at_reject(softmax(z), y, rates=(REJECT_RATE,))[REJECT_RATE]["purity"],
+        purity_cross_fitted=(float((probs_crossed[keep].argmax(axis=1) == y_crossed[keep]).mean())
+                             if keep.any() else float("nan")),
+        reject_cross_fitted=float(1.0 - keep.mean()) if keep.size else float("nan"),
     )
 
 
