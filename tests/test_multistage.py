@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,3 +45,23 @@ def test_view_averaged_features_are_the_mean_over_views_and_mirror_invariant() -
     assert backbone.module.views == ("id", "h") and backbone.preprocess.input_size == 240
     with pytest.raises(ConfigError, match="view averaging"):
         mirrored.prefix(x, 3)
+
+
+def test_mirror_averaged_model_exports_to_onnx_and_serving_sees_the_same_logits(tmp_path) -> None:
+    """The view average is part of the graph: the exported model gives torch's logits, for an image and its mirror."""
+    from sorting.models.export import export_model
+    from sorting.models.multihead import build_multihead
+    from sorting.models.onnx_model import ModelMetadata, OnnxClassifier
+
+    torch.manual_seed(0)
+    model, pre = build_multihead("efficientnet_lite0_multistage_mirror", {"fibre": 4}, pretrained=False)
+    pre = pre.model_copy(update={"input_size": 64})
+    model.backbone.fit_statistics([torch.randn(4, 3, 64, 64)])
+    meta = ModelMetadata(model_name="efficientnet_lite0_multistage_mirror", heads=("fibre",),
+                         labels={"fibre": ["cotton", "denim", "linen", "polyester"]}, preprocess=pre, taxonomy_version="t")
+    result = export_model(model, tmp_path / "m.onnx", meta)
+    assert result.check.passed
+    x = torch.randn(2, 3, 64, 64).numpy()
+    onnx_logits = OnnxClassifier.load(tmp_path / "m.onnx", threads=1).predict_logits(x)["fibre"]
+    np.testing.assert_allclose(onnx_logits, OnnxClassifier.load(tmp_path / "m.onnx", threads=1).predict_logits(
+        np.ascontiguousarray(x[:, :, :, ::-1]))["fibre"], atol=1e-4)
