@@ -130,7 +130,8 @@ def _lite_multistage_mirror(variant: efficientnet_lite.LiteVariant, pretrained: 
     """Multi-stage texture features averaged over the image and its mirror, in the graph (two backbone passes).
 
     Test-time augmentation that serving gets too, since it is part of the model: on fibre-photos the mirror
-    average lifts a linear head by 4-5 points in 5-fold cross-validation (benchmarks/probe_cv.py). The
+    average lifts a linear head by 1-2 points in 5-fold cross-validation over three fold assignments
+    (benchmarks/head_cv.py, benchmarks/probe_cv.py; models/README.md). The
     standardisation is fitted on the averaged features of the training images (the trainer does it).
     """
     lite = _lite(variant, pretrained, weights_path)
