@@ -10,7 +10,7 @@ import torch
 from sorting.datasets.preprocess import LITE_MEAN, LITE_STD, PreprocessConfig, preprocess
 from sorting.models.belt_colour import BeltColourFeatures, MultiStageColourBackbone
 from sorting.models.colour_features import ColourFeatures
-from sorting.models.efficientnet_lite import EfficientNetLite0
+from sorting.models.efficientnet_lite import EfficientNetLite
 from sorting.models.export import export_model
 from sorting.models.multihead import MultiHeadClassifier
 from sorting.models.multistage import MultiStagePoolBackbone
@@ -66,7 +66,7 @@ def test_backbone_fits_both_standardisations_exports_and_keeps_colour_branch_flo
     assert create_backbone("efficientnet_lite0_multistage_colour").preprocess.pad_value == 127
     torch.manual_seed(0)
     pre = PRE.model_copy(update={"input_size": 64})
-    backbone = MultiStageColourBackbone(MultiStagePoolBackbone(EfficientNetLite0(num_classes=0)),
+    backbone = MultiStageColourBackbone(MultiStagePoolBackbone(EfficientNetLite(num_classes=0)),
                                         BeltColourFeatures(pre.mean, pre.std, pad_value=pre.pad_value))
     assert backbone.feature_dim == 2768 + 774
     crops = [_belt_crop(tuple(int(v) for v in np.random.default_rng(i).integers(0, 255, 3)), seed=i) for i in range(6)]
@@ -94,7 +94,7 @@ def test_statistics_from_cached_outputs_equal_a_fitting_pass() -> None:
 
     def build() -> MultiStageColourBackbone:
         torch.manual_seed(0)
-        return MultiStageColourBackbone(MultiStagePoolBackbone(EfficientNetLite0(num_classes=0)),
+        return MultiStageColourBackbone(MultiStagePoolBackbone(EfficientNetLite(num_classes=0)),
                                         BeltColourFeatures(pre.mean, pre.std, pad_value=pre.pad_value)).eval()
 
     crops = [_belt_crop(tuple(int(v) for v in np.random.default_rng(i).integers(0, 255, 3)), seed=i) for i in range(6)]

@@ -16,7 +16,7 @@ from sorting.datasets.manifest import ManifestRow, read_manifest, write_manifest
 from sorting.datasets.split import assign_folds
 from sorting.errors import ConfigError, DataError
 from sorting.training.config import load_train_config
-from sorting.training.cross_validate import FoldResult, cross_validate, summarise
+from sorting.training.cross_validate import FoldResult, _head_calibration, cross_validate, summarise
 
 torch.set_num_threads(1)
 
@@ -132,3 +132,70 @@ def test_cli_reports_a_broken_recipe_without_training(tmp_path: Path, manifest: 
     assert main(["cross-validate", "--manifest", str(manifest), "--config", str(bad), "--out", str(tmp_path / "cv")]) != 0
     assert "epochs" in capsys.readouterr().err
     assert not (tmp_path / "cv").exists()
+
+
+def test_an_all_rows_recipe_trains_folds_without_validation_split_and_a_final_model_calibrated_out_of_fold(
+        manifest: Path, tmp_path: Path) -> None:
+    from sorting.models.checkpoint import load_checkpoint
+
+    report = cross_validate(_config(tmp_path, "data.train_split=all", "data.val_split=all",
+                                    "early_stopping={patience: null, select: last}"),
+                            manifest, folds=3, seed=1, out_dir=tmp_path / "cv")
+    for k, result in enumerate(report.results):
+        fold = read_manifest(tmp_path / "cv" / f"fold-{k + 1}" / "manifest.csv")
+        assert Counter(r.split for r in fold.rows) == {"train": 16, "test": 8}  # no validation split taken out
+        assert (result.n_train, result.n_val) == (16, 0)
+    cal = report.calibration["fibre"]
+    assert cal.n == 24 and 0.05 <= cal.temperature <= 20 and 0 <= cal.ece_cross_fitted <= 1
+    assert set(cal.thresholds) >= {0.99, 0.95, 0.999}
+    final = load_checkpoint(report.final_checkpoint)
+    assert report.final_checkpoint == str(tmp_path / "cv" / "final.pt")
+    assert final.temperature["fibre"] == pytest.approx(cal.temperature)
+    assert final.ood["threshold"]["fibre"] == pytest.approx(cal.thresholds[0.99])
+    assert final.ood["by_quantile"]["fibre"]["0.995"] == pytest.approx(cal.thresholds[0.995])
+    assert final.metrics["train_images"] == 24  # every row of the manifest
+    saved = json.loads((tmp_path / "cv" / "cv.json").read_text())
+    assert saved["final_checkpoint"] == report.final_checkpoint and "fibre" in saved["calibration"]
+    assert "T fitted on the other folds" in (tmp_path / "cv" / "cv.md").read_text()
+    assert "least confident 20% rejected" in (tmp_path / "cv" / "cv.md").read_text()
+
+
+def _fold_logits(rng: np.random.Generator, n_right: int, n_wrong: int, wrong_margin: tuple[float, float]):
+    """Two-class logits of one fold: ``n_right`` confident and right, ``n_wrong`` wrong with the given margin."""
+    y = rng.integers(0, 2, n_right + n_wrong)
+    margin = np.r_[rng.uniform(4, 6, n_right), -rng.uniform(*wrong_margin, n_wrong)]
+    z = np.zeros((len(y), 2))
+    z[np.arange(len(y)), y] = margin
+    return z, y, 1.0
+
+
+def test_purity_at_20_percent_reject_out_of_fold() -> None:
+    """Wrong calls that are the least confident fifth are what the reject takes: purity 100% once they go, with
+    the threshold from the pooled predictions and with one fitted on the other folds; confident mistakes stay."""
+    rng = np.random.default_rng(0)
+    unsure = _head_calibration([_fold_logits(rng, 16, 4, (0.1, 0.5)) for _ in range(4)], 0.99)
+    assert unsure.purity_pooled == 1.0 and unsure.purity_cross_fitted == 1.0
+    assert 0.2 <= unsure.reject_cross_fitted <= 0.3
+    sure = _head_calibration([_fold_logits(rng, 16, 4, (4, 6)) for _ in range(4)], 0.99)
+    assert sure.purity_pooled < 0.85 and sure.purity_cross_fitted < 0.85
+
+
+def test_the_recipes_other_manifests_are_trained_in_every_fold_and_never_tested(manifest: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    (tmp_path / "extra" / "img").mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        fibre = ("cotton", "polyester")[i % 2]
+        cv2.imwrite(str(tmp_path / "extra" / "img" / f"{i}.png"), _image(fibre, rng))
+        rows.append(ManifestRow(f"img/{i}.png", fibre=fibre, split="train", sha1=f"x{i}"))
+    (tmp_path / "extra" / "img" / "dup.png").write_bytes((tmp_path / "data" / "img" / "3.png").read_bytes())
+    rows.append(ManifestRow("img/dup.png", fibre="polyester", split="train", sha1="3"))  # a CV row's bytes: left out
+    extra = write_manifest(rows, tmp_path / "extra" / "manifest.csv")
+    config = _config(tmp_path, f"data.train=[{manifest},{extra}]")
+    report = cross_validate(config, manifest, folds=2, seed=0, out_dir=tmp_path / "cv")
+    for k in range(2):
+        fold = read_manifest(tmp_path / "cv" / f"fold-{k + 1}" / "manifest.csv")
+        from_extra = [r for r in fold.rows if r.sha1.startswith("x")]
+        assert len(from_extra) == 6 and all(r.split == "train" and fold.image_path(r).is_file() for r in from_extra)
+        assert sum(r.split == "test" for r in fold.rows) == 12 and not any("dup" in r.path for r in fold.rows)
+    assert report.heads["fibre"].n_scored == 24  # only the cross-validated manifest is scored

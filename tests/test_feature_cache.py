@@ -67,3 +67,60 @@ def test_frozen_backbone_standardisation_is_fitted_from_the_cache(tmp_path, monk
     assert raw.std(0).max() > 0.1  # the swatches do vary
     torch.testing.assert_close(backbone.colour_mean, raw.mean(0), atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(backbone.colour_std, raw.std(0).clamp(min=1e-3), atol=1e-4, rtol=1e-4)
+
+
+def _swatch_dataset(tmp_path, n: int = 12):
+    from sorting.datasets.preprocess import PreprocessConfig
+    from sorting.taxonomy import load_taxonomy
+    from sorting.training.data import LabelSpace, ManifestDataset, collect_samples, load_head_aliases
+
+    space = LabelSpace.from_taxonomy(load_taxonomy(), ["colour"])
+    samples = collect_samples([red_blue_manifest(tmp_path / "data", n)], "train", space, load_head_aliases(["colour"]))
+    return ManifestDataset(samples, PreprocessConfig(input_size=16))
+
+
+def test_feature_store_reuses_rows_of_the_same_encoder_and_only_of_it(tmp_path, monkeypatch) -> None:
+    """With $TEXTILE_SORTER_FEATURE_CACHE a second run reads every row back (no image goes through the encoder);
+    an encoder with other weights gets rows of its own; augmented datasets are never stored."""
+    from torch import nn
+
+    from sorting.training.feature_cache import FeatureStore, extract_features
+
+    monkeypatch.setenv(FeatureStore.ENV, str(tmp_path / "store"))
+    dataset = _swatch_dataset(tmp_path)
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    seen = []
+
+    def encoder(x):
+        seen.append(len(x))
+        return [net(x)]
+
+    kw = {"batch_size": 4, "device": torch.device("cpu"), "flip": True, "progress": False}
+    first = extract_features(encoder, [dataset], **kw)
+    images_first = sum(seen[1:])  # seen[0]: the fingerprint's probe batch
+    seen.clear()
+    second = extract_features(encoder, [dataset], **kw)
+    assert images_first == 2 * len(dataset) and seen == [2]  # plain + mirrored; then only the probe
+    torch.testing.assert_close(second.views, first.views)
+    assert torch.equal(second.targets, first.targets) and second.views.shape == (2, len(dataset), 4)
+    with torch.no_grad():
+        net[0].weight.mul_(2)  # other weights: another fingerprint, nothing read back
+    seen.clear()
+    other = extract_features(encoder, [dataset], **kw)
+    assert sum(seen[1:]) == 2 * len(dataset) and not torch.allclose(other.views, first.views)
+    seen.clear()
+    plain = extract_features(encoder, [dataset], **{**kw, "flip": False})  # the plain rows are stored already
+    assert seen == [2] and torch.equal(plain.views[0], other.views[0])
+    dataset.augmentation = lambda image: {"image": image}
+    assert dataset.cache_keys() is None
+
+
+def test_cache_keys_name_the_file_not_the_way_a_manifest_reaches_it(tmp_path) -> None:
+    """Cross-validation folds and the final run read the same images through differently rebased manifests."""
+    from sorting.training.data import ManifestDataset, Sample
+
+    dataset = _swatch_dataset(tmp_path)
+    detour = Sample(tmp_path / "data" / "img" / ".." / "img" / dataset.samples[0].path.name, dataset.samples[0].targets)
+    other = ManifestDataset([detour], dataset.preprocess_config)
+    assert other.cache_keys() == dataset.cache_keys()[:1]

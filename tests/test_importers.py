@@ -232,3 +232,19 @@ def test_decoding_does_not_depend_on_file_suffix(tmp_path: Path) -> None:
     Image.fromarray(_texture()[:, :, ::-1]).save(buf, "PNG")
     (tmp_path / "really_png.jpg").write_bytes(buf.getvalue())
     np.testing.assert_array_equal(load_image(tmp_path / "really_png.jpg"), _texture())
+
+
+def test_a_name_listed_as_unlabelled_keeps_the_row_and_its_other_labels(tmp_path: Path, repo_root: Path) -> None:
+    """fabric-closeups' colour `other` (unnamed) leaves colour empty instead of rejecting the fibre label too."""
+    for seed, name in enumerate(("a.jpg", "b.jpg", "c.jpg", "d.jpg")):
+        (tmp_path / name).write_bytes(_jpeg_bytes(_texture(seed=seed)))
+    (tmp_path / "labels.csv").write_text(
+        "image,fibre,colour,sample\na.jpg,Cotton,other,001\nb.jpg,Mixed,mixed,002\nc.jpg,Polyester,gray,003\n"
+        "d.jpg,Other,Chartreuse,004\n")
+    maps = LabelMaps.load(repo_root / "datasets" / "taxonomies" / "fabric-closeups.yaml")
+    report = import_csv(tmp_path / "labels.csv", tmp_path / "m.csv", label_cols={"fibre": "fibre", "colour": "colour"},
+                        garment_col="sample", labels=maps, progress=False)
+    rows = {Path(r.path).name: (r.fibre, r.colour, r.garment) for r in read_manifest(report.manifest_path).rows}
+    assert rows == {"a.jpg": ("cotton", None, "001"), "b.jpg": ("mixed", "multicolour", "002"),
+                    "c.jpg": ("polyester", "grey", "003")}
+    assert report.reject_counts == {"unknown label 'Chartreuse'": 1}

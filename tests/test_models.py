@@ -11,7 +11,7 @@ from torchvision import models as tvm
 from sorting.datasets.preprocess import LITE_MEAN, LITE_STD, PreprocessConfig, preprocess
 from sorting.errors import ConfigError, ModelFileError
 from sorting.models.checkpoint import load_checkpoint, save_checkpoint
-from sorting.models.efficientnet_lite import efficientnet_lite0
+from sorting.models.efficientnet_lite import LITE0, VARIANTS, LiteVariant, efficientnet_lite
 from sorting.models.multihead import MultiHeadClassifier, build_multihead
 from sorting.models.registry import BackboneRegistry, create_backbone, list_backbones, register_backbone
 from sorting.training.config import load_train_config
@@ -67,20 +67,42 @@ def test_torchvision_pretrained_loads_a_local_weights_file_and_the_hub_cache(tmp
         create_backbone("mobilenet_v3_small", pretrained=True)
 
 
-def test_pretrained_lite0_recognises_real_photos() -> None:
+@pytest.mark.parametrize("variant", list(VARIANTS.values()), ids=list(VARIANTS))
+def test_pretrained_lite_recognises_real_photos(variant: LiteVariant) -> None:
     """Strict-loaded packaged ImageNet weights: chelsea is a cat (281-285), coffee an espresso/cup."""
     from skimage import data  # scikit-image's sample photos (a dev dependency)
 
-    model = efficientnet_lite0(pretrained=True).eval()
-    cfg = PreprocessConfig(input_size=224, resize="center_crop", mean=LITE_MEAN, std=LITE_STD)
+    model = efficientnet_lite(variant, pretrained=True).eval()
+    size = variant.input_size
+    cfg = PreprocessConfig(input_size=size, resize="center_crop", mean=LITE_MEAN, std=LITE_STD)
     batch = torch.from_numpy(np.stack([preprocess(img, cfg, input_order="RGB") for img in (data.chelsea(), data.coffee())]))
     with torch.no_grad():
         top5 = model(batch).topk(5).indices.tolist()
     assert set(top5[0]) & {281, 282, 283, 284, 285}, top5[0]
     assert set(top5[1]) & {967, 968, 504}, top5[1]  # espresso, cup, coffee mug
-    backbone = create_backbone("efficientnet_lite0", pretrained=True)
+    backbone = create_backbone(variant.name, pretrained=True)
     assert backbone.preprocess.mean == LITE_MEAN and backbone.preprocess.std == LITE_STD
+    assert backbone.preprocess.input_size == size
     assert torch.equal(backbone.module._conv_stem.weight, model._conv_stem.weight)
+
+
+def test_lite_weights_of_another_variant_are_refused_by_the_strict_key_match(tmp_path) -> None:
+    """Lite1 and Lite2 share Lite0's key names but not its depth/widths: loading across variants must fail."""
+    path = tmp_path / "lite0.pth"
+    torch.save(efficientnet_lite(LITE0).state_dict(), path)
+    with pytest.raises(ModelFileError, match="cannot load efficientnet_lite2"):
+        create_backbone("efficientnet_lite2", pretrained=True, weights_path=path)
+    assert create_backbone("efficientnet_lite0", pretrained=True, weights_path=path).feature_dim == 1280
+
+
+def test_every_lite_variant_builds_the_colour_and_multistage_backbones() -> None:
+    for name in VARIANTS:
+        for suffix in ("", "_colour", "_multistage", "_multistage_colour"):
+            backbone = create_backbone(name + suffix)
+            with torch.no_grad():
+                features = backbone.module.eval()(torch.zeros(2, 3, 64, 64))
+            assert features.shape == (2, backbone.feature_dim), name + suffix
+    assert create_backbone("efficientnet_lite2_multistage").feature_dim == 2 * (48 + 88 + 120 + 208 + 352) + 1280
 
 
 def test_multihead_outputs_one_logit_tensor_per_head_plus_embedding() -> None:

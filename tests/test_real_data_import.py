@@ -1,4 +1,4 @@
-"""Import the two real reference layouts from ../shared/data (skipped when absent).
+"""Import the real reference layouts from ../shared/data (skipped when absent).
 
 Every file (ImageFolder) or row (CSV) must end up either in the manifest or in the
 rejects file, and the manifest paths must point at the shared files, not at copies.
@@ -54,3 +54,28 @@ def test_colour_catalogue_csv(shared_data: Path, tmp_path: Path) -> None:
     split = split_rows(manifest.rows, seed=0)
     per_split = {s: sum(1 for r in split if r.split == s) for s in ("train", "val", "test")}
     assert per_split["train"] > 7 * per_split["test"] > 0
+
+
+def test_fabric_closeups_csv_keeps_every_row_with_its_sample(shared_data: Path, tmp_path: Path, repo_root: Path) -> None:
+    """Five fibre labels as they are, colour names mapped to the 12 sorting colours, `other` left unlabelled,
+    and the sample id in the garment column (the group of every split and fold)."""
+    labels_csv = shared_data / "fabric-closeups" / "labels.csv"
+    with open(labels_csv, newline="") as fh:
+        source_rows = list(csv.DictReader(fh))
+    maps = LabelMaps.load(repo_root / "datasets" / "taxonomies" / "fabric-closeups.yaml")
+    report = import_csv(labels_csv, tmp_path / "closeups.csv", image_col="image",
+                        label_cols={"fibre": "fibre", "colour": "colour"}, garment_col="sample", labels=maps,
+                        workers=2, progress=False)
+    rows = read_manifest(report.manifest_path).rows
+    assert report.scanned == len(source_rows) == len(rows) + len(report.rejects)
+    assert set(report.reject_counts) <= {"duplicate"}, report.reject_counts  # every label is mapped
+    assert set(report.class_counts["fibre"]) == {"cotton", "polyester", "wool", "mixed", "other"}
+    assert set(report.class_counts["colour"]) <= set(maps.taxonomy.colour)
+    by_image = {r["image"]: r for r in source_rows}
+    kept = {r.path.split("fabric-closeups/", 1)[1]: r for r in rows}
+    assert all(r.garment == by_image[k]["sample"] for k, r in kept.items())
+    assert all((r.colour is None) == (by_image[k]["colour"] == "other") for k, r in kept.items())
+    assert all(r.fibre for r in rows)
+    split = split_rows(rows, seed=0, group_by="garment")
+    samples_per_split = {s: {r.garment for r in split if r.split == s} for s in ("train", "val", "test")}
+    assert not samples_per_split["train"] & samples_per_split["test"] and samples_per_split["test"]

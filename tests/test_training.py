@@ -216,10 +216,12 @@ def test_callbacks_only_on_the_main_process(manifests, tmp_path) -> None:
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (Path(__file__).resolve().parents[1] / "training").glob("*.yaml")))
 def test_shipped_recipes_are_valid_configs(recipe: str, repo_root: Path) -> None:
+    from sorting.training.belt_detector_config import load_belt_detector_config
     from sorting.training.spectral_config import load_spectral_config, recipe_task
 
     path = repo_root / "training" / recipe
-    config = load_spectral_config(path) if recipe_task(path) == "spectral" else load_train_config(path)
+    loaders = {"spectral": load_spectral_config, "belt_detector": load_belt_detector_config}
+    config = loaders.get(recipe_task(path), load_train_config)(path)
     assert config.name == Path(recipe).stem
 
 

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from sorting.datasets.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, ImageInfo, inspect_image
 from sorting.datasets.manifest import ManifestRow, read_csv_text, relative_path, write_manifest
 from sorting.errors import ConfigError, DataError
-from sorting.taxonomy import HEADS, AliasMap, Taxonomy, load_aliases, load_taxonomy
+from sorting.taxonomy import HEADS, AliasMap, Taxonomy, load_aliases, load_taxonomy, normalise_label
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,9 @@ IMAGE_SUFFIXES: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 )
 REJECT_COLUMNS: tuple[str, ...] = ("path", "reason", "detail")
+# Alias-map target for source names that carry no label for the head (e.g. a colour named "other"): such a row
+# keeps its other heads' labels and is left unlabelled for this head instead of being rejected.
+UNLABELLED = "_unlabelled"
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,10 @@ class LabelMaps:
     def resolve(self, head: str, raw: str | None) -> str | None:
         return self.aliases[head].resolve(raw, self.taxonomy.classes(head))
 
+    def means_unlabelled(self, head: str, raw: str) -> bool:
+        """True when the alias map lists ``raw`` under :data:`UNLABELLED` and the taxonomy has no such class."""
+        return self.resolve(head, raw) is None and self.aliases[head].table.get(normalise_label(raw)) == UNLABELLED
+
 
 @dataclass
 class _Candidate:
@@ -140,7 +147,7 @@ def _resolve_labels(
     """Resolve raw labels per head; a reject when one is unknown or none is present."""
     labels: dict[str, str | None] = {}
     for head, raw in raw_labels.items():
-        if _is_empty_label(raw):
+        if _is_empty_label(raw) or maps.means_unlabelled(head, str(raw)):
             labels[head] = None
             continue
         resolved = maps.resolve(head, raw)

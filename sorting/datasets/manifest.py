@@ -36,6 +36,9 @@ COLUMNS: tuple[str, ...] = (
     "height",
 )
 SPLITS: tuple[str, ...] = ("train", "val", "test")
+# Not a split: selects every row whatever its split (a recipe's ``data.train_split: all`` trains a final model
+# on all the images it is given; its estimate then comes from cross-validation).
+ALL_ROWS = "all"
 _INT_COLUMNS = ("width", "height")
 
 
@@ -67,7 +70,9 @@ class Manifest:
         return self.root / row.path
 
     def subset(self, split: str | None) -> list[ManifestRow]:
-        """Rows of one split (``None``: rows without a split)."""
+        """Rows of one split (``None``: rows without a split; :data:`ALL_ROWS`: every row)."""
+        if split == ALL_ROWS:
+            return list(self.rows)
         return [row for row in self.rows if row.split == split]
 
     def labelled(self, head: str) -> list[ManifestRow]:

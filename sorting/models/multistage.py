@@ -1,9 +1,9 @@
-"""Texture backbone: mean + std pooling of several EfficientNet-Lite0 stages plus the 1280-d head.
+"""Texture backbone: mean + std pooling of several EfficientNet-Lite stages plus the 1280-d head.
 
 Fibre is a texture question: yarn and weave live in the mid-level feature maps that global average
 pooling of the last layer mostly throws away. Pooling the outputs of stages 2-6 by mean *and* standard
 deviation (a cheap texture statistic, as in style/texture descriptors) plus the usual pooled head gives
-(40 + 80 + 112 + 192 + 320) x 2 + 1280 = 2768 features. On fibre-photos with a frozen backbone the
+(40 + 80 + 112 + 192 + 320) x 2 + 1280 = 2768 features for Lite0 and Lite1, 2912 for Lite2. On fibre-photos with a frozen backbone the
 research notes measured ~+5 points over the 1280-d embedding alone.
 
 The features are standardised with fixed buffers (``feat_mean``/``feat_std``, saved in the state_dict)
@@ -18,31 +18,56 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from sorting.models.efficientnet_lite import FEATURE_DIM, LITE0_STAGES, NUM_BLOCKS, EfficientNetLite0
+from sorting.errors import ConfigError
+from sorting.models.efficientnet_lite import FEATURE_DIM, EfficientNetLite
 from sorting.models.standardise import column_statistics
 
-POOLED_STAGES = (2, 3, 4, 5, 6)  # indices into LITE0_STAGES whose outputs are pooled
+POOLED_STAGES = (2, 3, 4, 5, 6)  # indices of the stages whose outputs are pooled
+# Views of a square input a texture looks the same in: the image, mirrored (h), upside down (v), both (hv), and
+# the same four transposed (rotations by 90 / 270 degrees and the diagonal mirrors).
+VIEWS = ("id", "h", "v", "hv", "t", "th", "tv", "thv")
+
+
+def view(x: torch.Tensor, name: str) -> torch.Tensor:
+    """One of :data:`VIEWS` of an NCHW batch (square images for the transposed ones)."""
+    if name not in VIEWS:
+        raise ValueError(f"unknown view '{name}' (expected one of {', '.join(VIEWS)})")
+    if name.startswith("t"):
+        x = x.transpose(2, 3).contiguous()
+        name = name[1:]
+    dims = [d for d, flag in ((3, "h" in name), (2, "v" in name)) if flag]
+    return torch.flip(x, dims=dims) if dims else x
 
 
 class MultiStagePoolBackbone(nn.Module):
-    """EfficientNet-Lite0 -> [mean(stage 2..6), mean(head), std(stage 2..6)], standardised."""
+    """EfficientNet-Lite -> [mean(stage 2..6), mean(head), std(stage 2..6)(, std(head))], standardised.
 
-    def __init__(self, net: EfficientNetLite0) -> None:
+    ``views`` (in-graph test-time augmentation): the pooled features are averaged over these views of the
+    input, in training and in serving alike; ``("id", "h")`` averages the image and its mirror (two backbone
+    passes per image). ``head_std`` appends the standard deviation of the head map (1280 more features).
+    """
+
+    def __init__(self, net: EfficientNetLite, *, views: tuple[str, ...] = ("id",), head_std: bool = False) -> None:
         super().__init__()
+        if not views or any(v not in VIEWS for v in views):
+            raise ValueError(f"views must be a non-empty subset of {VIEWS}, got {views}")
         self.net = net
-        ends, total = [], 0
-        for _, _, _, _, repeats in LITE0_STAGES:
-            total += repeats
-            ends.append(total - 1)
+        self.views = tuple(views)
+        self.head_std = head_std
+        ends = net.stage_ends()
         self.stage_ends = tuple(ends[i] for i in POOLED_STAGES)  # block index closing each pooled stage
-        widths = [LITE0_STAGES[i][3] for i in POOLED_STAGES]
-        self.feature_dim = 2 * sum(widths) + FEATURE_DIM
+        widths = [net.variant.stages[i][3] for i in POOLED_STAGES]
+        self.feature_dim = 2 * sum(widths) + FEATURE_DIM * (2 if head_std else 1)
         self.register_buffer("feat_mean", torch.zeros(self.feature_dim))
         self.register_buffer("feat_std", torch.ones(self.feature_dim))
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
-        """Unstandardised pooled features (N, feature_dim)."""
-        return self._raw_suffix(self.prefix(x, 0), 0)
+        """Unstandardised pooled features (N, feature_dim), averaged over the views (one batched pass)."""
+        if self.views == ("id",):
+            return self._raw_suffix(self._prefix(x, 0), 0)
+        stacked = torch.cat([view(x, v) for v in self.views])
+        feats = self._raw_suffix(self._prefix(stacked, 0), 0)
+        return feats.reshape(len(self.views), x.shape[0], -1).mean(dim=0)
 
     def _pooled_blocks(self, x: torch.Tensor, start: int, stop: int) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Run blocks ``start .. stop-1``; mean and std of the pooled stage outputs met on the way."""
@@ -58,6 +83,11 @@ class MultiStagePoolBackbone(nn.Module):
     # statistics of the stages it covers, so ``suffix(prefix(x, s), s) == forward(x)``.
     def prefix(self, x: torch.Tensor, start: int) -> list[torch.Tensor]:
         """Stem and blocks ``0 .. start-1``: ``[feature map, pooled means so far, pooled stds so far]``."""
+        if self.views != ("id",):
+            raise ConfigError("partial fine-tuning (model.trainable_from) needs a backbone without view averaging")
+        return self._prefix(x, start)
+
+    def _prefix(self, x: torch.Tensor, start: int) -> list[torch.Tensor]:
         x = self.net.prefix(x, 0)[0]
         x, means, stds = self._pooled_blocks(x, 0, start)
         empty = x.new_zeros(x.shape[0], 0)
@@ -65,9 +95,10 @@ class MultiStagePoolBackbone(nn.Module):
 
     def _raw_suffix(self, parts: list[torch.Tensor], start: int) -> torch.Tensor:
         x, early_means, early_stds = parts
-        x, means, stds = self._pooled_blocks(x, start, NUM_BLOCKS)
-        head = self.net.head_map(x).mean(dim=(2, 3))
-        return torch.cat([early_means, *means, head, early_stds, *stds], dim=1)
+        x, means, stds = self._pooled_blocks(x, start, self.net.num_blocks)
+        head = self.net.head_map(x)
+        tail = [head.std(dim=(2, 3))] if self.head_std else []
+        return torch.cat([early_means, *means, head.mean(dim=(2, 3)), early_stds, *stds, *tail], dim=1)
 
     def suffix(self, parts: list[torch.Tensor], start: int) -> torch.Tensor:
         """Standardised features from the output of :meth:`prefix` (blocks ``start ..`` run here)."""

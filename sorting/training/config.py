@@ -29,8 +29,10 @@ class SyntheticDataConfig(StrictModel):
 class DataConfig(StrictModel):
     train: list[str] = Field(default_factory=list)  # manifest CSVs; fibre-only and colour-only ones combine
     val: list[str] | None = None  # default: the train manifests' `val_split` rows
-    train_split: str | None = "train"  # rows of this split are trained on (null: rows without a split)
-    val_split: str | None = "val"
+    # rows of this split are trained on (null: rows without a split; `all`: every row, for a final model on all
+    # the images, whose estimate comes from cross-validate and whose calibration from cross-validate --calibrate)
+    train_split: str | None = "train"
+    val_split: str | None = "val"  # `all` with train_split `all`: validation on the training rows (reporting only)
     taxonomy: str | None = None  # default: datasets/taxonomy.yaml
     unknown_labels: Literal["error", "ignore"] = "error"  # a label the taxonomy/aliases do not know
     cache_images: bool = False  # keep decoded images in RAM (small datasets, slow disks)

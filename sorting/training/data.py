@@ -21,12 +21,13 @@ import torch
 from torch.utils.data import Dataset
 
 from sorting.datasets.images import load_image
+from sorting.datasets.importers import UNLABELLED
 from sorting.datasets.manifest import read_manifest
 from sorting.datasets.preprocess import PreprocessConfig, preprocess
 from sorting.errors import DataError
 from sorting.models.multihead import IGNORE_INDEX
 from sorting.paths import project_root
-from sorting.taxonomy import AliasMap, Taxonomy, load_aliases
+from sorting.taxonomy import AliasMap, Taxonomy, load_aliases, normalise_label
 from sorting.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -84,8 +85,9 @@ def load_head_aliases(heads: Sequence[str]) -> dict[str, AliasMap]:
 
 
 def _means_missing(aliases: AliasMap, raw: str) -> bool:
-    """True for placeholder labels ('NA', 'none', ...) that the alias map treats as no label."""
-    return aliases.resolve(raw, (raw,)) is None
+    """True for placeholder labels ('NA', 'none', ...) and names the alias map lists as carrying no label
+    (``_unlabelled``, see :data:`sorting.datasets.importers.UNLABELLED`)."""
+    return aliases.resolve(raw, (raw,)) is None or aliases.table.get(normalise_label(raw)) == UNLABELLED
 
 
 def collect_samples(
@@ -186,6 +188,28 @@ class ManifestDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def targets(self) -> torch.Tensor:
+        """(N, heads) class indices of every sample, without loading an image."""
+        return torch.tensor([s.targets for s in self.samples], dtype=torch.long)
+
+    def cache_keys(self) -> list[str] | None:
+        """One key per sample naming what its model input depends on (the file, as path, size and modification
+        time, and the preprocessing), for :class:`sorting.training.feature_cache.FeatureStore`; None when the
+        samples are augmented (random draws) or a file cannot be read."""
+        if self.augmentation is not None:
+            return None
+        config = self.preprocess_config.to_json()
+        keys = []
+        for sample in self.samples:
+            try:
+                path = sample.path.resolve()  # one key per file, however a manifest's relative path reaches it
+                stat = path.stat()
+            except OSError:
+                return None
+            text = f"{path}|{stat.st_size}|{stat.st_mtime_ns}|{config}"
+            keys.append(hashlib.sha1(text.encode()).hexdigest())
+        return keys
 
     def reseed(self, seed: int) -> None:
         """Give this copy (e.g. in a DataLoader worker) its own augmentation random stream."""

@@ -15,18 +15,27 @@ export, evaluate and serve are unchanged:
 Augmentation becomes a fixed set of cached *views* per training image: view 0 is the unaugmented
 image, ``flip`` adds its mirror, any other preset adds ``augment.views - 1`` random draws made once
 (:func:`view_count`); each epoch draws one view per image. Validation uses the unaugmented view.
+
+With ``$TEXTILE_SORTER_FEATURE_CACHE`` set, the unaugmented and mirrored rows are also kept on disk
+(:class:`FeatureStore`) and read back by later runs with the same frozen encoder (cross-validation folds,
+the final run on all images, other recipes on the same backbone).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from sorting.datasets.preprocess import PreprocessConfig
@@ -106,7 +115,118 @@ class CachedFeatures:
     layout: PackedLayout
 
 
+class FeatureStore:
+    """Encoder outputs on disk, one row per image and view, reused by every later run with the same encoder.
+
+    Why: a frozen backbone computes the same features for an image in every run. Cross-validation trains
+    one run per fold (plus the final run on all images), and comparing recipes repeats them: without a
+    store every run pays the backbone pass again (minutes to an hour per run on a CPU for a few thousand
+    images). The store is opt-in: set ``$TEXTILE_SORTER_FEATURE_CACHE`` to a folder (e.g. ``runs/feature-cache``).
+
+    Rows are keyed by what determines them, so a stale row cannot be read back: the encoder's
+    *fingerprint* (a digest of its outputs on a fixed random batch: other weights, another backbone, a fitted
+    standardisation or another input size give another fingerprint), the image (path, size and modification
+    time) with the preprocessing, and the view (plain or mirrored). Augmented views are random draws and are
+    never stored.
+    """
+
+    ENV = "TEXTILE_SORTER_FEATURE_CACHE"
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    @classmethod
+    def from_env(cls, encoder: Encoder, dataset: Dataset, device: torch.device) -> "FeatureStore | None":
+        """The store of ``encoder`` under ``$TEXTILE_SORTER_FEATURE_CACHE``, or None when that is unset or
+        ``dataset`` cannot name its rows (``cache_keys``) and input size (``preprocess_config``)."""
+        root = os.environ.get(cls.ENV)
+        config = getattr(dataset, "preprocess_config", None)
+        if not root or config is None or _row_keys(dataset, False) is None:
+            return None
+        return cls(Path(root) / encoder_fingerprint(encoder, config.input_size, device))
+
+    def _file(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        path = self._file(key)
+        return torch.from_numpy(np.load(path)) if path.is_file() else None
+
+    def put(self, key: str, row: torch.Tensor) -> None:
+        path = self._file(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as fh:
+            np.save(fh, row.numpy())
+        os.replace(tmp, path)
+
+    def layout(self) -> PackedLayout | None:
+        path = self.folder / "layout.json"
+        return PackedLayout(tuple(tuple(s) for s in json.loads(path.read_text()))) if path.is_file() else None
+
+    def set_layout(self, layout: PackedLayout) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "layout.json").write_text(json.dumps([list(s) for s in layout.shapes]))
+
+
 @torch.no_grad()
+def encoder_fingerprint(encoder: Encoder, input_size: int, device: torch.device) -> str:
+    """Digest of ``encoder``'s outputs (rounded to 1e-3) on a fixed random batch at ``input_size``."""
+    probe = torch.randn(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0)).to(device)
+    digest = hashlib.sha1(str(input_size).encode())
+    for part in encoder(probe):
+        digest.update(str(tuple(part.shape)).encode())
+        digest.update(torch.round(part.float().cpu() * 1000).to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _row_keys(dataset: Dataset, mirrored: bool) -> list[str] | None:
+    """Store keys of a dataset's rows (``dataset.cache_keys()``), or None when its rows cannot be stored."""
+    keys = getattr(dataset, "cache_keys", lambda: None)()
+    return None if keys is None else [f"{k}-m" if mirrored else k for k in keys]
+
+
+@torch.no_grad()
+def _encode(encoder: Encoder, dataset: Dataset, *, mirror: bool, store: FeatureStore | None, batch_size: int,
+            device: torch.device, num_workers: int, dtype: torch.dtype, desc: str,
+            progress: bool) -> tuple[list[torch.Tensor], torch.Tensor, PackedLayout]:
+    """Rows (packed, ``dtype``) of ``dataset`` plain (and mirrored, when ``mirror``), and its targets.
+
+    With a ``store``, rows already in it are read back and only the other images go through the encoder."""
+    variants = 2 if mirror else 1
+    keys = [k for k in (_row_keys(dataset, v == 1) for v in range(variants)) if k is not None]
+    use_store = store is not None and len(keys) == variants
+    rows: list[list[torch.Tensor | None]] = [[None] * len(dataset) for _ in range(variants)]
+    layout = store.layout() if use_store else None
+    if use_store:
+        for v in range(variants):
+            for i, key in enumerate(keys[v]):
+                row = store.get(key)
+                rows[v][i] = None if row is None else row.to(dtype)
+    todo = [i for i in range(len(dataset)) if any(rows[v][i] is None for v in range(variants))]
+    loader = DataLoader(Subset(dataset, todo), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    done, ys = 0, []
+    for x, y in tqdm(loader, desc=desc, leave=False, disable=not progress or not todo, dynamic_ncols=True):
+        ys.append(y)
+        x = x.to(device)
+        batch = todo[done : done + len(x)]
+        done += len(x)
+        for v in range(variants):
+            parts = encoder(torch.flip(x, dims=[3]) if v else x)
+            layout = layout or PackedLayout.of(parts)
+            packed = layout.pack(parts).to("cpu", dtype)
+            for i, row in zip(batch, packed):
+                rows[v][i] = row
+                if use_store:
+                    store.put(keys[v][i], row.clone())
+    if layout is None:
+        raise ValueError("extract_features needs at least one image")
+    if use_store and todo:
+        store.set_layout(layout)
+    targets = dataset.targets() if use_store else torch.cat(ys)  # type: ignore[attr-defined]
+    return [torch.stack(r) for r in rows], targets, layout  # type: ignore[arg-type]
+
+
 def extract_features(
     encoder: Encoder,
     datasets: Sequence[Dataset],
@@ -120,30 +240,24 @@ def extract_features(
     progress: bool = True,
 ) -> CachedFeatures:
     """One pass of ``encoder`` (in eval mode) over each of ``datasets`` (the same samples, differently
-    augmented; one view each), plus the mirrored images of the first if ``flip``. Stored as ``dtype``."""
-    views: list[list[torch.Tensor]] = []
-    targets: list[torch.Tensor] = []
+    augmented; one view each), plus the mirrored images of the first if ``flip``. Stored as ``dtype``.
+
+    With ``$TEXTILE_SORTER_FEATURE_CACHE`` set, unaugmented rows go through a :class:`FeatureStore`."""
+    if not datasets or not len(datasets[0]):
+        raise ValueError("extract_features needs at least one image")
+    store = FeatureStore.from_env(encoder, datasets[0], device)
+    views: list[torch.Tensor] = []
+    targets = torch.empty(0)
     layout = None
     for v, dataset in enumerate(datasets):
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-        rows: list[torch.Tensor] = []
-        mirrored: list[torch.Tensor] = []
         name = desc if len(datasets) == 1 else f"{desc} (view {v + 1}/{len(datasets)})"
-        for x, y in tqdm(loader, desc=name, leave=False, disable=not progress, dynamic_ncols=True):
-            x = x.to(device)
-            parts = encoder(x)
-            layout = layout or PackedLayout.of(parts)
-            rows.append(layout.pack(parts).to("cpu", dtype))
-            if flip and v == 0:
-                mirrored.append(layout.pack(encoder(torch.flip(x, dims=[3]))).to("cpu", dtype))
-            if v == 0:
-                targets.append(y)
-        views.append(rows)
-        if mirrored:
-            views.append(mirrored)
-    if layout is None:
-        raise ValueError("extract_features needs at least one image")
-    return CachedFeatures(torch.stack([torch.cat(rows) for rows in views]), torch.cat(targets), layout)
+        rows, y, layout = _encode(encoder, dataset, mirror=flip and v == 0, store=store, batch_size=batch_size,
+                                  device=device, num_workers=num_workers, dtype=dtype, desc=name, progress=progress)
+        views.extend(rows)
+        if v == 0:
+            targets = y
+    assert layout is not None
+    return CachedFeatures(torch.stack(views), targets, layout)
 
 
 class FeatureDataset(Dataset):
