@@ -150,6 +150,24 @@ def test_no_function_longer_than_80_lines() -> None:
     assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
 
 
+def test_every_module_imports() -> None:
+    """A name that moved in one branch and is still imported by another breaks only at import time."""
+    import importlib
+    import pkgutil
+
+    import sorting
+
+    broken = {}
+    for info in pkgutil.walk_packages(sorting.__path__, "sorting."):
+        if info.name.endswith("__main__"):
+            continue
+        try:
+            importlib.import_module(info.name)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the finding
+            broken[info.name] = repr(exc)
+    assert not broken, broken
+
+
 def test_the_checks_see_what_they_look_for(tmp_path: Path) -> None:
     """A planted cycle (through a relative and a function-level import), an uphill import and a long function
     are found; a long parser set-up is not."""

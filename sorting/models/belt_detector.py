@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sorting.models.efficientnet_lite import LITE0_STAGES, efficientnet_lite0
+from sorting.models.efficientnet_lite import LITE0, efficientnet_lite
 
 HEADS = ("centre", "width", "height")
 KINDS = ("none", "garment", "hand", "object")  # classes of the centre head
@@ -39,14 +39,14 @@ RING_SHARE = 2.0  # cells out to this many core radii around a core are left out
 def _block_channels() -> list[int]:
     """Output channels and cumulative stride after each MBConv block of Lite0."""
     out = []
-    for _, _, _, channels, repeats in LITE0_STAGES:
+    for _, _, _, channels, repeats in LITE0.stages:
         out.extend([channels] * repeats)
     return out
 
 
 def _block_strides() -> list[int]:
     strides, total = [], 2  # the stem halves the image
-    for _, stride, _, _, repeats in LITE0_STAGES:
+    for _, stride, _, _, repeats in LITE0.stages:
         for i in range(repeats):
             total *= stride if i == 0 else 1
             strides.append(total)
@@ -90,7 +90,7 @@ class BeltDetectorNet(nn.Module):
         if not 3 <= arch.blocks <= len(_block_channels()):
             raise ValueError(f"blocks must be 3..{len(_block_channels())}, got {arch.blocks}")
         self.arch = arch
-        lite = efficientnet_lite0(pretrained=pretrained)
+        lite = efficientnet_lite(LITE0, pretrained=pretrained)
         self.stem = nn.Sequential(lite._conv_stem, lite._bn0, nn.ReLU6(inplace=True))
         self.blocks = nn.ModuleList(lite._blocks[: arch.blocks])
         channels, strides = _block_channels(), _block_strides()
