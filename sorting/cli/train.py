@@ -20,11 +20,24 @@ TRAIN_EXAMPLES = """
 """
 
 
+def _image_or_spectral(args: argparse.Namespace, command: str) -> str:
+    """The recipe's task for ``train`` / ``cross-validate``; a belt detector's recipe gets its own command."""
+    from sorting.errors import ConfigError
+    from sorting.training.belt_detector_config import BELT_DETECTOR_TASK
+    from sorting.training.spectral_config import recipe_task
+
+    task = recipe_task(args.config, args.overrides)
+    if task == BELT_DETECTOR_TASK:
+        raise ConfigError(f"{args.config} is a belt detector's recipe (task: {task}); {command} does not take it: "
+                          f"textile-sorter train-belt-detector --config {args.config}")
+    return task
+
+
 def _train(args: argparse.Namespace) -> int:
     from sorting.training.config import load_train_config
-    from sorting.training.spectral_config import SPECTRAL_TASK, recipe_task
+    from sorting.training.spectral_config import SPECTRAL_TASK
 
-    if recipe_task(args.config, args.overrides) == SPECTRAL_TASK:  # spectral dispatch
+    if _image_or_spectral(args, "train") == SPECTRAL_TASK:  # spectral dispatch
         from sorting.cli import spectral
 
         return spectral.train(args)
@@ -43,9 +56,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _cross_validate(args: argparse.Namespace) -> int:
-    from sorting.training.spectral_config import SPECTRAL_TASK, recipe_task
+    from sorting.training.spectral_config import SPECTRAL_TASK
 
-    if recipe_task(args.config, args.overrides) == SPECTRAL_TASK:  # spectral dispatch
+    if _image_or_spectral(args, "cross-validate") == SPECTRAL_TASK:  # spectral dispatch
         from sorting.cli import spectral
 
         return spectral.cross_validate(args)

@@ -256,3 +256,13 @@ def test_a_training_recipe_refuses_non_finite_numbers(repo_root) -> None:
 def test_a_config_path_that_is_a_device_is_named_so() -> None:
     """``policy.bins: /dev/zero`` said 'config file not found'."""
     assert "not a regular file" in config_error(read_yaml, "/dev/zero")
+
+
+@pytest.mark.parametrize("command", [["train"], ["cross-validate", "-m", "missing.csv"]])
+def test_a_belt_detector_recipe_given_to_train_names_its_own_command(repo_root, command, capsys) -> None:
+    from sorting.cli import main
+
+    recipe = str(repo_root / "training" / "belt-detector.yaml")
+    assert main([*command, "--config" if command[0] == "train" else "-c", recipe]) == 2
+    err = capsys.readouterr().err
+    assert "belt detector's recipe" in err and "train-belt-detector" in err and err.count("\n") == 1
