@@ -198,3 +198,19 @@ def test_the_trainer_reads_only_the_development_photos(shared_data: Path, repo_r
     boxes = [b for s in samples for b, _ in s.boxes]
     assert boxes and all(0 <= b[0] < b[2] <= 240.5 and 0 <= b[1] < b[3] <= 136.5 for b in boxes)
     assert {k for s in samples for _, k in s.boxes} == {1, 2, 3}
+
+
+def test_the_detector_augmentation_follows_the_run_seed() -> None:
+    """Same seed, same draws (albumentations has its own generator: an unseeded one made identical runs differ)."""
+    from sorting.training.belt_detector_data import build_augment
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (136, 240, 3), dtype=np.uint8)
+
+    def draws(seed: int) -> list[np.ndarray]:
+        augment = build_augment((0.75, 1.3), 0.1, 8.0, 1.0, seed=seed)
+        return [augment(image=image, bboxes=[[40, 30, 120, 100]], kinds=[0])["image"] for _ in range(3)]
+
+    first, again, other = draws(7), draws(7), draws(8)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other))

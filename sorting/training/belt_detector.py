@@ -128,7 +128,7 @@ def build_detector_setup(config: BeltDetectorTrainConfig, ctx: D.DistContext
     augment = None
     if config.augment.enabled:
         a = config.augment
-        augment = build_augment(a.scale, a.translate, a.rotate, a.photometric)
+        augment = build_augment(a.scale, a.translate, a.rotate, a.photometric, seed=config.seed)
     sampler = D.ShardedSampler(len(train), ctx, seed=config.seed)
     train_loader = DataLoader(DetectorDataset(train, arch, augment), batch_size=config.batch_size, sampler=sampler,
                               collate_fn=cell_collate, drop_last=len(train) > config.batch_size)

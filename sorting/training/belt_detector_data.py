@@ -183,9 +183,11 @@ def render_targets(boxes: Sequence[tuple[Box, int]], arch: DetectorArch, ignore:
     return np.stack([centre.ravel(), width.ravel(), height.ravel()], axis=1)
 
 
-def build_augment(scale: tuple[float, float], translate: float, rotate: float, photometric: float) -> A.Compose:
+def build_augment(scale: tuple[float, float], translate: float, rotate: float, photometric: float, *,
+                  seed: int) -> A.Compose:
     """Flips (a garment lies either way up, the belt runs either way), scale, shift and a little rotation,
-    light and camera changes; boxes follow (kept if at least 30% stays in view)."""
+    light and camera changes; boxes follow (kept if at least 30% stays in view). Seeded: albumentations draws
+    from its own generator, which the run's seed does not reach otherwise."""
     p = photometric
     return A.Compose(
         [A.HorizontalFlip(p=0.5), A.VerticalFlip(p=0.5),
@@ -195,6 +197,7 @@ def build_augment(scale: tuple[float, float], translate: float, rotate: float, p
          A.HueSaturationValue(round(5 * p), round(20 * p), round(15 * p), p=0.5 * min(1.0, p)),
          A.GaussianBlur(blur_limit=(3, 5), p=0.15), A.GaussNoise(std_range=(0.01, 0.04), p=0.2)],
         bbox_params=A.BboxParams(format="pascal_voc", label_fields=["kinds"], min_visibility=0.3, clip=True),
+        seed=seed,
     )
 
 
