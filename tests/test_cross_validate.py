@@ -78,15 +78,20 @@ def _image(fibre: str, rng: np.random.Generator) -> np.ndarray:
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
+def _image_rows(folder: Path, n: int, rng: np.random.Generator, sha1_prefix: str = "") -> list[ManifestRow]:
+    """``n`` images alternating cotton / polyester under ``folder/img``, as manifest rows relative to ``folder``."""
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        fibre = ("cotton", "polyester")[i % 2]
+        cv2.imwrite(str(folder / "img" / f"{i}.png"), _image(fibre, rng))
+        rows.append(ManifestRow(f"img/{i}.png", fibre=fibre, split="train", sha1=f"{sha1_prefix}{i}"))
+    return rows
+
+
 @pytest.fixture()
 def manifest(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    (tmp_path / "data" / "img").mkdir(parents=True)
-    rows = []
-    for i in range(24):
-        fibre = ("cotton", "polyester")[i % 2]
-        cv2.imwrite(str(tmp_path / "data" / "img" / f"{i}.png"), _image(fibre, rng))
-        rows.append(ManifestRow(f"img/{i}.png", fibre=fibre, split="train", sha1=str(i)))
+    rows = _image_rows(tmp_path / "data", 24, np.random.default_rng(0))
     return write_manifest(rows, tmp_path / "data" / "manifest.csv")
 
 
@@ -181,13 +186,7 @@ def test_purity_at_20_percent_reject_out_of_fold() -> None:
 
 
 def test_the_recipes_other_manifests_are_trained_in_every_fold_and_never_tested(manifest: Path, tmp_path: Path) -> None:
-    rng = np.random.default_rng(1)
-    (tmp_path / "extra" / "img").mkdir(parents=True)
-    rows = []
-    for i in range(6):
-        fibre = ("cotton", "polyester")[i % 2]
-        cv2.imwrite(str(tmp_path / "extra" / "img" / f"{i}.png"), _image(fibre, rng))
-        rows.append(ManifestRow(f"img/{i}.png", fibre=fibre, split="train", sha1=f"x{i}"))
+    rows = _image_rows(tmp_path / "extra", 6, np.random.default_rng(1), sha1_prefix="x")
     (tmp_path / "extra" / "img" / "dup.png").write_bytes((tmp_path / "data" / "img" / "3.png").read_bytes())
     rows.append(ManifestRow("img/dup.png", fibre="polyester", split="train", sha1="3"))  # a CV row's bytes: left out
     extra = write_manifest(rows, tmp_path / "extra" / "manifest.csv")

@@ -111,7 +111,29 @@ class _Queue:
         return out
 
 
-class FolderSpectrometer:
+class _ThreadedSource:
+    """What the folder and device sources share: a reader thread filling a bounded queue the loop drains."""
+
+    def __init__(self) -> None:
+        self.stats = SpectrometerStats()
+        self._queue = _Queue(self.stats)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _start(self, target: Callable[[], None], name: str) -> None:
+        self._thread = threading.Thread(target=target, name=name, daemon=True)
+        self._thread.start()
+
+    def poll(self, now: float) -> list[Scan]:
+        return self._queue.drain()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2.0)
+
+
+class FolderSpectrometer(_ThreadedSource):
     """Spectrum files written into ``folder`` by the vendor's software (see the module docstring)."""
 
     def __init__(self, folder: str | Path, *, clock: Callable[[], float], spots: int = 1, serial: str | None = None,
@@ -120,26 +142,19 @@ class FolderSpectrometer:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise ConfigError(f"spectrometer folder {self.folder} does not exist (source folder:<dir>)")
+        super().__init__()
         self.name = f"folder:{self.folder}"
-        self.stats = SpectrometerStats()
         self._clock, self._wall = clock, wall
         self._spots, self._serial = spots, serial
         self._delay, self._settle, self._poll_s, self._keep = file_delay_s, settle_s, poll_s, keep_s
-        self._queue = _Queue(self.stats)
         self._seen: dict[str, float] = {}  # file name -> mtime, for files newer than the horizon
         self._horizon = wall()  # files older than this were there before us (or are long done)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         if start:
-            self._thread = threading.Thread(target=self._watch, name="spectrometer-folder", daemon=True)
-            self._thread.start()
+            self._start(self._watch, "spectrometer-folder")
 
     @property
     def wavelength_nm(self) -> np.ndarray | None:
         return None  # known per file
-
-    def poll(self, now: float) -> list[Scan]:
-        return self._queue.drain()
 
     def _watch(self) -> None:
         while not self._stop.wait(self._poll_s):
@@ -199,13 +214,8 @@ class FolderSpectrometer:
             raise SpectrumError("unknown spot", f"spot {spot} in the name, the line has spots 0..{self._spots - 1}")
         return spot
 
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
 
-
-class SeabreezeSpectrometer:
+class SeabreezeSpectrometer(_ThreadedSource):
     """An Ocean Insight spectrometer via ``seabreeze`` (see the module docstring), read on its own thread.
 
     ``device`` is an opened ``seabreeze.spectrometers.Spectrometer`` (or a test's fake with ``wavelengths()``,
@@ -215,14 +225,13 @@ class SeabreezeSpectrometer:
 
     def __init__(self, device: Any, *, clock: Callable[[], float], reference: np.ndarray, dark: np.ndarray | None,
                  scan_ms: float, serial: str = "", backoff: Backoff = Backoff(), start: bool = True) -> None:
+        super().__init__()
         self.device = device
         self.name = f"seabreeze:{serial}" if serial else "seabreeze"
-        self.stats = SpectrometerStats()
         self._clock = clock
         self._scan_s = scan_ms / 1000.0
         self._serial = serial
         self._backoff = backoff
-        self._queue = _Queue(self.stats)
         device.integration_time_micros(int(round(scan_ms * 1000)))
         self._wl = np.asarray(device.wavelengths(), dtype=np.float64)
         self._dark = np.zeros_like(self._wl) if dark is None else np.asarray(dark, dtype=np.float64)
@@ -233,11 +242,8 @@ class SeabreezeSpectrometer:
         self._span = white - self._dark
         if np.any(self._span <= 0):
             raise ConfigError("spectrometer: the white reference is not above the dark counts everywhere")
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         if start:
-            self._thread = threading.Thread(target=self._run, name="spectrometer-seabreeze", daemon=True)
-            self._thread.start()
+            self._start(self._run, "spectrometer-seabreeze")
 
     @property
     def wavelength_nm(self) -> np.ndarray:
@@ -263,13 +269,8 @@ class SeabreezeSpectrometer:
                 log.warning("spectrometer %s: read failed (%s); retrying in %.1f s", self.name, exc, delay)
                 self._stop.wait(delay)
 
-    def poll(self, now: float) -> list[Scan]:
-        return self._queue.drain()
-
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=2.0)
+        super().close()
         try:
             self.device.close()
         except Exception as exc:  # closing a device that is already gone
