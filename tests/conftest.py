@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,19 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("TEXTILE_SORTER_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Built-in models exported on first use (the textile check) go to a folder of this session, not the home."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    old = os.environ.get("TEXTILE_SORTER_CACHE")
+    os.environ["TEXTILE_SORTER_CACHE"] = str(folder)
+    yield folder
+    if old is None:
+        os.environ.pop("TEXTILE_SORTER_CACHE", None)
+    else:
+        os.environ["TEXTILE_SORTER_CACHE"] = old
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from sorting.serving.detection_eval import iou_matrix
 from sorting.serving.line_config import load_line_config
 from sorting.serving.non_garment import NonGarmentConfig
 from sorting.serving.segmentation import BeltSegmenter, SegmentationConfig
+from sorting.serving.textile_check import TextileCheckConfig
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "serving" / "line-colour-6bin.yaml"
 
@@ -162,6 +163,7 @@ def test_calibrate_belt_makes_a_line_from_frames_and_keeps_the_rest(tmp_path: Pa
     assert cfg.name == "test-belt" and cfg.camera.source == "rtsp://cam/1" and (cfg.camera.width, cfg.camera.height) == (W, H)
     assert cfg.policy.bins == template.policy.bins and cfg.model.path == template.model.path  # paths follow the move
     assert cfg.segmentation.belt_model == "colour" and cfg.segmentation.non_garment is not None
+    assert cfg.segmentation.textile_check == TextileCheckConfig()  # the packaged ImageNet check, default score
     assert cfg.calibration.reference_roi is None
     # the decision line keeps its share of the frame along the belt (480 of 640 px -> 360 of 480 px)
     share = template.tracking.decision_line_px / template.camera.width

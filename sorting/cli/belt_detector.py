@@ -1,6 +1,7 @@
-"""``textile-sorter train-belt-detector``: a recipe -> a learned detector of garments, hands and objects (ONNX).
+"""``textile-sorter train-belt-detector``: a recipe -> a learned detector of garments, hands and objects (ONNX);
+``textile-sorter export-textile-check``: the ImageNet check "is it cloth?" as an ONNX file (no training).
 
-Registered from :mod:`sorting.cli.serve` next to ``calibrate --belt`` and ``evaluate-detection``, the other two
+Registered from :mod:`sorting.cli.serve` next to ``calibrate --belt`` and ``evaluate-detection``, the other
 steps of setting a real belt up.
 """
 
@@ -38,7 +39,29 @@ def _train_belt_detector(args: argparse.Namespace) -> int:
     return 0
 
 
+TEXTILE_EXAMPLES = """
+  textile-sorter export-textile-check --out runs/textile-check.onnx
+then in the line config: segmentation.textile_check: {model: ../runs/textile-check.onnx}. Without --out the file
+goes to the cache folder that `segmentation.textile_check: {}` reads ($TEXTILE_SORTER_CACHE or
+~/.cache/textile-sorter), e.g. to prepare a line computer before it goes offline.
+"""
+
+
+def _export_textile_check(args: argparse.Namespace) -> int:
+    from sorting.models.textile_check_export import export_textile_check
+    from sorting.serving.textile_check import CACHE_NAME, cache_dir
+
+    out = export_textile_check(Path(args.out) if args.out else cache_dir() / CACHE_NAME)
+    print(f"textile check: {out}")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "export-textile-check", "Write the textile check (ImageNet EfficientNet-Lite0 from its "
+                    "PyPI package: is a detection's crop cloth?) as ONNX for segmentation.textile_check.",
+                    TEXTILE_EXAMPLES)
+    p.add_argument("--out", "-o", help="ONNX file to write (default: the cache folder the line reads)")
+    p.set_defaults(func=_export_textile_check)
     p = add_command(sub, "train-belt-detector", "Train the learned detector of garments, hands and objects on a belt "
                     "(segmentation.detector) from labelled photos and/or synthetic frames; writes an ONNX file.",
                     EXAMPLES)

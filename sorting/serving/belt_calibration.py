@@ -46,6 +46,7 @@ from sorting.serving.belt_region import belt_band, polygon_mask
 from sorting.serving.blob_split import SplitConfig
 from sorting.serving.colour_foreground import ColourForeground, FrameError
 from sorting.serving.non_garment import NonGarmentConfig
+from sorting.serving.textile_check import TextileCheckConfig
 from sorting.serving.segmentation import BeltSegmenter, Detection, SegmentationConfig
 
 log = logging.getLogger(__name__)
@@ -361,11 +362,15 @@ def _move_decision_line(data: dict[str, Any], template_camera: dict[str, Any], f
     data["tracking"] = tracking
 
 
+REAL_BELT_PARTS = {"split_touching", "non_garment", "textile_check"}
+
+
 def _real_belt_defaults(seg: SegmentationConfig) -> SegmentationConfig:
-    """``seg`` with the colour split of touching garments and the non-garment kinds on (their thresholds
-    were chosen on real photos of a blue belt; the synthetic world's flat garments fool them)."""
+    """``seg`` with the colour split of touching garments, the non-garment kinds and the textile check on (their
+    thresholds were chosen on real photos of a blue belt; the synthetic world's flat garments fool them)."""
     return seg.model_copy(update={"split_touching": seg.split_touching or SplitConfig(),
-                                  "non_garment": seg.non_garment or NonGarmentConfig()})
+                                  "non_garment": seg.non_garment or NonGarmentConfig(),
+                                  "textile_check": seg.textile_check or TextileCheckConfig()})
 
 
 def calibrate_belt(line_path: str | Path, *, source: str | None = None, n_frames: int = 8,
@@ -399,8 +404,8 @@ def calibrate_belt(line_path: str | Path, *, source: str | None = None, n_frames
     along = 0 if cfg.belt.direction[1] == "x" else 1
     setup = set_up_belt(frames, _real_belt_defaults(cfg.segmentation), along_axis=along)
     if setup.segmentation["belt_model"] == "colour":
-        setup.segmentation.update(_real_belt_defaults(cfg.segmentation).model_dump(include={"split_touching",
-                                                                                          "non_garment"}))
+        setup.segmentation.update(_real_belt_defaults(cfg.segmentation).model_dump(
+            mode="json", include=REAL_BELT_PARTS, exclude_none=True))
     write_belt_setup(path, setup, data=data, scene=scene, header=header)
     setup.scene = scene or cfg.tracking.scene
     overlay = Path(overlay_path) if overlay_path else path.with_name(path.stem + "-belt.png")

@@ -4,7 +4,8 @@
 :class:`LineSegmentation` builds them the same way so that ``evaluate-detection`` (and anything
 else that scores detections) measures exactly what the loop sees: the continuous white balance
 (when the line has a reference patch) applied to the frame the segmenter gets, the reference
-patch ignored, and the classifier's crops with neighbours painted out and the colour corrected.
+patch ignored, the textile check of each garment (when the line has one), and the classifier's crops with
+neighbours painted out and the colour corrected.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from sorting.datasets.preprocess import garment_crop_box
 from sorting.serving.colour_calibration import ColourCorrector, ContinuousWhiteBalance
 from sorting.serving.line_config import LineConfig
 from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker
+from sorting.serving.textile_check import TextileCheck
 
 
 class LineSegmentation:
@@ -34,6 +36,9 @@ class LineSegmentation:
         self.segmenter = BeltSegmenter(cfg.segmentation, fps=fps or cfg.camera.fps or 30.0, along_axis=along,
                                        extra_ignore=patch)
         self.masker = NeighbourMasker(cfg.segmentation.scale)
+        check = cfg.segmentation.textile_check
+        self.textile_check = TextileCheck(check) if check is not None else None
+        self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
         self.along_axis = along
 
     def segment(self, image: np.ndarray, *, shape_min_area: float | None = None) -> list[Detection]:
@@ -42,7 +47,10 @@ class LineSegmentation:
         if self.white_balance is not None:
             self.corrector = self.white_balance.update(image) or self.corrector
         normalise = self.corrector.apply if self.white_balance is not None else None
-        return self.segmenter.segment(image, normalise, shape_min_area=shape_min_area)
+        detections = self.segmenter.segment(image, normalise, shape_min_area=shape_min_area)
+        if self.textile_check is not None:
+            detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt)
+        return detections
 
     def crops(self, image: np.ndarray, detections: list[Detection]) -> list[np.ndarray]:
         """The classifier's view of every detection (the loop crops only tracks due for a view)."""

