@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -95,7 +96,7 @@ def export_textile_check(out_path: str | Path, *, weights_path: Path | None = No
     proto.graph.doc_string = f"textile-sorter textile check: input '{INPUT}' float32 [N, 3, {size}, {size}]"
     proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
     onnx.checker.check_model(proto)
-    partial = out_path.with_name(out_path.name + ".partial")
+    partial = out_path.with_name(f"{out_path.name}.{os.getpid()}.partial")  # two lines exporting at once
     onnx.save(proto, str(partial))
     _check(partial, net, size)
     partial.replace(out_path)
