@@ -2,7 +2,9 @@
 
 1. ``runs/belt/dev-images/``: links to the development photos of benchmarks/belt_split.json (never copies).
 2. ``textile-sorter calibrate --belt`` makes ``serving/line-real-belt.yaml`` from 8 of them, starting from the
-   synthetic colour line's config (bins, model, ejectors), and is timed: what an integrator types.
+   synthetic colour line's config (bins, model, ejectors), and is timed: what an integrator types; then
+   ``textile-sorter fit-textile-check --write-line`` fits the textile check's head on the development photos
+   (``serving/line-real-belt-textile-head.json``).
 3. ``textile-sorter evaluate-detection`` on the development part, the held-out part and all photos, with the
    non-garment labels of benchmarks/belt_non_garment_boxes.csv; each frame timed on one OpenCV thread, the
    fastest of ``--repeat`` runs (the machine is shared). Summaries under ``runs/belt/<part>/``.
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "benchmarks" / "belt_split.json"
 LABELS = ROOT / "benchmarks" / "belt_non_garment_boxes.csv"
 LINE = ROOT / "serving" / "line-real-belt.yaml"
+HEAD = ROOT / "serving" / "line-real-belt-textile-head.json"
 TEMPLATE = ROOT / "serving" / "line-colour-6bin.yaml"
 
 
@@ -147,6 +150,13 @@ def main() -> None:
                     "../shared/data/conveyor-photos/images", "--overlay", str(args.out / "line-real-belt-belt.png"))
         print(done.stdout.strip())
         print(f"set-up took {time.perf_counter() - t0:.1f} s (one command, nothing typed into the config)")
+        t0 = time.perf_counter()
+        done = _cli("fit-textile-check", "--line", str(LINE.relative_to(ROOT)), str(args.data / "images"), "--boxes",
+                    str(args.data / "boxes.csv"), "--labels", str(LABELS.relative_to(ROOT)), "--subset",
+                    f"{SPLIT.relative_to(ROOT)}:dev", "--out", str(HEAD.relative_to(ROOT)), "--write-line",
+                    "--no-progress")
+        print(done.stdout.strip() + f"\ntextile head fitted in {time.perf_counter() - t0:.1f} s")
+        LINE.with_name(LINE.name + ".bak").unlink(missing_ok=True)
     detector = train_detector(args.out) if args.train_detector else args.detector
     frames = frames_of(detector) if detector is not None and frames_of(detector).is_file() else None
     line_parts = [*args.parts, *(["dev-val"] if frames is not None and "dev-val" not in args.parts else [])]

@@ -14,7 +14,7 @@ from _blue_belt import BELT_BOTTOM, BELT_TOP, COLOURS, H, W, _garment, blue_belt
 
 from sorting.cli import main
 from sorting.errors import ConfigError
-from sorting.serving.belt_calibration import set_up_belt
+from sorting.serving.belt_calibration import NECK_SHARE_OF_ITEM, set_up_belt
 from sorting.serving.belt_colour_model import distances, fit_belt_colour
 from sorting.serving.blob_split import SplitConfig
 from sorting.serving.colour_foreground import FrameError
@@ -164,6 +164,10 @@ def test_calibrate_belt_makes_a_line_from_frames_and_keeps_the_rest(tmp_path: Pa
     assert cfg.policy.bins == template.policy.bins and cfg.model.path == template.model.path  # paths follow the move
     assert cfg.segmentation.belt_model == "colour" and cfg.segmentation.non_garment is not None
     assert cfg.segmentation.textile_check == TextileCheckConfig()  # the packaged ImageNet check, default score
+    # touching items are cut at bridges narrower than a quarter of a typical item's side (at the segmentation scale)
+    seg = cfg.segmentation
+    assert seg.expected_item_area_px and seg.split_touching is not None
+    assert seg.split_touching.neck_px == round(NECK_SHARE_OF_ITEM * seg.expected_item_area_px ** 0.5 * seg.scale) > 0
     assert cfg.calibration.reference_roi is None
     # the decision line keeps its share of the frame along the belt (480 of 640 px -> 360 of 480 px)
     share = template.tracking.decision_line_px / template.camera.width

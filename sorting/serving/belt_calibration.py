@@ -12,7 +12,8 @@ loaded belt (still photos, each a new scene, or frames spread over a clip of the
    belt as it runs (a video of the moving belt, the synthetic conveyor),
 4. the expected item size: the median area of what the new settings find in the frames (items on a
    lightly loaded belt), and the smallest item kept (``min_area_px``) as a tenth of it (from the
-   belt's width when the frames show no item).
+   belt's width when the frames show no item); on a coloured belt touching items are also cut at bridges
+   narrower than a quarter of a typical item's side (``split_touching.neck_px``).
 
 The result goes into the line config's ``segmentation`` section (every other key kept, a ``.bak``
 copy written) and an overlay PNG shows the belt region and what is found in each frame.
@@ -54,6 +55,9 @@ log = logging.getLogger(__name__)
 PIXEL_STEP = 2  # every 2nd pixel of each frame (at the segmentation scale) goes into the colour fit
 MIN_ITEM_SHARE = 0.12  # the smallest item looked for at first: (this share of the belt's width) squared ...
 MIN_ITEM_SHARE_OF_TYPICAL = 0.1  # ... and kept: this share of the median item found in the frames
+# touching items are cut where they narrow to a bridge thinner than 2 x this share of a typical item's side
+# (sqrt of its area): neck_px 8 at the segmentation scale on the conveyor photos, chosen on their development part
+NECK_SHARE_OF_ITEM = 0.125
 COLOURFUL_BELT = 0.06  # chromaticity this far from grey: the belt's colour tells garments from it (blue: 0.13)
 FOLLOW_MIN_SHIFT_PX = 4.0  # smaller shifts of the belt's edges between frames are noise: the region stays fixed
 FOLLOW_MAX_SHARE = 0.25  # of the belt's width: a frame's band further off than this is occluded, not moved
@@ -365,10 +369,12 @@ def _move_decision_line(data: dict[str, Any], template_camera: dict[str, Any], f
 REAL_BELT_PARTS = {"split_touching", "non_garment", "textile_check"}
 
 
-def _real_belt_defaults(seg: SegmentationConfig) -> SegmentationConfig:
-    """``seg`` with the colour split of touching garments, the non-garment kinds and the textile check on (their
-    thresholds were chosen on real photos of a blue belt; the synthetic world's flat garments fool them)."""
-    return seg.model_copy(update={"split_touching": seg.split_touching or SplitConfig(),
+def _real_belt_defaults(seg: SegmentationConfig, typical_area_px: float | None = None) -> SegmentationConfig:
+    """``seg`` with the split of touching garments, the non-garment kinds and the textile check on (their
+    thresholds were chosen on real photos of a blue belt; the synthetic world's flat garments fool them); a
+    new split cuts bridges relative to ``typical_area_px`` (full-resolution pixels) when it is known."""
+    neck = 0 if typical_area_px is None else round(NECK_SHARE_OF_ITEM * typical_area_px ** 0.5 * seg.scale)
+    return seg.model_copy(update={"split_touching": seg.split_touching or SplitConfig(neck_px=neck),
                                   "non_garment": seg.non_garment or NonGarmentConfig(),
                                   "textile_check": seg.textile_check or TextileCheckConfig()})
 
@@ -404,7 +410,8 @@ def calibrate_belt(line_path: str | Path, *, source: str | None = None, n_frames
     along = 0 if cfg.belt.direction[1] == "x" else 1
     setup = set_up_belt(frames, _real_belt_defaults(cfg.segmentation), along_axis=along)
     if setup.segmentation["belt_model"] == "colour":
-        setup.segmentation.update(_real_belt_defaults(cfg.segmentation).model_dump(
+        typical = setup.segmentation.get("expected_item_area_px")
+        setup.segmentation.update(_real_belt_defaults(cfg.segmentation, typical).model_dump(
             mode="json", include=REAL_BELT_PARTS, exclude_none=True))
     write_belt_setup(path, setup, data=data, scene=scene, header=header)
     setup.scene = scene or cfg.tracking.scene

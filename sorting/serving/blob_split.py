@@ -33,7 +33,9 @@ class SplitConfig(StrictModel):
     min_outline_share: float = 0.5  # each part has this share of its outline on the belt (not a print inside)
     depth: int = 2  # cut the parts again (2: up to four garments)
     max_solidity: float = 0.9  # look only at blobs less convex than this (two garments rarely make a convex one)
-    neck_px: int = 0  # also cut bridges narrower than 2 x this (0: off; 8 on the dev photos: +3.7 points recall, -1.5 precision, +1.2 ms)
+    # also cut bridges narrower than 2 x this (0: off); calibrate --belt sets it from the typical item's size
+    # (8 on the conveyor photos' dev part: +3.7 points recall, -1.0 precision with the textile check, +1.2 ms)
+    neck_px: int = 0
 
 
 def _weighted_lab(roi_bgr: np.ndarray, weight: float) -> np.ndarray:

@@ -189,6 +189,7 @@ def load_line_config(path: str | Path, overrides: list[str] | None = None) -> Li
         cfg.segmentation.detector.model = _resolve(base, cfg.segmentation.detector.model)  # type: ignore[assignment]
     if cfg.segmentation.textile_check is not None:
         cfg.segmentation.textile_check.model = _resolve(base, cfg.segmentation.textile_check.model)
+        cfg.segmentation.textile_check.head = _resolve(base, cfg.segmentation.textile_check.head)
     if cfg.spectrometer is not None:
         _resolve_spectrometer(cfg.spectrometer, base)
     if cfg.model.path is not None and cfg.model.path.suffix.lower() != ".onnx":

@@ -9,6 +9,10 @@ misses (a white mouse next to a white rag, a phone lying flat) ImageNet has seen
 counted). Nothing in it was trained on belt photos; ``min_score`` was chosen on the development photos
 (serving/README.md, "Is it cloth?").
 
+With ``head: FILE`` (``textile-sorter fit-textile-check``: a logistic regression on the 1,000 ImageNet
+log-probabilities, fitted to the labelled photos of a line) the score is that head's probability instead, and its
+threshold the one it was fitted with.
+
 The crops of one frame go through the network as one batch (about 10 ms per crop on one core); on a moving
 belt a garment is scored once, when it comes into view (its box overlapping last frame's keeps the score).
 ``segmentation.textile_check: {}`` uses the packaged weights, exported once to the cache folder
@@ -21,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +40,19 @@ from sorting.serving.non_garment import GARMENT, OBJECT
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "textile_check"
-FORMAT_VERSION = 1
-CACHE_NAME = "textile-check-lite0.onnx"
+FORMAT_VERSION = 2  # of the ONNX file (sorting.models.textile_check_export)
+CACHE_NAME = f"textile-check-lite0-v{FORMAT_VERSION}.onnx"
+HEAD_FORMAT = 1
+CLASS_SUM_MIN_SCORE = 0.05  # the class list's threshold, chosen on the development photos of the conveyor
 
 
 class TextileCheckConfig(StrictModel):
     """``segmentation.textile_check``: garment detections whose crop does not look like cloth become objects."""
 
     model: Path | None = None  # None: the packaged ImageNet Lite0, exported once to the cache folder
-    min_score: float = Field(0.05, ge=0, lt=1)  # summed ImageNet textile probability a garment needs
+    head: Path | None = None  # a linear head on the ImageNet outputs (fit-textile-check); None: the class list
+    # the score a garment needs; None: 0.05 of summed textile-class probability, or the head's own threshold
+    min_score: float | None = Field(None, ge=0, lt=1)
     threads: int = Field(1, ge=1)  # onnxruntime threads
     # on a moving belt (tracking.scene: belt) a garment whose box overlaps one scored in the last frame by this
     # IoU keeps that score: each garment is scored when it comes into view, not on every frame
@@ -87,15 +95,15 @@ class TextileCheck:
             raise ModelFileError(f"cannot load textile check {path}: {str(exc).splitlines()[0][:200]}") from None
         meta = _metadata(self.session, path)
         self.size = int(meta["input_size"])
-        self.min_score = cfg.min_score
+        self.scorer = TextileHead.load(cfg.head) if cfg.head is not None else ClassSum(meta["textile_indices"])
+        self.min_score = cfg.min_score if cfg.min_score is not None else self.scorer.min_score
         self.reuse_iou = cfg.reuse_iou
         self._last: list[tuple[tuple[int, int, int, int], float]] = []  # last frame's garment boxes and scores
         self.input_name = self.session.get_inputs()[0].name
 
-    def scores(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
-        """Textile score of each ``(x, y, w, h)`` box of ``image_bgr`` (an empty box scores 0)."""
-        if not boxes:
-            return np.zeros(0, np.float32)
+    def logprobs(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+        """ImageNet log-probabilities ``(len(boxes), 1000)`` of the ``(x, y, w, h)`` boxes' crops, and which
+        boxes were empty (no pixel in the frame)."""
         height, width = image_bgr.shape[:2]
         batch = np.zeros((len(boxes), self.size, self.size, 3), np.uint8)
         empty = np.zeros(len(boxes), bool)
@@ -107,7 +115,14 @@ class TextileCheck:
             batch[i] = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
         x = (batch[..., ::-1].astype(np.float32) - 127.0) * (1.0 / 128.0)
         out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
-        out = np.asarray(out, np.float32).reshape(-1)
+        return np.asarray(out, np.float32), empty
+
+    def scores(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+        """Textile score of each ``(x, y, w, h)`` box of ``image_bgr`` (an empty box scores 0)."""
+        if not boxes:
+            return np.zeros(0, np.float32)
+        logprobs, empty = self.logprobs(image_bgr, boxes)
+        out = self.scorer.score(logprobs)
         out[empty] = 0.0
         return out
 
@@ -142,6 +157,60 @@ def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
     inter = max(0, w) * max(0, h)
     union = a[2] * a[3] + b[2] * b[3] - inter
     return inter / union if union > 0 else 0.0
+
+
+class ClassSum:
+    """The summed ImageNet probability of the textile classes (no fitting)."""
+
+    min_score = CLASS_SUM_MIN_SCORE
+
+    def __init__(self, indices: list[int]) -> None:
+        self.indices = np.asarray(indices, np.intp)
+
+    def score(self, logprobs: np.ndarray) -> np.ndarray:
+        return np.exp(logprobs[:, self.indices]).sum(axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TextileHead:
+    """A logistic regression on the ImageNet log-probabilities, fitted to a line's labelled crops
+    (:mod:`sorting.apps.textile_head`), with the threshold it was fitted with."""
+
+    weights: np.ndarray  # (1000,)
+    bias: float
+    min_score: float
+    info: dict[str, Any]  # what it was fitted on and how well it separated out of fold
+
+    def score(self, logprobs: np.ndarray) -> np.ndarray:
+        z = logprobs.astype(np.float64) @ self.weights + self.bias
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"textile_head": HEAD_FORMAT, "bias": self.bias, "min_score": self.min_score, **self.info,
+                "weights": [round(float(w), 6) for w in self.weights]}
+        path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> TextileHead:
+        """Read a head file; anything else is one :class:`ModelFileError`."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("textile_head") != HEAD_FORMAT:
+                raise ValueError(f"not a textile head of format {HEAD_FORMAT}")
+            weights = np.asarray(data["weights"], np.float64)
+            if weights.shape != (1000,) or not np.isfinite(weights).all():
+                raise ValueError(f"{weights.size} weights, 1000 finite ones expected")
+            info = {k: v for k, v in data.items() if k not in ("textile_head", "weights", "bias", "min_score")}
+            return cls(weights, float(data["bias"]), float(data["min_score"]), info)
+        except FileNotFoundError:
+            raise ModelFileError(f"segmentation.textile_check.head: {path} not found (fit one with "
+                                 "textile-sorter fit-textile-check)") from None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelFileError(f"segmentation.textile_check.head: {path} is not a textile head ({exc})") from None
 
 
 def _metadata(session: Any, path: Path) -> dict[str, Any]:

@@ -1,0 +1,189 @@
+"""``fit-textile-check``: a linear head on the textile check's ImageNet outputs, fitted to a line's labelled photos.
+
+The textile check's class list (:mod:`sorting.serving.textile_check`) needs no labels, but ImageNet calls a plain
+black or white piece of cloth a "binder" or an "envelope" as often as a "dishrag". A hub that has labelled some
+of its own photos (the boxes CSV of ``evaluate-detection``) can fit a logistic regression on the 1,000
+log-probabilities instead: the line's segmentation runs on each photo exactly as ``serve`` runs it (without the
+check), each garment detection is a crop, labelled a garment when it matches a garment box (IoU >= ``match_iou``)
+better than any non-garment box, else not. Its threshold keeps ``keep`` of the garments *out of fold*: the photos
+are split into ``folds`` groups of scenes (a photo's number // ``group_size``: consecutive photos show one scene),
+each fold scored by a head fitted on the others; the area under the curve and the share of non-garments removed
+at that threshold are written with the head, then the head is fitted on every crop. ``--write-line`` points the
+line config at the new head.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from tqdm import tqdm
+
+from sorting.apps.detection_data import (
+    iter_photos,
+    merge_box_files,
+    photo_frames,
+    read_boxes_csv,
+)
+from sorting.config import read_yaml
+from sorting.datasets.box_labels import read_subset
+from sorting.errors import DataError
+from sorting.serving.belt_calibration import leading_comment
+from sorting.serving.colour_foreground import FrameError
+from sorting.serving.detection_eval import GARMENT, iou_matrix
+from sorting.serving.line_config import load_line_config
+from sorting.serving.line_segmentation import LineSegmentation
+from sorting.serving.textile_check import TextileCheck, TextileCheckConfig, TextileHead
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class HeadFitConfig:
+    """What to fit on (see ``textile-sorter fit-textile-check --help``)."""
+
+    line: Path
+    photos: Path
+    boxes: Path
+    out: Path
+    extra_labels: Path | None = None  # non-garment labels (image,x0,y0,x1,y1,kind)
+    subset: str | None = None  # FILE or FILE.json:KEY: only these photos
+    keep: float = 0.95  # share of garments the threshold keeps, out of fold
+    match_iou: float = 0.3  # a detection is a garment when it overlaps a garment box this much (loose boxes)
+    folds: int = 5
+    group_size: int = 10
+    regularisation: float = 0.01  # inverse strength C of the logistic regression (1,000 inputs, a few hundred crops)
+    progress: bool = True
+
+
+@dataclass
+class Crops:
+    """The ImageNet log-probabilities of every garment detection, its label (1: a garment) and scene group."""
+
+    logprobs: np.ndarray  # (n, 1000)
+    garment: np.ndarray  # (n,) 0/1
+    groups: np.ndarray  # (n,)
+    photos: int
+
+
+def scene_group(name: str, group_size: int) -> int:
+    """A photo's scene: its number // ``group_size`` (the whole name when it has no number)."""
+    numbers = re.findall(r"\d+", Path(name).stem)
+    return int(numbers[-1]) // group_size if numbers else hash(name)
+
+
+def collect_crops(cfg: HeadFitConfig) -> Crops:
+    """Run the line's segmentation (without the check) on the labelled photos; one row per garment detection."""
+    line = load_line_config(cfg.line)
+    # the network only (its log-probabilities): a head the line has now plays no part in fitting the next one
+    check = TextileCheck((line.segmentation.textile_check or TextileCheckConfig()).model_copy(update={"head": None}))
+    line.segmentation.textile_check = None  # the head learns from what the segmentation calls garments
+    boxes = read_boxes_csv(cfg.boxes)
+    if cfg.extra_labels is not None:
+        boxes = merge_box_files(boxes, read_boxes_csv(cfg.extra_labels))
+    found, missing = photo_frames(cfg.photos, boxes, cfg.boxes, subset=read_subset(cfg.subset) if cfg.subset else None)
+    for problem in boxes.problems + missing:
+        log.warning("%s", problem)
+    seg = LineSegmentation(line)
+    rows: list[np.ndarray] = []
+    labels: list[int] = []
+    groups: list[int] = []
+    photos = 0
+    for frame, why in tqdm(iter_photos(found, boxes), total=len(found), desc="fit-textile-check", unit="photo",
+                           disable=not cfg.progress):
+        if frame is None:
+            log.warning("%s", why)
+            continue
+        try:
+            detections = [d for d in seg.segment(frame.image) if d.kind == GARMENT]
+        except FrameError as exc:
+            log.warning("%s: %s", frame.name, exc)
+            continue
+        photos += 1
+        if not detections:
+            continue
+        logprobs, _ = check.logprobs(frame.image, [d.bbox for d in detections])
+        rows.append(logprobs)
+        labels.extend(_labels(detections, frame.labels, cfg.match_iou))
+        groups.extend([scene_group(frame.name, cfg.group_size)] * len(detections))
+    if not rows:
+        raise DataError(f"no garment detection in the labelled photos of {cfg.boxes}: nothing to fit on")
+    return Crops(np.concatenate(rows), np.asarray(labels), np.asarray(groups), photos)
+
+
+def _labels(detections: list[Any], labels: list[Any], match_iou: float) -> list[int]:
+    boxes = [(x, y, x + w, y + h) for x, y, w, h in (d.bbox for d in detections)]
+    garments = [lb.box for lb in labels if lb.kind == GARMENT]
+    others = [lb.box for lb in labels if lb.kind != GARMENT]
+    g = iou_matrix(boxes, garments).max(axis=1) if garments else np.zeros(len(boxes))
+    o = iou_matrix(boxes, others).max(axis=1) if others else np.zeros(len(boxes))
+    return [int(a >= match_iou and a >= b) for a, b in zip(g, o)]
+
+
+def fit_head(crops: Crops, cfg: HeadFitConfig) -> TextileHead:
+    """The head and its out-of-fold threshold (keeps ``cfg.keep`` of the garments) and figures."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import GroupKFold
+
+    x, y = crops.logprobs.astype(np.float64), crops.garment
+    n_groups = len(set(crops.groups.tolist()))
+    if y.min() == y.max() or n_groups < 2:
+        raise DataError(f"{len(y)} crops ({int(y.sum())} garments) in {n_groups} scene groups: a head needs garments "
+                        "and non-garments, in two scene groups at least")
+
+    def model() -> Any:
+        return LogisticRegression(C=cfg.regularisation, max_iter=5000)
+
+    oof = np.zeros(len(y))
+    for train, test in GroupKFold(min(cfg.folds, n_groups)).split(x, y, crops.groups):
+        if y[train].min() == y[train].max():  # a fold of one class cannot be fitted: its crops keep the prior
+            oof[test] = y[train].mean()
+            continue
+        oof[test] = model().fit(x[train], y[train]).predict_proba(x[test])[:, 1]
+    threshold = float(np.quantile(oof[y == 1], 1.0 - cfg.keep))
+    final = model().fit(x, y)
+    info = {"fitted_on": {"line": str(cfg.line), "photos": crops.photos, "crops": int(len(y)),
+                          "garments": int(y.sum()), "subset": cfg.subset, "match_iou": cfg.match_iou},
+            "cross_validation": {"folds": min(cfg.folds, n_groups), "group_size": cfg.group_size,
+                                 "auc": round(float(roc_auc_score(y, oof)), 4),
+                                 "garments_kept": round(float((oof[y == 1] >= threshold).mean()), 4),
+                                 "others_removed": round(float((oof[y == 0] < threshold).mean()), 4)},
+            "regularisation": cfg.regularisation}
+    return TextileHead(final.coef_[0].astype(np.float64), float(final.intercept_[0]), threshold, info)
+
+
+def fit_textile_head(cfg: HeadFitConfig) -> TextileHead:
+    """Collect, fit, write ``cfg.out``; the head is returned."""
+    head = fit_head(collect_crops(cfg), cfg)
+    head.save(cfg.out)
+    return head
+
+
+def write_head_into_line(line_path: str | Path, head_path: str | Path) -> Path:
+    """Point the line's ``segmentation.textile_check.head`` at ``head_path`` (relative to the line's folder when it
+    lies under it) and drop its ``min_score`` (the head brings its own); every other key and the leading comment
+    kept, the previous file kept as ``<name>.bak``."""
+    path = Path(line_path)
+    text = path.read_text(encoding="utf-8")
+    data = read_yaml(path)
+    head = Path(head_path).resolve()
+    try:
+        where = os.path.relpath(head, path.resolve().parent)
+    except ValueError:  # another drive
+        where = str(head)
+    segmentation = dict(data.get("segmentation") or {})
+    check = {k: v for k, v in (segmentation.get("textile_check") or {}).items() if k != "min_score"}
+    segmentation["textile_check"] = {**check, "head": where}
+    data["segmentation"] = segmentation
+    path.with_name(path.name + ".bak").write_text(text, encoding="utf-8")
+    path.write_text(leading_comment(text) + yaml.safe_dump(data, sort_keys=False, default_flow_style=None),
+                    encoding="utf-8")
+    load_line_config(path)  # the line still loads, with the head
+    return path
