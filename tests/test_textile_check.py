@@ -38,7 +38,7 @@ class _Brightness(nn.Module):
 
 def _fake_check(path: Path, *, metadata: bool = True) -> Path:
     torch.onnx.export(_Brightness(), (torch.zeros(1, 3, 8, 8),), str(path), input_names=["crops"],
-                      output_names=["logprobs"], dynamic_axes={"crops": {0: "n"}, "logprobs": {0: "n"}},
+                      output_names=["logprobs"], dynamic_axes={"crops": {0: "n", 2: "h", 3: "w"}, "logprobs": {0: "n"}},
                       opset_version=18, dynamo=False)
     if metadata:
         proto = onnx.load(str(path))
@@ -146,7 +146,8 @@ def test_on_real_photos_garments_look_like_cloth_and_phones_do_not(packaged_chec
 def _head(path: Path, *, weight: float, bias: float, min_score: float, n: int = 1000) -> Path:
     weights = [0.0] * n
     weights[0] = weight
-    path.write_text(json.dumps({"textile_head": 1, "bias": bias, "min_score": min_score, "weights": weights}))
+    path.write_text(json.dumps({"textile_head": 1, "bias": bias, "min_score": min_score, "input_size": 32,
+                                "weights": weights}))
     return path
 
 
@@ -159,6 +160,7 @@ def test_a_fitted_head_scores_instead_of_the_class_list_with_its_own_threshold(f
     scores = check.scores(image, [(0, 0, 60, 60), (60, 0, 60, 60)])
     expected = 1 / (1 + np.exp(-(4 * np.log([64 / 255, 1 - 1e-4]) + 4)))
     assert scores == pytest.approx(expected, abs=2e-3) and check.min_score == 0.5
+    assert check.size == 32  # crops at the size the head was fitted on
     dets = [_det(0, 0, 60, 60), _det(60, 0, 60, 60)]
     assert [d.kind for d in check.relabel(image, dets)] == ["object", "garment"]
     assert TextileCheck(TextileCheckConfig(model=fake_model, head=head, min_score=0.1)).min_score == 0.1
@@ -200,6 +202,7 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
     assert head.weights[3] == max(head.weights)  # it learned the class that separates
     loaded = TextileHead.load(head.save(cfg.out))
     assert loaded.min_score == pytest.approx(head.min_score) and loaded.info["fitted_on"]["crops"] == n
+    assert loaded.input_size == cfg.input_size == 224
     with pytest.raises(DataError, match="needs garments and non-garments"):
         fit_head(Crops(logprobs, np.ones(n, int), groups, photos=n // 2), cfg)
     # the line config points at the head (relative to its folder), min_score dropped, the old file kept

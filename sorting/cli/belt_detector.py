@@ -76,7 +76,7 @@ def _fit_textile_check(args: argparse.Namespace) -> int:
     head = fit_textile_head(HeadFitConfig(
         line=Path(args.line), photos=Path(args.photos), boxes=Path(args.boxes), out=Path(args.out),
         extra_labels=Path(args.labels) if args.labels else None, subset=args.subset, keep=args.keep,
-        group_size=args.group_size, progress=not args.no_progress))
+        group_size=args.group_size, input_size=args.input_size, progress=not args.no_progress))
     fitted, cv = head.info["fitted_on"], head.info["cross_validation"]
     print(f"{fitted['crops']} garment detections ({fitted['garments']} garments) in {fitted['photos']} photos; out of "
           f"fold ({cv['folds']} folds of scenes): area under the curve {cv['auc']:.3f}, at min_score "
@@ -101,6 +101,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", type=float, default=0.95, help="share of garments the threshold keeps, out of fold")
     p.add_argument("--group-size", type=int, default=10,
                    help="photos numbered alike (number // this) are one scene and stay in one fold")
+    p.add_argument("--input-size", type=int, default=224,
+                   help="crop side in px (the network's native 224; 128 costs a third, see serving/README.md)")
     p.add_argument("--write-line", action="store_true", help="point the line's textile_check.head at the new head")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_fit_textile_check)

@@ -29,7 +29,7 @@ from sorting.models.efficientnet_lite import LITE0, efficientnet_lite
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "textile_check"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # 3: crops of any size (the class list wants 224 px, a fitted head may take fewer)
 INPUT, OUTPUT = "crops", "logprobs"
 ATOL = 1e-4
 
@@ -88,10 +88,12 @@ def export_textile_check(out_path: str | Path, *, weights_path: Path | None = No
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice (see models/export.py)
             torch.onnx.export(net, (example,), str(raw), input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {0: "n"}, OUTPUT: {0: "n"}}, opset_version=18, dynamo=False)
+                              dynamic_axes={INPUT: {0: "n", 2: "height", 3: "width"}, OUTPUT: {0: "n"}},
+                              opset_version=18, dynamo=False)
         proto = onnx.load(str(raw))
     meta = {"format": FORMAT_VERSION, "backbone": LITE0.name, "weights": LITE0.package, "input_size": size,
-            "input": "crop resized to input_size x input_size (INTER_AREA), as RGB, (x - 127) / 128, NCHW",
+            "input": "crop resized to input_size x input_size (INTER_AREA; a fitted head may name another size), "
+                     "as RGB, (x - 127) / 128, NCHW",
             "output": "ImageNet log-probabilities", "textile_classes": list(TEXTILE_CLASSES),
             "textile_indices": indices}
     proto.graph.doc_string = f"textile-sorter textile check: input '{INPUT}' float32 [N, 3, {size}, {size}]"
@@ -99,14 +101,16 @@ def export_textile_check(out_path: str | Path, *, weights_path: Path | None = No
     onnx.checker.check_model(proto)
     partial = out_path.with_name(f"{out_path.name}.{os.getpid()}.partial")  # two lines exporting at once
     onnx.save(proto, str(partial))
-    _check(partial, net, size)
+    for side in (size, 128):  # the native size and a smaller one a head may use
+        _check(partial, net, side)
     partial.replace(out_path)
     log.info("textile check written to %s", out_path)
     return out_path
 
 
 def _check(path: Path, net: LogProbabilities, size: int) -> None:
-    """onnxruntime and torch agree on two random crops, or the file is removed and ModelFileError raised."""
+    """onnxruntime and torch agree on two random crops of ``size`` px, or the file is removed and ModelFileError
+    raised."""
     import onnxruntime as ort
 
     x = np.random.default_rng(0).uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
@@ -116,4 +120,5 @@ def _check(path: Path, net: LogProbabilities, size: int) -> None:
     diff = float(np.abs(got - expected).max())
     if not diff <= ATOL:
         path.unlink(missing_ok=True)
-        raise ModelFileError(f"exported textile check differs from torch by {diff:.2e} (> {ATOL:g}): not written")
+        raise ModelFileError(f"exported textile check differs from torch by {diff:.2e} (> {ATOL:g}) at {size} px: "
+                             "not written")

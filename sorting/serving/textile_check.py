@@ -4,17 +4,17 @@ The belt model finds everything that is not belt: garments, but also phones, ear
 ruler, tape. :mod:`~sorting.serving.non_garment` tells many of them apart by their outline and pixels; what it
 misses (a white mouse next to a white rag, a phone lying flat) ImageNet has seen by the thousand. Each crop of a
 ``garment`` detection goes through EfficientNet-Lite0 with its ImageNet weights
-(:mod:`sorting.models.textile_check_export`: the summed probability of the garment and textile classes); below
-``min_score`` the detection becomes an ``object`` (routed like the other non-garments: reject or ignore, and
-counted). Nothing in it was trained on belt photos; ``min_score`` was chosen on the development photos
-(serving/README.md, "Is it cloth?").
+(:mod:`sorting.models.textile_check_export`); its score is the summed probability of the ImageNet garment and
+textile classes (:class:`ClassSum`: nothing trained on belt photos, ``min_score`` 0.05 chosen on the development
+photos, serving/README.md "Is it cloth?"). Below ``min_score`` the detection becomes an ``object`` (routed like
+the other non-garments: reject or ignore, and counted).
 
 With ``head: FILE`` (``textile-sorter fit-textile-check``: a logistic regression on the 1,000 ImageNet
 log-probabilities, fitted to the labelled photos of a line) the score is that head's probability instead, and its
 threshold the one it was fitted with.
 
 The crops of one frame go through the network as one batch (about 10 ms per crop on one core); on a moving
-belt a garment is scored once, when it comes into view (its box overlapping last frame's keeps the score).
+belt a garment whose box overlaps last frame's keeps its score instead of being scored again.
 ``segmentation.textile_check: {}`` uses the packaged weights, exported once to the cache folder
 (``$TEXTILE_SORTER_CACHE`` or ``~/.cache/textile-sorter``; that first export needs torch, serving after it
 onnxruntime only); ``model: FILE`` names an exported file instead (``textile-sorter export-textile-check``).
@@ -40,7 +40,7 @@ from sorting.serving.non_garment import GARMENT, OBJECT
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "textile_check"
-FORMAT_VERSION = 2  # of the ONNX file (sorting.models.textile_check_export)
+FORMAT_VERSION = 3  # of the ONNX file (sorting.models.textile_check_export)
 CACHE_NAME = f"textile-check-lite0-v{FORMAT_VERSION}.onnx"
 HEAD_FORMAT = 1
 CLASS_SUM_MIN_SCORE = 0.05  # the class list's threshold, chosen on the development photos of the conveyor
@@ -55,7 +55,7 @@ class TextileCheckConfig(StrictModel):
     min_score: float | None = Field(None, ge=0, lt=1)
     threads: int = Field(1, ge=1)  # onnxruntime threads
     # on a moving belt (tracking.scene: belt) a garment whose box overlaps one scored in the last frame by this
-    # IoU keeps that score: each garment is scored when it comes into view, not on every frame
+    # IoU keeps that score instead of being scored on every frame
     reuse_iou: float = Field(0.5, gt=0, le=1)
 
 
@@ -79,7 +79,8 @@ def default_model() -> Path:
 class TextileCheck:
     """``scores(image, boxes)`` -> textile score per box; ``relabel(image, detections)`` applies ``min_score``."""
 
-    def __init__(self, cfg: TextileCheckConfig) -> None:
+    def __init__(self, cfg: TextileCheckConfig, *, crop_size: int | None = None) -> None:
+        """``crop_size``: the side crops are resized to (default: the head's, or the network's native 224 px)."""
         import onnxruntime as ort
 
         path = Path(cfg.model) if cfg.model is not None else default_model()
@@ -94,8 +95,8 @@ class TextileCheck:
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
             raise ModelFileError(f"cannot load textile check {path}: {str(exc).splitlines()[0][:200]}") from None
         meta = _metadata(self.session, path)
-        self.size = int(meta["input_size"])
         self.scorer = TextileHead.load(cfg.head) if cfg.head is not None else ClassSum(meta["textile_indices"])
+        self.size = crop_size or self.scorer.input_size or int(meta["input_size"])
         self.min_score = cfg.min_score if cfg.min_score is not None else self.scorer.min_score
         self.reuse_iou = cfg.reuse_iou
         self._last: list[tuple[tuple[int, int, int, int], float]] = []  # last frame's garment boxes and scores
@@ -163,6 +164,7 @@ class ClassSum:
     """The summed ImageNet probability of the textile classes (no fitting)."""
 
     min_score = CLASS_SUM_MIN_SCORE
+    input_size = None  # the network's own (224 px: the class list needs the detail)
 
     def __init__(self, indices: list[int]) -> None:
         self.indices = np.asarray(indices, np.intp)
@@ -179,6 +181,7 @@ class TextileHead:
     weights: np.ndarray  # (1000,)
     bias: float
     min_score: float
+    input_size: int  # the crops' side it was fitted on
     info: dict[str, Any]  # what it was fitted on and how well it separated out of fold
 
     def score(self, logprobs: np.ndarray) -> np.ndarray:
@@ -188,7 +191,8 @@ class TextileHead:
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"textile_head": HEAD_FORMAT, "bias": self.bias, "min_score": self.min_score, **self.info,
+        data = {"textile_head": HEAD_FORMAT, "bias": self.bias, "min_score": self.min_score,
+                "input_size": self.input_size, **self.info,
                 "weights": [round(float(w), 6) for w in self.weights]}
         path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         return path
@@ -204,8 +208,12 @@ class TextileHead:
             weights = np.asarray(data["weights"], np.float64)
             if weights.shape != (1000,) or not np.isfinite(weights).all():
                 raise ValueError(f"{weights.size} weights, 1000 finite ones expected")
-            info = {k: v for k, v in data.items() if k not in ("textile_head", "weights", "bias", "min_score")}
-            return cls(weights, float(data["bias"]), float(data["min_score"]), info)
+            size = int(data["input_size"])
+            if not 32 <= size <= 512:
+                raise ValueError(f"input_size {size} is not 32..512")
+            info = {k: v for k, v in data.items()
+                    if k not in ("textile_head", "weights", "bias", "min_score", "input_size")}
+            return cls(weights, float(data["bias"]), float(data["min_score"]), size, info)
         except FileNotFoundError:
             raise ModelFileError(f"segmentation.textile_check.head: {path} not found (fit one with "
                                  "textile-sorter fit-textile-check)") from None
