@@ -84,16 +84,16 @@ def scene_group(name: str, group_size: int) -> int:
 def collect_crops(cfg: HeadFitConfig) -> Crops:
     """Run the line's segmentation (without the check) on the labelled photos; one row per garment detection."""
     line = load_line_config(cfg.line)
-    # the network only (its log-probabilities): a head the line has now plays no part in fitting the next one
-    check = TextileCheck((line.segmentation.textile_check or TextileCheckConfig()).model_copy(update={"head": None}),
-                         crop_size=cfg.input_size)
-    line.segmentation.textile_check = None  # the head learns from what the segmentation calls garments
     boxes = read_boxes_csv(cfg.boxes)
     if cfg.extra_labels is not None:
         boxes = merge_box_files(boxes, read_boxes_csv(cfg.extra_labels))
     found, missing = photo_frames(cfg.photos, boxes, cfg.boxes, subset=read_subset(cfg.subset) if cfg.subset else None)
     for problem in boxes.problems + missing:
         log.warning("%s", problem)
+    # the network only (its log-probabilities): a head the line has now plays no part in fitting the next one
+    check = TextileCheck((line.segmentation.textile_check or TextileCheckConfig()).model_copy(update={"head": None}),
+                         crop_size=cfg.input_size)
+    line.segmentation.textile_check = None  # the head learns from what the segmentation calls garments
     seg = LineSegmentation(line)
     rows: list[np.ndarray] = []
     labels: list[int] = []
