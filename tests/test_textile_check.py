@@ -183,6 +183,7 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
         Crops,
         HeadFitConfig,
         fit_head,
+        plot_scores,
         write_head_into_line,
     )
     from sorting.errors import DataError
@@ -195,11 +196,13 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
     groups = np.arange(n) // 20
     cfg = HeadFitConfig(line=tmp_path / "line.yaml", photos=tmp_path, boxes=tmp_path / "b.csv",
                         out=tmp_path / "head.json", keep=0.9)
-    head = fit_head(Crops(logprobs, garment, groups, photos=n // 2), cfg)
+    head, oof = fit_head(Crops(logprobs, garment, groups, photos=n // 2), cfg)
+    assert oof.shape == (n,) and ((oof >= 0) & (oof <= 1)).all()
     cv = head.info["cross_validation"]
     assert cv["folds"] == 5 and cv["auc"] > 0.9
     assert cv["garments_kept"] == pytest.approx(0.9, abs=0.01) and cv["others_removed"] > 0.5
     assert head.weights[3] == max(head.weights)  # it learned the class that separates
+    assert plot_scores(oof, garment, head.min_score, tmp_path / "scores.png").is_file()
     loaded = TextileHead.load(head.save(cfg.out))
     assert loaded.min_score == pytest.approx(head.min_score) and loaded.info["fitted_on"]["crops"] == n
     assert loaded.input_size == cfg.input_size == 224
@@ -244,6 +247,7 @@ def test_fit_textile_check_on_real_photos_writes_a_head_the_line_reads(shared_da
                  "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "area under the curve" in out and "written into" in out
+    assert (tmp_path / "head.png").stat().st_size > 1000  # the out-of-fold scores, to look at
     head = TextileHead.load(tmp_path / "head.json")
     assert head.info["fitted_on"]["photos"] == len(dev) and head.info["cross_validation"]["auc"] > 0.85
     from sorting.serving.line_config import load_line_config

@@ -130,8 +130,9 @@ def _labels(detections: list[Any], labels: list[Any], match_iou: float) -> list[
     return [int(a >= match_iou and a >= b) for a, b in zip(g, o)]
 
 
-def fit_head(crops: Crops, cfg: HeadFitConfig) -> TextileHead:
-    """The head and its out-of-fold threshold (keeps ``cfg.keep`` of the garments) and figures."""
+def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]:
+    """The head with its out-of-fold threshold (keeps ``cfg.keep`` of the garments) and figures, and the
+    out-of-fold scores of the crops."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import GroupKFold
@@ -160,13 +161,33 @@ def fit_head(crops: Crops, cfg: HeadFitConfig) -> TextileHead:
                                  "garments_kept": round(float((oof[y == 1] >= threshold).mean()), 4),
                                  "others_removed": round(float((oof[y == 0] < threshold).mean()), 4)},
             "regularisation": cfg.regularisation}
-    return TextileHead(final.coef_[0].astype(np.float64), float(final.intercept_[0]), threshold, cfg.input_size, info)
+    head = TextileHead(final.coef_[0].astype(np.float64), float(final.intercept_[0]), threshold, cfg.input_size, info)
+    return head, oof
+
+
+def plot_scores(oof: np.ndarray, garment: np.ndarray, threshold: float, path: str | Path) -> Path:
+    """Out-of-fold scores of garments and of the rest, and the threshold: what the head will keep and remove."""
+    from sorting.models.plots import pyplot, save_figure
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    bins = np.linspace(0.0, 1.0, 41)
+    ax.hist(oof[garment == 1], bins=bins, alpha=0.6, color="#55a868", label=f"garments ({int(garment.sum())})")
+    ax.hist(oof[garment == 0], bins=bins, alpha=0.6, color="#c44e52", label=f"the rest ({int((garment == 0).sum())})")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"min_score {threshold:.2f}")
+    ax.set_xlabel("textile score, out of fold")
+    ax.set_ylabel("crops")
+    ax.set_title("textile check head: garment detections of the line")
+    ax.legend()
+    return save_figure(fig, path)
 
 
 def fit_textile_head(cfg: HeadFitConfig) -> TextileHead:
-    """Collect, fit, write ``cfg.out``; the head is returned."""
-    head = fit_head(collect_crops(cfg), cfg)
+    """Collect, fit, write ``cfg.out`` and a plot of its out-of-fold scores next to it (``.png``)."""
+    crops = collect_crops(cfg)
+    head, oof = fit_head(crops, cfg)
     head.save(cfg.out)
+    plot_scores(oof, crops.garment, head.min_score, Path(cfg.out).with_suffix(".png"))
     return head
 
 
