@@ -253,3 +253,24 @@ def test_fit_textile_check_on_real_photos_writes_a_head_the_line_reads(shared_da
     from sorting.serving.line_config import load_line_config
 
     assert load_line_config(copy).segmentation.textile_check.head == (tmp_path / "head.json").resolve()
+
+
+def test_a_cache_folder_that_cannot_be_written_falls_back_to_the_temporary_folder(tmp_path: Path, monkeypatch):
+    """A read-only home must not stop a line: the packaged check goes to the system's temporary folder."""
+    import sorting.models.textile_check_export as export
+    from sorting.serving import textile_check
+
+    blocked = tmp_path / "file-not-folder"
+    blocked.write_text("")  # a file where the cache folder should be: nothing can be written under it
+    monkeypatch.setenv("TEXTILE_SORTER_CACHE", str(blocked))
+    monkeypatch.setattr(textile_check.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    written: list[Path] = []
+
+    def fake_export(path: Path) -> Path:  # the real export (10 s) is tested above; here only where it goes
+        Path(path).parent.mkdir(parents=True)
+        written.append(Path(path))
+        return Path(path)
+
+    monkeypatch.setattr(export, "export_textile_check", fake_export)
+    assert textile_check.default_model() == tmp_path / "tmp" / "textile-sorter" / CACHE_NAME
+    assert written == [tmp_path / "tmp" / "textile-sorter" / CACHE_NAME]

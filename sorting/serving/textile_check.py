@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -66,14 +67,23 @@ def cache_dir() -> Path:
 
 
 def default_model() -> Path:
-    """The packaged check's ONNX file, exported on first use (needs torch once)."""
-    path = cache_dir() / CACHE_NAME
-    if not path.is_file():
-        from sorting.models.textile_check_export import export_textile_check
+    """The packaged check's ONNX file, exported on first use (needs torch once); where the cache folder cannot be
+    written (a read-only home), into the system's temporary folder instead."""
+    places = (cache_dir() / CACHE_NAME, Path(tempfile.gettempdir()) / "textile-sorter" / CACHE_NAME)
+    for path in places:
+        if path.is_file():
+            return path
+    # torch is needed for the export only
+    from sorting.models.textile_check_export import export_textile_check
 
-        log.info("exporting the textile check (ImageNet EfficientNet-Lite0) to %s, once", path)
-        export_textile_check(path)
-    return path
+    for path in places:
+        try:
+            log.info("exporting the textile check (ImageNet EfficientNet-Lite0) to %s, once", path)
+            return export_textile_check(path)
+        except OSError as exc:
+            log.warning("cannot write the textile check to %s (%s)", path, exc)
+    raise ModelFileError(f"the textile check could not be written to {places[0].parent} nor {places[1].parent}: set "
+                         "TEXTILE_SORTER_CACHE to a writable folder")
 
 
 class TextileCheck:
