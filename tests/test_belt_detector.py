@@ -24,7 +24,8 @@ from sorting.serving.detection_eval import iou_matrix
 from sorting.serving.learned_detector import DetectorConfig, LearnedBox, LearnedDetector, decode_cells
 from sorting.serving.line_config import load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
-from sorting.training.belt_detector_data import photo_group, render_targets, split_by_group, DetectorSample
+from sorting.datasets.box_labels import photo_group
+from sorting.training.belt_detector_data import render_targets, split_by_group, DetectorSample
 
 ARCH = DetectorArch(input_width=160, input_height=96, blocks=5, width=8, size_bins=12, min_size=4, max_size=160,
                     frozen_blocks=1)

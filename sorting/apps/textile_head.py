@@ -1,7 +1,7 @@
 """``fit-textile-check``: a linear head on the textile check's ImageNet outputs, fitted to a line's labelled photos.
 
-The textile check's class list (:mod:`sorting.serving.textile_check`) needs no labels, but ImageNet calls a plain
-black or white piece of cloth a "binder" or an "envelope" as often as a "dishrag". A hub that has labelled some
+The textile check's class list (:mod:`sorting.serving.textile_check`) needs no labels, but ImageNet has no class
+for a plain black or white piece of cloth and calls it something else. A hub that has labelled some
 of its own photos (the boxes CSV of ``evaluate-detection``) can fit a logistic regression on the 1,000
 log-probabilities instead: the line's segmentation runs on each photo exactly as ``serve`` runs it (without the
 check), each garment detection is a crop, labelled a garment when it matches a garment box (IoU >= ``match_iou``)
@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 from tqdm import tqdm
 
 from sorting.apps.detection_data import (
@@ -31,10 +29,9 @@ from sorting.apps.detection_data import (
     photo_frames,
     read_boxes_csv,
 )
-from sorting.config import read_yaml
-from sorting.datasets.box_labels import read_subset
+from sorting.datasets.box_labels import photo_group, read_subset
 from sorting.errors import DataError
-from sorting.serving.belt_calibration import leading_comment
+from sorting.serving.belt_calibration import open_line_for_rewrite, write_line
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.detection_eval import GARMENT, iou_matrix
 from sorting.serving.line_config import load_line_config
@@ -75,12 +72,6 @@ class Crops:
     photos: int
 
 
-def scene_group(name: str, group_size: int) -> int:
-    """A photo's scene: its number // ``group_size`` (the whole name when it has no number)."""
-    numbers = re.findall(r"\d+", Path(name).stem)
-    return int(numbers[-1]) // group_size if numbers else hash(name)
-
-
 def collect_crops(cfg: HeadFitConfig) -> Crops:
     """Run the line's segmentation (without the check) on the labelled photos; one row per garment detection."""
     line = load_line_config(cfg.line)
@@ -115,7 +106,7 @@ def collect_crops(cfg: HeadFitConfig) -> Crops:
         logprobs, _ = check.logprobs(frame.image, [d.bbox for d in detections])
         rows.append(logprobs)
         labels.extend(_labels(detections, frame.labels, cfg.match_iou))
-        groups.extend([scene_group(frame.name, cfg.group_size)] * len(detections))
+        groups.extend([photo_group(frame.name, cfg.group_size)] * len(detections))
     if not rows:
         raise DataError(f"no garment detection in the labelled photos of {cfg.boxes}: nothing to fit on")
     return Crops(np.concatenate(rows), np.asarray(labels), np.asarray(groups), photos)
@@ -192,12 +183,11 @@ def fit_textile_head(cfg: HeadFitConfig) -> TextileHead:
 
 
 def write_head_into_line(line_path: str | Path, head_path: str | Path) -> Path:
-    """Point the line's ``segmentation.textile_check.head`` at ``head_path`` (relative to the line's folder when it
-    lies under it) and drop its ``min_score`` (the head brings its own); every other key and the leading comment
-    kept, the previous file kept as ``<name>.bak``."""
+    """Point the line's ``segmentation.textile_check.head`` at ``head_path`` (relative to the line's folder) and
+    drop its ``min_score`` (the head brings its own); every other key and the leading comment kept, the previous
+    file kept as ``<name>.bak``."""
     path = Path(line_path)
-    text = path.read_text(encoding="utf-8")
-    data = read_yaml(path)
+    data, header = open_line_for_rewrite(path)
     head = Path(head_path).resolve()
     try:
         where = os.path.relpath(head, path.resolve().parent)
@@ -207,8 +197,6 @@ def write_head_into_line(line_path: str | Path, head_path: str | Path) -> Path:
     check = {k: v for k, v in (segmentation.get("textile_check") or {}).items() if k != "min_score"}
     segmentation["textile_check"] = {**check, "head": where}
     data["segmentation"] = segmentation
-    path.with_name(path.name + ".bak").write_text(text, encoding="utf-8")
-    path.write_text(leading_comment(text) + yaml.safe_dump(data, sort_keys=False, default_flow_style=None),
-                    encoding="utf-8")
+    write_line(path, data, header)
     load_line_config(path)  # the line still loads, with the head
     return path

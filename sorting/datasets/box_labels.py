@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,3 +90,10 @@ def read_subset(spec: str) -> set[str]:
             raise DataError(f"{path} has no list '{key}'") from None
         return {str(n) for n in names}
     return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def photo_group(name: str, group_size: int) -> int:
+    """The scene group of a photo: its number // ``group_size`` (consecutive photos show the same scene; a name
+    without a number is group 0). Splits keep whole groups on one side."""
+    numbers = re.findall(r"\d+", Path(name).stem)
+    return int(numbers[-1]) // group_size if numbers else 0

@@ -101,24 +101,25 @@ def export_textile_check(out_path: str | Path, *, weights_path: Path | None = No
     onnx.checker.check_model(proto)
     partial = out_path.with_name(f"{out_path.name}.{os.getpid()}.partial")  # two lines exporting at once
     onnx.save(proto, str(partial))
-    for side in (size, 128):  # the native size and a smaller one a head may use
-        _check(partial, net, side)
+    _check(partial, net, (size, 128))  # the native size and a smaller one a head may use
     partial.replace(out_path)
     log.info("textile check written to %s", out_path)
     return out_path
 
 
-def _check(path: Path, net: LogProbabilities, size: int) -> None:
-    """onnxruntime and torch agree on two random crops of ``size`` px, or the file is removed and ModelFileError
-    raised."""
+def _check(path: Path, net: LogProbabilities, sizes: tuple[int, ...]) -> None:
+    """onnxruntime and torch agree on two random crops of each of ``sizes`` px, or the file is removed and
+    ModelFileError raised."""
     import onnxruntime as ort
 
-    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
-    with torch.no_grad():
-        expected = net(torch.from_numpy(x)).numpy()
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run([OUTPUT], {INPUT: x})[0]
-    diff = float(np.abs(got - expected).max())
-    if not diff <= ATOL:
-        path.unlink(missing_ok=True)
-        raise ModelFileError(f"exported textile check differs from torch by {diff:.2e} (> {ATOL:g}) at {size} px: "
-                             "not written")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for size in sizes:
+        x = rng.uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
+        with torch.no_grad():
+            expected = net(torch.from_numpy(x)).numpy()
+        diff = float(np.abs(session.run([OUTPUT], {INPUT: x})[0] - expected).max())
+        if not diff <= ATOL:
+            path.unlink(missing_ok=True)
+            raise ModelFileError(f"exported textile check differs from torch by {diff:.2e} (> {ATOL:g}) at {size} "
+                                 "px: not written")

@@ -47,8 +47,8 @@ from sorting.serving.belt_region import belt_band, polygon_mask
 from sorting.serving.blob_split import SplitConfig
 from sorting.serving.colour_foreground import ColourForeground, FrameError
 from sorting.serving.non_garment import NonGarmentConfig
-from sorting.serving.textile_check import TextileCheckConfig
 from sorting.serving.segmentation import BeltSegmenter, Detection, SegmentationConfig
+from sorting.serving.textile_check import TextileCheckConfig
 
 log = logging.getLogger(__name__)
 
@@ -230,17 +230,26 @@ def write_belt_setup(line_path: str | Path, setup: BeltSetup, *, data: dict[str,
     ``<name>.bak``; or, for a new line, into ``data`` written as the line config under ``header`` (a comment)."""
     path = Path(line_path)
     if data is None:
-        text = path.read_text(encoding="utf-8")
-        data = read_yaml(path)
-        header = leading_comment(text)
-        path.with_name(path.name + ".bak").write_text(text, encoding="utf-8")
+        data, header = open_line_for_rewrite(path)
     section = dict(data.get("segmentation") or {})
     section.update(setup.segmentation)
     data["segmentation"] = section
     if scene is not None:
         data["tracking"] = {"scene": scene, **{k: v for k, v in (data.get("tracking") or {}).items() if k != "scene"}}
-    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
-    path.write_text(header + body, encoding="utf-8")
+    return write_line(path, data, header)
+
+
+def open_line_for_rewrite(path: Path) -> tuple[dict[str, Any], str]:
+    """An existing line config's keys and leading comment, its text kept as ``<name>.bak`` before it is rewritten."""
+    text = path.read_text(encoding="utf-8")
+    data = read_yaml(path)
+    path.with_name(path.name + ".bak").write_text(text, encoding="utf-8")
+    return data, leading_comment(text)
+
+
+def write_line(path: Path, data: dict[str, Any], header: str = "") -> Path:
+    """Write a line config's keys (in their order) under ``header`` (a comment)."""
+    path.write_text(header + yaml.safe_dump(data, sort_keys=False, default_flow_style=None), encoding="utf-8")
     return path
 
 

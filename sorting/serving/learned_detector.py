@@ -15,12 +15,11 @@ by default that of its outline (``box: outline``): the size heads are the networ
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -28,6 +27,7 @@ from pydantic import Field
 
 from sorting.config import StrictModel
 from sorting.errors import ModelFileError
+from sorting.serving.onnx_file import json_metadata, open_session
 
 log = logging.getLogger(__name__)
 
@@ -62,34 +62,16 @@ class LearnedBox:
         return (self.box[0] + self.box[2]) / 2, (self.box[1] + self.box[3]) / 2
 
 
-def _metadata(session: Any, path: Path) -> dict[str, Any]:
-    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if raw is None:
-        raise ModelFileError(f"{path} is not a belt detector (no '{METADATA_KEY}' metadata): write one with "
-                             "textile-sorter train-belt-detector")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: belt detector format {meta.get('format')}, this sorter reads {FORMAT_VERSION}")
-    return meta
-
-
 class LearnedDetector:
     """``detect(frame_bgr)`` -> :class:`LearnedBox` list; the frame may be the full one or a downscaled copy."""
 
     def __init__(self, cfg: DetectorConfig) -> None:
-        import onnxruntime as ort
-
         path = Path(cfg.model)
         if not path.is_file():
             raise ModelFileError(f"segmentation.detector.model: {path} not found")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = cfg.threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-            raise ModelFileError(f"cannot load belt detector {path}: {str(exc).splitlines()[0][:200]}") from None
-        meta = _metadata(self.session, path)
+        self.session = open_session(path, threads=cfg.threads, what="belt detector")
+        meta = json_metadata(self.session, path, key=METADATA_KEY, version=FORMAT_VERSION, what="belt detector",
+                             writer="textile-sorter train-belt-detector")
         arch = meta["arch"]
         self.input_size = (int(arch["input_width"]), int(arch["input_height"]))
         self.kinds = list(meta["kinds"])

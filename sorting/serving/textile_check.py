@@ -36,7 +36,9 @@ from pydantic import Field
 
 from sorting.config import StrictModel
 from sorting.errors import ModelFileError
+from sorting.serving.detection_eval import Box, iou_matrix
 from sorting.serving.non_garment import GARMENT, OBJECT
+from sorting.serving.onnx_file import json_metadata, open_session
 
 log = logging.getLogger(__name__)
 
@@ -91,25 +93,18 @@ class TextileCheck:
 
     def __init__(self, cfg: TextileCheckConfig, *, crop_size: int | None = None) -> None:
         """``crop_size``: the side crops are resized to (default: the head's, or the network's native 224 px)."""
-        import onnxruntime as ort
-
         path = Path(cfg.model) if cfg.model is not None else default_model()
         if not path.is_file():
             raise ModelFileError(f"segmentation.textile_check.model: {path} not found (write one with "
                                  "textile-sorter export-textile-check, or leave model out for the packaged one)")
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = cfg.threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for unreadable files
-            raise ModelFileError(f"cannot load textile check {path}: {str(exc).splitlines()[0][:200]}") from None
-        meta = _metadata(self.session, path)
+        self.session = open_session(path, threads=cfg.threads, what="textile check")
+        meta = json_metadata(self.session, path, key=METADATA_KEY, version=FORMAT_VERSION, what="textile check",
+                             writer="textile-sorter export-textile-check")
         self.scorer = TextileHead.load(cfg.head) if cfg.head is not None else ClassSum(meta["textile_indices"])
         self.size = crop_size or self.scorer.input_size or int(meta["input_size"])
         self.min_score = cfg.min_score if cfg.min_score is not None else self.scorer.min_score
         self.reuse_iou = cfg.reuse_iou
-        self._last: list[tuple[tuple[int, int, int, int], float]] = []  # last frame's garment boxes and scores
+        self._last: list[tuple[Box, float]] = []  # last frame's garment boxes (x0, y0, x1, y1) and scores
         self.input_name = self.session.get_inputs()[0].name
 
     def logprobs(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
@@ -143,31 +138,21 @@ class TextileCheck:
         previous frame by ``reuse_iou`` keeps its score instead of being scored again."""
         garments = [i for i, d in enumerate(detections) if d.kind == GARMENT]
         scores: dict[int, float] = {}
-        for i in garments if reuse else []:
-            if (previous := self._previous(detections[i].bbox)) is not None:
-                scores[i] = previous
+        if reuse and garments and self._last:
+            overlap = iou_matrix([_corners(detections[i].bbox) for i in garments], [box for box, _ in self._last])
+            for row, i in enumerate(garments):
+                if overlap[row].max() >= self.reuse_iou:  # the garment of last frame it overlaps most
+                    scores[i] = self._last[int(overlap[row].argmax())][1]
         todo = [i for i in garments if i not in scores]
         scores.update(zip(todo, self.scores(image_bgr, [detections[i].bbox for i in todo]).tolist()))
-        self._last = [(detections[i].bbox, scores[i]) for i in garments]
+        self._last = [(_corners(detections[i].bbox), scores[i]) for i in garments]
         return [replace(d, kind=OBJECT) if scores.get(i, 1.0) < self.min_score else d for i, d in enumerate(detections)]
 
-    def _previous(self, box: tuple[int, int, int, int]) -> float | None:
-        """The score of last frame's garment box that overlaps ``box`` most, if by ``reuse_iou``."""
-        best, score = self.reuse_iou, None
-        for old, value in self._last:
-            overlap = _iou(box, old)
-            if overlap >= best:
-                best, score = overlap, value
-        return score
 
-
-def _iou(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> float:
-    """IoU of two ``(x, y, w, h)`` boxes."""
-    w = min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0])
-    h = min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1])
-    inter = max(0, w) * max(0, h)
-    union = a[2] * a[3] + b[2] * b[3] - inter
-    return inter / union if union > 0 else 0.0
+def _corners(bbox: tuple[int, int, int, int]) -> Box:
+    """``(x, y, w, h)`` -> ``(x0, y0, x1, y1)``."""
+    x, y, w, h = bbox
+    return float(x), float(y), float(x + w), float(y + h)
 
 
 class ClassSum:
@@ -229,14 +214,3 @@ class TextileHead:
                                  "textile-sorter fit-textile-check)") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ModelFileError(f"segmentation.textile_check.head: {path} is not a textile head ({exc})") from None
-
-
-def _metadata(session: Any, path: Path) -> dict[str, Any]:
-    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if raw is None:
-        raise ModelFileError(f"{path} is not a textile check (no '{METADATA_KEY}' metadata): write one with "
-                             "textile-sorter export-textile-check")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: textile check format {meta.get('format')}, this sorter reads {FORMAT_VERSION}")
-    return meta

@@ -18,7 +18,6 @@ ignored box are left out of the centre loss; every other cell is ``none``.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from sorting.datasets.box_labels import read_box_rows, read_subset
+from sorting.datasets.box_labels import photo_group, read_box_rows, read_subset
 from sorting.errors import DataError
 from sorting.models.belt_detector import (
     CORE_MIN_CELLS,
@@ -125,12 +124,6 @@ def synthetic_samples(arch: DetectorArch, *, frames: int, seed: int = 0, width: 
         small = cv2.resize(frame, (arch.input_width, arch.input_height), interpolation=cv2.INTER_AREA)
         samples.append(DetectorSample(f"synthetic-{seed}-{index:05d}", small, boxes, ignore))
     return samples
-
-
-def photo_group(name: str, group_size: int) -> int:
-    """The scene group of a photo: its number // ``group_size`` (consecutive photos show the same scene)."""
-    numbers = re.findall(r"\d+", Path(name).stem)
-    return int(numbers[-1]) // group_size if numbers else 0
 
 
 def split_by_group(samples: Sequence[DetectorSample], *, val_share: float, group_size: int,
