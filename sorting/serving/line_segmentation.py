@@ -4,7 +4,7 @@
 :class:`LineSegmentation` builds them the same way so that ``evaluate-detection`` (and anything
 else that scores detections) measures exactly what the loop sees: the continuous white balance
 (when the line has a reference patch) applied to the frame the segmenter gets, the reference
-patch ignored, the textile check of each garment (when the line has one), and the classifier's crops with
+patch ignored, the textile check of each garment (when the line has one) and the garments it finds inside clumps, and the classifier's crops with
 neighbours painted out and the colour corrected.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from sorting.datasets.preprocess import garment_crop_box
+from sorting.serving.cloth_carve import ClothCarver, ClothMap
 from sorting.serving.colour_calibration import ColourCorrector, ContinuousWhiteBalance
 from sorting.serving.line_config import LineConfig
 from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker
@@ -38,6 +39,14 @@ class LineSegmentation:
         self.masker = NeighbourMasker(cfg.segmentation.scale)
         check = cfg.segmentation.textile_check
         self.textile_check = TextileCheck(check) if check is not None else None
+        self.carver: ClothCarver | None = None
+        if self.textile_check is not None and check is not None and check.carve is not None:
+            seg = cfg.segmentation
+            self.carver = ClothCarver(check.carve, ClothMap(self.textile_check),
+                                      min_score=self.textile_check.min_score, seg_scale=seg.scale,
+                                      typical_area_px=seg.expected_item_area_px or 10.0 * seg.min_area_px,
+                                      min_area_px=seg.min_area_px, border_margin_px=seg.border_margin_px,
+                                      split=seg.split_touching)
         self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
         self.along_axis = along
 
@@ -50,6 +59,8 @@ class LineSegmentation:
         detections = self.segmenter.segment(image, normalise, shape_min_area=shape_min_area)
         if self.textile_check is not None:
             detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt)
+        if self.carver is not None:
+            detections = self.carver.carve(image, detections)
         return detections
 
     def crops(self, image: np.ndarray, detections: list[Detection]) -> list[np.ndarray]:

@@ -1,0 +1,176 @@
+"""Garments inside a clump: where in a detection that is not a garment as a whole the textile check sees cloth.
+
+On a busy belt a garment often touches a phone, a tray or a hand: the belt model finds one blob, and the textile
+check (or the hand and object rules) rightly calls the whole of it no garment, so the garment is lost with it.
+:class:`ClothCarver` looks inside such a detection when it is large (``min_area`` times a typical item): the check's
+network runs once over the detection's box and scores every window of its last feature map as if it were a crop
+(:class:`ClothMap`: the average of the window's features through the ImageNet classifier, then the check's own
+scorer and threshold). The blob's pixels where the map says cloth, in pieces of at least ``min_piece`` times a typical
+item, become garment detections; the rest stays what it was (an object or a hand, routed as such).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import cv2
+import numpy as np
+
+from sorting.errors import ModelFileError
+from sorting.serving.blob_split import SplitConfig, split_blob
+from sorting.serving.non_garment import GARMENT
+from sorting.serving.segmentation import Detection
+from sorting.serving.textile_check import FEATURES, CarveConfig, TextileCheck
+
+log = logging.getLogger(__name__)
+
+
+class ClothMap:
+    """Textile scores of the windows of a region, from one run of the check's network over it."""
+
+    def __init__(self, check: TextileCheck) -> None:
+        import onnx
+        from onnx import numpy_helper
+
+        names = check.meta.get("classifier")
+        if not names:
+            raise ModelFileError(f"{check.path}: this textile check names no classifier weights (format "
+                                 f"{check.meta.get('format')}): export it again to carve garments out of clumps")
+        weights = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(check.path)).graph.initializer
+                   if init.name in (names["weight"], names["bias"])}
+        self.weight = weights[names["weight"]].astype(np.float32)  # (1000, channels)
+        self.bias = weights[names["bias"]].astype(np.float32)
+        self.stride = int(check.meta.get("feature_stride", 32))
+        self.check = check
+
+    def scores(self, image_bgr: np.ndarray, box: tuple[int, int, int, int], *, scale: float,
+               window: int) -> np.ndarray:
+        """Scores ``(rows, cols)`` of the cells of ``box`` (x, y, w, h) of the frame seen at ``scale``; cell
+        ``(i, j)`` covers ``stride / scale`` frame pixels from the box's corner, its score that of the ``window``
+        x ``window`` cells around it."""
+        x, y, w, h = box
+        crop = cv2.resize(image_bgr[y:y + h, x:x + w], (max(1, round(w * scale)), max(1, round(h * scale))),
+                          interpolation=cv2.INTER_AREA)
+        net_in = (crop[..., ::-1].astype(np.float32) - 127.0) * (1.0 / 128.0)
+        features = self.check.session.run([FEATURES], {self.check.input_name: net_in.transpose(2, 0, 1)[None]})[0][0]
+        pooled = _window_mean(features, window)
+        channels, rows, cols = pooled.shape
+        logits = self.weight @ pooled.reshape(channels, -1) + self.bias[:, None]
+        logits -= logits.max(axis=0, keepdims=True)
+        logprobs = logits - np.log(np.exp(logits).sum(axis=0, keepdims=True))
+        return self.check.scorer.score(logprobs.T).reshape(rows, cols)
+
+
+def _window_mean(features: np.ndarray, window: int) -> np.ndarray:
+    """Mean of each cell's ``window`` x ``window`` neighbourhood (cells past the map's edge left out)."""
+    _, rows, cols = features.shape
+    integral = np.pad(features.astype(np.float64), ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2)
+    r = window // 2
+    r0, r1 = np.clip(np.arange(rows) - r, 0, rows), np.clip(np.arange(rows) + window - r, 0, rows)
+    c0, c1 = np.clip(np.arange(cols) - r, 0, cols), np.clip(np.arange(cols) + window - r, 0, cols)
+    sums = (integral[:, r1][:, :, c1] - integral[:, r0][:, :, c1] - integral[:, r1][:, :, c0]
+            + integral[:, r0][:, :, c0])
+    counts = (r1 - r0)[:, None] * (c1 - c0)[None, :]
+    return (sums / counts).astype(np.float32)
+
+
+class ClothCarver:
+    """``carve(image, detections)``: large non-garment detections with the garments inside them cut out."""
+
+    def __init__(self, cfg: CarveConfig, cloth_map: ClothMap, *, min_score: float, seg_scale: float,
+                 typical_area_px: float, min_area_px: float, border_margin_px: int,
+                 split: SplitConfig | None = None) -> None:
+        """``min_score``: the check's threshold (``cfg.min_score`` replaces it); ``split``: the line's
+        ``split_touching``, applied to each carved piece (garments in a clump touch)."""
+        self.cfg = cfg
+        self.split = split
+        self.map = cloth_map
+        self.min_score = cfg.min_score if cfg.min_score is not None else min_score
+        self.seg_scale = seg_scale
+        self.typical_area_px = typical_area_px
+        self.min_area_px = min_area_px
+        self.border_margin_px = border_margin_px
+
+    def carve(self, image_bgr: np.ndarray, detections: list[Detection]) -> list[Detection]:
+        out: list[Detection] = []
+        for det in detections:
+            if (det.kind in self.cfg.kinds and det.outline is not None
+                    and det.area >= self.cfg.min_area * self.typical_area_px):
+                out.extend(self._carve_one(image_bgr, det))
+            else:
+                out.append(det)
+        return out
+
+    def _carve_one(self, image_bgr: np.ndarray, det: Detection) -> list[Detection]:
+        height, width = image_bgr.shape[:2]
+        s = self.seg_scale
+        cell = self.map.stride / self.cfg.scale  # frame px per feature cell
+        x, y, w, h = det.bbox
+        margin = int(cell)  # context for the cells at the blob's edge
+        x0, y0 = max(0, x - margin), max(0, y - margin)
+        x1, y1 = min(width, x + w + margin), min(height, y + h + margin)
+        scores = self.map.scores(image_bgr, (x0, y0, x1 - x0, y1 - y0), scale=self.cfg.scale, window=self.cfg.window)
+        # the blob at the segmentation scale, in the region's coordinates
+        ox, oy = int(x0 * s), int(y0 * s)
+        size = (int(np.ceil(x1 * s)) - ox, int(np.ceil(y1 * s)) - oy)
+        blob = np.zeros((size[1], size[0]), np.uint8)
+        cv2.drawContours(blob, [det.outline - np.int32([ox, oy])], -1, 255, thickness=cv2.FILLED)
+        cell_small = cell * s
+        up = cv2.resize(scores, (max(1, round(scores.shape[1] * cell_small)), max(1, round(scores.shape[0] * cell_small))),
+                        interpolation=cv2.INTER_LINEAR)
+        up = cv2.copyMakeBorder(up, 0, max(0, size[1] - up.shape[0]), 0, max(0, size[0] - up.shape[1]),
+                                cv2.BORDER_REPLICATE)[:size[1], :size[0]]
+        cloth = np.where(up >= self.min_score, blob, 0).astype(np.uint8)
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+        cloth = cv2.morphologyEx(cloth, cv2.MORPH_OPEN, kernel)
+        inv_area = 1.0 / (s * s)
+        pieces = [c for c in cv2.findContours(cloth, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+                  if cv2.contourArea(c) * inv_area >= self.cfg.min_piece * self.typical_area_px]
+        if not pieces:
+            return [det]
+        if self.split is not None:
+            small = cv2.resize(image_bgr[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
+            pieces = [part for piece in pieces for part in self._split(piece, small)]
+        taken = np.zeros_like(blob)
+        cv2.drawContours(taken, pieces, -1, 255, thickness=cv2.FILLED)
+        rest = cv2.bitwise_and(blob, cv2.bitwise_not(cv2.dilate(taken, kernel)))
+        rest = cv2.morphologyEx(rest, cv2.MORPH_OPEN, kernel)
+        others = [c for c in cv2.findContours(rest, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+                  if cv2.contourArea(c) * inv_area >= self.min_area_px]
+        log.debug("carved %d garment(s) out of a %s of %.0f px", len(pieces), det.kind, det.area)
+        shift = np.int32([ox, oy])
+        return ([self._piece(c + shift, det, GARMENT, (width, height)) for c in pieces]
+                + [self._piece(c + shift, det, det.kind, (width, height)) for c in others])
+
+    def _split(self, contour: np.ndarray, small: np.ndarray) -> list[np.ndarray]:
+        """``contour``'s parts by colour and necks (``split_touching``, as the segmenter splits blobs)."""
+        x, y, w, h = cv2.boundingRect(contour)
+        own = np.zeros((h, w), np.uint8)
+        cv2.drawContours(own, [contour], -1, 255, thickness=cv2.FILLED, offset=(-x, -y))
+        parts = split_blob(own, small[y:y + h, x:x + w], self.split)
+        if len(parts) == 1:
+            return [contour]
+        return [c for part in parts
+                for c in cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))[0]]
+
+    def _piece(self, contour: np.ndarray, parent: Detection, kind: str, frame: tuple[int, int]) -> Detection:
+        """A detection of ``contour`` (segmentation scale, frame coordinates) cut out of ``parent``."""
+        s = self.seg_scale
+        width, height = frame
+        x, y, w, h = cv2.boundingRect(contour)
+        x0, y0 = int(x / s), int(y / s)
+        x1, y1 = min(width, int(np.ceil((x + w) / s))), min(height, int(np.ceil((y + h) / s)))
+        m = cv2.moments(contour)
+        cx, cy = ((m["m10"] / m["m00"] + 0.5) / s - 0.5, (m["m01"] / m["m00"] + 0.5) / s - 0.5) if m["m00"] else (
+            (x0 + x1) / 2, (y0 + y1) / 2)
+        area = cv2.contourArea(contour) / (s * s)
+        hull = cv2.contourArea(cv2.convexHull(contour)) / (s * s)
+        margin = self.border_margin_px
+        touching = {"left": x0 <= margin, "right": x1 >= width - margin, "top": y0 <= margin,
+                    "bottom": y1 >= height - margin}
+        # a piece touches only frame edges its parent was confirmed to cross
+        edges = frozenset(name for name in parent.edges if touching[name])
+        return replace(parent, bbox=(x0, y0, x1 - x0, y1 - y0), area=float(area), centroid=(float(cx), float(cy)),
+                       edges=edges, solidity=float(min(1.0, area / hull)) if hull > 0 else 1.0, overlap_suspect=False,
+                       n_cores=1, two_colour_regions=False, outline=contour, kind=kind)

@@ -1,0 +1,157 @@
+"""Carving garments out of clumps: the check's feature map scores windows as crops, and the cloth in a large
+non-garment detection becomes garments of their own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import onnx
+import pydantic
+import pytest
+import torch
+from torch import nn
+
+from sorting.errors import ModelFileError
+from sorting.serving.cloth_carve import ClothCarver, ClothMap, _window_mean
+from sorting.serving.segmentation import Detection
+from sorting.serving.textile_check import (
+    FORMAT_VERSION,
+    METADATA_KEY,
+    CarveConfig,
+    TextileCheck,
+    TextileCheckConfig,
+    TextileHead,
+)
+
+SEG_SCALE = 0.5
+
+
+def test_window_mean_is_the_mean_of_each_cells_neighbourhood_inside_the_map():
+    features = np.random.default_rng(0).normal(size=(4, 5, 7)).astype(np.float32)
+    got = _window_mean(features, 3)
+    for r, c in ((0, 0), (2, 3), (4, 6), (1, 5)):
+        expected = features[:, max(0, r - 1):r + 2, max(0, c - 1):c + 2].mean(axis=(1, 2))
+        np.testing.assert_allclose(got[:, r, c], expected, rtol=1e-5)
+    np.testing.assert_allclose(_window_mean(features, 1), features, rtol=1e-6)
+
+
+def test_a_window_covering_the_whole_crop_scores_as_the_crop_does(model_cache: Path):
+    """The packaged network's feature map through the classifier it names in its metadata gives the crop's own
+    score: the map is the check, only pooled over windows."""
+    check = TextileCheck(TextileCheckConfig())
+    rng = np.random.default_rng(1)
+    check.scorer = TextileHead(rng.normal(0, 0.002, 1000), 0.0, 0.5, 224, {})  # scores away from 0 and 1
+    image = cv2.GaussianBlur(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8), (7, 7), 0)
+    box = (30, 20, 224, 224)  # the crop's own size: no resizing on either path
+    crop_score = check.scores(image, [box])[0]
+    cells = ClothMap(check).scores(image, box, scale=1.0, window=9)  # 7 x 7 cells; the centre one's window is all
+    assert cells.shape == (7, 7)
+    assert cells[3, 3] == pytest.approx(crop_score, abs=1e-4)
+    assert 0.05 < crop_score < 0.95
+
+
+class _StubMap:
+    """Cloth where the cell's centre lies left of ``cloth_below_x`` (frame pixels)."""
+
+    stride = 32
+
+    def __init__(self, cloth_below_x: float) -> None:
+        self.cloth_below_x = cloth_below_x
+
+    def scores(self, image_bgr: np.ndarray, box: tuple[int, int, int, int], *, scale: float,
+               window: int) -> np.ndarray:
+        x, y, w, h = box
+        cell = self.stride / scale
+        rows, cols = -(-round(h * scale) // self.stride), -(-round(w * scale) // self.stride)
+        centres = x + (np.arange(cols) + 0.5) * cell
+        return np.repeat((centres < self.cloth_below_x).astype(np.float32)[None], rows, axis=0)
+
+
+def _blob(x0: int, y0: int, x1: int, y1: int, kind: str) -> Detection:
+    """A rectangular detection of frame pixels [x0, x1) x [y0, y1), outlined at the segmentation scale."""
+    s = SEG_SCALE
+    outline = np.int32([[x0 * s, y0 * s], [x1 * s - 1, y0 * s], [x1 * s - 1, y1 * s - 1], [x0 * s, y1 * s - 1]])
+    return Detection(bbox=(x0, y0, x1 - x0, y1 - y0), area=float((x1 - x0) * (y1 - y0)),
+                     centroid=((x0 + x1) / 2, (y0 + y1) / 2), outline=outline.reshape(-1, 1, 2), kind=kind)
+
+
+def _carver(cloth_below_x: float, **cfg) -> ClothCarver:
+    return ClothCarver(CarveConfig(**cfg), _StubMap(cloth_below_x), min_score=0.5, seg_scale=SEG_SCALE,
+                       typical_area_px=10_000, min_area_px=800, border_margin_px=3)
+
+
+def test_the_cloth_in_a_large_object_becomes_a_garment_and_the_rest_stays_an_object():
+    image = np.zeros((200, 400, 3), np.uint8)
+    clump = _blob(40, 40, 360, 160, "object")  # 3.8 typical items
+    out = _carver(200).carve(image, [clump])
+    assert sorted(d.kind for d in out) == ["garment", "object"]
+    garment = next(d for d in out if d.kind == "garment")
+    rest = next(d for d in out if d.kind == "object")
+    x, y, w, h = garment.bbox
+    assert 30 <= x <= 50 and 170 <= x + w <= 230 and 35 <= y and y + h <= 165  # the left part, cut near x = 200
+    assert rest.bbox[0] >= 180 and rest.bbox[0] + rest.bbox[2] <= 365
+    assert garment.area + rest.area == pytest.approx(clump.area, rel=0.15)
+    assert not garment.overlap_suspect and garment.outline is not None
+
+
+def test_what_is_left_whole():
+    image = np.zeros((200, 400, 3), np.uint8)
+    small = _blob(40, 40, 120, 120, "object")  # 0.64 of a typical item: below min_area
+    garment = _blob(200, 40, 360, 160, "garment")
+    assert _carver(400).carve(image, [small, garment]) == [small, garment]
+    clump = _blob(40, 40, 360, 160, "hand")
+    assert _carver(0).carve(image, [clump])[0] is clump  # no cloth in it
+    assert _carver(400, kinds=["object"]).carve(image, [clump])[0] is clump  # hands not carved on this line
+    assert [d.kind for d in _carver(400).carve(image, [clump])] == ["garment"]  # all cloth: a garment, no hand left
+
+
+def test_carving_needs_a_fitted_head():
+    with pytest.raises(pydantic.ValidationError, match="carve needs a head"):
+        TextileCheckConfig(carve={})
+    assert TextileCheckConfig(carve={"window": 2}, head="head.json").carve.window == 2
+
+
+class _NoFeatures(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(x.mean(dim=(2, 3)).repeat(1, 334)[:, :1000], dim=1)
+
+
+def test_a_check_that_names_no_classifier_cannot_carve_and_says_so(tmp_path: Path):
+    path = tmp_path / "old.onnx"
+    torch.onnx.export(_NoFeatures(), (torch.zeros(1, 3, 8, 8),), str(path), input_names=["crops"],
+                      output_names=["logprobs"], dynamic_axes={"crops": {0: "n", 2: "h", 3: "w"}},
+                      opset_version=18, dynamo=False)
+    proto = onnx.load(str(path))
+    proto.metadata_props.add(key=METADATA_KEY, value=json.dumps({"format": FORMAT_VERSION, "input_size": 8,
+                                                                 "textile_indices": [0]}))
+    onnx.save(proto, str(path))
+    check = TextileCheck(TextileCheckConfig(model=path))
+    with pytest.raises(ModelFileError, match="names no classifier weights"):
+        ClothMap(check)
+
+
+@pytest.mark.shared_data
+def test_on_real_clumps_carving_finds_garments_and_no_hand_or_object_becomes_one(shared_data: Path, repo_root: Path,
+                                                                                 tmp_path: Path):
+    """The shipped real-belt line on the development photos of one busy scene (phones, tape, a tray, hands and
+    garments touching them), with and without carving."""
+    from sorting.apps.detection_bench import DetectionBenchConfig, run_detection_bench
+
+    photos = shared_data / "conveyor-photos"
+    dev = json.loads((repo_root / "benchmarks" / "belt_split.json").read_text())["dev"]
+    busy = [name for name in dev if Path(name).stem.startswith("color_img36") and len(Path(name).stem) == 12]
+    (tmp_path / "names.txt").write_text("\n".join(busy) + "\n")
+    summaries = {}
+    for carve in ("{}", "null"):
+        summaries[carve] = run_detection_bench(DetectionBenchConfig(
+            line=repo_root / "serving" / "line-real-belt.yaml", source=photos / "images", boxes=photos / "boxes.csv",
+            extra_labels=repo_root / "benchmarks" / "belt_non_garment_boxes.csv", subset=str(tmp_path / "names.txt"),
+            out_dir=tmp_path / carve, max_overlays=0, progress=False,
+            overrides=[f"segmentation.textile_check.carve={carve}"])).summary
+    carved, whole = summaries["{}"], summaries["null"]
+    assert carved.frames == whole.frames == len(busy) >= 5
+    assert carved.matched["0.5"] > whole.matched["0.5"]
+    assert carved.other_as_garment == whole.other_as_garment == 0
