@@ -78,8 +78,12 @@ def _blob(x0: int, y0: int, x1: int, y1: int, kind: str) -> Detection:
                      centroid=((x0 + x1) / 2, (y0 + y1) / 2), outline=outline.reshape(-1, 1, 2), kind=kind)
 
 
-def _carver(cloth_below_x: float, **cfg) -> ClothCarver:
-    return ClothCarver(CarveConfig(**cfg), _StubMap(cloth_below_x), min_score=0.5, seg_scale=SEG_SCALE,
+def _all_cloth(image: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    return np.ones(len(boxes), np.float32)
+
+
+def _carver(cloth_below_x: float, confirm=_all_cloth, **cfg) -> ClothCarver:
+    return ClothCarver(CarveConfig(**cfg), _StubMap(cloth_below_x), confirm, min_score=0.5, seg_scale=SEG_SCALE,
                        typical_area_px=10_000, min_area_px=800, border_margin_px=3)
 
 
@@ -106,6 +110,9 @@ def test_what_is_left_whole():
     assert _carver(0).carve(image, [clump])[0] is clump  # no cloth in it
     assert _carver(400, kinds=["object"]).carve(image, [clump])[0] is clump  # hands not carved on this line
     assert [d.kind for d in _carver(400).carve(image, [clump])] == ["garment"]  # all cloth: a garment, no hand left
+    # the map proposes, the crop check disposes: a piece whose own crop does not look like cloth stays in the clump
+    nothing = _carver(400, confirm=lambda image, boxes: np.zeros(len(boxes), np.float32))
+    assert nothing.carve(image, [clump])[0] is clump
 
 
 def test_carving_needs_a_fitted_head():

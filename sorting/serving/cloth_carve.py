@@ -12,6 +12,7 @@ item, become garment detections; the rest stays what it was (an object or a hand
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 
 import cv2
@@ -24,6 +25,8 @@ from sorting.serving.segmentation import Detection
 from sorting.serving.textile_check import FEATURES, CarveConfig, TextileCheck
 
 log = logging.getLogger(__name__)
+
+CropScores = Callable[[np.ndarray, list[tuple[int, int, int, int]]], np.ndarray]
 
 
 class ClothMap:
@@ -78,12 +81,15 @@ def _window_mean(features: np.ndarray, window: int) -> np.ndarray:
 class ClothCarver:
     """``carve(image, detections)``: large non-garment detections with the garments inside them cut out."""
 
-    def __init__(self, cfg: CarveConfig, cloth_map: ClothMap, *, min_score: float, seg_scale: float,
-                 typical_area_px: float, min_area_px: float, border_margin_px: int,
+    def __init__(self, cfg: CarveConfig, cloth_map: ClothMap, confirm: CropScores, *, min_score: float,
+                 seg_scale: float, typical_area_px: float, min_area_px: float, border_margin_px: int,
                  split: SplitConfig | None = None) -> None:
-        """``min_score``: the check's threshold (``cfg.min_score`` replaces it); ``split``: the line's
-        ``split_touching``, applied to each carved piece (garments in a clump touch)."""
+        """``confirm``: the check's score of crops (``TextileCheck.scores``), which each carved piece must pass as
+        any garment does; ``min_score``: the check's threshold (``cfg.min_score`` replaces it for the map only);
+        ``split``: the line's ``split_touching``, applied to each carved piece (garments in a clump touch)."""
         self.cfg = cfg
+        self.confirm = confirm
+        self.crop_min_score = min_score
         self.split = split
         self.map = cloth_map
         self.min_score = cfg.min_score if cfg.min_score is not None else min_score
@@ -91,6 +97,7 @@ class ClothCarver:
         self.typical_area_px = typical_area_px
         self.min_area_px = min_area_px
         self.border_margin_px = border_margin_px
+        self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))  # cleans the cloth mask's edges
 
     def carve(self, image_bgr: np.ndarray, detections: list[Detection]) -> list[Detection]:
         out: list[Detection] = []
@@ -104,44 +111,53 @@ class ClothCarver:
 
     def _carve_one(self, image_bgr: np.ndarray, det: Detection) -> list[Detection]:
         height, width = image_bgr.shape[:2]
+        region, blob, cloth = self._cloth(image_bgr, det)
+        x0, y0, x1, y1 = region
+        s = self.seg_scale
+        inv_area = 1.0 / (s * s)
+        pieces = [c for c in cv2.findContours(cloth, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+                  if cv2.contourArea(c) * inv_area >= self.cfg.min_piece * self.typical_area_px]
+        if pieces and self.split is not None:
+            small = cv2.resize(image_bgr[y0:y1, x0:x1], blob.shape[::-1], interpolation=cv2.INTER_AREA)
+            pieces = [part for piece in pieces for part in self._split(piece, small)]
+        # the map proposes, the check's own crop of each piece confirms (a phone beside a garment can look like cloth
+        # to a window that holds both)
+        shift = np.int32([int(x0 * s), int(y0 * s)])
+        boxes = [self._frame_box(c + shift, (width, height)) for c in pieces]
+        pieces = [c for c, score in zip(pieces, self.confirm(image_bgr, boxes)) if score >= self.crop_min_score]
+        if not pieces:
+            return [det]
+        taken = np.zeros_like(blob)
+        cv2.drawContours(taken, pieces, -1, 255, thickness=cv2.FILLED)
+        rest = cv2.bitwise_and(blob, cv2.bitwise_not(cv2.dilate(taken, self._kernel)))
+        rest = cv2.morphologyEx(rest, cv2.MORPH_OPEN, self._kernel)
+        others = [c for c in cv2.findContours(rest, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+                  if cv2.contourArea(c) * inv_area >= self.min_area_px]
+        log.debug("carved %d garment(s) out of a %s of %.0f px", len(pieces), det.kind, det.area)
+        return ([self._piece(c + shift, det, GARMENT, (width, height)) for c in pieces]
+                + [self._piece(c + shift, det, det.kind, (width, height)) for c in others])
+
+    def _cloth(self, image_bgr: np.ndarray, det: Detection) -> tuple[tuple[int, int, int, int], np.ndarray, np.ndarray]:
+        """The frame region (x0, y0, x1, y1) scored around ``det`` (its box and a cell of context), and in it, at the
+        segmentation scale, the blob's mask and the part of it the map calls cloth."""
+        height, width = image_bgr.shape[:2]
         s = self.seg_scale
         cell = self.map.stride / self.cfg.scale  # frame px per feature cell
         x, y, w, h = det.bbox
-        margin = int(cell)  # context for the cells at the blob's edge
-        x0, y0 = max(0, x - margin), max(0, y - margin)
-        x1, y1 = min(width, x + w + margin), min(height, y + h + margin)
+        x0, y0 = max(0, x - int(cell)), max(0, y - int(cell))
+        x1, y1 = min(width, x + w + int(cell)), min(height, y + h + int(cell))
         scores = self.map.scores(image_bgr, (x0, y0, x1 - x0, y1 - y0), scale=self.cfg.scale, window=self.cfg.window)
-        # the blob at the segmentation scale, in the region's coordinates
         ox, oy = int(x0 * s), int(y0 * s)
         size = (int(np.ceil(x1 * s)) - ox, int(np.ceil(y1 * s)) - oy)
         blob = np.zeros((size[1], size[0]), np.uint8)
         cv2.drawContours(blob, [det.outline - np.int32([ox, oy])], -1, 255, thickness=cv2.FILLED)
         cell_small = cell * s
-        up = cv2.resize(scores, (max(1, round(scores.shape[1] * cell_small)), max(1, round(scores.shape[0] * cell_small))),
-                        interpolation=cv2.INTER_LINEAR)
+        cells_px = (max(1, round(scores.shape[1] * cell_small)), max(1, round(scores.shape[0] * cell_small)))
+        up = cv2.resize(scores, cells_px, interpolation=cv2.INTER_LINEAR)
         up = cv2.copyMakeBorder(up, 0, max(0, size[1] - up.shape[0]), 0, max(0, size[0] - up.shape[1]),
                                 cv2.BORDER_REPLICATE)[:size[1], :size[0]]
-        cloth = np.where(up >= self.min_score, blob, 0).astype(np.uint8)
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
-        cloth = cv2.morphologyEx(cloth, cv2.MORPH_OPEN, kernel)
-        inv_area = 1.0 / (s * s)
-        pieces = [c for c in cv2.findContours(cloth, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
-                  if cv2.contourArea(c) * inv_area >= self.cfg.min_piece * self.typical_area_px]
-        if not pieces:
-            return [det]
-        if self.split is not None:
-            small = cv2.resize(image_bgr[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
-            pieces = [part for piece in pieces for part in self._split(piece, small)]
-        taken = np.zeros_like(blob)
-        cv2.drawContours(taken, pieces, -1, 255, thickness=cv2.FILLED)
-        rest = cv2.bitwise_and(blob, cv2.bitwise_not(cv2.dilate(taken, kernel)))
-        rest = cv2.morphologyEx(rest, cv2.MORPH_OPEN, kernel)
-        others = [c for c in cv2.findContours(rest, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
-                  if cv2.contourArea(c) * inv_area >= self.min_area_px]
-        log.debug("carved %d garment(s) out of a %s of %.0f px", len(pieces), det.kind, det.area)
-        shift = np.int32([ox, oy])
-        return ([self._piece(c + shift, det, GARMENT, (width, height)) for c in pieces]
-                + [self._piece(c + shift, det, det.kind, (width, height)) for c in others])
+        cloth = cv2.morphologyEx(np.where(up >= self.min_score, blob, 0).astype(np.uint8), cv2.MORPH_OPEN, self._kernel)
+        return (x0, y0, x1, y1), blob, cloth
 
     def _split(self, contour: np.ndarray, small: np.ndarray) -> list[np.ndarray]:
         """``contour``'s parts by colour and necks (``split_touching``, as the segmenter splits blobs)."""
@@ -154,13 +170,19 @@ class ClothCarver:
         return [c for part in parts
                 for c in cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))[0]]
 
+    def _frame_box(self, contour: np.ndarray, frame: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The frame-pixel box (x, y, w, h) of ``contour`` (segmentation scale, frame coordinates)."""
+        s = self.seg_scale
+        x, y, w, h = cv2.boundingRect(contour)
+        x0, y0 = int(x / s), int(y / s)
+        return x0, y0, min(frame[0], int(np.ceil((x + w) / s))) - x0, min(frame[1], int(np.ceil((y + h) / s))) - y0
+
     def _piece(self, contour: np.ndarray, parent: Detection, kind: str, frame: tuple[int, int]) -> Detection:
         """A detection of ``contour`` (segmentation scale, frame coordinates) cut out of ``parent``."""
         s = self.seg_scale
         width, height = frame
-        x, y, w, h = cv2.boundingRect(contour)
-        x0, y0 = int(x / s), int(y / s)
-        x1, y1 = min(width, int(np.ceil((x + w) / s))), min(height, int(np.ceil((y + h) / s)))
+        x0, y0, w, h = self._frame_box(contour, frame)
+        x1, y1 = x0 + w, y0 + h
         m = cv2.moments(contour)
         cx, cy = ((m["m10"] / m["m00"] + 0.5) / s - 0.5, (m["m01"] / m["m00"] + 0.5) / s - 0.5) if m["m00"] else (
             (x0 + x1) / 2, (y0 + y1) / 2)

@@ -42,7 +42,7 @@ class LineSegmentation:
         self.carver: ClothCarver | None = None
         if self.textile_check is not None and check is not None and check.carve is not None:
             seg = cfg.segmentation
-            self.carver = ClothCarver(check.carve, ClothMap(self.textile_check),
+            self.carver = ClothCarver(check.carve, ClothMap(self.textile_check), self.textile_check.scores,
                                       min_score=self.textile_check.min_score, seg_scale=seg.scale,
                                       typical_area_px=seg.expected_item_area_px or 10.0 * seg.min_area_px,
                                       min_area_px=seg.min_area_px, border_margin_px=seg.border_margin_px,

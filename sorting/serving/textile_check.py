@@ -54,7 +54,7 @@ class CarveConfig(StrictModel):
     """``segmentation.textile_check.carve``: look for garments inside large non-garment detections."""
 
     kinds: list[Literal["object", "hand"]] = Field(default_factory=lambda: ["object", "hand"])
-    min_area: float = Field(1.0, gt=0)  # times the typical item area: smaller non-garments are left whole
+    min_area: float = Field(2.0, gt=0)  # times the typical item area: smaller non-garments are left whole
     min_piece: float = Field(0.25, gt=0)  # times the typical item area: a smaller cloth piece stays in the clump
     scale: float = Field(0.5, gt=0, le=1)  # the map's resolution, as a share of the frame's
     window: int = Field(3, ge=1, le=9)  # feature cells averaged into one score (a cell is 32 / scale frame px)

@@ -1,0 +1,96 @@
+"""How a line set up from some scenes of a belt does on scenes it never saw, inside the development photos only.
+
+The development photos of benchmarks/belt_split.json are cut into ``--folds`` parts by scene group (image number
+// 10, as the split itself). For each part, the line is set up as ``benchmarks/belt_benchmark.py`` sets up
+``serving/line-real-belt.yaml`` (``calibrate --belt`` from 8 of the other parts' photos, then ``fit-textile-check
+--write-line`` on all of them), and scored with ``evaluate-detection`` on the part. The pooled figures say what the
+set-up generalises to; settings can be compared on them without the held-out photos (which this never reads).
+
+    python benchmarks/belt_cross_validation.py [--folds 3] [--set KEY=VALUE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPLIT = ROOT / "benchmarks" / "belt_split.json"
+LABELS = ROOT / "benchmarks" / "belt_non_garment_boxes.csv"
+TEMPLATE = ROOT / "serving" / "line-colour-6bin.yaml"
+COUNTS = ("garments", "garment_detections")
+
+
+def _cli(*args: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "sorting", *args], cwd=ROOT, check=True, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return done.stdout
+
+
+def _group(name: str, size: int) -> int:
+    return int("".join(ch for ch in Path(name).stem if ch.isdigit())) // size
+
+
+def fold_of_groups(groups: list[int], folds: int) -> dict[int, int]:
+    """Scene groups dealt round-robin to folds, in order (neighbouring scenes apart)."""
+    return {g: i % folds for i, g in enumerate(sorted(set(groups)))}
+
+
+def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
+             keep: float | None) -> dict:
+    folder = out / f"fold{k}"
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "setup-images").mkdir(parents=True)
+    for name in setup:
+        (folder / "setup-images" / Path(name).name).symlink_to((data / name).resolve())
+    (folder / "setup.txt").write_text("\n".join(setup) + "\n")
+    (folder / "test.txt").write_text("\n".join(test) + "\n")
+    line = folder / "line.yaml"
+    _cli("calibrate", "--belt", "--line", str(line), "--template", str(TEMPLATE), "--source",
+         str(folder / "setup-images"), "--camera", str((data / "images").resolve()))
+    _cli("fit-textile-check", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
+         "--labels", str(LABELS), "--subset", str(folder / "setup.txt"), "--out", str(folder / "head.json"),
+         "--write-line", "--no-progress", *(["--keep", str(keep)] if keep is not None else []))
+    sets = [arg for o in overrides for arg in ("--set", o)]
+    print(_cli("evaluate-detection", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
+               "--labels", str(LABELS), "--subset", str(folder / "test.txt"), "--out", str(folder / "eval"),
+               "--no-progress", *sets).splitlines()[1])
+    return json.loads((folder / "eval" / "summary.json").read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "conveyor-photos")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "belt-cv")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="line overrides for the scoring, e.g. segmentation.textile_check.carve=null")
+    parser.add_argument("--keep", type=float, help="fit-textile-check --keep (share of garments the head passes)")
+    args = parser.parse_args()
+    split = json.loads(SPLIT.read_text())
+    dev, size = split["dev"], split["group_size"]
+    fold = fold_of_groups([_group(n, size) for n in dev], args.folds)
+    totals = {"matched": 0, "garments": 0, "detections": 0, "false": 0, "merged": 0, "other_as_garment": 0}
+    for k in range(args.folds):
+        test = [n for n in dev if fold[_group(n, size)] == k]
+        setup = [n for n in dev if fold[_group(n, size)] != k]
+        s = run_fold(k, setup, test, args.data, args.out, args.set, args.keep)
+        totals["matched"] += round(s["recall"]["0.5"] * s["garments"])
+        totals["garments"] += s["garments"]
+        totals["detections"] += s["garment_detections"]
+        totals["false"] += s["false"]["0.5"]
+        totals["merged"] += s["merged"]
+        totals["other_as_garment"] += s["other_as_garment"]
+    recall = totals["matched"] / totals["garments"]
+    precision = 1 - totals["false"] / max(1, totals["detections"])
+    print(f"pooled over {args.folds} folds of scenes ({totals['garments']} garments): IoU 0.5 recall {recall:.1%}, "
+          f"precision {precision:.1%}; merged {totals['merged']}; hands and objects taken for a garment "
+          f"{totals['other_as_garment']}")
+
+
+if __name__ == "__main__":
+    main()
