@@ -78,8 +78,7 @@ class TextileCheckConfig(StrictModel):
     def _carving_needs_a_head(self) -> TextileCheckConfig:
         if self.carve is not None and self.head is None:
             raise ValueError("carve needs a head fitted to the line's photos (textile-sorter fit-textile-check): the "
-                             "class list calls too much of a clump cloth (on the development photos it took 19 of 100 "
-                             "hands and objects for garments, 7 without carving)")
+                             "class list is too lenient for it and lets phones beside a garment through as cloth")
         return self
 
 
