@@ -15,7 +15,7 @@ import yaml
 from sorting.config import build_config
 from sorting.errors import ConfigError
 from sorting.serving.actuators import SimulatedActuator
-from sorting.serving.annotate import VideoWriter, annotate_frame
+from sorting.serving.annotate import VideoWriter, annotate_frame, decision_text
 from sorting.serving.builder import build_sorter
 from sorting.serving.classifier import ClassScores, CropBatch, ModelWatcher
 from sorting.serving.ejector import FixedSpeed
@@ -223,11 +223,18 @@ def test_annotated_video_is_written(tmp_path):
     frames, _ = make_belt_clip(hard=False, n_frames=60)
     loop, _, _ = make_loop(tmp_path, frames)
     out = tmp_path / "annotated.mp4"
+    decided = []
     with VideoWriter(out, FPS) as writer:
         for res in loop.run():
+            decided.extend(res.decisions)
             if res.image is not None:
                 writer.write(annotate_frame(res, decision_line_px=200))
     assert out.is_file() and out.stat().st_size > 1000
+    # a reject says why on the video (a phone goes to reject as not_a_garment, not as a garment of some colour)
+    for d in decided:
+        text = decision_text(d)
+        assert text.endswith(f"-> {d.bin_name} ({d.decision.kind})" if d.bin == d.reject_bin else f"-> {d.bin_name}")
+    assert decided and any(d.bin == d.reject_bin for d in decided) and any(d.bin != d.reject_bin for d in decided)
 
 
 def test_hot_reload_swaps_only_a_model_that_passes_self_check(tmp_path):

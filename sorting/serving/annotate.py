@@ -10,7 +10,7 @@ import numpy as np
 
 from sorting.errors import DataError
 from sorting.serving.nir_stage import ASSIGNED
-from sorting.serving.records import FrameResult
+from sorting.serving.records import FrameResult, ItemDecision
 from sorting.serving.spectrometer_config import SpotGeometry
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,18 @@ def _spots(img: np.ndarray, result: FrameResult, spots: SpotGeometry, axis: int)
                (4, h - 6), _GREY)
 
 
+def decision_text(decision: ItemDecision) -> str:
+    """What a decided item's label adds: the NIR reading (if any) and the bin, with the reason for a reject (an
+    operator must see a phone or a hand go to reject *as* one, not as a garment of some colour)."""
+    text = ""
+    if decision.nir is not None and decision.nir.usable:
+        text += f" NIR {decision.nir.fibre} {decision.nir.confidence or 0:.2f}"
+    text += f" -> {decision.bin_name}"
+    if decision.bin == decision.reject_bin:
+        text += f" ({decision.decision.kind})"
+    return text
+
+
 def annotate_frame(result: FrameResult, *, decision_line_px: float, axis: int = 0,
                    spots: SpotGeometry | None = None) -> np.ndarray:
     """A copy of ``result.image`` with boxes, ids, labels + confidence, bins, decision line and fps; with
@@ -83,9 +95,7 @@ def annotate_frame(result: FrameResult, *, decision_line_px: float, axis: int = 
         decision = decided.get(tr.track_id)
         if decision is not None:
             colour = _RED if decision.bin == decision.reject_bin else _GREEN
-            if decision.nir is not None and decision.nir.usable:
-                text += f" NIR {decision.nir.fibre} {decision.nir.confidence or 0:.2f}"
-            text += f" -> {decision.bin_name}"
+            text += decision_text(decision)
             thickness = 3
         else:
             thickness = 1
