@@ -40,21 +40,39 @@ def fold_of_groups(groups: list[int], folds: int) -> dict[int, int]:
     return {g: i % folds for i, g in enumerate(sorted(set(groups)))}
 
 
+def fold_detector(folder: Path, seed: int) -> Path:
+    """The learned detector trained on the fold's set-up photos (``train-belt-detector``, a quarter of their scene
+    groups validating), kept in the fold's folder and reused while its set-up list is the same."""
+    onnx = folder / f"detector-seed{seed}.onnx"
+    setup = folder / "setup.txt"
+    stamp = onnx.with_suffix(".setup.txt")
+    if not (onnx.is_file() and stamp.is_file() and stamp.read_text() == setup.read_text()):
+        _cli("train-belt-detector", "--config", "training/belt-detector.yaml", "--out", str(onnx),
+             f"data.subset={setup}", f"seed={seed}", f"output_dir={folder / 'detector-runs'}", "progress=false")
+        shutil.copyfile(setup, stamp)
+    return onnx
+
+
 def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
-             keep: float | None) -> dict:
+             keep: float | None, detector: str | None = None, seed: int = 0) -> dict:
     folder = out / f"fold{k}"
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(folder / "setup-images", ignore_errors=True)
     (folder / "setup-images").mkdir(parents=True)
     for name in setup:
         (folder / "setup-images" / Path(name).name).symlink_to((data / name).resolve())
     (folder / "setup.txt").write_text("\n".join(setup) + "\n")
     (folder / "test.txt").write_text("\n".join(test) + "\n")
     line = folder / "line.yaml"
+    for old in (line, line.with_name("line.yaml.bak")):
+        old.unlink(missing_ok=True)
     _cli("calibrate", "--belt", "--line", str(line), "--template", str(TEMPLATE), "--source",
          str(folder / "setup-images"), "--camera", str((data / "images").resolve()))
     _cli("fit-textile-check", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
          "--labels", str(LABELS), "--subset", str(folder / "setup.txt"), "--out", str(folder / "head.json"),
          "--write-line", "--no-progress", *(["--keep", str(keep)] if keep is not None else []))
+    if detector is not None:  # the fold's own detector, with these settings (e.g. "use: split")
+        model = fold_detector(folder, seed).resolve()
+        overrides = [*overrides, f"segmentation.detector={{model: {model}, {detector}}}"]
     sets = [arg for o in overrides for arg in ("--set", o)]
     print(_cli("evaluate-detection", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
                "--labels", str(LABELS), "--subset", str(folder / "test.txt"), "--out", str(folder / "eval"),
@@ -70,6 +88,10 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="line overrides for the scoring, e.g. segmentation.textile_check.carve=null")
     parser.add_argument("--keep", type=float, help="fit-textile-check --keep (share of garments the head passes)")
+    parser.add_argument("--detector", metavar="SETTINGS",
+                        help="train the learned detector on each fold's set-up photos and score with it, e.g. "
+                             "'use: split, min_score: 0.7' (segmentation.detector keys besides model)")
+    parser.add_argument("--seed", type=int, default=0, help="the detector's training seed")
     args = parser.parse_args()
     split = json.loads(SPLIT.read_text())
     dev, size = split["dev"], split["group_size"]
@@ -78,7 +100,7 @@ def main() -> None:
     for k in range(args.folds):
         test = [n for n in dev if fold[_group(n, size)] == k]
         setup = [n for n in dev if fold[_group(n, size)] != k]
-        s = run_fold(k, setup, test, args.data, args.out, args.set, args.keep)
+        s = run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed)
         totals["matched"] += round(s["recall"]["0.5"] * s["garments"])
         totals["garments"] += s["garments"]
         totals["detections"] += s["garment_detections"]
