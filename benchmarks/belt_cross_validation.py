@@ -70,7 +70,7 @@ def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, o
     _cli("fit-textile-check", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
          "--labels", str(LABELS), "--subset", str(folder / "setup.txt"), "--out", str(folder / "head.json"),
          "--write-line", "--no-progress", *(["--keep", str(keep)] if keep is not None else []))
-    if detector is not None:  # the fold's own detector, with these settings (e.g. "use: split")
+    if detector is not None:  # the fold's own detector, with these settings (e.g. "min_score: 0.4")
         model = fold_detector(folder, seed).resolve()
         overrides = [*overrides, f"segmentation.detector={{model: {model}, {detector}}}"]
     sets = [arg for o in overrides for arg in ("--set", o)]
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--keep", type=float, help="fit-textile-check --keep (share of garments the head passes)")
     parser.add_argument("--detector", metavar="SETTINGS",
                         help="train the learned detector on each fold's set-up photos and score with it, e.g. "
-                             "'use: split, min_score: 0.7' (segmentation.detector keys besides model)")
+                             "'box: outline' (segmentation.detector keys besides model)")
     parser.add_argument("--seed", type=int, default=0, help="the detector's training seed")
     args = parser.parse_args()
     split = json.loads(SPLIT.read_text())

@@ -65,28 +65,3 @@ def instance_outlines(mask: np.ndarray, boxes: Sequence[Sequence[float]], scale:
         contours, _ = cv2.findContours(own, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x0, y0))
         out.append(Outline(max(contours, key=cv2.contourArea), float(count), shown=True))
     return out
-
-
-def share_out(contour: np.ndarray, boxes: Sequence[Sequence[float]], scale: float) -> list[np.ndarray]:
-    """One blob (``contour`` at the mask's scale) cut between the things boxed in it (full-resolution x0, y0, x1,
-    y1): each of its pixels goes to the box whose centre is nearest relative to the box's size, inside the box or
-    not (the whole blob is shared out); each thing's part is its largest piece."""
-    x, y, w, h = cv2.boundingRect(contour)
-    own = np.zeros((h, w), np.uint8)
-    cv2.drawContours(own, [contour], -1, 1, thickness=cv2.FILLED, offset=(-x, -y))
-    best = np.full((h, w), np.inf, np.float32)
-    owner = np.full((h, w), -1, np.int32)
-    for k, box in enumerate(boxes):
-        cx, cy = (box[0] + box[2]) / 2 * scale - 0.5 - x, (box[1] + box[3]) / 2 * scale - 0.5 - y
-        hx, hy = max(1.0, (box[2] - box[0]) / 2 * scale), max(1.0, (box[3] - box[1]) / 2 * scale)
-        d = ((np.arange(h, dtype=np.float32)[:, None] - cy) / hy) ** 2 + ((np.arange(w, dtype=np.float32) - cx) / hx) ** 2
-        closer = d < best
-        best[closer] = d[closer]
-        owner[closer] = k
-    parts = []
-    for k in range(len(boxes)):
-        part = ((owner == k) & (own > 0)).astype(np.uint8)
-        contours, _ = cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))
-        if contours:
-            parts.append(max(contours, key=cv2.contourArea))
-    return parts

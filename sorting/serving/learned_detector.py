@@ -47,11 +47,6 @@ class DetectorConfig(StrictModel):
     box: Literal["learned", "outline"] = "outline"
     grow: float = Field(1.0, ge=1.0, le=3.0)  # the boxes are grown by this before foreground is shared out
     threads: int = Field(1, ge=1)  # onnxruntime threads (the loop has two cores)
-    # ``things``: the detector's things replace the belt model's blobs (their kinds included); ``split``: the
-    # belt model's blobs stay, kinds by the rules and the textile check, and the detector only cuts a blob of at
-    # least ``split_min_area`` typical items in which it sees two or more things apart (touching garments)
-    use: Literal["things", "split"] = "things"
-    split_min_area: float = Field(1.0, gt=0)
 
 
 @dataclass(frozen=True)

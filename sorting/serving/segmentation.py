@@ -47,7 +47,7 @@ from sorting.serving.belt_colour_model import BeltColourConfig
 from sorting.serving.belt_region import BeltEdgeFollower, check_polygon, polygon_mask
 from sorting.serving.blob_split import SplitConfig, split_blob
 from sorting.serving.colour_foreground import ColourForeground, FrameError
-from sorting.serving.instances import instance_outlines, share_out
+from sorting.serving.instances import instance_outlines
 from sorting.serving.learned_detector import DetectorConfig, LearnedBox, LearnedDetector
 from sorting.serving.textile_check import TextileCheckConfig
 from sorting.serving.non_garment import (
@@ -172,7 +172,6 @@ class BeltSegmenter:
         self._colour: ColourForeground | None = None
         self._region: np.ndarray | None = None  # this frame's belt region (the colour model follows the belt)
         self._detector = LearnedDetector(cfg.detector) if cfg.detector is not None else None
-        self._detector_use = cfg.detector.use if cfg.detector is not None else None
         self._entry_edges = frozenset(("left", "right") if along_axis == 0 else ("top", "bottom"))
 
     def _small(self, image: np.ndarray) -> np.ndarray:
@@ -240,14 +239,11 @@ class BeltSegmenter:
         def confirm(edges: frozenset[str], box: tuple[int, int, int, int]) -> frozenset[str]:
             return self._confirm_edges(edges, box, image, normalise)
 
-        things: list[LearnedBox] = []
         if self._detector is not None:
-            things = self._detector.detect(small, (full_shape[1], full_shape[0]))
-            if self._detector_use == "things":
-                return self._learned_detections(things, mask, small, check_shape=check,
-                                                shape_min_area=shape_min_area or 0.0, confirm=confirm)
-        return self._detections(mask, small, check_shape=check, shape_min_area=shape_min_area or 0.0, confirm=confirm,
-                                split_by=things)
+            found = self._detector.detect(small, (full_shape[1], full_shape[0]))
+            return self._learned_detections(found, mask, small, check_shape=check,
+                                            shape_min_area=shape_min_area or 0.0, confirm=confirm)
+        return self._detections(mask, small, check_shape=check, shape_min_area=shape_min_area or 0.0, confirm=confirm)
 
     def rewind(self) -> None:
         """Count the last frame as not seen (to segment the same frame again, e.g. to time it): the shape
@@ -334,11 +330,8 @@ class BeltSegmenter:
         self._background_u8 = cv2.convertScaleAbs(self._background)
 
     def _detections(self, mask: np.ndarray, small: np.ndarray, *, check_shape: bool, shape_min_area: float,
-                    confirm: Callable[[frozenset[str], tuple[int, int, int, int]], frozenset[str]],
-                    split_by: Sequence[LearnedBox] = ()) -> list[Detection]:
+                    confirm: Callable[[frozenset[str], tuple[int, int, int, int]], frozenset[str]]) -> list[Detection]:
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-        if split_by:
-            contours = self._split_by_things(contours, split_by)
         if self.cfg.split_touching is not None:
             contours = self._split_touching(contours, small, 2.0 * self.cfg.min_area_px * self.cfg.scale ** 2)
         inv_area = 1.0 / (self.cfg.scale * self.cfg.scale)
@@ -446,20 +439,6 @@ class BeltSegmenter:
             kind = blob_kind(blob_measures(roi, own, contour), area_px=area, typical_area_px=typical,
                              at_edge=bool(edges & self._entry_edges), cfg=non_garment)
         return cores, split, kind
-
-    def _split_by_things(self, contours: Sequence[np.ndarray], things: Sequence[LearnedBox]) -> list[np.ndarray]:
-        """Blobs of at least ``detector.split_min_area`` typical items in which the detector sees two or more
-        things (their centres inside the blob) cut between them (:func:`~sorting.serving.instances.share_out`)."""
-        assert self.cfg.detector is not None
-        s = self.cfg.scale
-        typical = self.cfg.expected_item_area_px or 10.0 * self.cfg.min_area_px
-        min_area = self.cfg.detector.split_min_area * typical * s * s
-        out: list[np.ndarray] = []
-        for contour in contours:
-            inside = [t.box for t in things if cv2.contourArea(contour) >= min_area
-                      and cv2.pointPolygonTest(contour, (t.centre[0] * s, t.centre[1] * s), False) >= 0]
-            out.extend(share_out(contour, inside, s) if len(inside) >= 2 else [contour])
-        return out
 
     def _split_touching(self, contours: Sequence[np.ndarray], small: np.ndarray, min_area: float) -> list[np.ndarray]:
         """Contours with each blob of touching garments (``split_touching``) replaced by its parts."""
