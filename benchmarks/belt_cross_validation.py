@@ -54,7 +54,7 @@ def fold_detector(folder: Path, seed: int) -> Path:
 
 
 def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
-             keep: float | None, detector: str | None = None, seed: int = 0) -> dict:
+             keep: float | None, detector: str | None = None, seed: int = 0, input_size: int | None = None) -> dict:
     folder = out / f"fold{k}"
     shutil.rmtree(folder / "setup-images", ignore_errors=True)
     (folder / "setup-images").mkdir(parents=True)
@@ -69,7 +69,8 @@ def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, o
          str(folder / "setup-images"), "--camera", str((data / "images").resolve()))
     _cli("fit-textile-check", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
          "--labels", str(LABELS), "--subset", str(folder / "setup.txt"), "--out", str(folder / "head.json"),
-         "--write-line", "--no-progress", *(["--keep", str(keep)] if keep is not None else []))
+         "--write-line", "--no-progress", *(["--keep", str(keep)] if keep is not None else []),
+         *(["--input-size", str(input_size)] if input_size is not None else []))
     if detector is not None:  # the fold's own detector, with these settings (e.g. "min_score: 0.4")
         model = fold_detector(folder, seed).resolve()
         overrides = [*overrides, f"segmentation.detector={{model: {model}, {detector}}}"]
@@ -92,6 +93,7 @@ def main() -> None:
                         help="train the learned detector on each fold's set-up photos and score with it, e.g. "
                              "'box: outline' (segmentation.detector keys besides model)")
     parser.add_argument("--seed", type=int, default=0, help="the detector's training seed")
+    parser.add_argument("--input-size", type=int, help="fit-textile-check --input-size (the head's crop side)")
     args = parser.parse_args()
     split = json.loads(SPLIT.read_text())
     dev, size = split["dev"], split["group_size"]
@@ -100,7 +102,7 @@ def main() -> None:
     for k in range(args.folds):
         test = [n for n in dev if fold[_group(n, size)] == k]
         setup = [n for n in dev if fold[_group(n, size)] != k]
-        s = run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed)
+        s = run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed, args.input_size)
         totals["matched"] += round(s["recall"]["0.5"] * s["garments"])
         totals["garments"] += s["garments"]
         totals["detections"] += s["garment_detections"]
