@@ -136,7 +136,7 @@ def test_a_check_that_names_no_classifier_cannot_carve_and_says_so(tmp_path: Pat
                                                                  "textile_indices": [0]}))
     onnx.save(proto, str(path))
     check = TextileCheck(TextileCheckConfig(model=path))
-    with pytest.raises(ModelFileError, match="names no classifier weights"):
+    with pytest.raises(ModelFileError, match="no feature map or names no classifier weights"):
         ClothMap(check)
 
 

@@ -37,11 +37,14 @@ class ClothMap:
         from onnx import numpy_helper
 
         names = check.meta.get("classifier")
-        if not names:
-            raise ModelFileError(f"{check.path}: this textile check names no classifier weights (format "
-                                 f"{check.meta.get('format')}): export it again to carve garments out of clumps")
+        if not names or FEATURES not in {out.name for out in check.session.get_outputs()}:
+            raise ModelFileError(f"{check.path}: this textile check has no feature map or names no classifier weights "
+                                 f"(format {check.meta.get('format')}): export it again (textile-sorter "
+                                 "export-textile-check) to carve garments out of clumps")
         weights = {init.name: numpy_helper.to_array(init) for init in onnx.load(str(check.path)).graph.initializer
                    if init.name in (names["weight"], names["bias"])}
+        if set(weights) != {names["weight"], names["bias"]} or weights[names["weight"]].ndim != 2:
+            raise ModelFileError(f"{check.path}: the classifier weights its metadata names are not in the file")
         self.weight = weights[names["weight"]].astype(np.float32)  # (1000, channels)
         self.bias = weights[names["bias"]].astype(np.float32)
         self.stride = int(check.meta.get("feature_stride", 32))
