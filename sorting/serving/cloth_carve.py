@@ -6,7 +6,10 @@ check (or the hand and object rules) rightly calls the whole of it no garment, s
 network runs once over the detection's box and scores every window of its last feature map as if it were a crop
 (:class:`ClothMap`: the average of the window's features through the ImageNet classifier, then the check's own
 scorer and threshold). The blob's pixels where the map says cloth, in pieces of at least ``min_piece`` times a typical
-item, become garment detections; the rest stays what it was (an object or a hand, routed as such).
+item cut apart like any blob (``split_touching``), become garment detections if each piece's own crop then passes the
+check as any garment must; the rest stays what it was (an object or a hand, routed as such). Settings were chosen by
+scene cross-validation on the development photos (``benchmarks/belt_cross_validation.py``; serving/README.md,
+"Garments inside clumps"): from two typical items up, no more hands or objects are taken for garments than without.
 """
 
 from __future__ import annotations
