@@ -45,6 +45,11 @@ def _cli(*args: str, show_log: bool = False) -> subprocess.CompletedProcess:
                           stderr=None if show_log else subprocess.PIPE)
 
 
+def _relative(path: Path) -> str:
+    """``path`` relative to the repository when inside it (what calibrate writes into the line's header)."""
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
 def _link_dev_images(data: Path, out: Path) -> Path:
     split = json.loads(SPLIT.read_text())
     folder = out / "dev-images"
@@ -146,7 +151,7 @@ def main() -> None:
             path.unlink(missing_ok=True)
         t0 = time.perf_counter()
         done = _cli("calibrate", "--belt", "--line", str(LINE.relative_to(ROOT)), "--template",
-                    str(TEMPLATE.relative_to(ROOT)), "--source", str(dev_images), "--camera",
+                    str(TEMPLATE.relative_to(ROOT)), "--source", _relative(dev_images), "--camera",
                     "../shared/data/conveyor-photos/images", "--overlay", str(args.out / "line-real-belt-belt.png"))
         print(done.stdout.strip())
         print(f"set-up took {time.perf_counter() - t0:.1f} s (one command, nothing typed into the config)")

@@ -221,6 +221,8 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
     written = yaml.safe_load(line.read_text())["segmentation"]["textile_check"]
     assert written == {"carve": {}, "head": "../head.json"} and line.read_text().startswith("# my line\n")
     assert "min_score: 0.05" in line.with_name("line.yaml.bak").read_text()
+    write_head_into_line(line, cfg.out)  # fitted again: the header says once where the head came from
+    assert line.read_text().count("fit-textile-check") == 1 and line.read_text().startswith("# my line\n")
 
 
 @pytest.mark.shared_data

@@ -189,6 +189,9 @@ def write_head_into_line(line_path: str | Path, head_path: str | Path) -> Path:
     previous file kept as ``<name>.bak``."""
     path = Path(line_path)
     data, header = open_line_for_rewrite(path)
+    note = ("# segmentation.textile_check.head: fitted by `textile-sorter fit-textile-check` (what on: the "
+            "head file's fitted_on).\n")
+    header = "".join(line for line in header.splitlines(keepends=True) if line != note) + note
     head = Path(head_path).resolve()
     try:
         where = os.path.relpath(head, path.resolve().parent)

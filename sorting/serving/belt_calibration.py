@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import textwrap
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -276,12 +277,13 @@ def scene_for(source: str) -> str:
 
 def new_line_header(name: str, *, n_frames: int, source: str, template: str | Path, scene: str) -> str:
     """The comment a new line config starts with: what it is and how it was made."""
-    what = ("camera.source is a folder of photos: each photo is a new scene (tracking.scene: still), every item\n"
-            "# decided in the photo it is in. For a camera on a moving belt set tracking.scene: belt and the belt speed."
+    what = ("camera.source is a folder of photos: each photo is a new scene (tracking.scene: still), every item "
+            "decided in the photo it is in. For a camera on a moving belt set tracking.scene: belt and the belt speed."
             if scene == "still" else
             "camera.source is a camera or video of the moving belt (tracking.scene: belt); check the belt speed.")
-    return (f"# Line {name}: set up by `textile-sorter calibrate --belt` from {n_frames} frames of {source},\n"
-            f"# starting from {template}. {what}\n")
+    text = (f"Line {name}: set up by `textile-sorter calibrate --belt` from {n_frames} frames of {source}, starting "
+            f"from {template}. {what}")
+    return "".join(f"# {line}\n" for line in textwrap.wrap(text, 114, break_on_hyphens=False))
 
 
 def sample_frames(source: str, n_frames: int, *, fps: float | None = None, spread_s: float = 0.5,
