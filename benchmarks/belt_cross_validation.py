@@ -18,21 +18,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sorting.datasets.box_labels import photo_group
+
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "benchmarks" / "belt_split.json"
 LABELS = ROOT / "benchmarks" / "belt_non_garment_boxes.csv"
 TEMPLATE = ROOT / "serving" / "line-colour-6bin.yaml"
-COUNTS = ("garments", "garment_detections")
 
 
 def _cli(*args: str) -> str:
     done = subprocess.run([sys.executable, "-m", "sorting", *args], cwd=ROOT, check=True, text=True,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     return done.stdout
-
-
-def _group(name: str, size: int) -> int:
-    return int("".join(ch for ch in Path(name).stem if ch.isdigit())) // size
 
 
 def fold_of_groups(groups: list[int], folds: int) -> dict[int, int]:
@@ -97,20 +94,17 @@ def main() -> None:
     args = parser.parse_args()
     split = json.loads(SPLIT.read_text())
     dev, size = split["dev"], split["group_size"]
-    fold = fold_of_groups([_group(n, size) for n in dev], args.folds)
-    totals = {"matched": 0, "garments": 0, "detections": 0, "false": 0, "merged": 0, "other_as_garment": 0}
+    fold = fold_of_groups([photo_group(n, size) for n in dev], args.folds)
+    summaries = []
     for k in range(args.folds):
-        test = [n for n in dev if fold[_group(n, size)] == k]
-        setup = [n for n in dev if fold[_group(n, size)] != k]
-        s = run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed, args.input_size)
-        totals["matched"] += round(s["recall"]["0.5"] * s["garments"])
-        totals["garments"] += s["garments"]
-        totals["detections"] += s["garment_detections"]
-        totals["false"] += s["false"]["0.5"]
-        totals["merged"] += s["merged"]
-        totals["other_as_garment"] += s["other_as_garment"]
+        test = [n for n in dev if fold[photo_group(n, size)] == k]
+        setup = [n for n in dev if fold[photo_group(n, size)] != k]
+        summaries.append(run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed,
+                                  args.input_size))
+    totals = {key: sum(s[key]["0.5"] if isinstance(s[key], dict) else s[key] for s in summaries)
+              for key in ("matched", "garments", "garment_detections", "false", "merged", "other_as_garment")}
     recall = totals["matched"] / totals["garments"]
-    precision = 1 - totals["false"] / max(1, totals["detections"])
+    precision = 1 - totals["false"] / max(1, totals["garment_detections"])
     print(f"pooled over {args.folds} folds of scenes ({totals['garments']} garments): IoU 0.5 recall {recall:.1%}, "
           f"precision {precision:.1%}; merged {totals['merged']}; hands and objects taken for a garment "
           f"{totals['other_as_garment']}")

@@ -56,8 +56,8 @@ class HeadFitConfig:
     folds: int = 5
     group_size: int = 10
     regularisation: float = 0.01  # inverse strength C of the logistic regression (1,000 inputs, a few hundred crops)
-    # crop side: the network's native 224 px; 128 px separates as well out of fold on the conveyor's development
-    # photos at a third of the cost, but let 3 of 58 held-out hands and objects through against 1 (serving/README.md)
+    # crop side: the network's native 224 px; 128 px costs a third and ties with it in scene cross-validation on
+    # the conveyor's development photos, but took more hands and objects for garments (serving/README.md)
     input_size: int = 224
     progress: bool = True
 

@@ -27,13 +27,16 @@ from torch import nn
 
 from sorting.errors import ModelFileError
 from sorting.models.efficientnet_lite import LITE0, EfficientNetLite, efficientnet_lite
+from sorting.models.textile_check_format import (
+    FEATURES,
+    FORMAT_VERSION,
+    INPUT,
+    METADATA_KEY,
+    OUTPUT,
+)
 
 log = logging.getLogger(__name__)
 
-METADATA_KEY = "textile_check"
-# 3: crops of any size (the class list wants 224 px, a fitted head may take fewer); 4: the feature map as well
-FORMAT_VERSION = 4
-INPUT, OUTPUT, FEATURES = "crops", "logprobs", "features"
 ATOL = 1e-4
 
 # ImageNet-1k classes that are a garment, a piece of cloth or a textile material (names as torchvision lists

@@ -22,10 +22,16 @@ import cv2
 import numpy as np
 
 from sorting.errors import ModelFileError
+from sorting.models.textile_check_format import FEATURES
 from sorting.serving.blob_split import SplitConfig, split_blob
 from sorting.serving.non_garment import GARMENT
-from sorting.serving.segmentation import Detection
-from sorting.serving.textile_check import FEATURES, CarveConfig, TextileCheck
+from sorting.serving.segmentation import (
+    Detection,
+    frame_edges,
+    outline_box,
+    outline_shape,
+)
+from sorting.serving.textile_check import CarveConfig, TextileCheck
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +135,7 @@ class ClothCarver:
         # the map proposes, the check's own crop of each piece confirms (a phone beside a garment can look like cloth
         # to a window that holds both)
         shift = np.int32([int(x0 * s), int(y0 * s)])
-        boxes = [self._frame_box(c + shift, (width, height)) for c in pieces]
+        boxes = [outline_box(c + shift, s, (width, height)) for c in pieces]
         pieces = [c for c, score in zip(pieces, self.confirm(image_bgr, boxes)) if score >= self.crop_min_score]
         if not pieces:
             return [det]
@@ -176,29 +182,13 @@ class ClothCarver:
         return [c for part in parts
                 for c in cv2.findContours(part, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE, offset=(x, y))[0]]
 
-    def _frame_box(self, contour: np.ndarray, frame: tuple[int, int]) -> tuple[int, int, int, int]:
-        """The frame-pixel box (x, y, w, h) of ``contour`` (segmentation scale, frame coordinates)."""
-        s = self.seg_scale
-        x, y, w, h = cv2.boundingRect(contour)
-        x0, y0 = int(x / s), int(y / s)
-        return x0, y0, min(frame[0], int(np.ceil((x + w) / s))) - x0, min(frame[1], int(np.ceil((y + h) / s))) - y0
-
     def _piece(self, contour: np.ndarray, parent: Detection, kind: str, frame: tuple[int, int]) -> Detection:
         """A detection of ``contour`` (segmentation scale, frame coordinates) cut out of ``parent``."""
         s = self.seg_scale
-        width, height = frame
-        x0, y0, w, h = self._frame_box(contour, frame)
-        x1, y1 = x0 + w, y0 + h
-        m = cv2.moments(contour)
-        cx, cy = ((m["m10"] / m["m00"] + 0.5) / s - 0.5, (m["m01"] / m["m00"] + 0.5) / s - 0.5) if m["m00"] else (
-            (x0 + x1) / 2, (y0 + y1) / 2)
+        box = outline_box(contour, s, frame)
         area = cv2.contourArea(contour) / (s * s)
-        hull = cv2.contourArea(cv2.convexHull(contour)) / (s * s)
-        margin = self.border_margin_px
-        touching = {"left": x0 <= margin, "right": x1 >= width - margin, "top": y0 <= margin,
-                    "bottom": y1 >= height - margin}
+        centre, solidity = outline_shape(contour, s, area, box)
         # a piece touches only frame edges its parent was confirmed to cross
-        edges = frozenset(name for name in parent.edges if touching[name])
-        return replace(parent, bbox=(x0, y0, x1 - x0, y1 - y0), area=float(area), centroid=(float(cx), float(cy)),
-                       edges=edges, solidity=float(min(1.0, area / hull)) if hull > 0 else 1.0, overlap_suspect=False,
-                       n_cores=1, two_colour_regions=False, outline=contour, kind=kind)
+        edges = frame_edges(box, frame, self.border_margin_px) & parent.edges
+        return replace(parent, bbox=box, area=float(area), centroid=centre, edges=edges, solidity=solidity,
+                       overlap_suspect=False, n_cores=1, two_colour_regions=False, outline=contour, kind=kind)

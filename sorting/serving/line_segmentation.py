@@ -4,8 +4,8 @@
 :class:`LineSegmentation` builds them the same way so that ``evaluate-detection`` (and anything
 else that scores detections) measures exactly what the loop sees: the continuous white balance
 (when the line has a reference patch) applied to the frame the segmenter gets, the reference
-patch ignored, the textile check of each garment (when the line has one) and the garments it finds inside clumps, and the classifier's crops with
-neighbours painted out and the colour corrected.
+patch ignored, the textile check of each garment (when the line has one) and the garments it finds inside
+clumps, and the classifier's crops with neighbours painted out and the colour corrected.
 """
 
 from __future__ import annotations
@@ -37,16 +37,17 @@ class LineSegmentation:
         self.segmenter = BeltSegmenter(cfg.segmentation, fps=fps or cfg.camera.fps or 30.0, along_axis=along,
                                        extra_ignore=patch)
         self.masker = NeighbourMasker(cfg.segmentation.scale)
-        check = cfg.segmentation.textile_check
-        self.textile_check = TextileCheck(check) if check is not None else None
+        seg = cfg.segmentation
+        self.textile_check: TextileCheck | None = None
         self.carver: ClothCarver | None = None
-        if self.textile_check is not None and check is not None and check.carve is not None:
-            seg = cfg.segmentation
-            self.carver = ClothCarver(check.carve, ClothMap(self.textile_check), self.textile_check.scores,
-                                      min_score=self.textile_check.min_score, seg_scale=seg.scale,
-                                      typical_area_px=seg.expected_item_area_px or 10.0 * seg.min_area_px,
-                                      min_area_px=seg.min_area_px, border_margin_px=seg.border_margin_px,
-                                      split=seg.split_touching)
+        if seg.textile_check is not None:
+            self.textile_check = TextileCheck(seg.textile_check)
+            if seg.textile_check.carve is not None:
+                self.carver = ClothCarver(seg.textile_check.carve, ClothMap(self.textile_check),
+                                          self.textile_check.scores, min_score=self.textile_check.min_score,
+                                          seg_scale=seg.scale, typical_area_px=seg.typical_item_area_px(),
+                                          min_area_px=seg.min_area_px, border_margin_px=seg.border_margin_px,
+                                          split=seg.split_touching)
         self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
         self.along_axis = along
 

@@ -110,6 +110,10 @@ class SegmentationConfig(StrictModel):
     # an ImageNet classifier's look at each garment's crop: what does not look like cloth becomes an object
     textile_check: TextileCheckConfig | None = None
 
+    def typical_item_area_px(self) -> float:
+        """A typical item's area (full-resolution px): measured at set-up, or ten times the smallest kept."""
+        return self.expected_item_area_px or 10.0 * self.min_area_px
+
     @model_validator(mode="after")
     def _real_belt(self) -> SegmentationConfig:
         if self.belt_model == "colour" and self.belt_colour is None:
@@ -143,6 +147,33 @@ class Detection:
     # outline at the segmentation scale (OpenCV contour, int32 (N, 1, 2)); for painting neighbours out of a crop
     outline: np.ndarray | None = field(default=None, compare=False, repr=False)
     kind: str = GARMENT  # or "hand" / "object" (segmentation.non_garment): never sorted as a garment
+
+
+def outline_box(contour: np.ndarray, scale: float, frame: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The full-resolution box (x, y, w, h) of an outline at the segmentation ``scale``, inside the ``(width,
+    height)`` frame."""
+    x, y, w, h = cv2.boundingRect(contour)
+    x0, y0 = int(x / scale), int(y / scale)
+    return x0, y0, min(frame[0], int(np.ceil((x + w) / scale))) - x0, min(frame[1], int(np.ceil((y + h) / scale))) - y0
+
+
+def outline_shape(contour: np.ndarray, scale: float, area: float,
+                  box: tuple[int, int, int, int]) -> tuple[tuple[float, float], float]:
+    """Full-resolution centroid and solidity of an outline at the segmentation ``scale`` (``area``: its
+    full-resolution area; ``box``: where its centre is when the outline has no area)."""
+    m = cv2.moments(contour)
+    # pixel centre i at the segmentation scale is (i + 0.5) / s - 0.5 at full resolution
+    centre = (((m["m10"] / m["m00"] + 0.5) / scale - 0.5, (m["m01"] / m["m00"] + 0.5) / scale - 0.5) if m["m00"]
+              else (box[0] + box[2] / 2, box[1] + box[3] / 2))
+    hull_area = cv2.contourArea(cv2.convexHull(contour)) / (scale * scale)
+    return (float(centre[0]), float(centre[1])), min(1.0, area / hull_area) if hull_area > 0 else 1.0
+
+
+def frame_edges(box: tuple[int, int, int, int], frame: tuple[int, int], margin: int) -> frozenset[str]:
+    """The frame edges (left/right/top/bottom) that ``box`` (x, y, w, h) reaches to within ``margin`` px."""
+    x, y, w, h = box
+    return frozenset(name for name, hit in (("left", x <= margin), ("right", x + w >= frame[0] - margin),
+                                            ("top", y <= margin), ("bottom", y + h >= frame[1] - margin)) if hit)
 
 
 class BeltSegmenter:
@@ -348,39 +379,22 @@ class BeltSegmenter:
                    learned: LearnedBox | None = None) -> Detection:
         """One blob's detection; with ``learned``, its box and kind are the detector's (the blob is its outline)."""
         s = self.cfg.scale
-        inv_area = 1.0 / (s * s)
         height, width = self._shape or small.shape[:2]
-        margin = self.cfg.border_margin_px
-        x, y, w, h = cv2.boundingRect(contour)
         if learned is None:
-            x0, y0 = int(x / s), int(y / s)
-            x1, y1 = min(width, int(np.ceil((x + w) / s))), min(height, int(np.ceil((y + h) / s)))
+            box = outline_box(contour, s, (width, height))
         else:
             x0, y0 = int(learned.box[0]), int(learned.box[1])
             x1, y1 = min(width, int(np.ceil(learned.box[2]))), min(height, int(np.ceil(learned.box[3])))
-        m = cv2.moments(contour)
-        # pixel centre i at the segmentation scale is (i + 0.5) / s - 0.5 at full resolution
-        cx, cy = (((m["m10"] / m["m00"] + 0.5) / s - 0.5, (m["m01"] / m["m00"] + 0.5) / s - 0.5) if m["m00"]
-                  else ((x0 + x1) / 2, (y0 + y1) / 2))
-        hull_area = cv2.contourArea(cv2.convexHull(contour)) * inv_area
-        solidity = min(1.0, area / hull_area) if hull_area > 0 else 1.0
-        edges = frozenset(
-            name
-            for name, hit in (
-                ("left", x0 <= margin),
-                ("right", x1 >= width - margin),
-                ("top", y0 <= margin),
-                ("bottom", y1 >= height - margin),
-            )
-            if hit
-        )
+            box = (x0, y0, x1 - x0, y1 - y0)
+        (cx, cy), solidity = outline_shape(contour, s, area, box)
+        edges = frame_edges(box, (width, height), self.cfg.border_margin_px)
         if edges:
-            edges = confirm(edges, (x0, y0, x1 - x0, y1 - y0))
+            edges = confirm(edges, box)
         cores, split, kind = self._blob_checks(contour, small, area, edges, check_shape, shape_min_area,
                                                kind=None if learned is None else learned.kind)
         overlap = solidity < self.cfg.solidity_min or cores > 1 or split
         return Detection(
-            bbox=(x0, y0, x1 - x0, y1 - y0),
+            bbox=box,
             area=float(area),
             centroid=(float(cx), float(cy)),
             edges=edges,
@@ -435,9 +449,9 @@ class BeltSegmenter:
             split = (self.check_colours and cores <= 1 and area >= shape_min_area
                      and self._two_colour_regions(roi, own))
         if non_garment is not None:
-            typical = self.cfg.expected_item_area_px or 10.0 * self.cfg.min_area_px
-            kind = blob_kind(blob_measures(roi, own, contour), area_px=area, typical_area_px=typical,
-                             at_edge=bool(edges & self._entry_edges), cfg=non_garment)
+            kind = blob_kind(blob_measures(roi, own, contour), area_px=area,
+                             typical_area_px=self.cfg.typical_item_area_px(), at_edge=bool(edges & self._entry_edges),
+                             cfg=non_garment)
         return cores, split, kind
 
     def _split_touching(self, contours: Sequence[np.ndarray], small: np.ndarray, min_area: float) -> list[np.ndarray]:

@@ -36,15 +36,13 @@ from pydantic import Field, model_validator
 
 from sorting.config import StrictModel
 from sorting.errors import ModelFileError
+from sorting.models.textile_check_format import FORMAT_VERSION, METADATA_KEY, OUTPUT
 from sorting.serving.detection_eval import Box, iou_matrix
 from sorting.serving.non_garment import GARMENT, OBJECT
 from sorting.serving.onnx_file import json_metadata, open_session
 
 log = logging.getLogger(__name__)
 
-METADATA_KEY = "textile_check"
-FORMAT_VERSION = 4  # of the ONNX file (sorting.models.textile_check_export)
-OUTPUT, FEATURES = "logprobs", "features"  # its outputs: per crop, and the feature map (sorting.serving.cloth_carve)
 CACHE_NAME = f"textile-check-lite0-v{FORMAT_VERSION}.onnx"
 HEAD_FORMAT = 1
 CLASS_SUM_MIN_SCORE = 0.05  # the class list's threshold, chosen on the development photos of the conveyor
