@@ -4,6 +4,7 @@ non-garment detection becomes garments of their own."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -113,6 +114,20 @@ def test_what_is_left_whole():
     # the map proposes, the crop check disposes: a piece whose own crop does not look like cloth stays in the clump
     nothing = _carver(400, confirm=lambda image, boxes: np.zeros(len(boxes), np.float32))
     assert nothing.carve(image, [clump])[0] is clump
+
+
+def test_a_large_garment_detection_that_is_mostly_not_cloth_is_carved_as_a_clump():
+    image = np.zeros((200, 400, 3), np.uint8)
+    clump = _blob(40, 40, 360, 160, "garment")  # 3.8 typical items, cloth only left of x = 150: a third of it
+    out = _carver(150).carve(image, [clump])
+    assert sorted(d.kind for d in out) == ["garment", "object"]  # the cloth a garment, the rest an object
+    garment = next(d for d in out if d.kind == "garment")
+    assert garment.bbox[0] + garment.bbox[2] <= 180
+    assert _carver(400).carve(image, [clump]) == [clump]  # all cloth: one large garment, left whole
+    assert _carver(150, garment_min_area=None).carve(image, [clump]) == [clump]  # garments not looked into
+    assert _carver(150, garment_min_area=4.0).carve(image, [clump]) == [clump]  # not large enough for this line
+    nothing = _carver(150, confirm=lambda image, boxes: np.zeros(len(boxes), np.float32))
+    assert nothing.carve(image, [clump]) == [replace(clump, kind="object")]  # no garment confirmed in the clump
 
 
 def test_carving_needs_a_fitted_head():

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import onnx
+import pydantic
 import pytest
 import torch
 import yaml
@@ -166,6 +167,20 @@ def test_a_fitted_head_scores_instead_of_the_class_list_with_its_own_threshold(f
     assert TextileCheck(TextileCheckConfig(model=fake_model, head=head, min_score=0.1)).min_score == 0.1
 
 
+def test_a_sure_head_takes_an_object_back_as_a_garment_but_never_a_hand(fake_model: Path, tmp_path: Path):
+    image = np.full((60, 180, 3), 255, np.uint8)
+    image[:, :60] = 64  # left: the head scores 0.15; the rest: 0.98
+    head = _head(tmp_path / "head.json", weight=4.0, bias=4.0, min_score=0.5)
+    dets = [_det(0, 0, 60, 60, kind="object"), _det(60, 0, 60, 60, kind="object"), _det(120, 0, 60, 60, kind="hand")]
+    sure = TextileCheck(TextileCheckConfig(model=fake_model, head=head, objects_back_from=0.95))
+    assert [d.kind for d in sure.relabel(image, dets)] == ["object", "garment", "hand"]
+    assert [d.kind for d in TextileCheck(TextileCheckConfig(model=fake_model, head=head, objects_back_from=0.99))
+            .relabel(image, dets)] == ["object", "object", "hand"]  # not sure enough
+    assert TextileCheck(TextileCheckConfig(model=fake_model, head=head)).relabel(image, dets) == dets  # rule wins
+    with pytest.raises(pydantic.ValidationError, match="objects_back_from needs a head"):
+        TextileCheckConfig(model=fake_model, objects_back_from=0.95)
+
+
 def test_a_broken_head_file_is_refused_in_one_line(fake_model: Path, tmp_path: Path):
     cases = {"missing.json": None, "junk.json": "{not json", "short.json": _head(tmp_path / "s.json", weight=1,
                                                                                   bias=0, min_score=0.5, n=10)}
@@ -219,7 +234,8 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
     line.write_text("# my line\n" + yaml.safe_dump(data))
     write_head_into_line(line, cfg.out)
     written = yaml.safe_load(line.read_text())["segmentation"]["textile_check"]
-    assert written == {"carve": {}, "head": "../head.json"} and line.read_text().startswith("# my line\n")
+    assert written == {"carve": {}, "objects_back_from": 0.95, "head": "../head.json"}
+    assert line.read_text().startswith("# my line\n")
     assert "min_score: 0.05" in line.with_name("line.yaml.bak").read_text()
     write_head_into_line(line, cfg.out)  # fitted again: the header says once where the head came from
     assert line.read_text().count("fit-textile-check") == 1 and line.read_text().startswith("# my line\n")

@@ -7,9 +7,14 @@ network runs once over the detection's box and scores every window of its last f
 (:class:`ClothMap`: the average of the window's features through the ImageNet classifier, then the check's own
 scorer and threshold). The blob's pixels where the map says cloth, in pieces of at least ``min_piece`` times a typical
 item cut apart like any blob (``split_touching``), become garment detections if each piece's own crop then passes the
-check as any garment must; the rest stays what it was (an object or a hand, routed as such). Settings were chosen by
-scene cross-validation on the development photos (``benchmarks/belt_cross_validation.py``; serving/README.md,
-"Garments inside clumps"): from two typical items up, no more hands or objects are taken for garments than without.
+check as any garment must; the rest stays what it was (an object or a hand, routed as such).
+
+The other way round, a clump can pass the crop check as a garment when cloth fills most of its box (garments on a
+tray beside phones and a mouse). A garment detection of ``garment_min_area`` typical items or more is looked into
+too: when the map calls less than ``garment_max_cloth`` of its blob cloth, it is carved the same way and what is
+left is an object; when no piece is confirmed, the whole clump is an object. Settings were chosen by scene
+cross-validation on the development photos (``benchmarks/belt_cross_validation.py``; serving/README.md, "Garments
+inside clumps"): no more hands or objects are taken for garments than without carving.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 from sorting.errors import ModelFileError
 from sorting.models.textile_check_format import FEATURES
 from sorting.serving.blob_split import SplitConfig, split_blob
-from sorting.serving.non_garment import GARMENT
+from sorting.serving.non_garment import GARMENT, OBJECT
 from sorting.serving.segmentation import (
     Detection,
     frame_edges,
@@ -114,16 +119,32 @@ class ClothCarver:
     def carve(self, image_bgr: np.ndarray, detections: list[Detection]) -> list[Detection]:
         out: list[Detection] = []
         for det in detections:
-            if (det.kind in self.cfg.kinds and det.outline is not None
-                    and det.area >= self.cfg.min_area * self.typical_area_px):
-                out.extend(self._carve_one(image_bgr, det))
+            if det.outline is None:
+                out.append(det)
+            elif det.kind in self.cfg.kinds and det.area >= self.cfg.min_area * self.typical_area_px:
+                out.extend(self._carve_one(image_bgr, det, *self._cloth(image_bgr, det)))
+            elif (det.kind == GARMENT and self.cfg.garment_min_area is not None
+                    and det.area >= self.cfg.garment_min_area * self.typical_area_px):
+                out.extend(self._carve_garment(image_bgr, det))
             else:
                 out.append(det)
         return out
 
-    def _carve_one(self, image_bgr: np.ndarray, det: Detection) -> list[Detection]:
-        height, width = image_bgr.shape[:2]
+    def _carve_garment(self, image_bgr: np.ndarray, det: Detection) -> list[Detection]:
+        """A large garment detection: left whole if the map calls most of it cloth, else it is a clump (a garment
+        on a tray, beside phones): the cloth in it is carved out and the rest is an object."""
         region, blob, cloth = self._cloth(image_bgr, det)
+        share = cv2.countNonZero(cloth) / max(1, cv2.countNonZero(blob))
+        if share >= self.cfg.garment_max_cloth:
+            return [det]
+        log.debug("a garment detection of %.0f px is %.0f%% cloth: carved as a clump", det.area, 100 * share)
+        return self._carve_one(image_bgr, replace(det, kind=OBJECT), region, blob, cloth)
+
+    def _carve_one(self, image_bgr: np.ndarray, det: Detection, region: tuple[int, int, int, int], blob: np.ndarray,
+                   cloth: np.ndarray) -> list[Detection]:
+        """``det`` cut into the confirmed cloth pieces (garments) and the rest (``det``'s kind); ``det`` itself when
+        no piece is confirmed."""
+        height, width = image_bgr.shape[:2]
         x0, y0, x1, y1 = region
         s = self.seg_scale
         inv_area = 1.0 / (s * s)

@@ -57,6 +57,10 @@ class CarveConfig(StrictModel):
     scale: float = Field(0.5, gt=0, le=1)  # the map's resolution, as a share of the frame's
     window: int = Field(3, ge=1, le=9)  # feature cells averaged into one score (a cell is 32 / scale frame px)
     min_score: float | None = Field(None, ge=0, lt=1)  # a window's score that is cloth; None: the check's own
+    # garment detections of at least this many typical items are looked into too, and carved when the map calls less
+    # than garment_max_cloth of their blob cloth (a garment merged with a tray, phones, a hand); None: left whole
+    garment_min_area: float | None = Field(3.0, gt=0)
+    garment_max_cloth: float = Field(0.8, gt=0, le=1)
 
 
 class TextileCheckConfig(StrictModel):
@@ -70,6 +74,9 @@ class TextileCheckConfig(StrictModel):
     # on a moving belt (tracking.scene: belt) a garment whose box overlaps one scored in the last frame by this
     # IoU keeps that score instead of being scored on every frame
     reuse_iou: float = Field(0.5, gt=0, le=1)
+    # a detection the object rule called an object is a garment after all when its crop scores at least this (the
+    # rule's flat, solid rectangles include folded garments); None: the rule has the last word. Hands never are.
+    objects_back_from: float | None = Field(None, gt=0, lt=1)
     carve: CarveConfig | None = None  # look for garments inside large detections that are not garments as a whole
 
     @model_validator(mode="after")
@@ -77,6 +84,9 @@ class TextileCheckConfig(StrictModel):
         if self.carve is not None and self.head is None:
             raise ValueError("carve needs a head fitted to the line's photos (textile-sorter fit-textile-check): the "
                              "class list is too lenient for it and lets phones beside a garment through as cloth")
+        if self.objects_back_from is not None and self.head is None:
+            raise ValueError("objects_back_from needs a head fitted to the line's photos (textile-sorter "
+                             "fit-textile-check): the class list's score says too little to overrule the object rule")
         return self
 
 
@@ -122,6 +132,7 @@ class TextileCheck:
         self.size = crop_size or self.scorer.input_size or int(meta["input_size"])
         self.min_score = cfg.min_score if cfg.min_score is not None else self.scorer.min_score
         self.reuse_iou = cfg.reuse_iou
+        self.objects_back_from = cfg.objects_back_from
         self._last: list[tuple[Box, float]] = []  # last frame's garment boxes (x0, y0, x1, y1) and scores
         self.input_name = self.session.get_inputs()[0].name
         self.path, self.meta = path, meta
@@ -152,21 +163,31 @@ class TextileCheck:
         return out
 
     def relabel(self, image_bgr: np.ndarray, detections: list[Any], *, reuse: bool = False) -> list[Any]:
-        """``detections`` with the garments whose crop scores below ``min_score`` turned into objects; with
-        ``reuse`` (a moving belt: consecutive frames show the same things), a garment overlapping one of the
-        previous frame by ``reuse_iou`` keeps its score instead of being scored again."""
-        garments = [i for i, d in enumerate(detections) if d.kind == GARMENT]
+        """``detections`` with the garments whose crop scores below ``min_score`` turned into objects (and, with
+        ``objects_back_from``, the objects scoring at least that turned into garments); with ``reuse`` (a moving belt:
+        consecutive frames show the same things), a detection overlapping one of the previous frame by ``reuse_iou``
+        keeps its score instead of being scored again."""
+        checked = [i for i, d in enumerate(detections)
+                   if d.kind == GARMENT or (d.kind == OBJECT and self.objects_back_from is not None)]
         scores: dict[int, float] = {}
-        if reuse and garments and self._last:
-            overlap = iou_matrix([_corners(detections[i].bbox) for i in garments], [box for box, _ in self._last])
-            for row, i in enumerate(garments):
-                if overlap[row].max() >= self.reuse_iou:  # the garment of last frame it overlaps most
+        if reuse and checked and self._last:
+            overlap = iou_matrix([_corners(detections[i].bbox) for i in checked], [box for box, _ in self._last])
+            for row, i in enumerate(checked):
+                if overlap[row].max() >= self.reuse_iou:  # the detection of last frame it overlaps most
                     scores[i] = self._last[int(overlap[row].argmax())][1]
-        todo = [i for i in garments if i not in scores]
+        todo = [i for i in checked if i not in scores]
         scores.update(zip(todo, self.scores(image_bgr, [detections[i].bbox for i in todo]).tolist()))
-        self._last = [(_corners(detections[i].bbox), scores[i]) for i in garments]
-        return [replace(d, kind=OBJECT) if scores.get(i, 1.0) < self.min_score else d for i, d in enumerate(detections)]
+        self._last = [(_corners(detections[i].bbox), scores[i]) for i in checked]
+        return [self._kind_after(d, scores.get(i)) for i, d in enumerate(detections)]
 
+    def _kind_after(self, det: Any, score: float | None) -> Any:
+        if score is None:
+            return det
+        if det.kind == GARMENT and score < self.min_score:
+            return replace(det, kind=OBJECT)
+        if det.kind == OBJECT and self.objects_back_from is not None and score >= self.objects_back_from:
+            return replace(det, kind=GARMENT)
+        return det
 
 def _corners(bbox: tuple[int, int, int, int]) -> Box:
     """``(x, y, w, h)`` -> ``(x0, y0, x1, y1)``."""
