@@ -177,3 +177,5 @@ def test_on_real_clumps_carving_finds_garments_and_no_hand_or_object_becomes_one
     assert carved.frames == whole.frames == len(busy) >= 5
     assert carved.matched["0.5"] > whole.matched["0.5"]
     assert carved.other_as_garment == whole.other_as_garment == 0
+    assert {"segment: belt model", "segment: textile check", "segment: carve"} <= set(carved.ms)
+    assert "segment: carve" not in whole.ms

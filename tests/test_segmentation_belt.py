@@ -231,6 +231,10 @@ def test_evaluate_detection_scores_photos_and_names_what_it_could_not_use(tmp_pa
     assert summary["recall"]["0.5"] >= 0.9 and summary["precision"]["0.5"] >= 0.9
     assert summary["other_found"] == 3 and summary["other_as_garment"] == 0
     assert summary["ms"]["segment+crops cpu"]["max"] > 0
+    # each stage of the segmentation timed on its own (this line has no textile check)
+    stages = {k for k in summary["ms"] if k.startswith("segment: ")}
+    assert stages == {"segment: belt model"}
+    assert 0 < summary["ms"]["segment: belt model"]["mean"] <= summary["ms"]["segment"]["mean"]
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["frame020.png", "frame021.png", "frame022.png"]
 
 

@@ -193,7 +193,8 @@ class _Runner:
     def _timed(self, image: np.ndarray) -> tuple[list[Detection], dict[str, float]]:
         """Detections of ``image`` and the fastest of ``repeat`` timings of segmenting it and cropping them
         (only where the belt model has no memory across frames; the per-pixel one is timed once): wall
-        time, and this thread's CPU time (what it costs one core, whatever else the machine runs)."""
+        time, and this thread's CPU time (what it costs one core, whatever else the machine runs), and the wall
+        time of each stage of the segmentation (``segment: belt model``, ``textile check``, ``carve``)."""
         best: dict[str, float] = {}
         detections: list[Detection] = []
         repeat = max(1, self.cfg.repeat) if self.line.segmentation.belt_model == "colour" else 1
@@ -205,7 +206,8 @@ class _Runner:
             t1 = time.perf_counter()
             self.seg.crops(image, detections)
             t2, c2 = time.perf_counter(), time.thread_time()
-            for key, value in (("segment", t1 - t0), ("crops", t2 - t1), ("segment+crops", t2 - t0),
+            stages = [(f"segment: {name}", value) for name, value in self.seg.last_seconds.items()]
+            for key, value in (("segment", t1 - t0), *stages, ("crops", t2 - t1), ("segment+crops", t2 - t0),
                                ("segment+crops cpu", c2 - c0)):
                 best[key] = min(best.get(key, value), value)
         return detections, best

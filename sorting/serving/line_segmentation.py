@@ -10,6 +10,8 @@ clumps, and the classifier's crops with neighbours painted out and the colour co
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from sorting.datasets.preprocess import garment_crop_box
@@ -49,6 +51,7 @@ class LineSegmentation:
                                           min_area_px=seg.min_area_px, border_margin_px=seg.border_margin_px,
                                           split=seg.split_touching)
         self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
+        self.last_seconds: dict[str, float] = {}  # the last segment()'s wall time per stage
         self.along_axis = along
 
     def segment(self, image: np.ndarray, *, shape_min_area: float | None = None) -> list[Detection]:
@@ -57,14 +60,26 @@ class LineSegmentation:
         if self.white_balance is not None:
             self.corrector = self.white_balance.update(image) or self.corrector
         normalise = self.corrector.apply if self.white_balance is not None else None
+        self.last_seconds = {}
+        since = time.perf_counter()
         detections = self.segmenter.segment(image, normalise, shape_min_area=shape_min_area)
+        since = _lap(self.last_seconds, "belt model", since)
         if self.textile_check is not None:
             detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt)
+            since = _lap(self.last_seconds, "textile check", since)
         if self.carver is not None:
             detections = self.carver.carve(image, detections)
+            _lap(self.last_seconds, "carve", since)
         return detections
 
     def crops(self, image: np.ndarray, detections: list[Detection]) -> list[np.ndarray]:
         """The classifier's view of every detection (the loop crops only tracks due for a view)."""
         return [self.corrector.apply(self.masker.crop(image, garment_crop_box(image.shape, d.bbox), d, detections))
                 for d in detections]
+
+
+def _lap(stages: dict[str, float], name: str, since: float) -> float:
+    """Record in ``stages`` the seconds of stage ``name`` begun at ``since``; returns now (the next stage's start)."""
+    now = time.perf_counter()
+    stages[name] = now - since
+    return now
