@@ -130,6 +130,33 @@ def test_a_large_garment_detection_that_is_mostly_not_cloth_is_carved_as_a_clump
     assert nothing.carve(image, [clump]) == [replace(clump, kind="object")]  # no garment confirmed in the clump
 
 
+class _CountingMap(_StubMap):
+    def __init__(self, cloth_below_x: float) -> None:
+        super().__init__(cloth_below_x)
+        self.runs = 0
+
+    def scores(self, image_bgr: np.ndarray, box: tuple[int, int, int, int], *, scale: float,
+               window: int) -> np.ndarray:
+        self.runs += 1
+        return super().scores(image_bgr, box, scale=scale, window=window)
+
+
+def test_on_a_moving_belt_a_large_garment_found_whole_is_not_looked_into_again():
+    image = np.zeros((200, 400, 3), np.uint8)
+    cloth = _CountingMap(400)
+    carver = ClothCarver(CarveConfig(), cloth, _all_cloth, min_score=0.5, seg_scale=SEG_SCALE,
+                         typical_area_px=10_000, min_area_px=800, border_margin_px=3)
+    big = _blob(40, 40, 360, 160, "garment")
+    moved = _blob(48, 40, 368, 160, "garment")  # next frame, 8 px on: IoU 0.95
+    assert carver.carve(image, [big], reuse=True) == [big] and cloth.runs == 1
+    assert carver.carve(image, [moved], reuse=True) == [moved] and cloth.runs == 1  # reused: no map
+    assert carver.carve(image, [moved]) == [moved] and cloth.runs == 2  # still photos: every frame looked into
+    carver.carve(image, [], reuse=True)  # the belt empties
+    cloth.cloth_below_x = 150  # a clump comes: carved, and looked into again in every frame
+    assert len(carver.carve(image, [big], reuse=True)) == 2 and cloth.runs == 3
+    assert len(carver.carve(image, [moved], reuse=True)) == 2 and cloth.runs == 4
+
+
 def test_carving_needs_a_fitted_head():
     with pytest.raises(pydantic.ValidationError, match="carve needs a head"):
         TextileCheckConfig(carve={})

@@ -40,6 +40,7 @@ from sorting.serving.detection_eval import (
     DetectionSummary,
     FrameScore,
     ScoredDetection,
+    corners,
     score_frame,
     summarise,
 )
@@ -86,11 +87,10 @@ class DetectionBenchReport:
 
 
 def _scored(det: Detection, entry_edges: frozenset[str], region: np.ndarray | None) -> ScoredDetection:
-    x, y, w, h = det.bbox
     on_belt = None
     if region is not None:
         on_belt = cv2.pointPolygonTest(region, (float(det.centroid[0]), float(det.centroid[1])), False) >= 0
-    return ScoredDetection((float(x), float(y), float(x + w), float(y + h)), det.kind,
+    return ScoredDetection(corners(det.bbox), det.kind,
                            at_entry_edge=bool(det.edges & entry_edges), on_belt=on_belt)
 
 

@@ -62,6 +62,12 @@ class ScoredDetection:
     on_belt: bool | None = None  # None: the line has no belt region
 
 
+def corners(bbox: tuple[int, int, int, int]) -> Box:
+    """A detection's ``(x, y, w, h)`` as a box ``(x0, y0, x1, y1)``."""
+    x, y, w, h = bbox
+    return float(x), float(y), float(x + w), float(y + h)
+
+
 def _as_array(boxes: Sequence[Box]) -> np.ndarray:
     return np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
 

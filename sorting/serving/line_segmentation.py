@@ -49,7 +49,7 @@ class LineSegmentation:
                                           self.textile_check.scores, min_score=self.textile_check.min_score,
                                           seg_scale=seg.scale, typical_area_px=seg.typical_item_area_px(),
                                           min_area_px=seg.min_area_px, border_margin_px=seg.border_margin_px,
-                                          split=seg.split_touching)
+                                          split=seg.split_touching, reuse_iou=seg.textile_check.reuse_iou)
         self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
         self.last_seconds: dict[str, float] = {}  # the last segment()'s wall time per stage
         self.along_axis = along
@@ -68,7 +68,7 @@ class LineSegmentation:
             detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt)
             since = _lap(self.last_seconds, "textile check", since)
         if self.carver is not None:
-            detections = self.carver.carve(image, detections)
+            detections = self.carver.carve(image, detections, reuse=self._moving_belt)
             _lap(self.last_seconds, "carve", since)
         return detections
 

@@ -37,7 +37,7 @@ from pydantic import Field, model_validator
 from sorting.config import StrictModel
 from sorting.errors import ModelFileError
 from sorting.models.textile_check_format import FORMAT_VERSION, METADATA_KEY, OUTPUT
-from sorting.serving.detection_eval import Box, iou_matrix
+from sorting.serving.detection_eval import Box, corners, iou_matrix
 from sorting.serving.non_garment import GARMENT, OBJECT
 from sorting.serving.onnx_file import json_metadata, open_session
 
@@ -133,7 +133,7 @@ class TextileCheck:
         self.min_score = cfg.min_score if cfg.min_score is not None else self.scorer.min_score
         self.reuse_iou = cfg.reuse_iou
         self.objects_back_from = cfg.objects_back_from
-        self._last: list[tuple[Box, float]] = []  # last frame's garment boxes (x0, y0, x1, y1) and scores
+        self._last: list[tuple[Box, float]] = []  # last frame's checked boxes (x0, y0, x1, y1) and scores
         self.input_name = self.session.get_inputs()[0].name
         self.path, self.meta = path, meta
 
@@ -171,13 +171,13 @@ class TextileCheck:
                    if d.kind == GARMENT or (d.kind == OBJECT and self.objects_back_from is not None)]
         scores: dict[int, float] = {}
         if reuse and checked and self._last:
-            overlap = iou_matrix([_corners(detections[i].bbox) for i in checked], [box for box, _ in self._last])
+            overlap = iou_matrix([corners(detections[i].bbox) for i in checked], [box for box, _ in self._last])
             for row, i in enumerate(checked):
                 if overlap[row].max() >= self.reuse_iou:  # the detection of last frame it overlaps most
                     scores[i] = self._last[int(overlap[row].argmax())][1]
         todo = [i for i in checked if i not in scores]
         scores.update(zip(todo, self.scores(image_bgr, [detections[i].bbox for i in todo]).tolist()))
-        self._last = [(_corners(detections[i].bbox), scores[i]) for i in checked]
+        self._last = [(corners(detections[i].bbox), scores[i]) for i in checked]
         return [self._kind_after(d, scores.get(i)) for i, d in enumerate(detections)]
 
     def _kind_after(self, det: Any, score: float | None) -> Any:
@@ -188,11 +188,6 @@ class TextileCheck:
         if det.kind == OBJECT and self.objects_back_from is not None and score >= self.objects_back_from:
             return replace(det, kind=GARMENT)
         return det
-
-def _corners(bbox: tuple[int, int, int, int]) -> Box:
-    """``(x, y, w, h)`` -> ``(x0, y0, x1, y1)``."""
-    x, y, w, h = bbox
-    return float(x), float(y), float(x + w), float(y + h)
 
 
 class ClassSum:
