@@ -136,6 +136,19 @@ def test_encoder_speed_window_wrap_and_stale() -> None:
     assert enc.speed(1.2) == 0.0  # no counts for 0.7 s: treated as stopped
 
 
+def test_encoder_speed_needs_a_quarter_window_of_readings_after_a_reset() -> None:
+    enc = EncoderSpeed(0.001, "m", window_s=0.2, stale_s=0.1)
+    enc.update(0, 0.0)
+    enc.update(25, 0.01)  # 10 ms apart, the count 15 counts ahead of 1 m/s by jitter: would read 2.5 m/s
+    assert enc.measured(0.01) and enc.speed(0.01) == 0.0
+    enc.update(50, 0.05)  # 50 ms: a quarter of the window
+    assert enc.speed(0.05) == pytest.approx(1.0)
+    enc.reset()
+    enc.update(5000, 0.06)
+    enc.update(5025, 0.07)
+    assert enc.speed(0.07) == 0.0  # a new baseline after a lost link: no burst
+
+
 def test_units_are_converted_or_refused() -> None:
     sched, act = make(FixedSpeed(100.0, "px"), px_per_m=200.0)  # 0.5 m = 100 px -> 1 s
     sched.commit(sched.plan(1, to(1), 0.0))

@@ -101,6 +101,9 @@ class EncoderSpeed:
     nobody measures the belt (:meth:`measured` is False, speed 0): the scheduler then times
     nothing and sends the items to reject. ``wrap`` is the counter modulus (e.g. 2**32) when it rolls over;
     a step of more than half of it counts as a step back (ignored), not as a leap forward.
+    Until the readings span a quarter of the window (after start or :meth:`reset`) the speed reads 0: a rate
+    over a few polls is mostly timing jitter (5 ms of it on a 10 ms baseline is half the speed), and a
+    belt taken as stopped for a moment holds its items, where a burst of speed would fire them early.
     """
 
     def __init__(
@@ -161,7 +164,9 @@ class EncoderSpeed:
             if len(self._samples) < 2 or now - self._samples[-1][0] > self.stale_s:
                 return 0.0
             (t0, c0), (t1, c1) = self._samples[0], self._samples[-1]
-            return (c1 - c0) * self.distance_per_count / (t1 - t0) if t1 > t0 else 0.0
+            if t1 - t0 < self.window_s / 4:
+                return 0.0
+            return (c1 - c0) * self.distance_per_count / (t1 - t0)
 
 
 @dataclass(frozen=True)
