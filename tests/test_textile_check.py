@@ -268,9 +268,19 @@ def test_fit_textile_check_on_real_photos_writes_a_head_the_line_reads(shared_da
     assert (tmp_path / "head.png").stat().st_size > 1000  # the out-of-fold scores, to look at
     head = TextileHead.load(tmp_path / "head.json")
     assert head.info["fitted_on"]["photos"] == len(dev) and head.info["cross_validation"]["auc"] > 0.85
+    kinds = head.info["fitted_on"]["labels_by_kind"]  # what it learnt to reject, said in the head and printed
+    assert kinds["garment"] > 50 and kinds["hand"] >= 5 and kinds["object"] >= 5 and str(kinds) in out
     from sorting.serving.line_config import load_line_config
 
     assert load_line_config(copy).segmentation.textile_check.head == (tmp_path / "head.json").resolve()
+
+
+def test_set_up_photos_without_hands_or_objects_are_warned_of():
+    from sorting.apps.textile_head import unseen_kinds
+
+    assert unseen_kinds({"garment": 300, "hand": 40, "object": 12}) == []
+    assert unseen_kinds({"garment": 300, "hand": 40}) == ["object"]  # never saw a phone: will not reject one
+    assert unseen_kinds({"garment": 300, "hand": 4, "object": 5}) == ["hand"]
 
 
 def test_a_cache_folder_that_cannot_be_written_falls_back_to_the_temporary_folder(tmp_path: Path, monkeypatch):

@@ -81,7 +81,8 @@ def _fit_textile_check(args: argparse.Namespace) -> int:
     print(f"{fitted['crops']} garment detections ({fitted['garments']} garments) in {fitted['photos']} photos; out of "
           f"fold ({cv['folds']} folds of scenes): area under the curve {cv['auc']:.3f}, at min_score "
           f"{head.min_score:.3f} {cv['garments_kept']:.1%} of garments kept, {cv['others_removed']:.1%} of the rest "
-          f"removed\ntextile head: {args.out} (its scores: {Path(args.out).with_suffix('.png')})")
+          f"removed; labelled in the photos: {fitted['labels_by_kind']}\ntextile head: {args.out} (its scores: "
+          f"{Path(args.out).with_suffix('.png')})")
     if args.write_line:
         print(f"segmentation.textile_check.head written into {write_head_into_line(args.line, args.out)} "
               "(previous file: .bak)")
