@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from _blue_belt import BELT_BOTTOM, BELT_TOP, COLOURS, H, W, _garment, blue_belt_frame
+from _blue_belt import BELT_BOTTOM, BELT_TOP, COLOURS, H, W, Thing, _garment, blue_belt_frame
 
 from sorting.cli import main
 from sorting.errors import ConfigError
@@ -53,6 +53,23 @@ def test_belt_colour_fit_ignores_the_garments_on_the_belt():
     assert far[:2].mean(axis=1).min() > 0.9  # red and white are not belt-coloured at all
     # black and navy are dark and bluish: the belt's colour across frames cannot exclude them; the local
     # test against the belt beside them does (test_set_up_finds_the_belt_band_and_every_kind_of_thing)
+
+
+def test_a_garment_of_the_belts_colour_but_much_brighter_is_found(belt_cfg: SegmentationConfig):
+    """A light-blue garment on a blue belt: near the belt's chromaticity (belt-coloured to the belt model, not
+    surely belt), twice its brightness, which the belt never is beside itself; with the brightness test off it
+    is taken for belt."""
+    image, _ = blue_belt_frame(16, garments=())
+    rng = np.random.default_rng(16)
+    light = (228, 175, 70)  # the belt (120, 85, 35) x 1.9, a little greener
+    assert belt_cfg.belt_colour.sure_distance < distances(belt_cfg.belt_colour, np.uint8([light]))[0] < \
+        belt_cfg.belt_colour.max_distance
+    box = _garment(image, rng, (240, 130), 40, light)
+    light_blue = [Thing("garment", "light blue", box)]
+    found = _best(light_blue, BeltSegmenter(belt_cfg).segment(image))
+    assert belt_cfg.belt_colour.local_bright_ratio == 1.6 and found[0][0] >= 0.5
+    off = belt_cfg.model_copy(update={"belt_colour": belt_cfg.belt_colour.model_copy(update={"local_bright_ratio": 0})})
+    assert _best(light_blue, BeltSegmenter(off).segment(image))[0][0] < 0.5
 
 
 def test_set_up_finds_the_belt_band_and_every_kind_of_thing(belt_cfg: SegmentationConfig):

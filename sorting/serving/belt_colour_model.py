@@ -48,8 +48,10 @@ class BeltColourConfig(StrictModel):
     next to it in the same frame (far tighter than across frames: sun, shade and the camera's white
     balance move the whole belt); a pixel more than ``local_max_distance`` of them from its local belt
     is foreground (a navy garment on a blue belt); so is a pixel darker than ``local_dark_ratio`` times
-    the belt beside it (a black garment, whose chromaticity is noise). Empty ``local_sigma``: no local test.
-    Defaults were chosen on the development photos (benchmarks/belt_split.json).
+    the belt beside it (a black garment, whose chromaticity is noise), or brighter than ``local_bright_ratio``
+    times it (a light-blue garment: the belt's chromaticity, but the belt is never that bright beside itself).
+    Empty ``local_sigma``: no local test. Defaults were chosen on the development photos
+    (benchmarks/belt_split.json; ``local_bright_ratio`` by scene cross-validation, serving/README.md).
     """
 
     intensity_edges: list[float] = Field(default_factory=lambda: list(DEFAULT_EDGES))
@@ -60,6 +62,7 @@ class BeltColourConfig(StrictModel):
     local_sigma: list[tuple[float, float]] = Field(default_factory=list)
     local_max_distance: float = Field(default=6.0, gt=0)
     local_dark_ratio: float = Field(default=0.5, ge=0, lt=1)
+    local_bright_ratio: float = Field(default=1.6, ge=0)  # 0: no brightness test
 
     @model_validator(mode="after")
     def _shapes(self) -> BeltColourConfig:

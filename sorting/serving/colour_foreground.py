@@ -9,7 +9,8 @@ Three masks at the segmentation scale, from :class:`~sorting.serving.belt_colour
 * *off the local belt colour*: chromaticity further than ``local_max_distance`` local sigmas from that
   local belt colour (a navy or royal-blue garment on a blue belt: far from the belt next to it, though
   within the spread of the belt across frames), or darker than ``local_dark_ratio`` times it (a black
-  garment). A garment's shadow keeps the belt's chromaticity and is rarely that dark.
+  garment), or brighter than ``local_bright_ratio`` times it (a light-blue garment). A garment's shadow keeps
+  the belt's chromaticity and is rarely that dark.
 
 Surely-belt pixels leave out the darkest DARK_SHARE of the belt-coloured ones in the frame (black
 garments hide there), and the foreground loses single-pixel noise with a median filter.
@@ -89,7 +90,8 @@ class ColourForeground:
 
     def off_local_colour(self, small: np.ndarray, belt_grid: np.ndarray) -> np.ndarray:
         """Pixels whose chromaticity is more than ``local_max_distance`` local sigmas from the belt beside
-        them, or which are darker than ``local_dark_ratio`` times it (OpenCV calls on whole images)."""
+        them, or which are darker than ``local_dark_ratio`` or brighter than ``local_bright_ratio`` times it (OpenCV
+        calls on whole images)."""
         assert self._inv_sigma is not None
         h, w = small.shape[:2]
         ref = belt_grid + 1.0
@@ -105,6 +107,8 @@ class ColourForeground:
         off = cv2.compare(cv2.magnitude(d_b, d_r), self.model.local_max_distance, cv2.CMP_GT)
         if self.model.local_dark_ratio > 0:
             off = cv2.bitwise_or(off, cv2.compare(total, ref_total * self.model.local_dark_ratio, cv2.CMP_LT))
+        if self.model.local_bright_ratio > 0:
+            off = cv2.bitwise_or(off, cv2.compare(total, ref_total * self.model.local_bright_ratio, cv2.CMP_GT))
         return off
 
     def mask(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
