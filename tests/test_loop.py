@@ -21,6 +21,7 @@ from sorting.serving.classifier import ClassScores, CropBatch, ModelWatcher
 from sorting.serving.ejector import FixedSpeed
 from sorting.serving.line_config import LineConfig
 from sorting.serving.loop import STAGES, SorterLoop
+from sorting.serving.textile_check import TextileCheckConfig
 from sorting.serving.sources import Frame, FrameSource
 from sorting.taxonomy import load_taxonomy
 from test_segmentation import FPS, PALETTE, PATCH, SPEED, ClipItem, make_belt_clip
@@ -167,6 +168,22 @@ def test_every_item_gets_one_decision_and_hard_items_fail_safe(tmp_path):
     product = sorted(d.track_id for d in decisions if d.bin != d.reject_bin)
     assert sorted(int(f.item_id) for f in actuator.firings) == product
     assert set(loop.stage_means_ms()) == set(STAGES)
+
+
+def test_a_line_with_a_textile_check_reports_the_segment_stages_parts(tmp_path):
+    from test_textile_check import _fake_check
+
+    frames, _ = make_belt_clip(hard=False, n_frames=40)
+    cfg = line_config(tmp_path)
+    cfg.segmentation.textile_check = TextileCheckConfig(model=_fake_check(tmp_path / "check.onnx"), min_score=0.0)
+    loop, _, _ = make_loop(tmp_path, frames, cfg)
+    list(loop.run())
+    stages = list(loop.stage_means_ms())
+    at = stages.index("segment")
+    assert stages[at + 1:at + 3] == ["segment: belt model", "segment: textile check"]  # right after it, no carving
+    means = loop.stage_means_ms()
+    assert 0 < means["segment: belt model"] + means["segment: textile check"] <= means["segment"]
+    assert set(stages) - {"segment: belt model", "segment: textile check"} == set(STAGES)
 
 
 class CommitCheckingActuator(SimulatedActuator):

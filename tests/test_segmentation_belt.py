@@ -355,7 +355,8 @@ def test_still_photos_one_decision_per_item_and_hands_never_ejected(tmp_path: Pa
 
 @pytest.mark.shared_data
 @pytest.mark.slow
-def test_serve_on_the_real_conveyor_photos_decides_every_item_it_finds(tmp_path: Path, shared_data: Path, repo_root):
+def test_serve_on_the_real_conveyor_photos_decides_every_item_it_finds(tmp_path: Path, shared_data: Path, repo_root,
+                                                                       capsys):
     """``serve`` on the folder of real photos with the line set up from them: no crash, a logged decision for
     the items it finds (about one a photo at least), hands and objects among them sent to reject."""
     import sqlite3
@@ -374,3 +375,5 @@ def test_serve_on_the_real_conveyor_photos_decides_every_item_it_finds(tmp_path:
         rows = conn.execute("SELECT bin, reason FROM decisions").fetchall()
     assert len(rows) >= len(list(photos.glob("*.jpg")))  # at least about one item a photo
     assert any(r[1] == "not_a_garment" for r in rows)
+    stages = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("stage ms/frame"))
+    assert "segment: belt model" in stages and "segment: textile check" in stages and "segment: carve" in stages

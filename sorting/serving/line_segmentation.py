@@ -52,6 +52,8 @@ class LineSegmentation:
                                           split=seg.split_touching, reuse_iou=seg.textile_check.reuse_iou)
         self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
         self.last_seconds: dict[str, float] = {}  # the last segment()'s wall time per stage
+        self._total_seconds: dict[str, float] = {}
+        self._segmented = 0
         self.along_axis = along
 
     def segment(self, image: np.ndarray, *, shape_min_area: float | None = None) -> list[Detection]:
@@ -70,7 +72,14 @@ class LineSegmentation:
         if self.carver is not None:
             detections = self.carver.carve(image, detections, reuse=self._moving_belt)
             _lap(self.last_seconds, "carve", since)
+        self._segmented += 1
+        for name, seconds in self.last_seconds.items():
+            self._total_seconds[name] = self._total_seconds.get(name, 0.0) + seconds
         return detections
+
+    def stage_means_ms(self) -> dict[str, float]:
+        """Mean wall milliseconds of each stage (belt model, textile check, carve) per frame segmented so far."""
+        return {name: 1e3 * total / max(1, self._segmented) for name, total in self._total_seconds.items()}
 
     def crops(self, image: np.ndarray, detections: list[Detection]) -> list[np.ndarray]:
         """The classifier's view of every detection (the loop crops only tracks due for a view)."""

@@ -460,8 +460,18 @@ class SorterLoop:
             self._on_tick(self.scheduler.tick(self.clock.now()))
 
     def stage_means_ms(self) -> dict[str, float]:
-        """Mean milliseconds per frame of each stage so far."""
-        return self.timer.means_ms()
+        """Mean milliseconds per frame of each stage so far; on a line with a textile check, the segment stage's
+        parts too (``segment: belt model``, ``segment: textile check``, ``segment: carve``), right after it."""
+        means = self.timer.means_ms()
+        if self.stage.textile_check is None:
+            return means
+        parts = {f"segment: {name}": ms for name, ms in self.stage.stage_means_ms().items()}
+        out: dict[str, float] = {}
+        for stage, ms in means.items():
+            out[stage] = ms
+            if stage == "segment":
+                out.update(parts)
+        return out
 
     def close(self) -> None:
         """Release source, belt encoder, actuator, log and metrics endpoint (idempotent).
