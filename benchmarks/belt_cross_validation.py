@@ -101,11 +101,12 @@ def main() -> None:
     args = parser.parse_args()
     split = json.loads(SPLIT.read_text())
     dev, size = split["dev"], split["group_size"]
-    fold = fold_of_groups([photo_group(n, size) for n in dev], args.folds, blocked=args.blocked)
+    groups = {n: photo_group(n, size) for n in dev}
+    fold = fold_of_groups(list(groups.values()), args.folds, blocked=args.blocked)
     summaries = []
     for k in range(args.folds):
-        test = [n for n in dev if fold[photo_group(n, size)] == k]
-        setup = [n for n in dev if fold[photo_group(n, size)] != k]
+        test = [n for n in dev if fold[groups[n]] == k]
+        setup = [n for n in dev if fold[groups[n]] != k]
         summaries.append(run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed,
                                   args.input_size))
     totals = {key: sum(s[key]["0.5"] if isinstance(s[key], dict) else s[key] for s in summaries)

@@ -206,7 +206,7 @@ class _Runner:
             t1 = time.perf_counter()
             self.seg.crops(image, detections)
             t2, c2 = time.perf_counter(), time.thread_time()
-            stages = [(f"segment: {name}", value) for name, value in self.seg.last_seconds.items()]
+            stages = [(f"segment: {name}", ms / 1e3) for name, ms in self.seg.timer.frame_ms.items()]
             for key, value in (("segment", t1 - t0), *stages, ("crops", t2 - t1), ("segment+crops", t2 - t0),
                                ("segment+crops cpu", c2 - c0)):
                 best[key] = min(best.get(key, value), value)

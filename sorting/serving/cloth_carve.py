@@ -36,8 +36,8 @@ from sorting.serving.segmentation import (
     outline_box,
     outline_shape,
 )
-from sorting.serving.detection_eval import Box, corners, iou_matrix
-from sorting.serving.textile_check import CarveConfig, TextileCheck
+from sorting.serving.detection_eval import Box, corners
+from sorting.serving.textile_check import CarveConfig, LastFrameBoxes, TextileCheck
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,7 @@ class ClothCarver:
         any garment does; ``min_score``: the check's threshold (``cfg.min_score`` replaces it for the map only);
         ``split``: the line's ``split_touching``, applied to each carved piece (garments in a clump touch);
         ``reuse_iou``: the check's, for large garments already found whole in the previous frame."""
-        self.reuse_iou = reuse_iou
-        self._whole: list[Box] = []  # last frame's large garment detections found to be about all cloth
+        self._whole = LastFrameBoxes(reuse_iou)  # last frame's large garment detections found to be about all cloth
         self.cfg = cfg
         self.confirm = confirm
         self.crop_min_score = min_score
@@ -124,8 +123,7 @@ class ClothCarver:
         """``detections`` with the clumps carved; with ``reuse`` (a moving belt), a large garment detection that
         overlaps one of the previous frame found to be about all cloth by ``reuse_iou`` is left whole unlooked."""
         out: list[Detection] = []
-        whole = self._whole if reuse else []
-        self._whole = []
+        whole: list[Box] = []  # this frame's large garments found to be about all cloth
         for det in detections:
             if det.outline is None:
                 out.append(det)
@@ -133,23 +131,24 @@ class ClothCarver:
                 out.extend(self._carve_one(image_bgr, det, *self._cloth(image_bgr, det)))
             elif (det.kind == GARMENT and self.cfg.garment_min_area is not None
                     and det.area >= self.cfg.garment_min_area * self.typical_area_px):
-                out.extend(self._carve_garment(image_bgr, det, whole))
+                out.extend(self._carve_garment(image_bgr, det, reuse, whole))
             else:
                 out.append(det)
+        self._whole.keep(whole, [True] * len(whole))
         return out
 
-    def _carve_garment(self, image_bgr: np.ndarray, det: Detection, whole: list[Box]) -> list[Detection]:
-        """A large garment detection: left whole if the map calls most of it cloth (or called last frame's
-        detection it overlaps so, in ``whole``), else it is a clump (a garment on a tray, beside phones): the cloth in
-        it is carved out and the rest is an object."""
+    def _carve_garment(self, image_bgr: np.ndarray, det: Detection, reuse: bool, whole: list[Box]) -> list[Detection]:
+        """A large garment detection: left whole if the map calls most of it cloth (or, with ``reuse``, called last
+        frame's detection it overlaps so; either way its box joins ``whole``), else it is a clump (a garment on a
+        tray, beside phones): the cloth in it is carved out and the rest is an object."""
         box = corners(det.bbox)
-        if whole and iou_matrix([box], whole).max() >= self.reuse_iou:
-            self._whole.append(box)
+        if reuse and self._whole.find([box])[0]:
+            whole.append(box)
             return [det]
         region, blob, cloth = self._cloth(image_bgr, det)
         share = cv2.countNonZero(cloth) / max(1, cv2.countNonZero(blob))
         if share >= self.cfg.garment_max_cloth:
-            self._whole.append(box)
+            whole.append(box)
             return [det]
         log.debug("a garment detection of %.0f px is %.0f%% cloth: carved as a clump", det.area, 100 * share)
         return self._carve_one(image_bgr, replace(det, kind=OBJECT), region, blob, cloth)

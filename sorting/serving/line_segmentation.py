@@ -10,8 +10,6 @@ clumps, and the classifier's crops with neighbours painted out and the colour co
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from sorting.datasets.preprocess import garment_crop_box
@@ -20,6 +18,7 @@ from sorting.serving.colour_calibration import ColourCorrector, ContinuousWhiteB
 from sorting.serving.line_config import LineConfig
 from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker
 from sorting.serving.textile_check import TextileCheck
+from sorting.serving.timing import StageTimer
 
 
 class LineSegmentation:
@@ -51,9 +50,8 @@ class LineSegmentation:
                                           min_area_px=seg.min_area_px, border_margin_px=seg.border_margin_px,
                                           split=seg.split_touching, reuse_iou=seg.textile_check.reuse_iou)
         self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
-        self.last_seconds: dict[str, float] = {}  # the last segment()'s wall time per stage
-        self._total_seconds: dict[str, float] = {}
-        self._segmented = 0
+        # wall time of each stage (belt model, textile check, carve): the last frame's and the means
+        self.timer = StageTimer(())
         self.along_axis = along
 
     def segment(self, image: np.ndarray, *, shape_min_area: float | None = None) -> list[Detection]:
@@ -62,33 +60,18 @@ class LineSegmentation:
         if self.white_balance is not None:
             self.corrector = self.white_balance.update(image) or self.corrector
         normalise = self.corrector.apply if self.white_balance is not None else None
-        self.last_seconds = {}
-        since = time.perf_counter()
-        detections = self.segmenter.segment(image, normalise, shape_min_area=shape_min_area)
-        since = _lap(self.last_seconds, "belt model", since)
+        self.timer.start_frame()
+        with self.timer.stage("belt model"):
+            detections = self.segmenter.segment(image, normalise, shape_min_area=shape_min_area)
         if self.textile_check is not None:
-            detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt)
-            since = _lap(self.last_seconds, "textile check", since)
+            with self.timer.stage("textile check"):
+                detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt)
         if self.carver is not None:
-            detections = self.carver.carve(image, detections, reuse=self._moving_belt)
-            _lap(self.last_seconds, "carve", since)
-        self._segmented += 1
-        for name, seconds in self.last_seconds.items():
-            self._total_seconds[name] = self._total_seconds.get(name, 0.0) + seconds
+            with self.timer.stage("carve"):
+                detections = self.carver.carve(image, detections, reuse=self._moving_belt)
         return detections
-
-    def stage_means_ms(self) -> dict[str, float]:
-        """Mean wall milliseconds of each stage (belt model, textile check, carve) per frame segmented so far."""
-        return {name: 1e3 * total / max(1, self._segmented) for name, total in self._total_seconds.items()}
 
     def crops(self, image: np.ndarray, detections: list[Detection]) -> list[np.ndarray]:
         """The classifier's view of every detection (the loop crops only tracks due for a view)."""
         return [self.corrector.apply(self.masker.crop(image, garment_crop_box(image.shape, d.bbox), d, detections))
                 for d in detections]
-
-
-def _lap(stages: dict[str, float], name: str, since: float) -> float:
-    """Record in ``stages`` the seconds of stage ``name`` begun at ``since``; returns now (the next stage's start)."""
-    now = time.perf_counter()
-    stages[name] = now - since
-    return now

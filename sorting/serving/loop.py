@@ -465,7 +465,7 @@ class SorterLoop:
         means = self.timer.means_ms()
         if self.stage.textile_check is None:
             return means
-        parts = {f"segment: {name}": ms for name, ms in self.stage.stage_means_ms().items()}
+        parts = {f"segment: {name}": ms for name, ms in self.stage.timer.means_ms().items()}
         out: dict[str, float] = {}
         for stage, ms in means.items():
             out[stage] = ms

@@ -90,6 +90,29 @@ class TextileCheckConfig(StrictModel):
         return self
 
 
+class LastFrameBoxes:
+    """Values worked out for the previous frame's boxes, found again by overlap: on a moving belt consecutive frames
+    show the same things, so what was learnt of one (its textile score; that it is all cloth) holds while its box
+    overlaps the new one by ``min_iou``."""
+
+    def __init__(self, min_iou: float) -> None:
+        self.min_iou = min_iou
+        self._boxes: list[Box] = []
+        self._values: list[Any] = []
+
+    def find(self, boxes: list[Box]) -> list[Any]:
+        """Per ``(x0, y0, x1, y1)`` box, the value of the previous frame's box it overlaps most, if by ``min_iou``
+        (else None)."""
+        if not boxes or not self._boxes:
+            return [None] * len(boxes)
+        overlap = iou_matrix(boxes, self._boxes)
+        return [self._values[int(row.argmax())] if row.max() >= self.min_iou else None for row in overlap]
+
+    def keep(self, boxes: list[Box], values: list[Any]) -> None:
+        """This frame's boxes and their values, for the next frame to find."""
+        self._boxes, self._values = list(boxes), list(values)
+
+
 def cache_dir() -> Path:
     """Where exported built-in models are kept (``$TEXTILE_SORTER_CACHE`` or ``~/.cache/textile-sorter``)."""
     env = os.environ.get("TEXTILE_SORTER_CACHE")
@@ -131,9 +154,8 @@ class TextileCheck:
         self.scorer = TextileHead.load(cfg.head) if cfg.head is not None else ClassSum(meta["textile_indices"])
         self.size = crop_size or self.scorer.input_size or int(meta["input_size"])
         self.min_score = cfg.min_score if cfg.min_score is not None else self.scorer.min_score
-        self.reuse_iou = cfg.reuse_iou
         self.objects_back_from = cfg.objects_back_from
-        self._last: list[tuple[Box, float]] = []  # last frame's checked boxes (x0, y0, x1, y1) and scores
+        self._last = LastFrameBoxes(cfg.reuse_iou)  # last frame's checked boxes and their scores
         self.input_name = self.session.get_inputs()[0].name
         self.path, self.meta = path, meta
 
@@ -169,15 +191,12 @@ class TextileCheck:
         keeps its score instead of being scored again."""
         checked = [i for i, d in enumerate(detections)
                    if d.kind == GARMENT or (d.kind == OBJECT and self.objects_back_from is not None)]
-        scores: dict[int, float] = {}
-        if reuse and checked and self._last:
-            overlap = iou_matrix([corners(detections[i].bbox) for i in checked], [box for box, _ in self._last])
-            for row, i in enumerate(checked):
-                if overlap[row].max() >= self.reuse_iou:  # the detection of last frame it overlaps most
-                    scores[i] = self._last[int(overlap[row].argmax())][1]
+        boxes = [corners(detections[i].bbox) for i in checked]
+        found = self._last.find(boxes) if reuse else [None] * len(checked)
+        scores = {i: score for i, score in zip(checked, found) if score is not None}
         todo = [i for i in checked if i not in scores]
         scores.update(zip(todo, self.scores(image_bgr, [detections[i].bbox for i in todo]).tolist()))
-        self._last = [(corners(detections[i].bbox), scores[i]) for i in checked]
+        self._last.keep(boxes, [scores[i] for i in checked])
         return [self._kind_after(d, scores.get(i)) for i, d in enumerate(detections)]
 
     def _kind_after(self, det: Any, score: float | None) -> Any:
