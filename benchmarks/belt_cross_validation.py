@@ -110,12 +110,13 @@ def main() -> None:
         summaries.append(run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed,
                                   args.input_size))
     totals = {key: sum(s[key]["0.5"] if isinstance(s[key], dict) else s[key] for s in summaries)
-              for key in ("matched", "garments", "garment_detections", "false", "merged", "other_as_garment")}
+              for key in ("matched", "garments", "garment_detections", "false", "merged", "other_as_garment",
+                        "other_unlabelled")}
     recall = totals["matched"] / totals["garments"]
     precision = 1 - totals["false"] / max(1, totals["garment_detections"])
     print(f"pooled over {args.folds} folds of scenes ({totals['garments']} garments): IoU 0.5 recall {recall:.1%}, "
           f"precision {precision:.1%}; merged {totals['merged']}; hands and objects taken for a garment "
-          f"{totals['other_as_garment']}")
+          f"{totals['other_as_garment']}; hand or object detections on nothing labelled {totals['other_unlabelled']}")
 
 
 if __name__ == "__main__":

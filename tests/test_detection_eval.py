@@ -80,6 +80,19 @@ def test_non_garments_are_scored_apart():
     assert summary.detections_by_kind == {"garment": 1, "hand": 2}
 
 
+def test_non_garment_detections_on_nothing_labelled_are_counted():
+    """An object detection where nothing is labelled (a rail's edge) is a reject for nothing; a small piece of a
+    garment called an object is not (it lies inside the garment's label)."""
+    labels = [LabelBox((0, 0, 200, 200)), LabelBox((300, 0, 340, 30), "object")]
+    dets = [ScoredDetection((0, 0, 200, 200)),
+            ScoredDetection((10, 10, 40, 40), "object"),  # a piece of the garment: IoU 0.02, but inside it
+            ScoredDetection((300, 0, 340, 30), "object"),  # the labelled object
+            ScoredDetection((500, 380, 700, 400), "object")]  # the rail
+    s = score_frame("f", labels, dets)
+    assert s.other_unlabelled == [3]
+    assert summarise([s, s]).other_unlabelled == 2
+
+
 def test_partial_labels_need_not_be_found_and_their_detections_are_cut():
     labels = [LabelBox((0, 0, 50, 100), partial=True), LabelBox((200, 0, 300, 100))]
     s = score_frame("f", labels, [ScoredDetection((0, 0, 48, 100))])

@@ -14,7 +14,7 @@ from _blue_belt import BELT_BOTTOM, BELT_TOP, COLOURS, H, W, Thing, _garment, bl
 
 from sorting.cli import main
 from sorting.errors import ConfigError
-from sorting.serving.belt_calibration import NECK_SHARE_OF_ITEM, set_up_belt
+from sorting.serving.belt_calibration import EDGE_STRIP_SHARE, NECK_SHARE_OF_ITEM, set_up_belt
 from sorting.serving.belt_colour_model import distances, fit_belt_colour
 from sorting.serving.blob_split import SplitConfig
 from sorting.serving.colour_foreground import FrameError
@@ -85,13 +85,41 @@ def test_set_up_finds_the_belt_band_and_every_kind_of_thing(belt_cfg: Segmentati
     assert len(detections) == len(things)  # nothing on the rails, no shadows, no fragments
 
 
+def _without_edge_strips(cfg: SegmentationConfig) -> SegmentationConfig:
+    assert cfg.belt_colour is not None
+    return cfg.model_copy(update={"belt_colour": cfg.belt_colour.model_copy(update={"edge_strip_px": 0})})
+
+
 def test_belt_region_follows_a_bumped_camera(belt_cfg: SegmentationConfig):
     image, things = blue_belt_frame(11, shift=12)  # the belt band now starts 12 px lower: rail inside the region
-    fixed = BeltSegmenter(belt_cfg.model_copy(update={"belt_region_follow_px": 0.0})).segment(image)
-    followed = BeltSegmenter(belt_cfg.model_copy(update={"belt_region_follow_px": 20.0})).segment(image)
+    plain = _without_edge_strips(belt_cfg)  # the rail strip's blob would be dropped as one along the edge anyway
+    fixed = BeltSegmenter(plain.model_copy(update={"belt_region_follow_px": 0.0})).segment(image)
+    followed = BeltSegmenter(plain.model_copy(update={"belt_region_follow_px": 20.0})).segment(image)
     assert any(d.bbox[2] > 0.8 * W for d in fixed)  # the rail strip, as wide as the frame
     assert not any(d.bbox[2] > 0.8 * W for d in followed)
     assert min(iou for iou, _ in _best(things, followed)) >= 0.5
+
+
+def test_strips_along_the_belt_edge_are_dropped_and_a_garment_over_the_rail_kept(belt_cfg: SegmentationConfig):
+    """A rail's bright lip showing inside the belt region is a blob of its own, a reject for nothing; set up from
+    the belt's width, the segmentation drops blobs lying wholly that close to the edge. A garment lying over the
+    rail reaches further into the belt and is found whole."""
+    assert belt_cfg.belt_colour is not None and belt_cfg.belt_region is not None
+    belt_width = BELT_BOTTOM - BELT_TOP
+    assert abs(belt_cfg.belt_colour.edge_strip_px - EDGE_STRIP_SHARE * belt_width) <= 0.1 * belt_width
+    image, things = blue_belt_frame(12, garments=("red", "navy"))
+    top = max(p[1] for p in belt_cfg.belt_region[:2])  # the region's top edge, where it is lowest
+    lip = (260, top + 1, 400, top + 7)  # a strip of the rail's colour just inside the region
+    cv2.rectangle(image, lip[:2], (lip[2] - 1, lip[3] - 1), (170, 170, 165), -1)
+    x0, y0, x1, y1 = _garment(image, np.random.default_rng(3), (160, top), 30, COLOURS["black"])
+    things = [*things, Thing("garment", "black", (x0, max(y0, top), x1, y1))]  # the segmentation sees the belt only
+    kept = BeltSegmenter(_without_edge_strips(belt_cfg)).segment(image)
+    dropped = BeltSegmenter(belt_cfg).segment(image)
+    assert max(iou for iou, _ in _best([Thing("object", "rail", lip)], kept)) >= 0.3  # off: the lip is found
+    assert _best([Thing("object", "rail", lip)], dropped)[0][0] < 0.1
+    for thing, (iou, kind) in zip(things, _best(things, dropped)):
+        assert iou >= 0.5 and kind == thing.kind, f"{thing.colour} {thing.kind}: IoU {iou:.2f}, {kind}"
+    assert len(dropped) == len(things)
 
 
 def test_touching_garments_of_two_colours_are_cut_apart(belt_cfg: SegmentationConfig):

@@ -275,7 +275,8 @@ def summary_lines(report: DetectionBenchReport) -> list[str]:
                  f"cut at the entry/exit edge {s.cut}, off the belt {'n/a' if s.off_belt is None else s.off_belt}")
     others = {k: v for k, v in s.detections_by_kind.items() if k != "garment"}
     labelled = {k: v for k, v in s.labels_by_kind.items() if not k.startswith("garment")}
-    lines.append(f"non-garment detections {others or 0}; garments called non-garment {s.garment_called_other}"
+    lines.append(f"non-garment detections {others or 0} ({s.other_unlabelled} on nothing labelled); garments called "
+                 f"non-garment {s.garment_called_other}"
                  + (f"; non-garment labels {labelled}: found {s.other_found}, taken for a garment "
                     f"{s.other_as_garment}" if labelled else ""))
     lines.append("ms per frame: " + "; ".join(f"{k} mean {v['mean']:.2f} p50 {v['p50']:.2f} p95 {v['p95']:.2f} "

@@ -59,6 +59,9 @@ MIN_ITEM_SHARE_OF_TYPICAL = 0.1  # ... and kept: this share of the median item f
 # touching items are cut where they narrow to a bridge thinner than 2 x this share of a typical item's side
 # (sqrt of its area): neck_px 8 at the segmentation scale on the conveyor photos, chosen on their development part
 NECK_SHARE_OF_ITEM = 0.125
+# blobs lying wholly within this share of the belt's width of its region's edges are rail, bracket or shadow
+# (belt_colour.edge_strip_px): 48 px on the conveyor photos, chosen by scene cross-validation on their development part
+EDGE_STRIP_SHARE = 0.13
 COLOURFUL_BELT = 0.06  # chromaticity this far from grey: the belt's colour tells garments from it (blue: 0.13)
 FOLLOW_MIN_SHIFT_PX = 4.0  # smaller shifts of the belt's edges between frames are noise: the region stays fixed
 FOLLOW_MAX_SHARE = 0.25  # of the belt's width: a frame's band further off than this is occluded, not moved
@@ -177,7 +180,8 @@ def set_up_belt(frames: Sequence[np.ndarray], base: SegmentationConfig, *, along
                                "frame_size": [width, height], "min_area_px": round((MIN_ITEM_SHARE * belt_width) ** 2)}
     if colour_from_grey(colour) >= COLOURFUL_BELT:
         sigma_px = base.background_sigma_px * scale
-        colour = colour.model_copy(update={"local_sigma": _local_sigma(colour, smalls, region, sigma_px)})
+        colour = colour.model_copy(update={"local_sigma": _local_sigma(colour, smalls, region, sigma_px),
+                                           "edge_strip_px": round(EDGE_STRIP_SHARE * belt_width)})
         section.update(belt_model="colour", belt_colour=colour.model_dump(),
                        belt_region_follow_px=_follow_px(masks, polygon, scale, along_axis))
     else:

@@ -50,6 +50,8 @@ class BeltColourConfig(StrictModel):
     is foreground (a navy garment on a blue belt); so is a pixel darker than ``local_dark_ratio`` times
     the belt beside it (a black garment, whose chromaticity is noise), or brighter than ``local_bright_ratio``
     times it (a light-blue garment: the belt's chromaticity, but the belt is never that bright beside itself).
+    ``edge_strip_px``: blobs that never reach further into the belt than this from its region's edges are dropped
+    (:func:`~sorting.serving.colour_foreground.drop_edge_strips`).
     Empty ``local_sigma``: no local test. Defaults were chosen on the development photos
     (benchmarks/belt_split.json; ``local_bright_ratio`` by scene cross-validation, serving/README.md).
     """
@@ -63,6 +65,9 @@ class BeltColourConfig(StrictModel):
     local_max_distance: float = Field(default=6.0, gt=0)
     local_dark_ratio: float = Field(default=0.5, ge=0, lt=1)
     local_bright_ratio: float = Field(default=1.6, ge=0)  # 0: no brightness test
+    # a blob lying wholly within this many (full-resolution) px of the belt region's edges, measured across the belt,
+    # is a rail's edge, a bracket or a shadow showing, not a thing on the belt (0: kept; calibrate --belt sets it)
+    edge_strip_px: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _shapes(self) -> BeltColourConfig:

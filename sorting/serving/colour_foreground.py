@@ -12,6 +12,10 @@ Three masks at the segmentation scale, from :class:`~sorting.serving.belt_colour
   garment), or brighter than ``local_bright_ratio`` times it (a light-blue garment). A garment's shadow keeps
   the belt's chromaticity and is rarely that dark.
 
+Blobs lying wholly along the region's edges (``edge_strip_px`` across the belt) are dropped: the strip of a rail,
+a bracket or a shadow that the region's straight edges leave in view, each a reject the line would count for
+nothing.
+
 Surely-belt pixels leave out the darkest DARK_SHARE of the belt-coloured ones in the frame (black
 garments hide there), and the foreground loses single-pixel noise with a median filter.
 
@@ -47,11 +51,15 @@ class ColourForeground:
     """
 
     def __init__(self, model: BeltColourConfig, keep: np.ndarray, region: np.ndarray, *, sigma_px: float,
-                 follower: BeltEdgeFollower | None = None) -> None:
+                 scale: float = 1.0, along_axis: int = 0, follower: BeltEdgeFollower | None = None) -> None:
         self.model = model
         self.keep, self.region, self.follower = keep, region, follower
         self.lookup = BeltColourLookup(model)
         self.sigma = sigma_px
+        strip = round(model.edge_strip_px * scale)
+        # a line across the belt (rows when it travels along x): the rails run along the travel
+        self._strip_kernel = (np.ones((2 * strip + 1, 1) if along_axis == 0 else (1, 2 * strip + 1), np.uint8)
+                              if strip > 0 else None)
         self._inv_sigma: tuple[np.ndarray, np.ndarray] | None = None
         if model.local_sigma:
             levels = np.arange(256, dtype=np.float64)
@@ -132,4 +140,22 @@ class ColourForeground:
             fg = cv2.bitwise_or(fg, self.off_local_colour(small, belt_grid))
         fg = cv2.medianBlur(fg, MEDIAN_PX)
         belt = cv2.resize(belt_grid, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_LINEAR)
-        return cv2.bitwise_and(fg, region), region, belt
+        fg = cv2.bitwise_and(fg, region)
+        if self._strip_kernel is not None:
+            fg = drop_edge_strips(fg, region, self._strip_kernel)
+        return fg, region, belt
+
+
+def drop_edge_strips(fg: np.ndarray, region: np.ndarray, across: np.ndarray) -> np.ndarray:
+    """``fg`` without the blobs that lie wholly along the belt region's edges, never reaching further across the belt
+    than the ``across`` kernel (a line across the belt): a rail's bright edge or its shadow, which the region's
+    straight edges leave in view where the belt's edge wanders. A blob that reaches into the belt further than that
+    (a garment, or an arm reaching in over the rail) is kept whole: its outline and where it enters stay as they are."""
+    inner = cv2.bitwise_and(cv2.erode(region, across), fg)
+    n, labels = cv2.connectedComponents(fg, connectivity=8)
+    if n <= 1:
+        return fg
+    keep = np.zeros(n, np.uint8)
+    keep[np.unique(labels[inner > 0])] = 255
+    keep[0] = 0
+    return keep[labels]

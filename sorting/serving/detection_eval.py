@@ -22,6 +22,8 @@ Conventions (boxes are ``(x0, y0, x1, y1)`` in pixels):
   overlaps a non-garment label, *a garment called non-garment* when it overlaps a garment label.
   A non-garment label is *found* by a non-garment detection, *taken for a garment* when only a
   garment detection overlaps it (the dangerous case: it could be ejected into a product bin).
+  A non-garment detection on *nothing labelled* (it overlaps no label and lies mostly inside none: a
+  rail's edge, a shadow, a sticker) is a reject the line counts for nothing on the belt.
 * **Off the belt**: a detection whose centre lies outside the line's belt region (when it has one).
 """
 
@@ -128,6 +130,7 @@ class FrameScore:
     garment_called_other: list[int] = field(default_factory=list)  # non-garment detections on a garment label
     other_found: list[int] = field(default_factory=list)  # non-garment labels found as non-garment
     other_as_garment: list[int] = field(default_factory=list)  # non-garment labels taken for a garment
+    other_unlabelled: list[int] = field(default_factory=list)  # non-garment detections on nothing labelled
     seconds: dict[str, float] = field(default_factory=dict)  # stage -> seconds for this frame
 
     @property
@@ -192,6 +195,10 @@ def score_frame(name: str, labels: Sequence[LabelBox], detections: Sequence[Scor
             score.other_found.append(i)
         elif over:
             score.other_as_garment.append(i)
+    inside_any = (share_inside([all_boxes[j] for j in od], [lb.box for lb in labels]) >= cover if labels and od
+                  else np.zeros((len(od), 0), bool))
+    score.other_unlabelled = [j for r, j in enumerate(od)
+                              if not np.any(any_iou[j] >= OVERLAP_IOU) and not inside_any[r].any()]
     return score
 
 
@@ -223,6 +230,7 @@ class DetectionSummary:
     garment_called_other: int
     other_found: int
     other_as_garment: int
+    other_unlabelled: int
     ms: dict[str, dict[str, float]]  # stage -> mean / p50 / p95 / max per frame
 
     def to_dict(self) -> dict[str, Any]:
@@ -267,5 +275,6 @@ def summarise(frames: Iterable[FrameScore], thresholds: Sequence[float] = THRESH
         garment_called_other=sum(len(f.garment_called_other) for f in frames),
         other_found=sum(len(f.other_found) for f in frames),
         other_as_garment=sum(len(f.other_as_garment) for f in frames),
+        other_unlabelled=sum(len(f.other_unlabelled) for f in frames),
         ms={s: _ms_stats([f.seconds[s] for f in frames if s in f.seconds]) for s in stages},
     )

@@ -232,7 +232,8 @@ class BeltSegmenter:
                 follower = BeltEdgeFollower(self.cfg.belt_region, small.shape[:2], self.cfg.scale,
                                             along_axis=self._along_axis, follow_px=self.cfg.belt_region_follow_px)
             self._colour = ColourForeground(self.cfg.belt_colour, keep, region, follower=follower,
-                                            sigma_px=self.cfg.background_sigma_px * self.cfg.scale)
+                                            sigma_px=self.cfg.background_sigma_px * self.cfg.scale,
+                                            scale=self.cfg.scale, along_axis=self._along_axis)
         self._shape = full_shape
         log.debug("belt model started, mean YCrCb %s", belt.reshape(-1, 3).mean(axis=0).round(1).tolist())
 
