@@ -181,6 +181,24 @@ def test_a_sure_head_takes_an_object_back_as_a_garment_but_never_a_hand(fake_mod
         TextileCheckConfig(model=fake_model, objects_back_from=0.95)
 
 
+def test_the_class_floor_overrules_a_head_that_never_saw_such_a_thing(fake_model: Path, tmp_path: Path):
+    """A head fitted on photos without phones may score a phone high; where ImageNet gives the textile classes less
+    than ``class_floor`` the crop is not cloth, as a garment and as an object the head would take back."""
+    image = np.full((60, 180, 3), 128, np.uint8)
+    image[:, :60] = 2  # left: textile-class probability 0.008; the rest 0.5
+    head = _head(tmp_path / "head.json", weight=-4.0, bias=0.0, min_score=0.5)  # this head likes dark crops best
+    dets = [_det(0, 0, 60, 60), _det(60, 0, 60, 60), _det(0, 0, 60, 60, kind="object")]
+    alone = TextileCheck(TextileCheckConfig(model=fake_model, head=head, objects_back_from=0.95))
+    assert [d.kind for d in alone.relabel(image, dets)] == ["garment", "garment", "garment"]
+    floored = TextileCheck(TextileCheckConfig(model=fake_model, head=head, objects_back_from=0.95, class_floor=0.03))
+    assert [d.kind for d in floored.relabel(image, dets)] == ["object", "garment", "object"]
+    assert floored.min_score == 0.5 and floored.size == 32  # the head's own threshold and crop size
+    scores = floored.scores(image, [(0, 0, 60, 60), (60, 0, 60, 60)])
+    assert scores[0] == 0.0 and scores[1] == pytest.approx(alone.scores(image, [(60, 0, 60, 60)])[0])
+    with pytest.raises(pydantic.ValidationError, match="class_floor needs a head"):
+        TextileCheckConfig(model=fake_model, class_floor=0.03)
+
+
 def test_a_broken_head_file_is_refused_in_one_line(fake_model: Path, tmp_path: Path):
     cases = {"missing.json": None, "junk.json": "{not json", "short.json": _head(tmp_path / "s.json", weight=1,
                                                                                   bias=0, min_score=0.5, n=10)}
@@ -234,7 +252,7 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
     line.write_text("# my line\n" + yaml.safe_dump(data))
     write_head_into_line(line, cfg.out)
     written = yaml.safe_load(line.read_text())["segmentation"]["textile_check"]
-    assert written == {"carve": {}, "objects_back_from": 0.95, "head": "../head.json"}
+    assert written == {"carve": {}, "objects_back_from": 0.95, "class_floor": 0.03, "head": "../head.json"}
     assert line.read_text().startswith("# my line\n")
     assert "min_score: 0.05" in line.with_name("line.yaml.bak").read_text()
     write_head_into_line(line, cfg.out)  # fitted again: the header says once where the head came from

@@ -11,7 +11,9 @@ the other non-garments: reject or ignore, and counted).
 
 With ``head: FILE`` (``textile-sorter fit-textile-check``: a logistic regression on the 1,000 ImageNet
 log-probabilities, fitted to the labelled photos of a line) the score is that head's probability instead, and its
-threshold the one it was fitted with.
+threshold the one it was fitted with; with ``class_floor`` too (:class:`Floored`), a crop whose textile classes sum to
+less than that scores 0 whatever the head says: a head fitted on photos without phones can let a phone through,
+ImageNet rarely calls one cloth.
 
 The crops of one frame go through the network as one batch (about 10 ms per crop on one core); on a moving
 belt a garment whose box overlaps last frame's keeps its score instead of being scored again.
@@ -77,6 +79,10 @@ class TextileCheckConfig(StrictModel):
     # a detection the object rule called an object is a garment after all when its crop scores at least this (the
     # rule's flat, solid rectangles include folded garments); None: the rule has the last word. Hands never are.
     objects_back_from: float | None = Field(None, gt=0, lt=1)
+    # with a head: a crop whose summed probability of the ImageNet garment and textile classes is below this is not
+    # cloth, whatever the head says (a head knows only what its photos showed; ImageNet has seen phones by the
+    # thousand); None: the head alone
+    class_floor: float | None = Field(None, gt=0, lt=1)
     carve: CarveConfig | None = None  # look for garments inside large detections that are not garments as a whole
 
     @model_validator(mode="after")
@@ -84,6 +90,9 @@ class TextileCheckConfig(StrictModel):
         if self.carve is not None and self.head is None:
             raise ValueError("carve needs a head fitted to the line's photos (textile-sorter fit-textile-check): the "
                              "class list is too lenient for it and lets phones beside a garment through as cloth")
+        if self.class_floor is not None and self.head is None:
+            raise ValueError("class_floor needs a head (textile-sorter fit-textile-check): without one the class list "
+                             "is the check already")
         if self.objects_back_from is not None and self.head is None:
             raise ValueError("objects_back_from needs a head fitted to the line's photos (textile-sorter "
                              "fit-textile-check): the class list's score says too little to overrule the object rule")
@@ -151,7 +160,10 @@ class TextileCheck:
         self.session = open_session(path, threads=cfg.threads, what="textile check")
         meta = json_metadata(self.session, path, key=METADATA_KEY, version=FORMAT_VERSION, what="textile check",
                              writer="textile-sorter export-textile-check")
-        self.scorer = TextileHead.load(cfg.head) if cfg.head is not None else ClassSum(meta["textile_indices"])
+        self.scorer: ClassSum | TextileHead | Floored = (
+            TextileHead.load(cfg.head) if cfg.head is not None else ClassSum(meta["textile_indices"]))
+        if cfg.class_floor is not None and isinstance(self.scorer, TextileHead):
+            self.scorer = Floored(self.scorer, ClassSum(meta["textile_indices"]), cfg.class_floor)
         self.size = crop_size or self.scorer.input_size or int(meta["input_size"])
         self.min_score = cfg.min_score if cfg.min_score is not None else self.scorer.min_score
         self.objects_back_from = cfg.objects_back_from
@@ -220,6 +232,30 @@ class ClassSum:
 
     def score(self, logprobs: np.ndarray) -> np.ndarray:
         return np.exp(logprobs[:, self.indices]).sum(axis=1).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Floored:
+    """A fitted head's score, 0 where the summed probability of the textile classes is below ``floor``: the head's
+    photos may have shown no phone, but ImageNet has; a garment's crop nearly always gives those classes some
+    probability."""
+
+    head: TextileHead
+    classes: ClassSum
+    floor: float
+
+    @property
+    def min_score(self) -> float:
+        return self.head.min_score
+
+    @property
+    def input_size(self) -> int:
+        return self.head.input_size
+
+    def score(self, logprobs: np.ndarray) -> np.ndarray:
+        out = self.head.score(logprobs)
+        out[self.classes.score(logprobs) < self.floor] = 0.0
+        return out
 
 
 @dataclass(frozen=True)
