@@ -229,19 +229,24 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
     groups = np.arange(n) // 20
     cfg = HeadFitConfig(line=tmp_path / "line.yaml", photos=tmp_path, boxes=tmp_path / "b.csv",
                         out=tmp_path / "head.json", keep=0.9)
-    head, oof = fit_head(Crops(logprobs, garment, groups, photos=n // 2), cfg)
+    class_sum = np.where(garment == 1, rng.uniform(0.02, 1.0, n), rng.uniform(0.0, 0.1, n))
+    head, oof = fit_head(Crops(logprobs, class_sum, garment, groups, photos=n // 2), cfg)
     assert oof.shape == (n,) and ((oof >= 0) & (oof <= 1)).all()
     cv = head.info["cross_validation"]
     assert cv["folds"] == 5 and cv["auc"] > 0.9
     assert cv["garments_kept"] == pytest.approx(0.9, abs=0.01) and cv["others_removed"] > 0.5
     assert head.weights[3] == max(head.weights)  # it learned the class that separates
+    floor = head.info["class_floor"]  # what 1% of the garment crops fall below
+    assert floor["value"] == pytest.approx(np.quantile(class_sum[garment == 1], 0.01), abs=1e-4)
+    assert 0.1 < floor["others_below"] < 0.5 and floor["garments_below"] == 0.01
     assert plot_scores(oof, garment, head.min_score, tmp_path / "scores.png").is_file()
     loaded = TextileHead.load(head.save(cfg.out))
     assert loaded.min_score == pytest.approx(head.min_score) and loaded.info["fitted_on"]["crops"] == n
     assert loaded.input_size == cfg.input_size == 224
     with pytest.raises(DataError, match="needs garments and non-garments"):
-        fit_head(Crops(logprobs, np.ones(n, int), groups, photos=n // 2), cfg)
-    # the line config points at the head (relative to its folder), min_score dropped, carving on, the old file kept
+        fit_head(Crops(logprobs, class_sum, np.ones(n, int), groups, photos=n // 2), cfg)
+    # the line config points at the head (relative to its folder), with its class floor, min_score dropped, carving on,
+    # the old file kept
     line = tmp_path / "lines" / "line.yaml"
     line.parent.mkdir()
     text = (repo_root / "serving" / "line-colour-6bin.yaml").read_text()
@@ -252,7 +257,7 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
     line.write_text("# my line\n" + yaml.safe_dump(data))
     write_head_into_line(line, cfg.out)
     written = yaml.safe_load(line.read_text())["segmentation"]["textile_check"]
-    assert written == {"carve": {}, "objects_back_from": 0.95, "class_floor": 0.03, "head": "../head.json"}
+    assert written == {"carve": {}, "objects_back_from": 0.95, "class_floor": floor["value"], "head": "../head.json"}
     assert line.read_text().startswith("# my line\n")
     assert "min_score: 0.05" in line.with_name("line.yaml.bak").read_text()
     write_head_into_line(line, cfg.out)  # fitted again: the header says once where the head came from

@@ -38,7 +38,7 @@ from sorting.serving.detection_eval import GARMENT, iou_matrix
 from sorting.serving.line_config import load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
 from sorting.serving.non_garment import HAND, OBJECT
-from sorting.serving.textile_check import TextileCheck, TextileCheckConfig, TextileHead
+from sorting.serving.textile_check import ClassSum, TextileCheck, TextileCheckConfig, TextileHead
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class HeadFitConfig:
     # crop side: the network's native 224 px; 128 px costs a third and ties with it in scene cross-validation on
     # the conveyor's development photos, but took more hands and objects for garments (serving/README.md)
     input_size: int = 224
+    # the class floor (textile_check.class_floor) lets this share of the labelled garment crops through no more: below
+    # it ImageNet's textile classes see no cloth at all, whatever the head says
+    floor_share: float = 0.01
     progress: bool = True
 
 
@@ -75,6 +78,7 @@ class Crops:
     """The ImageNet log-probabilities of every garment detection, its label (1: a garment) and scene group."""
 
     logprobs: np.ndarray  # (n, 1000)
+    class_sum: np.ndarray  # (n,) summed probability of ImageNet's garment and textile classes
     garment: np.ndarray  # (n,) 0/1
     groups: np.ndarray  # (n,)
     photos: int
@@ -95,6 +99,7 @@ def collect_crops(cfg: HeadFitConfig) -> Crops:
                          crop_size=cfg.input_size)
     line.segmentation.textile_check = None  # the head learns from what the segmentation calls garments
     seg = LineSegmentation(line)
+    classes = ClassSum(check.meta["textile_indices"])
     rows: list[np.ndarray] = []
     labels: list[int] = []
     groups: list[int] = []
@@ -120,7 +125,9 @@ def collect_crops(cfg: HeadFitConfig) -> Crops:
         groups.extend([photo_group(frame.name, cfg.group_size)] * len(detections))
     if not rows:
         raise DataError(f"no garment detection in the labelled photos of {cfg.boxes}: nothing to fit on")
-    return Crops(np.concatenate(rows), np.asarray(labels), np.asarray(groups), photos, dict(sorted(labelled.items())))
+    logprobs = np.concatenate(rows)
+    return Crops(logprobs, classes.score(logprobs), np.asarray(labels), np.asarray(groups), photos,
+                 dict(sorted(labelled.items())))
 
 
 def _labels(detections: list[Any], labels: list[Any], match_iou: float) -> list[int]:
@@ -155,6 +162,7 @@ def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]
             continue
         oof[test] = model().fit(x[train], y[train]).predict_proba(x[test])[:, 1]
     threshold = float(np.quantile(oof[y == 1], 1.0 - cfg.keep))
+    floor = float(np.quantile(crops.class_sum[y == 1], cfg.floor_share))
     final = model().fit(x, y)
     info = {"fitted_on": {"line": str(cfg.line), "photos": crops.photos, "crops": int(len(y)),
                           "garments": int(y.sum()), "labels_by_kind": crops.labels_by_kind, "subset": cfg.subset,
@@ -163,6 +171,9 @@ def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]
                                  "auc": round(float(roc_auc_score(y, oof)), 4),
                                  "garments_kept": round(float((oof[y == 1] >= threshold).mean()), 4),
                                  "others_removed": round(float((oof[y == 0] < threshold).mean()), 4)},
+            # ImageNet's textile classes sum to less than this on floor_share of the garment crops (at input_size)
+            "class_floor": {"value": round(floor, 5), "garments_below": cfg.floor_share,
+                            "others_below": round(float((crops.class_sum[y == 0] < floor).mean()), 4)},
             "regularisation": cfg.regularisation}
     head = TextileHead(final.coef_[0].astype(np.float64), float(final.intercept_[0]), threshold, cfg.input_size, info)
     return head, oof
@@ -209,20 +220,14 @@ def fit_textile_head(cfg: HeadFitConfig) -> TextileHead:
 # (benchmarks/belt_cross_validation.py): 0.9 and 0.95 both gave back folded garments without letting a hand or an
 # object more through; 0.95 is the stricter of the two
 OBJECTS_BACK_FROM = 0.95
-# below this summed probability of ImageNet's garment and textile classes a crop is not cloth whatever the head says:
-# about the 1st percentile of the dev photos' garment crops. By scene cross-validation on the development photos
-# (benchmarks/belt_cross_validation.py): 0.02 and 0.03 both lost no garment on round-robin folds; on blocks, whose
-# busy block's head never saw an object, hands and objects taken for garments went 17 -> 4 (0.02) and 2 (0.03)
-CLASS_FLOOR = 0.03
 
 
 def write_head_into_line(line_path: str | Path, head_path: str | Path) -> Path:
-    """Point the line's ``segmentation.textile_check.head`` at ``head_path`` (relative to the line's folder), drop
-    its ``min_score`` (the head brings its own), turn carving on (``carve``, which needs a head: garments cut out
-    of clumps), let the head overrule the object rule when it is sure (``objects_back_from``) and ImageNet's
-    textile classes overrule the head when they see no cloth at all (``class_floor``); what the line
-    already says of these is kept; every other key and the leading comment kept, the
-    previous file kept as ``<name>.bak``."""
+    """Point the line's ``segmentation.textile_check.head`` at ``head_path`` (relative to the line's folder), set
+    the head's own ``class_floor`` and drop the line's ``min_score`` and ``class_floor`` (the head brings its own,
+    fitted at its crop size), turn carving on (``carve``, which needs a head: garments cut out of clumps) and let
+    the head overrule the object rule when it is sure (``objects_back_from``); what the line already says of these
+    two is kept; every other key and the leading comment kept, the previous file kept as ``<name>.bak``."""
     path = Path(line_path)
     data, header = open_line_for_rewrite(path)
     note = ("# segmentation.textile_check.head: fitted by `textile-sorter fit-textile-check` (what on: the "
@@ -234,9 +239,10 @@ def write_head_into_line(line_path: str | Path, head_path: str | Path) -> Path:
     except ValueError:  # another drive
         where = str(head)
     segmentation = dict(data.get("segmentation") or {})
-    check = {k: v for k, v in (segmentation.get("textile_check") or {}).items() if k != "min_score"}
-    segmentation["textile_check"] = {"carve": {}, "objects_back_from": OBJECTS_BACK_FROM, "class_floor": CLASS_FLOOR,
-                                     **check, "head": where}
+    check = {k: v for k, v in (segmentation.get("textile_check") or {}).items() if k not in ("min_score", "class_floor")}
+    floor = TextileHead.load(head).info.get("class_floor", {}).get("value")
+    segmentation["textile_check"] = {"carve": {}, "objects_back_from": OBJECTS_BACK_FROM,
+                                     **({"class_floor": floor} if floor else {}), **check, "head": where}
     data["segmentation"] = segmentation
     write_line(path, data, header)
     load_line_config(path)  # the line still loads, with the head

@@ -81,7 +81,9 @@ def _fit_textile_check(args: argparse.Namespace) -> int:
     print(f"{fitted['crops']} garment detections ({fitted['garments']} garments) in {fitted['photos']} photos; out of "
           f"fold ({cv['folds']} folds of scenes): area under the curve {cv['auc']:.3f}, at min_score "
           f"{head.min_score:.3f} {cv['garments_kept']:.1%} of garments kept, {cv['others_removed']:.1%} of the rest "
-          f"removed; labelled in the photos: {fitted['labels_by_kind']}\ntextile head: {args.out} (its scores: "
+          f"removed; class floor {head.info['class_floor']['value']:.4f} (below it: "
+          f"{head.info['class_floor']['garments_below']:.0%} of garments, {head.info['class_floor']['others_below']:.0%} "
+          f"of the rest); labelled in the photos: {fitted['labels_by_kind']}\ntextile head: {args.out} (its scores: "
           f"{Path(args.out).with_suffix('.png')})")
     if args.write_line:
         print(f"segmentation.textile_check.head written into {write_head_into_line(args.line, args.out)} "
