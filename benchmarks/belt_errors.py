@@ -8,7 +8,9 @@ sorts each error at IoU 0.5 into one cause:
   ``called non-garment`` (a hand/object detection on it), ``partly`` (best IoU 0.1-0.3), ``not found``;
 * a **false detection**: ``object``/``hand`` (it overlaps a non-garment label), ``merged blob`` (it
   covers two or more labels), ``piece`` (mostly inside a garment label), ``loose`` (IoU 0.3-0.5 with a
-  garment label), ``other`` (belt, shadow, rail, an unlabelled thing).
+  garment label), ``other`` (belt, shadow, rail, an unlabelled thing);
+* a **reject for nothing**: a hand or object detection on nothing labelled (its box, to look at: a rail's edge, a
+  shadow, a piece of garment outside its label, an unlabelled thing).
 
 Counts per scene kind (photos 1-300: garments; 301-: clutter among garments) and the photos with most
 errors. Only ever run it on the development photos when choosing settings.
@@ -122,7 +124,8 @@ def main() -> None:
     entry = frozenset(("left", "right") if seg.along_axis == 0 else ("top", "bottom"))
     polygon = line.segmentation.belt_region
     region = None if polygon is None else np.asarray(polygon, np.float32).reshape(-1, 1, 2)
-    tally: dict[str, Counter] = {"garments": Counter(), "missed": Counter(), "false": Counter(), "matched": Counter()}
+    tally: dict[str, Counter] = {"garments": Counter(), "missed": Counter(), "false": Counter(), "matched": Counter(),
+                                 "nothing": Counter()}
     rows = []
     for frame, _ in iter_photos(found, boxes):
         if frame is None:
@@ -141,16 +144,20 @@ def main() -> None:
             tally["missed"][(scene, cause)] += 1
         for cause in false:
             tally["false"][(scene, cause)] += 1
-        rows.append({"name": frame.name, "scene": scene, "missed": missed, "false": false})
+        nothing = [[round(v) for v in score.detections[j].box] for j in score.other_unlabelled]
+        tally["nothing"][scene] += len(nothing)
+        rows.append({"name": frame.name, "scene": scene, "missed": missed, "false": false, "on_nothing": nothing})
     for scene in ("garments", "clutter"):
         n, m = tally["garments"][scene], tally["matched"][scene]
         print(f"== {scene}: {n} garments, {m} matched")
         print("  missed: " + ", ".join(f"{c} {k}" for (s, c), k in tally["missed"].most_common() if s == scene))
         print("  false:  " + ", ".join(f"{c} {k}" for (s, c), k in tally["false"].most_common() if s == scene))
+        print(f"  hand or object detections on nothing labelled: {tally['nothing'][scene]}")
     rows.sort(key=lambda r: -(len(r["missed"]) + len(r["false"])))
     print("== worst photos")
     for r in rows[: args.worst]:
-        print(f"  {r['name']}: missed {Counter(r['missed']) or '-'}; false {Counter(r['false']) or '-'}")
+        print(f"  {r['name']}: missed {Counter(r['missed']) or '-'}; false {Counter(r['false']) or '-'}"
+              + (f"; on nothing labelled {r['on_nothing']}" if r["on_nothing"] else ""))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
 
