@@ -120,6 +120,9 @@ def test_strips_along_the_belt_edge_are_dropped_and_a_garment_over_the_rail_kept
     for thing, (iou, kind) in zip(things, _best(things, dropped)):
         assert iou >= 0.5 and kind == thing.kind, f"{thing.colour} {thing.kind}: IoU {iou:.2f}, {kind}"
     assert len(dropped) == len(things)
+    too_far = belt_cfg.belt_colour.model_copy(update={"edge_strip_px": belt_width})
+    with pytest.raises(ConfigError, match="edge_strip_px .* whole belt region"):
+        BeltSegmenter(belt_cfg.model_copy(update={"belt_colour": too_far})).segment(image)
 
 
 def test_touching_garments_of_two_colours_are_cut_apart(belt_cfg: SegmentationConfig):

@@ -28,7 +28,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from sorting.errors import DataError
+from sorting.errors import ConfigError, DataError
 from sorting.serving.belt_colour_model import BeltColourConfig, BeltColourLookup
 from sorting.serving.belt_region import BeltEdgeFollower
 
@@ -60,6 +60,10 @@ class ColourForeground:
         # a line across the belt (rows when it travels along x): the rails run along the travel
         self._strip_kernel = (np.ones((2 * strip + 1, 1) if along_axis == 0 else (1, 2 * strip + 1), np.uint8)
                               if strip > 0 else None)
+        if self._strip_kernel is not None and cv2.countNonZero(region) and not cv2.countNonZero(
+                cv2.erode(region, self._strip_kernel)):
+            raise ConfigError(f"segmentation.belt_colour.edge_strip_px {model.edge_strip_px} reaches across the whole "
+                              "belt region: every blob would be dropped (calibrate --belt sets 13% of the belt's width)")
         self._inv_sigma: tuple[np.ndarray, np.ndarray] | None = None
         if model.local_sigma:
             levels = np.arange(256, dtype=np.float64)
