@@ -37,7 +37,7 @@ from sorting.serving.segmentation import (
     outline_shape,
 )
 from sorting.serving.detection_eval import Box, corners
-from sorting.serving.textile_check import CarveConfig, Floored, LastFrameBoxes, TextileCheck
+from sorting.serving.textile_check import CarveConfig, LastFrameBoxes, TextileCheck
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +80,7 @@ class ClothMap:
         logits = self.weight @ pooled.reshape(channels, -1) + self.bias[:, None]
         logits -= logits.max(axis=0, keepdims=True)
         logprobs = logits - np.log(np.exp(logits).sum(axis=0, keepdims=True))
-        scorer = self.check.scorer
-        # a window is a small part of a garment: the textile classes' floor is for whole crops (their confirmation)
-        head = scorer.head if isinstance(scorer, Floored) else scorer
-        return head.score(logprobs.T).reshape(rows, cols)
+        return self.check.map_scorer.score(logprobs.T).reshape(rows, cols)
 
 
 def _window_mean(features: np.ndarray, window: int) -> np.ndarray:

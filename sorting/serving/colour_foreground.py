@@ -160,6 +160,5 @@ def drop_edge_strips(fg: np.ndarray, region: np.ndarray, across: np.ndarray) -> 
     if n <= 1:
         return fg
     keep = np.zeros(n, np.uint8)
-    keep[np.unique(labels[inner > 0])] = 255
-    keep[0] = 0
+    keep[np.unique(labels[inner > 0])] = 255  # inner lies within fg: never the background's label 0
     return keep[labels]

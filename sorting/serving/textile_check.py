@@ -162,6 +162,8 @@ class TextileCheck:
                              writer="textile-sorter export-textile-check")
         self.scorer: ClassSum | TextileHead | Floored = (
             TextileHead.load(cfg.head) if cfg.head is not None else ClassSum(meta["textile_indices"]))
+        # the carving map's windows are small parts of a garment: the floor is for whole crops, the map keeps the head
+        self.map_scorer = self.scorer
         if cfg.class_floor is not None and isinstance(self.scorer, TextileHead):
             self.scorer = Floored(self.scorer, ClassSum(meta["textile_indices"]), cfg.class_floor)
         self.size = crop_size or self.scorer.input_size or int(meta["input_size"])
