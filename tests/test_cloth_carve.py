@@ -44,7 +44,8 @@ def test_a_window_covering_the_whole_crop_scores_as_the_crop_does(model_cache: P
     score: the map is the check, only pooled over windows."""
     check = TextileCheck(TextileCheckConfig())
     rng = np.random.default_rng(1)
-    check.scorer = TextileHead(rng.normal(0, 0.002, 1000), 0.0, 0.5, 224, {})  # scores away from 0 and 1
+    # a head scoring away from 0 and 1, for the crops and the map's windows alike
+    check.scorer = check.map_scorer = TextileHead(rng.normal(0, 0.002, 1000), 0.0, 0.5, 224, {})
     image = cv2.GaussianBlur(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8), (7, 7), 0)
     box = (30, 20, 224, 224)  # the crop's own size: no resizing on either path
     crop_score = check.scores(image, [box])[0]
