@@ -85,6 +85,26 @@ def test_set_up_finds_the_belt_band_and_every_kind_of_thing(belt_cfg: Segmentati
     assert len(detections) == len(things)  # nothing on the rails, no shadows, no fragments
 
 
+def test_a_skin_coloured_rag_inside_the_belt_is_a_garment_an_arm_from_its_edge_a_hand(belt_cfg: SegmentationConfig):
+    """A smooth, long, skin-coloured blob is a hand only where it reaches the belt region's edge: a hand is at the
+    end of an arm that comes from beside the belt; a pale pink rag lying on the belt touches none of its edges."""
+    assert belt_cfg.non_garment is not None and belt_cfg.non_garment.hand_reaches_in
+    image, _ = blue_belt_frame(13, garments=())
+    top = max(p[1] for p in belt_cfg.belt_region[:2])
+    skin = (120, 160, 215)
+    rag = np.array([[120, 120], [230, 112], [232, 146], [122, 152]], np.int32)  # inside the belt, 3.4 x as long
+    arm = np.array([[300, 0], [340, 0], [352, top + 110], [318, top + 112]], np.int32)  # over the top rail
+    for outline in (rag, arm):
+        cv2.fillPoly(image, [outline], skin)
+    things = [Thing("garment", "pink", (120, 112, 233, 153)), Thing("hand", "skin", (318, top, 353, top + 113))]
+    for thing, (iou, kind) in zip(things, _best(things, BeltSegmenter(belt_cfg).segment(image))):
+        assert iou >= 0.5 and kind == thing.kind, f"{thing.colour} {thing.kind}: IoU {iou:.2f}, {kind}"
+    anywhere = belt_cfg.non_garment.model_copy(update={"hand_reaches_in": False})
+    kinds = [k for _, k in _best(things, BeltSegmenter(belt_cfg.model_copy(update={"non_garment": anywhere}))
+                                 .segment(image))]
+    assert kinds == ["hand", "hand"]  # without the rule the rag is a hand too
+
+
 def _without_edge_strips(cfg: SegmentationConfig) -> SegmentationConfig:
     assert cfg.belt_colour is not None
     return cfg.model_copy(update={"belt_colour": cfg.belt_colour.model_copy(update={"edge_strip_px": 0})})

@@ -8,7 +8,9 @@ labels in benchmarks/belt_non_garment_boxes.csv):
 * **hand**: most of it skin-coloured (YCrCb skin range, not too dark), smooth (skin has almost no
   fine texture, fabric has weave, knit and folds), and long (an arm reaching in) or entering at a
   frame edge; or, entering at a frame edge, almost all glare and without any texture (an arm in the
-  sun, overexposed past the skin range);
+  sun, overexposed past the skin range). With ``hand_reaches_in`` a hand also reaches the belt region's
+  edge or the frame's: a hand is at the end of an arm that comes from beside the belt, while a pale pink
+  or beige rag lying on the belt does not touch its edges;
 * **object**: smaller than a typical garment, rigid-shaped (fills its rotated bounding rectangle and
   its convex hull: cards, phones, earbud cases, rulers) and plastic- or metal-looking (a large share of
   near-white pixels, or very dark, or grey).
@@ -44,6 +46,8 @@ class NonGarmentConfig(StrictModel):
     hand_min_elongation: float = Field(default=2.2, ge=1)
     hand_glare_share: float = Field(default=0.8, ge=0, le=1)  # share of pixels with Y >= 200 (an overexposed arm)
     hand_glare_texture: float = Field(default=0.05, gt=0)
+    # a hand reaches the belt region's (or the frame's) edge: a skin-coloured blob lying inside the belt is cloth
+    hand_reaches_in: bool = True
     object_max_area: float = Field(default=1.5, gt=0)  # times the expected item area (or min_area_px x 10)
     object_min_rectangularity: float = Field(default=0.8, ge=0, le=1)
     object_min_solidity: float = Field(default=0.95, ge=0, le=1)
@@ -85,11 +89,12 @@ def blob_measures(roi_bgr: np.ndarray, own: np.ndarray, contour: np.ndarray) -> 
 
 
 def blob_kind(measures: dict[str, float], *, area_px: float, typical_area_px: float, at_edge: bool,
-              cfg: NonGarmentConfig) -> str:
-    """``garment``, ``hand`` or ``object`` (areas in full-resolution pixels)."""
+              cfg: NonGarmentConfig, reaches_in: bool = True) -> str:
+    """``garment``, ``hand`` or ``object`` (areas in full-resolution pixels). ``at_edge``: the blob touches a
+    frame edge where items enter or leave; ``reaches_in``: it touches the belt region's edge or the frame's."""
     m = measures
     if m["skin"] >= cfg.hand_skin_share and m["texture"] < cfg.hand_max_texture and (
-            m["elongation"] >= cfg.hand_min_elongation or at_edge):
+            m["elongation"] >= cfg.hand_min_elongation or at_edge) and (reaches_in or not cfg.hand_reaches_in):
         return HAND
     if at_edge and m["bright"] >= cfg.hand_glare_share and m["texture"] < cfg.hand_glare_texture:
         return HAND

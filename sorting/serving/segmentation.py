@@ -64,6 +64,7 @@ Roi = tuple[NonNegativeInt, NonNegativeInt, PositiveInt, PositiveInt]
 
 BODY_MIN_LEVEL_PX = 2.0  # lowest cut of the distance map: below it, outline noise makes "peaks"
 BODY_LEVEL_STEP = 1.4
+REACH_PX = 3  # an outline this close to the belt region's edge (segmentation-scale px) reaches in from beside the belt
 
 
 class SegmentationConfig(StrictModel):
@@ -204,6 +205,8 @@ class BeltSegmenter:
         self._region: np.ndarray | None = None  # this frame's belt region (the colour model follows the belt)
         self._detector = LearnedDetector(cfg.detector) if cfg.detector is not None else None
         self._entry_edges = frozenset(("left", "right") if along_axis == 0 else ("top", "bottom"))
+        self._reach_kernel = cv2.getStructuringElement(cv2.MORPH_RECT, (2 * REACH_PX + 1, 2 * REACH_PX + 1))
+        self._inner_region: np.ndarray | None = None  # this frame's belt region less its edge band (when asked)
 
     def _small(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
@@ -248,6 +251,7 @@ class BeltSegmenter:
         """
         full_shape = image.shape[:2]
         self._check_size(full_shape)
+        self._inner_region = None
         small = self._small(image)
         if normalise is not None:
             small = normalise(small)
@@ -450,10 +454,21 @@ class BeltSegmenter:
             split = (self.check_colours and cores <= 1 and area >= shape_min_area
                      and self._two_colour_regions(roi, own))
         if non_garment is not None:
+            at_edge = bool(edges & self._entry_edges)
             kind = blob_kind(blob_measures(roi, own, contour), area_px=area,
-                             typical_area_px=self.cfg.typical_item_area_px(), at_edge=bool(edges & self._entry_edges),
-                             cfg=non_garment)
+                             typical_area_px=self.cfg.typical_item_area_px(), at_edge=at_edge, cfg=non_garment,
+                             reaches_in=at_edge or not non_garment.hand_reaches_in or self._reaches_region_edge(contour))
         return cores, split, kind
+
+    def _reaches_region_edge(self, contour: np.ndarray) -> bool:
+        """Whether the outline comes within REACH_PX (at the segmentation scale) of this frame's belt region's edge
+        or the frame's: where an arm comes in from beside the belt."""
+        if self._inner_region is None:  # once a frame (reset by segment): the region follows the belt's edges
+            region = self._region if self._region is not None else self._ignore_mask
+            assert region is not None
+            self._inner_region = cv2.erode(region, self._reach_kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0)
+        points = contour.reshape(-1, 2)
+        return bool((self._inner_region[points[:, 1], points[:, 0]] == 0).any())
 
     def _split_touching(self, contours: Sequence[np.ndarray], small: np.ndarray, min_area: float) -> list[np.ndarray]:
         """Contours with each blob of touching garments (``split_touching``) replaced by its parts."""
