@@ -14,6 +14,9 @@
    parts plus the development photos that validated it (``dev-val``: the detector never trained on them);
    ``--train-detector`` first trains it (``textile-sorter train-belt-detector --config training/belt-detector.yaml``,
    development photos only) and writes it to ``runs/belt/belt-detector.onnx``.
+6. ``--int8``: the same set-up with the INT8 textile check (``export-textile-check --int8`` calibrated on the
+   development photos, the head fitted on it), written to ``runs/belt/line-real-belt-int8.yaml``: the shipped line
+   is left as it is.
 
     python benchmarks/belt_benchmark.py --data ../shared/data/conveyor-photos [--repeat 5] [--keep-line] [--video]
     python benchmarks/belt_benchmark.py --keep-line --train-detector [--detector-parts dev-val dev]
@@ -95,7 +98,8 @@ def frames_of(onnx: Path) -> Path:
     return onnx.with_name(onnx.stem + "-frames.json")
 
 
-def score(part: str, data: Path, out: Path, repeat: int, overrides: list[str], frames: Path | None = None) -> None:
+def score(part: str, data: Path, out: Path, repeat: int, overrides: list[str], frames: Path | None = None, *,
+          line: Path = LINE) -> None:
     """``evaluate-detection`` of the line on one part of the photos (dev, heldout, all; dev-val from ``frames``)."""
     if part == "dev-val":
         if frames is None:
@@ -104,7 +108,7 @@ def score(part: str, data: Path, out: Path, repeat: int, overrides: list[str], f
     else:
         subset = [] if part == "all" else ["--subset", f"{SPLIT.relative_to(ROOT)}:{part}"]
     sets = [a for o in overrides for a in ("--set", o)]
-    done = _cli("evaluate-detection", "--line", str(LINE.relative_to(ROOT)), str(data / "images"),
+    done = _cli("evaluate-detection", "--line", _relative(line), str(data / "images"),
                 "--boxes", str(data / "boxes.csv"), "--labels", str(LABELS.relative_to(ROOT)), *subset, *sets,
                 "--out", str(out), "--repeat", str(repeat), "--no-progress")
     print(f"== {part}{' (' + ', '.join(overrides) + ')' if overrides else ''}\n" + done.stdout.strip())
@@ -144,35 +148,44 @@ def main() -> None:
     parser.add_argument("--detector-parts", nargs="*", default=["dev-val", "dev", "heldout", "all"])
     parser.add_argument("--detector-set", action="append", default=[], metavar="KEY=VALUE",
                         help="line overrides for the detector runs, e.g. segmentation.detector.min_score=0.4")
+    parser.add_argument("--int8", action="store_true", help="the INT8 textile check, in a line of its own under --out")
     args = parser.parse_args()
+    line, head = LINE, HEAD
+    if args.int8:
+        line, head = args.out / "line-real-belt-int8.yaml", args.out / "line-real-belt-int8-textile-head.json"
     if not args.keep_line:
         dev_images = _link_dev_images(args.data, args.out)
-        for path in (LINE, LINE.with_name(LINE.name + ".bak")):
+        for path in (line, line.with_name(line.name + ".bak")):
             path.unlink(missing_ok=True)
         t0 = time.perf_counter()
-        done = _cli("calibrate", "--belt", "--line", str(LINE.relative_to(ROOT)), "--template",
+        done = _cli("calibrate", "--belt", "--line", _relative(line), "--template",
                     str(TEMPLATE.relative_to(ROOT)), "--source", _relative(dev_images), "--camera",
                     "../shared/data/conveyor-photos/images", "--overlay", str(args.out / "line-real-belt-belt.png"))
         print(done.stdout.strip())
         print(f"set-up took {time.perf_counter() - t0:.1f} s (one command, nothing typed into the config)")
+        network = []
+        if args.int8:
+            network = ["--check-model", _relative(args.out / "textile-check.int8.onnx")]
+            print(_cli("export-textile-check", "--out", network[1], "--int8", _relative(dev_images)).stdout.strip())
         t0 = time.perf_counter()
-        done = _cli("fit-textile-check", "--line", str(LINE.relative_to(ROOT)), str(args.data / "images"), "--boxes",
+        done = _cli("fit-textile-check", "--line", _relative(line), str(args.data / "images"), "--boxes",
                     str(args.data / "boxes.csv"), "--labels", str(LABELS.relative_to(ROOT)), "--subset",
-                    f"{SPLIT.relative_to(ROOT)}:dev", "--out", str(HEAD.relative_to(ROOT)), "--write-line",
-                    "--no-progress")
+                    f"{SPLIT.relative_to(ROOT)}:dev", "--out", _relative(head), "--write-line", "--no-progress",
+                    *network)
         print(done.stdout.strip() + f"\ntextile head fitted in {time.perf_counter() - t0:.1f} s")
-        LINE.with_name(LINE.name + ".bak").unlink(missing_ok=True)
+        line.with_name(line.name + ".bak").unlink(missing_ok=True)
     detector = train_detector(args.out) if args.train_detector else args.detector
     frames = frames_of(detector) if detector is not None and frames_of(detector).is_file() else None
     line_parts = [*args.parts, *(["dev-val"] if frames is not None and "dev-val" not in args.parts else [])]
     rows = []
     for part in line_parts:
-        score(part, args.data, args.out / part, args.repeat, [], frames)
-        rows.append((part, "classical", args.out / part))
+        folder = args.out / (f"int8-{part}" if args.int8 else part)
+        score(part, args.data, folder, args.repeat, [], frames, line=line)
+        rows.append((part, "classical, INT8 check" if args.int8 else "classical", folder))
     if detector is not None:
         sets = [f"segmentation.detector={{model: {detector.resolve()}}}", *args.detector_set]
         for part in args.detector_parts:
-            score(part, args.data, args.out / f"detector-{part}", args.repeat, sets, frames)
+            score(part, args.data, args.out / f"detector-{part}", args.repeat, sets, frames, line=line)
             rows.append((part, "detector", args.out / f"detector-{part}"))
     print("\n".join(table(rows)))
     if args.video:

@@ -56,7 +56,8 @@ def fold_detector(folder: Path, seed: int) -> Path:
 
 
 def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
-             keep: float | None, detector: str | None = None, seed: int = 0, input_size: int | None = None) -> dict:
+             keep: float | None, detector: str | None = None, seed: int = 0, input_size: int | None = None,
+             int8: bool = False) -> dict:
     folder = out / f"fold{k}"
     shutil.rmtree(folder / "setup-images", ignore_errors=True)
     (folder / "setup-images").mkdir(parents=True)
@@ -69,10 +70,14 @@ def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, o
         old.unlink(missing_ok=True)
     _cli("calibrate", "--belt", "--line", str(line), "--template", str(TEMPLATE), "--source",
          str(folder / "setup-images"), "--camera", str((data / "images").resolve()))
+    network = []
+    if int8:  # the INT8 check, calibrated on the fold's set-up photos; the head fitted on it
+        network = ["--check-model", str(folder / "check.int8.onnx")]
+        _cli("export-textile-check", "--out", network[1], "--int8", str(folder / "setup-images"))
     _cli("fit-textile-check", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
          "--labels", str(LABELS), "--subset", str(folder / "setup.txt"), "--out", str(folder / "head.json"),
          "--write-line", "--no-progress", *(["--keep", str(keep)] if keep is not None else []),
-         *(["--input-size", str(input_size)] if input_size is not None else []))
+         *(["--input-size", str(input_size)] if input_size is not None else []), *network)
     if detector is not None:  # the fold's own detector, with these settings (e.g. "min_score: 0.4")
         model = fold_detector(folder, seed).resolve()
         overrides = [*overrides, f"segmentation.detector={{model: {model}, {detector}}}"]
@@ -98,6 +103,8 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, help="fit-textile-check --input-size (the head's crop side)")
     parser.add_argument("--blocked", action="store_true",
                         help="folds of consecutive scene groups, not dealt round-robin (a harder, scene-shift test)")
+    parser.add_argument("--int8", action="store_true", help="the INT8 textile check (export-textile-check --int8 on "
+                        "each fold's set-up photos), the head fitted on it")
     args = parser.parse_args()
     split = json.loads(SPLIT.read_text())
     dev, size = split["dev"], split["group_size"]
@@ -108,7 +115,7 @@ def main() -> None:
         test = [n for n in dev if fold[groups[n]] == k]
         setup = [n for n in dev if fold[groups[n]] != k]
         summaries.append(run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed,
-                                  args.input_size))
+                                  args.input_size, args.int8))
     totals = {key: sum(s[key]["0.5"] if isinstance(s[key], dict) else s[key] for s in summaries)
               for key in ("matched", "garments", "garment_detections", "false", "merged", "other_as_garment",
                         "other_unlabelled")}

@@ -70,6 +70,8 @@ class HeadFitConfig:
     # the class floor (textile_check.class_floor) lets this share of the labelled garment crops through no more: below
     # it ImageNet's textile classes see no cloth at all, whatever the head says
     floor_share: float = 0.01
+    # the check's network to fit on (an INT8 file from export-textile-check --int8); None: the line's own
+    check_model: Path | None = None
     progress: bool = True
 
 
@@ -83,6 +85,7 @@ class Crops:
     groups: np.ndarray  # (n,)
     photos: int
     labels_by_kind: dict[str, int] = field(default_factory=dict)  # the photos' labelled boxes (garment, hand, ...)
+    network: dict[str, Any] = field(default_factory=dict)  # the check's network the log-probabilities came from
 
 
 def collect_crops(cfg: HeadFitConfig) -> Crops:
@@ -95,7 +98,8 @@ def collect_crops(cfg: HeadFitConfig) -> Crops:
     for problem in boxes.problems + missing:
         log.warning("%s", problem)
     # the network only (its log-probabilities): a head the line has now plays no part in fitting the next one
-    check = TextileCheck((line.segmentation.textile_check or TextileCheckConfig()).model_copy(update={"head": None}),
+    network = {"head": None, **({"model": cfg.check_model} if cfg.check_model is not None else {})}
+    check = TextileCheck((line.segmentation.textile_check or TextileCheckConfig()).model_copy(update=network),
                          crop_size=cfg.input_size)
     line.segmentation.textile_check = None  # the head learns from what the segmentation calls garments
     seg = LineSegmentation(line)
@@ -127,7 +131,7 @@ def collect_crops(cfg: HeadFitConfig) -> Crops:
         raise DataError(f"no garment detection in the labelled photos of {cfg.boxes}: nothing to fit on")
     logprobs = np.concatenate(rows)
     return Crops(logprobs, classes.score(logprobs), np.asarray(labels), np.asarray(groups), photos,
-                 dict(sorted(labelled.items())))
+                 dict(sorted(labelled.items())), {"file": check.path.name, "quantized": check.quantized})
 
 
 def _labels(detections: list[Any], labels: list[Any], match_iou: float) -> list[int]:
@@ -166,7 +170,7 @@ def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]
     final = model().fit(x, y)
     info = {"fitted_on": {"line": str(cfg.line), "photos": crops.photos, "crops": int(len(y)),
                           "garments": int(y.sum()), "labels_by_kind": crops.labels_by_kind, "subset": cfg.subset,
-                          "match_iou": cfg.match_iou},
+                          "match_iou": cfg.match_iou, "check_model": crops.network},
             "cross_validation": {"folds": min(cfg.folds, n_groups), "group_size": cfg.group_size,
                                  "auc": round(float(roc_auc_score(y, oof)), 4),
                                  "garments_kept": round(float((oof[y == 1] >= threshold).mean()), 4),
@@ -222,28 +226,36 @@ def fit_textile_head(cfg: HeadFitConfig) -> TextileHead:
 OBJECTS_BACK_FROM = 0.95
 
 
-def write_head_into_line(line_path: str | Path, head_path: str | Path) -> Path:
+def write_head_into_line(line_path: str | Path, head_path: str | Path, *, check_model: str | Path | None = None) -> Path:
     """Point the line's ``segmentation.textile_check.head`` at ``head_path`` (relative to the line's folder), set
     the head's own ``class_floor`` and drop the line's ``min_score`` and ``class_floor`` (the head brings its own,
     fitted at its crop size), turn carving on (``carve``, which needs a head: garments cut out of clumps) and let
     the head overrule the object rule when it is sure (``objects_back_from``); what the line already says of these
-    two is kept; every other key and the leading comment kept, the previous file kept as ``<name>.bak``."""
+    two is kept; every other key and the leading comment kept, the previous file kept as ``<name>.bak``. With
+    ``check_model`` (the network the head was fitted on), ``textile_check.model`` points at it too."""
     path = Path(line_path)
     data, header = open_line_for_rewrite(path)
     note = ("# segmentation.textile_check.head: fitted by `textile-sorter fit-textile-check` (what on: the "
             "head file's fitted_on).\n")
     header = "".join(line for line in header.splitlines(keepends=True) if line != note) + note
     head = Path(head_path).resolve()
-    try:
-        where = os.path.relpath(head, path.resolve().parent)
-    except ValueError:  # another drive
-        where = str(head)
     segmentation = dict(data.get("segmentation") or {})
     check = {k: v for k, v in (segmentation.get("textile_check") or {}).items() if k not in ("min_score", "class_floor")}
+    if check_model is not None:
+        check["model"] = _relative_to(Path(check_model).resolve(), path)
     floor = TextileHead.load(head).info.get("class_floor", {}).get("value")
     segmentation["textile_check"] = {"carve": {}, "objects_back_from": OBJECTS_BACK_FROM,
-                                     **({"class_floor": floor} if floor else {}), **check, "head": where}
+                                     **({"class_floor": floor} if floor else {}), **check,
+                                     "head": _relative_to(head, path)}
     data["segmentation"] = segmentation
     write_line(path, data, header)
     load_line_config(path)  # the line still loads, with the head
     return path
+
+
+def _relative_to(target: Path, line_path: Path) -> str:
+    """``target`` as the line config names files: relative to its folder (absolute on another drive)."""
+    try:
+        return os.path.relpath(target, line_path.resolve().parent)
+    except ValueError:  # another drive
+        return str(target)

@@ -146,7 +146,7 @@ def quantize_model(
             quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
             excluded = float_nodes(onnx.load(str(prepared)), options.float_first_convs, options.float_heads)
             try:
-                _quantize_static(prepared, out_path, reader, options, options.calibration, excluded)
+                quantize_with_recipe(prepared, out_path, reader, options, options.calibration, excluded)
             except ValueError as exc:
                 if options.calibration == "minmax":
                     raise
@@ -154,14 +154,14 @@ def quantize_model(
                 log.warning("%s calibration failed (%s); falling back to minmax", options.calibration, exc)
                 reader.rewind()
                 options = replace(options, calibration="minmax")
-                _quantize_static(prepared, out_path, reader, options, "minmax", excluded)
+                quantize_with_recipe(prepared, out_path, reader, options, "minmax", excluded)
         except (DataError, ModelFileError):
             raise
         except Exception as exc:  # onnxruntime's quantizer raises many types for graphs it cannot handle
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
             raise ModelFileError(f"quantization of {fp32_path} failed: {first}") from None
     recipe = {**asdict(options), "n_calib": len(calib_images), "calib_source": calib_source, "source_model": fp32_path.name}
-    _copy_metadata(fp32_path, out_path, recipe)
+    copy_metadata(fp32_path, out_path, recipe)
     classifier = OnnxClassifier.load(out_path, threads=1)
     classifier.self_check()
     return QuantizeResult(out_path, len(calib_images), fp32_path.stat().st_size, out_path.stat().st_size)
@@ -170,8 +170,9 @@ def quantize_model(
 COLOUR_FEATURE_SCOPE = "/backbone/colour/"  # ONNX node-name scope of ColourAwareBackbone.colour
 
 
-def _quantize_static(prepared: Path, out_path: Path, reader: "ImageCalibrationReader", options: QuantizeOptions,
-                     method: str, excluded: list[str]) -> None:
+def quantize_with_recipe(prepared: Path, out_path: Path, reader: CalibrationDataReader, options: QuantizeOptions,
+                         method: str, excluded: list[str]) -> None:
+    """onnxruntime's ``quantize_static`` with the recipe of ``options`` (the nodes ``excluded`` stay FP32)."""
     with _quiet_root_logger():
         quantize_static(
             str(prepared),
@@ -221,7 +222,7 @@ def _quiet_root_logger() -> Iterator[None]:
         root.setLevel(previous)
 
 
-def _copy_metadata(src: Path, dst: Path, recipe: dict) -> None:
+def copy_metadata(src: Path, dst: Path, recipe: dict) -> None:
     """Copy the FP32 model's metadata_props (+ ``quantization``) onto the quantized model."""
     import json
 

@@ -172,6 +172,14 @@ class TextileCheck:
         self._last = LastFrameBoxes(cfg.reuse_iou)  # last frame's checked boxes and their scores
         self.input_name = self.session.get_inputs()[0].name
         self.path, self.meta = path, meta
+        # an INT8 file (export-textile-check --int8) carries the recipe it was quantized with
+        self.quantized = "quantization" in self.session.get_modelmeta().custom_metadata_map
+        fitted_on = getattr(self.map_scorer, "info", {}).get("fitted_on", {}).get("check_model", {})
+        if fitted_on.get("quantized", self.quantized) != self.quantized:
+            log.warning("textile check head %s was fitted on the %s network, the line runs the %s one (%s): its scores "
+                        "and threshold do not fit it; fit it again with fit-textile-check --check-model %s", cfg.head,
+                        "INT8" if fitted_on["quantized"] else "FP32", "INT8" if self.quantized else "FP32",
+                        path.name, path)
 
     def logprobs(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
         """ImageNet log-probabilities ``(len(boxes), 1000)`` of the ``(x, y, w, h)`` boxes' crops, and which
