@@ -57,7 +57,7 @@ def fold_detector(folder: Path, seed: int) -> Path:
 
 def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
              keep: float | None, detector: str | None = None, seed: int = 0, input_size: int | None = None,
-             int8: bool = False) -> dict:
+             int8: bool = False, context: float | None = None) -> dict:
     folder = out / f"fold{k}"
     shutil.rmtree(folder / "setup-images", ignore_errors=True)
     (folder / "setup-images").mkdir(parents=True)
@@ -77,7 +77,8 @@ def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, o
     _cli("fit-textile-check", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
          "--labels", str(LABELS), "--subset", str(folder / "setup.txt"), "--out", str(folder / "head.json"),
          "--write-line", "--no-progress", *(["--keep", str(keep)] if keep is not None else []),
-         *(["--input-size", str(input_size)] if input_size is not None else []), *network)
+         *(["--input-size", str(input_size)] if input_size is not None else []),
+         *(["--context", str(context)] if context is not None else []), *network)
     if detector is not None:  # the fold's own detector, with these settings (e.g. "min_score: 0.4")
         model = fold_detector(folder, seed).resolve()
         overrides = [*overrides, f"segmentation.detector={{model: {model}, {detector}}}"]
@@ -103,6 +104,7 @@ def main() -> None:
     parser.add_argument("--input-size", type=int, help="fit-textile-check --input-size (the head's crop side)")
     parser.add_argument("--blocked", action="store_true",
                         help="folds of consecutive scene groups, not dealt round-robin (a harder, scene-shift test)")
+    parser.add_argument("--context", type=float, help="fit-textile-check --context (the crop: the box grown by this)")
     parser.add_argument("--int8", action="store_true", help="the INT8 textile check (export-textile-check --int8 on "
                         "each fold's set-up photos), the head fitted on it")
     args = parser.parse_args()
@@ -115,7 +117,7 @@ def main() -> None:
         test = [n for n in dev if fold[groups[n]] == k]
         setup = [n for n in dev if fold[groups[n]] != k]
         summaries.append(run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed,
-                                  args.input_size, args.int8))
+                                  args.input_size, args.int8, args.context))
     totals = {key: sum(s[key]["0.5"] if isinstance(s[key], dict) else s[key] for s in summaries)
               for key in ("matched", "garments", "garment_detections", "false", "merged", "other_as_garment",
                         "other_unlabelled")}

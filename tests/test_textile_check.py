@@ -199,6 +199,34 @@ def test_the_class_floor_overrules_a_head_that_never_saw_such_a_thing(fake_model
         TextileCheckConfig(model=fake_model, class_floor=0.03)
 
 
+def test_a_head_crops_with_the_context_it_was_fitted_with(fake_model: Path, tmp_path: Path):
+    """A head fitted on crops of the box grown 1.5 times sees the belt around the thing too, and scores new crops
+    so; a head file without ``context`` crops the box alone, as before the key came."""
+    image = np.zeros((120, 200, 3), np.uint8)
+    image[40:80, 40:80] = 255  # a white thing on a black belt: brightness 1 alone, 1 / 2.25 with 1.5x context
+    box = [(40, 40, 40, 40)]
+    plain = _head(tmp_path / "plain.json", weight=1.0, bias=0.0, min_score=0.5)
+    data = json.loads(plain.read_text())
+    (tmp_path / "wide.json").write_text(json.dumps({**data, "context": 1.5}))
+    alone = TextileCheck(TextileCheckConfig(model=fake_model, head=plain))
+    wide = TextileCheck(TextileCheckConfig(model=fake_model, head=tmp_path / "wide.json"))
+    assert alone.context == 1.0 and wide.context == 1.5
+    p_alone, _ = alone.logprobs(image, box)
+    p_wide, _ = wide.logprobs(image, box)
+    assert np.exp(p_alone[0, 0]) > 0.95 and np.exp(p_wide[0, 0]) == pytest.approx(1 / 2.25, abs=0.03)
+    assert TextileHead.load(tmp_path / "wide.json").save(tmp_path / "again.json") and \
+        json.loads((tmp_path / "again.json").read_text())["context"] == 1.5
+    (tmp_path / "huge.json").write_text(json.dumps({**data, "context": 3.0}))
+    with pytest.raises(ModelFileError, match="context 3.0 is not 1..2"):
+        TextileHead.load(tmp_path / "huge.json")
+    from sorting.apps.textile_head import HeadFitConfig, fit_textile_head
+    from sorting.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--context 0.8"):  # refused before any photo is read
+        fit_textile_head(HeadFitConfig(line=tmp_path / "none.yaml", photos=tmp_path, boxes=tmp_path / "none.csv",
+                                       out=tmp_path / "head.json", context=0.8))
+
+
 def test_a_broken_head_file_is_refused_in_one_line(fake_model: Path, tmp_path: Path):
     cases = {"missing.json": None, "junk.json": "{not json", "short.json": _head(tmp_path / "s.json", weight=1,
                                                                                   bias=0, min_score=0.5, n=10)}

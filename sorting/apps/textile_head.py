@@ -31,14 +31,14 @@ from sorting.apps.detection_data import (
     read_boxes_csv,
 )
 from sorting.datasets.box_labels import photo_group, read_subset
-from sorting.errors import DataError
+from sorting.errors import ConfigError, DataError
 from sorting.serving.belt_calibration import open_line_for_rewrite, write_line
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.detection_eval import GARMENT, iou_matrix
 from sorting.serving.line_config import load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
 from sorting.serving.non_garment import HAND, OBJECT
-from sorting.serving.textile_check import ClassSum, TextileCheck, TextileCheckConfig, TextileHead
+from sorting.serving.textile_check import MAX_CONTEXT, ClassSum, TextileCheck, TextileCheckConfig, TextileHead
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,10 @@ class HeadFitConfig:
     # crop side: the network's native 224 px; 128 px costs a third and ties with it in scene cross-validation on
     # the conveyor's development photos, but took more hands and objects for garments (serving/README.md)
     input_size: int = 224
+    # the crop: the detection's box grown by this about its centre, so the network sees the thing's outline against
+    # the belt too; chosen by scene cross-validation on the conveyor's development photos (serving/README.md): 1.2
+    # against 1.0 / 1.1 / 1.35 / 1.5
+    context: float = 1.2
     # the class floor (textile_check.class_floor) lets this share of the labelled garment crops through no more: below
     # it ImageNet's textile classes see no cloth at all, whatever the head says
     floor_share: float = 0.01
@@ -100,7 +104,7 @@ def collect_crops(cfg: HeadFitConfig) -> Crops:
     # the network only (its log-probabilities): a head the line has now plays no part in fitting the next one
     network = {"head": None, **({"model": cfg.check_model} if cfg.check_model is not None else {})}
     check = TextileCheck((line.segmentation.textile_check or TextileCheckConfig()).model_copy(update=network),
-                         crop_size=cfg.input_size)
+                         crop_size=cfg.input_size, context=cfg.context)
     line.segmentation.textile_check = None  # the head learns from what the segmentation calls garments
     seg = LineSegmentation(line)
     classes = ClassSum(check.meta["textile_indices"])
@@ -179,7 +183,8 @@ def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]
             "class_floor": {"value": round(floor, 5), "garments_below": cfg.floor_share,
                             "others_below": round(float((crops.class_sum[y == 0] < floor).mean()), 4)},
             "regularisation": cfg.regularisation}
-    head = TextileHead(final.coef_[0].astype(np.float64), float(final.intercept_[0]), threshold, cfg.input_size, info)
+    head = TextileHead(final.coef_[0].astype(np.float64), float(final.intercept_[0]), threshold, cfg.input_size, info,
+                       cfg.context)
     return head, oof
 
 
@@ -209,6 +214,8 @@ def unseen_kinds(labels_by_kind: dict[str, int]) -> list[str]:
 def fit_textile_head(cfg: HeadFitConfig) -> TextileHead:
     """Collect, fit, write ``cfg.out`` and a plot of its out-of-fold scores next to it (``.png``); warns when the
     photos show (almost) no hand or object."""
+    if not 1.0 <= cfg.context <= MAX_CONTEXT:
+        raise ConfigError(f"--context {cfg.context}: a crop is its box grown 1 to {MAX_CONTEXT} times")
     crops = collect_crops(cfg)
     for kind in unseen_kinds(crops.labels_by_kind):
         log.warning("the labelled photos show %d %s(s): the head has not learnt to reject them; if the line will "

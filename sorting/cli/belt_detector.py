@@ -108,7 +108,7 @@ def _fit_textile_check(args: argparse.Namespace) -> int:
     head = fit_textile_head(HeadFitConfig(
         line=Path(args.line), photos=Path(args.photos), boxes=Path(args.boxes), out=Path(args.out),
         extra_labels=Path(args.labels) if args.labels else None, subset=args.subset, keep=args.keep,
-        group_size=args.group_size, input_size=args.input_size,
+        group_size=args.group_size, input_size=args.input_size, context=args.context,
         check_model=Path(args.check_model) if args.check_model else None, progress=not args.no_progress))
     fitted, cv = head.info["fitted_on"], head.info["cross_validation"]
     print(f"{fitted['crops']} garment detections ({fitted['garments']} garments) in {fitted['photos']} photos; out of "
@@ -140,6 +140,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="photos numbered alike (number // this) are one scene and stay in one fold")
     p.add_argument("--input-size", type=int, default=224,
                    help="crop side in px (the network's native 224; 128 costs a third, see serving/README.md)")
+    p.add_argument("--context", type=float, default=1.2,
+                   help="each crop is the detection's box grown by this about its centre (1.2: chosen by scene "
+                   "cross-validation on the conveyor photos; 1 crops the box alone); kept in the head file")
     p.add_argument("--check-model", help="the check's network to fit on, e.g. an INT8 file from export-textile-check "
                    "--int8 (default: the line's); with --write-line the line's textile_check.model points at it too")
     p.add_argument("--write-line", action="store_true", help="point the line's textile_check.head at the new head")

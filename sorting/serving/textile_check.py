@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 CACHE_NAME = f"textile-check-lite0-v{FORMAT_VERSION}.onnx"
 HEAD_FORMAT = 1
 CLASS_SUM_MIN_SCORE = 0.05  # the class list's threshold, chosen on the development photos of the conveyor
+MAX_CONTEXT = 2.0  # a crop grown more than twice its box is more neighbour than thing
 
 
 class CarveConfig(StrictModel):
@@ -151,8 +152,9 @@ def default_model() -> Path:
 class TextileCheck:
     """``scores(image, boxes)`` -> textile score per box; ``relabel(image, detections)`` applies ``min_score``."""
 
-    def __init__(self, cfg: TextileCheckConfig, *, crop_size: int | None = None) -> None:
-        """``crop_size``: the side crops are resized to (default: the head's, or the network's native 224 px)."""
+    def __init__(self, cfg: TextileCheckConfig, *, crop_size: int | None = None, context: float | None = None) -> None:
+        """``crop_size``: the side crops are resized to (default: the head's, or the network's native 224 px);
+        ``context``: each box is grown by this about its centre before it is cropped (default: the head's, or 1)."""
         path = Path(cfg.model) if cfg.model is not None else default_model()
         if not path.is_file():
             raise ModelFileError(f"segmentation.textile_check.model: {path} not found (write one with "
@@ -167,6 +169,7 @@ class TextileCheck:
         if cfg.class_floor is not None and isinstance(self.scorer, TextileHead):
             self.scorer = Floored(self.scorer, ClassSum(meta["textile_indices"]), cfg.class_floor)
         self.size = crop_size or self.scorer.input_size or int(meta["input_size"])
+        self.context = context or getattr(self.map_scorer, "context", 1.0)
         self.min_score = cfg.min_score if cfg.min_score is not None else self.scorer.min_score
         self.objects_back_from = cfg.objects_back_from
         self._last = LastFrameBoxes(cfg.reuse_iou)  # last frame's checked boxes and their scores
@@ -187,7 +190,8 @@ class TextileCheck:
         height, width = image_bgr.shape[:2]
         batch = np.zeros((len(boxes), self.size, self.size, 3), np.uint8)
         empty = np.zeros(len(boxes), bool)
-        for i, (x, y, w, h) in enumerate(boxes):
+        for i, box in enumerate(boxes):
+            x, y, w, h = grown_box(box, self.context)
             crop = image_bgr[max(0, y):min(height, y + h), max(0, x):min(width, x + w)]
             if crop.size == 0:
                 empty[i] = True
@@ -229,6 +233,15 @@ class TextileCheck:
         if det.kind == OBJECT and self.objects_back_from is not None and score >= self.objects_back_from:
             return replace(det, kind=GARMENT)
         return det
+
+
+def grown_box(box: tuple[int, int, int, int], factor: float) -> tuple[int, int, int, int]:
+    """The ``(x, y, w, h)`` box grown by ``factor`` about its centre (an empty box stays as it is)."""
+    x, y, w, h = box
+    if factor == 1.0 or w <= 0 or h <= 0:
+        return box
+    grown_w, grown_h = int(round(w * factor)), int(round(h * factor))
+    return int(round(x + (w - grown_w) / 2)), int(round(y + (h - grown_h) / 2)), grown_w, grown_h
 
 
 class ClassSum:
@@ -278,6 +291,7 @@ class TextileHead:
     min_score: float
     input_size: int  # the crops' side it was fitted on
     info: dict[str, Any]  # what it was fitted on and how well it separated out of fold
+    context: float = 1.0  # the crops were the box grown by this about its centre (a file without it: 1.0)
 
     def score(self, logprobs: np.ndarray) -> np.ndarray:
         z = logprobs.astype(np.float64) @ self.weights + self.bias
@@ -287,7 +301,7 @@ class TextileHead:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         data = {"textile_head": HEAD_FORMAT, "bias": self.bias, "min_score": self.min_score,
-                "input_size": self.input_size, **self.info,
+                "input_size": self.input_size, "context": self.context, **self.info,
                 "weights": [round(float(w), 6) for w in self.weights]}
         path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         return path
@@ -306,9 +320,12 @@ class TextileHead:
             size = int(data["input_size"])
             if not 32 <= size <= 512:
                 raise ValueError(f"input_size {size} is not 32..512")
+            context = float(data.get("context", 1.0))
+            if not 1.0 <= context <= MAX_CONTEXT:
+                raise ValueError(f"context {context} is not 1..{MAX_CONTEXT}")
             info = {k: v for k, v in data.items()
-                    if k not in ("textile_head", "weights", "bias", "min_score", "input_size")}
-            return cls(weights, float(data["bias"]), float(data["min_score"]), size, info)
+                    if k not in ("textile_head", "weights", "bias", "min_score", "input_size", "context")}
+            return cls(weights, float(data["bias"]), float(data["min_score"]), size, info, context)
         except FileNotFoundError:
             raise ModelFileError(f"segmentation.textile_check.head: {path} not found (fit one with "
                                  "textile-sorter fit-textile-check)") from None
