@@ -88,7 +88,7 @@ def test_the_int8_check_is_read_like_the_fp32_one_and_says_it_is_int8(fp32_check
     boxes = [(0, 0, 60, 60), (50, 20, 80, 60)]
     a, b = fp32.scores(image, boxes), int8.scores(image, boxes)
     assert np.abs(a - b).max() < 0.05  # the same textile-class sums, up to quantization
-    assert 0 <= result.top1_agreement <= 1 and result.class_sum_mean_abs_diff < 0.05
+    assert result.class_sum_mean_abs_diff < 0.05
     assert min(result.ms_per_crop) > 0 and "fit-textile-check --check-model" in "\n".join(result.lines())
     with pytest.raises(ModelFileError, match="already quantized"):
         quantize_textile_check(result.path, tmp_path / "twice.onnx", belt_photos)

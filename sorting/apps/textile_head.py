@@ -15,7 +15,6 @@ line config at the new head.
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from sorting.apps.detection_data import (
 )
 from sorting.datasets.box_labels import photo_group, read_subset
 from sorting.errors import ConfigError, DataError
-from sorting.serving.belt_calibration import open_line_for_rewrite, write_line
+from sorting.serving.belt_calibration import open_line_for_rewrite, relative_to_line, write_line
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.detection_eval import GARMENT, iou_matrix
 from sorting.serving.line_config import load_line_config
@@ -249,20 +248,12 @@ def write_head_into_line(line_path: str | Path, head_path: str | Path, *, check_
     segmentation = dict(data.get("segmentation") or {})
     check = {k: v for k, v in (segmentation.get("textile_check") or {}).items() if k not in ("min_score", "class_floor")}
     if check_model is not None:
-        check["model"] = _relative_to(Path(check_model).resolve(), path)
+        check["model"] = relative_to_line(Path(check_model).resolve(), path)
     floor = TextileHead.load(head).info.get("class_floor", {}).get("value")
     segmentation["textile_check"] = {"carve": {}, "objects_back_from": OBJECTS_BACK_FROM,
                                      **({"class_floor": floor} if floor else {}), **check,
-                                     "head": _relative_to(head, path)}
+                                     "head": relative_to_line(head, path)}
     data["segmentation"] = segmentation
     write_line(path, data, header)
     load_line_config(path)  # the line still loads, with the head
     return path
-
-
-def _relative_to(target: Path, line_path: Path) -> str:
-    """``target`` as the line config names files: relative to its folder (absolute on another drive)."""
-    try:
-        return os.path.relpath(target, line_path.resolve().parent)
-    except ValueError:  # another drive
-        return str(target)

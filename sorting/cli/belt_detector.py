@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sorting.cli.common import add_command
 from sorting.errors import ConfigError
-from sorting.serving.sources import IMAGE_SUFFIXES
+from sorting.serving.sources import image_files
 
 EXAMPLES = """
   textile-sorter train-belt-detector --config training/belt-detector.yaml --out runs/belt-detector.onnx
@@ -80,7 +80,7 @@ def _photos(folder: Path, subset: set[str] | None) -> list[Path]:
     """The image files of ``folder`` (sorted), only the ``subset``'s names (``images/x.jpg`` or ``x.jpg``) if given."""
     if not folder.is_dir():
         raise ConfigError(f"--int8 {folder}: not a folder of photos")
-    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    found = image_files(folder)
     if subset is not None:
         names = {Path(n).name for n in subset}
         found = [p for p in found if p.name in names]

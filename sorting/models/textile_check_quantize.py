@@ -18,7 +18,7 @@ import json
 import logging
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -61,21 +61,25 @@ class CheckQuantizeResult:
                 "  a fitted head must be fitted again on this file: fit-textile-check --check-model FILE"]
 
 
-def random_crops(photos: Sequence[Path], size: int, per_photo: int, seed: int) -> Iterator[np.ndarray]:
-    """``per_photo`` square crops of each photo at random places and sizes, as the check's input
-    (``(1, 3, size, size)`` float32, RGB, (x - 127) / 128); unreadable photos are skipped with a warning."""
-    rng = np.random.default_rng(seed)
+def random_crops(photos: Sequence[Path], size: int, per_photo: int, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Two sets of ``per_photo`` square crops of each photo at random places and sizes (drawn with ``seed`` and
+    ``seed + 1``; each photo read once), as the check's input (``(1, 3, size, size)`` float32, RGB, (x - 127) / 128):
+    one to calibrate on, one to compare the two networks on. Unreadable photos are skipped with a warning."""
+    draws = (np.random.default_rng(seed), np.random.default_rng(seed + 1))
+    sets: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     for path in photos:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             log.warning("%s: not a readable image, left out of the calibration", path)
             continue
         height, width = image.shape[:2]
-        for _ in range(per_photo):
-            side = int(rng.uniform(*CROP_SHARES) * min(height, width))
-            x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
-            crop = cv2.resize(image[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
-            yield ((crop[..., ::-1].astype(np.float32) - 127.0) / 128.0).transpose(2, 0, 1)[None]
+        for rng, out in zip(draws, sets):
+            for _ in range(per_photo):
+                side = int(rng.uniform(*CROP_SHARES) * min(height, width))
+                x, y = int(rng.integers(0, width - side + 1)), int(rng.integers(0, height - side + 1))
+                crop = cv2.resize(image[y:y + side, x:x + side], (size, size), interpolation=cv2.INTER_AREA)
+                out.append(((crop[..., ::-1].astype(np.float32) - 127.0) / 128.0).transpose(2, 0, 1)[None])
+    return sets
 
 
 class CropReader(CalibrationDataReader):
@@ -106,7 +110,7 @@ def quantize_textile_check(fp32_path: str | Path, out_path: str | Path, photos: 
         raise ModelFileError(f"{fp32_path} is already quantized")
     meta = json.loads(props[METADATA_KEY])
     size = int(meta["input_size"])
-    calibration = list(random_crops(photos, size, crops_per_photo, seed))
+    calibration, compared = random_crops(photos, size, crops_per_photo, seed)
     if len(calibration) < RECIPE.batch_size:
         raise DataError(f"{len(calibration)} calibration crops from {len(photos)} photos: give at least "
                         f"{RECIPE.batch_size // crops_per_photo} readable photos of the belt")
@@ -128,8 +132,8 @@ def quantize_textile_check(fp32_path: str | Path, out_path: str | Path, photos: 
         partial.unlink(missing_ok=True)
         raise ModelFileError(f"quantizing {fp32_path} renamed its classifier weights {sorted(classifier)}: not written")
     partial.replace(out_path)
-    compared = np.concatenate(list(random_crops(photos, size, crops_per_photo, seed + 1)))
-    return _compare(fp32_path, out_path, compared, [int(i) for i in meta["textile_indices"]], len(calibration))
+    return _compare(fp32_path, out_path, np.concatenate(compared), [int(i) for i in meta["textile_indices"]],
+                    len(calibration))
 
 
 def _compare(fp32: Path, int8: Path, crops: np.ndarray, textile: list[int], n_calibration: int) -> CheckQuantizeResult:

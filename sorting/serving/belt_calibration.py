@@ -296,11 +296,11 @@ def sample_frames(source: str, n_frames: int, *, fps: float | None = None, sprea
     """``n_frames`` frames spread over ``source``: evenly over a folder of photos (each a new scene) or a
     video file, one every ``spread_s`` seconds from a live camera or the synthetic belt (the belt moves
     on between them)."""
-    from sorting.serving.sources import IMAGE_SUFFIXES, open_source
+    from sorting.serving.sources import image_files, open_source
 
     path = Path(source).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        files = image_files(path)
         picks = [files[round(i)] for i in np.linspace(0, len(files) - 1, min(n_frames, len(files)))] if files else []
         frames = [f for f in (cv2.imread(str(p), cv2.IMREAD_COLOR) for p in picks) if f is not None]
     elif path.is_file():
@@ -365,9 +365,16 @@ def line_from_template(template: str | Path, line_path: str | Path, *, camera: s
     for section, key in (("model", "path"), ("policy", "bins")):
         value = (data.get(section) or {}).get(key)
         if value and not Path(value).is_absolute():
-            target = (template.resolve().parent / value).resolve()
-            data[section][key] = os.path.relpath(target, line_path.resolve().parent)
+            data[section][key] = relative_to_line((template.resolve().parent / value).resolve(), line_path)
     return data
+
+
+def relative_to_line(target: Path, line_path: Path) -> str:
+    """``target`` as a line config names files: relative to the config's folder (absolute on another drive)."""
+    try:
+        return os.path.relpath(target, line_path.resolve().parent)
+    except ValueError:  # another drive
+        return str(target)
 
 
 def _move_decision_line(data: dict[str, Any], template_camera: dict[str, Any], frame_size: tuple[int, int]) -> None:

@@ -91,10 +91,11 @@ def blob_measures(roi_bgr: np.ndarray, own: np.ndarray, contour: np.ndarray) -> 
 def blob_kind(measures: dict[str, float], *, area_px: float, typical_area_px: float, at_edge: bool,
               cfg: NonGarmentConfig, reaches_in: bool = True) -> str:
     """``garment``, ``hand`` or ``object`` (areas in full-resolution pixels). ``at_edge``: the blob touches a
-    frame edge where items enter or leave; ``reaches_in``: it touches the belt region's edge or the frame's."""
+    frame edge where items enter or leave; ``reaches_in``: it may be a hand's arm (it touches the belt region's edge
+    or the frame's, or the line does not ask, ``hand_reaches_in``)."""
     m = measures
     if m["skin"] >= cfg.hand_skin_share and m["texture"] < cfg.hand_max_texture and (
-            m["elongation"] >= cfg.hand_min_elongation or at_edge) and (reaches_in or not cfg.hand_reaches_in):
+            m["elongation"] >= cfg.hand_min_elongation or at_edge) and reaches_in:
         return HAND
     if at_edge and m["bright"] >= cfg.hand_glare_share and m["texture"] < cfg.hand_glare_texture:
         return HAND

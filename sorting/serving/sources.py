@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+def image_files(folder: Path) -> list[Path]:
+    """The image files of ``folder`` (by suffix), in sorted name order."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 @dataclass(frozen=True)
 class Frame:
     """One camera frame: running index, time in seconds on the source clock, BGR uint8 image."""
@@ -376,7 +381,7 @@ class FolderSource(FrameSource):
     def __init__(self, folder: str | Path, *, fps: float = 30.0) -> None:
         super().__init__()
         folder = Path(folder)
-        self._paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self._paths = image_files(folder)
         if not self._paths:
             raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {folder}")
         self._fps = float(fps)

@@ -169,7 +169,7 @@ class TextileCheck:
         if cfg.class_floor is not None and isinstance(self.scorer, TextileHead):
             self.scorer = Floored(self.scorer, ClassSum(meta["textile_indices"]), cfg.class_floor)
         self.size = crop_size or self.scorer.input_size or int(meta["input_size"])
-        self.context = context or getattr(self.map_scorer, "context", 1.0)
+        self.context = context or self.map_scorer.context
         self.min_score = cfg.min_score if cfg.min_score is not None else self.scorer.min_score
         self.objects_back_from = cfg.objects_back_from
         self._last = LastFrameBoxes(cfg.reuse_iou)  # last frame's checked boxes and their scores
@@ -177,7 +177,8 @@ class TextileCheck:
         self.path, self.meta = path, meta
         # an INT8 file (export-textile-check --int8) carries the recipe it was quantized with
         self.quantized = "quantization" in self.session.get_modelmeta().custom_metadata_map
-        fitted_on = getattr(self.map_scorer, "info", {}).get("fitted_on", {}).get("check_model", {})
+        head = self.map_scorer if isinstance(self.map_scorer, TextileHead) else None
+        fitted_on = head.info.get("fitted_on", {}).get("check_model", {}) if head is not None else {}
         if fitted_on.get("quantized", self.quantized) != self.quantized:
             log.warning("textile check head %s was fitted on the %s network, the line runs the %s one (%s): its scores "
                         "and threshold do not fit it; fit it again with fit-textile-check --check-model %s", cfg.head,
@@ -249,6 +250,7 @@ class ClassSum:
 
     min_score = CLASS_SUM_MIN_SCORE
     input_size = None  # the network's own (224 px: the class list needs the detail)
+    context = 1.0  # the box alone: the threshold was chosen on such crops
 
     def __init__(self, indices: list[int]) -> None:
         self.indices = np.asarray(indices, np.intp)
