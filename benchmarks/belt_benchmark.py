@@ -32,6 +32,8 @@ import sys
 import time
 from pathlib import Path
 
+from belt_errors import tally_by_scene_kind  # a script beside this one
+
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "benchmarks" / "belt_split.json"
 LABELS = ROOT / "benchmarks" / "belt_non_garment_boxes.csv"
@@ -135,6 +137,20 @@ def table(rows: list[tuple[str, str, Path]]) -> list[str]:
     return out
 
 
+def by_scene_kind(rows: list[tuple[str, str, Path]]) -> list[str]:
+    """Recall and precision at IoU 0.5 of each scored run by scene kind, from its frames.json: photos of garments
+    alone, and cluttered ones (phones, tape, hands among the garments), which are much harder and whose share
+    differs between the parts."""
+    out = ["| part | segmentation | scenes | photos | garments | R@0.5 | P@0.5 |", "|" + "---|" * 7]
+    for part, name, folder in rows:
+        for kind, t in tally_by_scene_kind(json.loads((folder / "frames.json").read_text())).items():
+            found = t["matched"] + t["false"]
+            out.append(f"| {part} | {name} | {kind} | {t['photos']} | {t['garments']} "
+                       f"| {_pct(t['matched'] / t['garments'] if t['garments'] else None)} "
+                       f"| {_pct(t['matched'] / found if found else None)} |")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "conveyor-photos")
@@ -188,6 +204,7 @@ def main() -> None:
             score(part, args.data, args.out / f"detector-{part}", args.repeat, sets, frames, line=line)
             rows.append((part, "detector", args.out / f"detector-{part}"))
     print("\n".join(table(rows)))
+    print("\n".join(by_scene_kind(rows)))
     if args.video:
         video_case(args.out)
 

@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from belt_errors import tally_by_scene_kind  # a script beside this one
+
 from sorting.datasets.box_labels import photo_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,6 +128,11 @@ def main() -> None:
     print(f"pooled over {args.folds} folds of scenes ({totals['garments']} garments): IoU 0.5 recall {recall:.1%}, "
           f"precision {precision:.1%}; merged {totals['merged']}; hands and objects taken for a garment "
           f"{totals['other_as_garment']}; hand or object detections on nothing labelled {totals['other_unlabelled']}")
+    frames = [row for k in range(args.folds) for row in json.loads((args.out / f"fold{k}" / "eval" / "frames.json")
+                                                                    .read_text())]
+    print("by scene kind: " + "; ".join(
+        f"{kind} {t['matched']}/{t['garments']} found, {t['false']} false"
+        for kind, t in tally_by_scene_kind(frames).items()))
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ class CarveConfig(StrictModel):
     kinds: list[Literal["object", "hand"]] = Field(default_factory=lambda: ["object", "hand"])
     min_area: float = Field(2.0, gt=0)  # times the typical item area: smaller non-garments are left whole
     min_piece: float = Field(0.25, gt=0)  # times the typical item area: a smaller cloth piece stays in the clump
-    scale: float = Field(0.5, gt=0, le=1)  # the map's resolution, as a share of the frame's
+    # the map's resolution, as a share of the frame's: 0.75 by scene CV (0.5 and 1.0 compared; serving/README.md)
+    scale: float = Field(0.75, gt=0, le=1)
     window: int = Field(3, ge=1, le=9)  # feature cells averaged into one score (a cell is 32 / scale frame px)
     min_score: float | None = Field(None, ge=0, lt=1)  # a window's score that is cloth; None: the check's own
     # garment detections of at least this many typical items are looked into too, and carved when the map calls less
