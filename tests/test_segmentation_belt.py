@@ -20,6 +20,7 @@ from sorting.serving.blob_split import SplitConfig
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.detection_eval import iou_matrix
 from sorting.serving.line_config import load_line_config
+from sorting.serving.line_segmentation import LineSegmentation
 from sorting.serving.non_garment import NonGarmentConfig
 from sorting.serving.segmentation import BeltSegmenter, SegmentationConfig
 from sorting.serving.textile_check import TextileCheckConfig
@@ -428,3 +429,41 @@ def test_serve_on_the_real_conveyor_photos_decides_every_item_it_finds(tmp_path:
     assert any(r[1] == "not_a_garment" for r in rows)
     stages = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("stage ms/frame"))
     assert "segment: belt model" in stages and "segment: textile check" in stages and "segment: carve" in stages
+
+
+def test_propose_labels_writes_the_detections_as_boxes_to_correct(tmp_path: Path, belt_cfg, capsys):
+    """``propose-labels``: one row per detection with its kind, an empty row for a photo with nothing on it, a
+    numbered sheet per photo, an unreadable photo named and skipped; the file is one evaluate-detection reads,
+    and scores the line that proposed it perfectly (the names resolve from the file's folder)."""
+    from sorting.datasets.box_labels import read_box_rows
+
+    photos = tmp_path / "photos"
+    things = _photo_folder(photos, range(40, 43), hand=True, phone=True)
+    cv2.imwrite(str(photos / "frame050.png"), blue_belt_frame(50, garments=())[0])  # the belt with nothing on it
+    (photos / "frame051.png").write_bytes(b"not an image")
+    line = tmp_path / "line.yaml"
+    line.write_text(yaml.safe_dump(_still_line(tmp_path, belt_cfg, "reject").model_dump(mode="json")))
+    out = tmp_path / "labels"
+    assert main(["propose-labels", "--line", str(line), str(photos), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "4 photos: " in printed and "frame051.png: cannot read" in printed
+    proposed = read_box_rows(out / "boxes.csv")
+    assert not proposed.problems
+    by_photo = {Path(name).name: boxes for name, boxes in proposed.boxes.items()}
+    assert set(by_photo) == {"frame040.png", "frame041.png", "frame042.png", "frame050.png"}
+    assert by_photo["frame050.png"] == []
+    seg = LineSegmentation(load_line_config(line))
+    for seed, frame in zip(range(40, 43), things):  # the line's own detections, as serve makes them
+        detections = seg.segment(cv2.imread(str(photos / f"frame{seed:03d}.png")))
+        assert by_photo[f"frame{seed:03d}.png"] == [((x, y, x + w, y + h), d.kind)
+                                                    for d, (x, y, w, h) in ((d, d.bbox) for d in detections)]
+        assert len(detections) >= len(frame) - 1  # and they are most of what is there
+    sheet = cv2.imread(str(out / "sheets" / "frame040.png"))
+    assert sheet.shape == (H, W, 3) and not np.array_equal(sheet, cv2.imread(str(photos / "frame040.png")))
+    scored = tmp_path / "eval"
+    assert main(["evaluate-detection", "--line", str(line), str(photos), "--boxes", str(out / "boxes.csv"),
+                 "--out", str(scored), "--no-progress"]) == 0
+    summary = json.loads((scored / "summary.json").read_text())
+    assert summary["frames"] == 4 and summary["recall"]["0.5"] == 1.0 and summary["precision"]["0.5"] == 1.0
+    assert main(["propose-labels", "--line", str(line), str(tmp_path / "nowhere"), "--out", str(out)]) != 0
+    assert "is not a folder of photos" in capsys.readouterr().err

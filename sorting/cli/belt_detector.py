@@ -1,6 +1,7 @@
 """``textile-sorter train-belt-detector``: a recipe -> a learned detector of garments, hands and objects (ONNX);
 ``textile-sorter export-textile-check``: the ImageNet check "is it cloth?" as an ONNX file (no training);
-``textile-sorter fit-textile-check``: a linear head for that check, fitted to a line's labelled photos.
+``textile-sorter fit-textile-check``: a linear head for that check, fitted to a line's labelled photos;
+``textile-sorter propose-labels``: the line's detections as a boxes CSV to correct, the labels the head needs.
 
 Registered from :mod:`sorting.cli.serve` next to ``calibrate --belt`` and ``evaluate-detection``, the other
 steps of setting a real belt up.
@@ -125,7 +126,38 @@ def _fit_textile_check(args: argparse.Namespace) -> int:
     return 0
 
 
+PROPOSE_EXAMPLES = """
+  textile-sorter propose-labels --line serving/line-my-belt.yaml setup-photos/ --out runs/labels
+then correct runs/labels/boxes.csv with the numbered sheets in runs/labels/sheets/ beside it (a kind changed, a row
+that is belt or a piece of a garment deleted, a missed item added), and fit the head on it:
+  textile-sorter fit-textile-check --line serving/line-my-belt.yaml setup-photos/ --boxes runs/labels/boxes.csv \\
+      --out serving/line-my-belt-head.json --write-line
+"""
+
+
+def _propose_labels(args: argparse.Namespace) -> int:
+    from sorting.apps.label_proposals import propose_labels
+
+    result = propose_labels(args.line, args.photos, args.out, subset=args.subset, progress=not args.no_progress)
+    kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(result.boxes.items())) or "nothing"
+    print(f"{result.photos} photos: {kinds} -> {result.csv_path} (numbered sheets: {result.sheets})"
+          + "".join(f"\n{why}" for why in result.skipped))
+    print("correct the boxes file (kinds, rows that are no item, missed items), then fit the head on it: "
+          f"textile-sorter fit-textile-check --line {args.line} {args.photos} --boxes {result.csv_path} --out HEAD.json "
+          "--write-line")
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "propose-labels", "Write the line's detections on a folder of photos as a boxes CSV with "
+                    "kinds (garment, hand, object) and numbered sheets: labels to correct for fit-textile-check, "
+                    "instead of boxes to draw.", PROPOSE_EXAMPLES)
+    p.add_argument("--line", required=True, help="line config whose segmentation proposes the boxes")
+    p.add_argument("photos", help="folder of photos of the belt")
+    p.add_argument("--out", "-o", required=True, help="folder for boxes.csv and sheets/")
+    p.add_argument("--subset", help="only these photos: FILE (names, one a line) or FILE.json:KEY")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_propose_labels)
     p = add_command(sub, "fit-textile-check", "Fit a linear head on the textile check's ImageNet outputs to a line's "
                     "labelled photos (segmentation.textile_check.head): the line's garment detections matched to "
                     "the boxes teach it what is cloth there.", HEAD_EXAMPLES)
