@@ -21,6 +21,7 @@ from pathlib import Path
 from belt_errors import tally_by_scene_kind  # a script beside this one
 
 from sorting.datasets.box_labels import photo_group
+from sorting.serving.detection_eval import scene_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "benchmarks" / "belt_split.json"
@@ -133,6 +134,12 @@ def main() -> None:
     print("by scene kind: " + "; ".join(
         f"{kind} {t['matched']}/{t['garments']} found, {t['false']} false"
         for kind, t in tally_by_scene_kind(frames).items()))
+    interval = scene_interval([r["garments"] for r in frames], [r["matched"] for r in frames],
+                              [r["false"] for r in frames], [photo_group(r["name"], size) for r in frames])
+    if interval is not None and interval.precision is not None:
+        print(f"{interval.level:.0%} interval over {interval.scenes} scenes (bootstrap): recall "
+              f"{interval.recall[0]:.1%}-{interval.recall[1]:.1%}, precision {interval.precision[0]:.1%}-"
+              f"{interval.precision[1]:.1%} (how far other scenes like these could put it)")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from sorting.serving.detection_eval import (
     ScoredDetection,
     iou_matrix,
     match_boxes,
+    scene_interval,
     score_frame,
     share_inside,
     summarise,
@@ -163,3 +164,19 @@ def test_subset_from_a_list_or_a_json_key(tmp_path: Path):
     assert read_subset(f"{tmp_path / 'split.json'}:heldout") == {"images/b.jpg"}
     with pytest.raises(DataError, match="no list"):
         read_subset(f"{tmp_path / 'split.json'}:test")
+
+
+def test_scene_interval_draws_whole_scenes():
+    # two frames of one scene and one of another; every scene alike: the interval is the point itself
+    same = scene_interval([2, 2, 4], [1, 1, 2], [0, 0, 0], [1, 1, 2])
+    assert same is not None and same.recall == (0.5, 0.5) and same.precision == (1.0, 1.0) and same.scenes == 2
+    # scenes that differ: the pooled figures lie inside a real interval, which narrows with more such scenes
+    garments, matched, false = [4, 4, 4, 4], [4, 1, 3, 2], [0, 2, 1, 0]
+    few = scene_interval(garments, matched, false, [0, 1, 2, 3])
+    many = scene_interval(garments * 10, matched * 10, false * 10, list(range(40)))
+    assert few is not None and many is not None
+    assert few.recall[0] < 10 / 16 < few.recall[1] and few.precision is not None
+    assert few.precision[0] < 10 / 13 < few.precision[1]
+    assert many.recall[1] - many.recall[0] < few.recall[1] - few.recall[0]
+    assert scene_interval([3, 2], [1, 1], [0, 0], [7, 7]) is None  # one scene says nothing of others
+    assert scene_interval([0, 0], [0, 0], [1, 0], [1, 2]) is None  # no garment label

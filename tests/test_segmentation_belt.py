@@ -297,6 +297,7 @@ def test_evaluate_detection_scores_photos_and_names_what_it_could_not_use(tmp_pa
     assert "not four numbers" in printed and "outside the 480x270 image" in printed and "small.png: frame is 100x100" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 3 and summary["garments"] == 12
+    assert summary["interval_0.5"] is None  # frames 20-22 are one scene: no interval
     assert summary["recall"]["0.5"] >= 0.9 and summary["precision"]["0.5"] >= 0.9
     assert summary["other_found"] == 3 and summary["other_as_garment"] == 0
     assert summary["ms"]["segment+crops cpu"]["max"] > 0
@@ -465,5 +466,6 @@ def test_propose_labels_writes_the_detections_as_boxes_to_correct(tmp_path: Path
                  "--out", str(scored), "--no-progress"]) == 0
     summary = json.loads((scored / "summary.json").read_text())
     assert summary["frames"] == 4 and summary["recall"]["0.5"] == 1.0 and summary["precision"]["0.5"] == 1.0
+    assert summary["interval_0.5"]["scenes"] == 2 and summary["interval_0.5"]["recall"] == [1.0, 1.0]
     assert main(["propose-labels", "--line", str(line), str(tmp_path / "nowhere"), "--out", str(out)]) != 0
     assert "is not a folder of photos" in capsys.readouterr().err

@@ -33,14 +33,16 @@ from sorting.apps.detection_data import (
     read_boxes_csv,
 )
 from sorting.apps.scoring import load_ground_truth
-from sorting.datasets.box_labels import read_subset
+from sorting.datasets.box_labels import photo_group, read_subset
 from sorting.errors import DataError
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.detection_eval import (
     DetectionSummary,
     FrameScore,
+    SceneInterval,
     ScoredDetection,
     corners,
+    scene_interval,
     score_frame,
     summarise,
 )
@@ -73,6 +75,8 @@ class DetectionBenchConfig:
     overlay_scale: float = 0.5
     threads: int = 1
     repeat: int = 1  # time each frame this many times (segmentation and crops), keep the fastest
+    # photos numbered alike (number // this) show one scene: the unit the interval of recall and precision draws
+    group_size: int = 10
     progress: bool = True
 
 
@@ -84,6 +88,7 @@ class DetectionBenchReport:
     skipped: list[str]  # frames the segmentation could not use (size, black, saturated)
     out_dir: Path
     line: str
+    interval: SceneInterval | None = None  # photos only: recall and precision at IoU 0.5 over other such scenes
 
 
 def _scored(det: Detection, entry_edges: frozenset[str], region: np.ndarray | None) -> ScoredDetection:
@@ -156,7 +161,12 @@ def run_detection_bench(cfg: DetectionBenchConfig) -> DetectionBenchReport:
         raise DataError(f"no frame could be scored ({len(skipped)} skipped: {skipped[:1]})")
     for line_text in problems + skipped:
         log.warning("%s", line_text)
-    report = DetectionBenchReport(summarise(scores), scores, problems, skipped, cfg.out_dir, str(cfg.line))
+    interval = None
+    if cfg.boxes is not None:  # a video is one scene
+        interval = scene_interval([len(f.garment_labels) for f in scores], [len(f.matches[0.5]) for f in scores],
+                                  [len(f.false(0.5)) for f in scores],
+                                  [photo_group(f.name, cfg.group_size) for f in scores])
+    report = DetectionBenchReport(summarise(scores), scores, problems, skipped, cfg.out_dir, str(cfg.line), interval)
     write_report(report)
     return report
 
@@ -271,6 +281,11 @@ def summary_lines(report: DetectionBenchReport) -> list[str]:
     for t in s.recall:
         lines.append(f"IoU {t}: recall {_pct(s.recall[t])} ({s.matched[t]}/{s.garments}), precision "
                      f"{_pct(s.precision[t])} ({s.false[t]} false; strict, cut ones false: {_pct(s.precision_strict[t])})")
+    if report.interval is not None:
+        i = report.interval
+        lines.append(f"IoU 0.5, {i.level:.0%} interval over {i.scenes} scenes (bootstrap, scenes drawn): recall "
+                     f"{_pct(i.recall[0])}-{_pct(i.recall[1])}, precision "
+                     + ("n/a" if i.precision is None else f"{_pct(i.precision[0])}-{_pct(i.precision[1])}"))
     lines.append(f"merged {s.merged} ({_pct(s.merged_rate)}), split {s.split} ({_pct(s.split_rate)}), "
                  f"cut at the entry/exit edge {s.cut}, off the belt {'n/a' if s.off_belt is None else s.off_belt}")
     others = {k: v for k, v in s.detections_by_kind.items() if k != "garment"}
@@ -294,7 +309,9 @@ def _frame_rows(frames: list[FrameScore]) -> list[dict[str, object]]:
 def write_report(report: DetectionBenchReport) -> None:
     """summary.json, frames.json and summary.md under the report's folder."""
     out = report.out_dir
-    data = {"line": report.line, **report.summary.to_dict(), "problems": report.problems, "skipped": report.skipped}
+    data = {"line": report.line, **report.summary.to_dict(),
+            "interval_0.5": None if report.interval is None else report.interval.to_dict(),
+            "problems": report.problems, "skipped": report.skipped}
     (out / "summary.json").write_text(json.dumps(data, indent=1) + "\n")
     rows = _frame_rows(report.frames)
     (out / "frames.json").write_text(json.dumps(rows, indent=1) + "\n")

@@ -89,7 +89,8 @@ def _evaluate_detection(args: argparse.Namespace) -> int:
     cfg = DetectionBenchConfig(line=Path(args.line), source=source, boxes=args.boxes, ground_truth=args.ground_truth,
                                extra_labels=args.labels, subset=args.subset, out_dir=out, overrides=args.set,
                                one_by_one=args.one_by_one, every=args.every, max_overlays=args.overlays,
-                               threads=args.threads, repeat=args.repeat, progress=not args.no_progress)
+                               threads=args.threads, repeat=args.repeat, group_size=args.group_size,
+                               progress=not args.no_progress)
     report = run_detection_bench(cfg)
     for line in report.problems + report.skipped:
         print(f"not used: {line}")
@@ -155,6 +156,8 @@ orange false, grey cut at the entry/exit edge, magenta non-garment, blue tint th
     e.add_argument("--repeat", type=int, default=1, help="time each frame this many times, keep the fastest "
                                                          "(a shared machine)")
     e.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a line config key")
+    e.add_argument("--group-size", type=int, default=10,
+                   help="photos numbered alike (number // this) are one scene: the unit of the bootstrap interval")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
     e.set_defaults(func=_evaluate_detection)
 

@@ -278,3 +278,46 @@ def summarise(frames: Iterable[FrameScore], thresholds: Sequence[float] = THRESH
         other_unlabelled=sum(len(f.other_unlabelled) for f in frames),
         ms={s: _ms_stats([f.seconds[s] for f in frames if s in f.seconds]) for s in stages},
     )
+
+
+@dataclass(frozen=True)
+class SceneInterval:
+    """A bootstrap interval of recall and precision at one IoU, with whole scenes as the unit drawn."""
+
+    recall: tuple[float, float]
+    precision: tuple[float, float] | None  # None when no draw had a garment detection
+    level: float
+    scenes: int
+    rounds: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recall": [round(v, 4) for v in self.recall],
+                "precision": None if self.precision is None else [round(v, 4) for v in self.precision],
+                "level": self.level, "scenes": self.scenes, "rounds": self.rounds}
+
+
+def scene_interval(garments: Sequence[int], matched: Sequence[int], false: Sequence[int], scenes: Sequence[int], *,
+                   level: float = 0.95, rounds: int = 2000, seed: int = 0) -> SceneInterval | None:
+    """How far recall and precision could move on other scenes like these: per-frame counts of garment labels,
+    matched labels and false garment detections are summed per scene (``scenes``: a scene id per frame), the
+    scenes drawn with replacement ``rounds`` times, and the middle ``level`` of the draws' recall and precision
+    kept. Scenes, not frames, are the unit: photos of one scene show the same garments moved, so they are not
+    independent. None with fewer than two scenes or no garment label."""
+    ids = sorted(set(scenes))
+    if len(ids) < 2 or not sum(garments):
+        return None
+    index = {s: i for i, s in enumerate(ids)}
+    per_scene = np.zeros((len(ids), 3))
+    for g, m, f, s in zip(garments, matched, false, scenes):
+        per_scene[index[s]] += (g, m, f)
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(rounds, len(ids)))
+    g, m, f = per_scene[draws].sum(axis=1).T
+    tail = (1.0 - level) / 2 * 100
+
+    def middle(values: np.ndarray) -> tuple[float, float] | None:
+        values = values[np.isfinite(values)]
+        return None if not len(values) else (float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail)))
+
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall, precision = middle(m / g), middle(m / (m + f))
+    return None if recall is None else SceneInterval(recall, precision, level, len(ids), rounds)
