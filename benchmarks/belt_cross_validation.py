@@ -60,7 +60,7 @@ def fold_detector(folder: Path, seed: int) -> Path:
 
 def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
              keep: float | None, detector: str | None = None, seed: int = 0, input_size: int | None = None,
-             int8: bool = False, context: float | None = None) -> dict:
+             int8: bool = False, context: float | None = None, check_model: Path | None = None) -> dict:
     folder = out / f"fold{k}"
     shutil.rmtree(folder / "setup-images", ignore_errors=True)
     (folder / "setup-images").mkdir(parents=True)
@@ -77,6 +77,8 @@ def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, o
     if int8:  # the INT8 check, calibrated on the fold's set-up photos; the head fitted on it
         network = ["--check-model", str(folder / "check.int8.onnx")]
         _cli("export-textile-check", "--out", network[1], "--int8", str(folder / "setup-images"))
+    elif check_model is not None:  # another network (export-textile-check --backbone), the head fitted on it
+        network = ["--check-model", str(check_model.resolve())]
     _cli("fit-textile-check", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
          "--labels", str(LABELS), "--subset", str(folder / "setup.txt"), "--out", str(folder / "head.json"),
          "--write-line", "--no-progress", *(["--keep", str(keep)] if keep is not None else []),
@@ -110,7 +112,11 @@ def main() -> None:
     parser.add_argument("--context", type=float, help="fit-textile-check --context (the crop: the box grown by this)")
     parser.add_argument("--int8", action="store_true", help="the INT8 textile check (export-textile-check --int8 on "
                         "each fold's set-up photos), the head fitted on it")
+    parser.add_argument("--check-model", type=Path, help="fit each fold's head on this network (export-textile-check "
+                        "--backbone ...) and score with it")
     args = parser.parse_args()
+    if args.int8 and args.check_model:
+        parser.error("--int8 makes its own network per fold: give it or --check-model, not both")
     split = json.loads(SPLIT.read_text())
     dev, size = split["dev"], split["group_size"]
     groups = {n: photo_group(n, size) for n in dev}
@@ -120,7 +126,7 @@ def main() -> None:
         test = [n for n in dev if fold[groups[n]] == k]
         setup = [n for n in dev if fold[groups[n]] != k]
         summaries.append(run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed,
-                                  args.input_size, args.int8, args.context))
+                                  args.input_size, args.int8, args.context, args.check_model))
     totals = {key: sum(s[key]["0.5"] if isinstance(s[key], dict) else s[key] for s in summaries)
               for key in ("matched", "garments", "garment_detections", "false", "merged", "other_as_garment",
                         "other_unlabelled")}

@@ -117,6 +117,23 @@ def test_the_packaged_check_is_exported_once_and_scores_in_0_1(packaged_check: T
     assert scores.shape == (2,) and ((scores >= 0) & (scores <= 1)).all()
 
 
+def test_another_backbone_is_exported_to_a_file_of_its_own(tmp_path: Path, model_cache: Path, capsys):
+    """``export-textile-check --backbone lite1 --out F`` writes Lite1 (its metadata says so) that a check reads
+    like the default one; without --out it would replace the Lite0 check the lines share in the cache: refused."""
+    from sorting.cli import main
+
+    cached = sorted(model_cache.iterdir())
+    assert main(["export-textile-check", "--backbone", "lite1"]) != 0
+    assert "needs --out" in capsys.readouterr().err and sorted(model_cache.iterdir()) == cached
+    out = tmp_path / "check-lite1.onnx"
+    assert main(["export-textile-check", "--backbone", "lite1", "--out", str(out)]) == 0
+    check = TextileCheck(TextileCheckConfig(model=out))
+    assert check.meta["backbone"] == "efficientnet_lite1" and check.meta["input_size"] == 240
+    noise = np.random.default_rng(1).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    score = check.scores(noise, [(0, 0, 80, 60)])
+    assert score.shape == (1,) and 0 <= score[0] <= 1
+
+
 @pytest.mark.shared_data
 def test_on_real_photos_garments_look_like_cloth_and_phones_do_not(packaged_check: TextileCheck, shared_data: Path,
                                                                    repo_root: Path):

@@ -57,12 +57,17 @@ fitted on it again (its inputs move), and --write-line points the line at both.
 
 
 def _export_textile_check(args: argparse.Namespace) -> int:
+    from sorting.models.efficientnet_lite import VARIANTS
     from sorting.models.textile_check_export import export_textile_check
     from sorting.serving.textile_check import CACHE_NAME, cache_dir
 
+    if args.backbone != "lite0" and (not args.out or args.int8 is not None):
+        raise ConfigError(f"--backbone {args.backbone} needs --out and no --int8: the cache folder and the INT8 "
+                          "recipe hold the Lite0 check the lines use by default")
     if args.int8 is None:
-        out = export_textile_check(Path(args.out) if args.out else cache_dir() / CACHE_NAME)
-        print(f"textile check: {out}")
+        out = export_textile_check(Path(args.out) if args.out else cache_dir() / CACHE_NAME,
+                                   variant=VARIANTS[f"efficientnet_{args.backbone}"])
+        print(f"textile check: {out} ({args.backbone})")
         return 0
     from sorting.datasets.box_labels import read_subset
     from sorting.models.textile_check_quantize import quantize_textile_check
@@ -187,6 +192,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", metavar="PHOTOS", help="write an INT8 check instead (about twice as fast on a CPU), "
                    "calibrated on random crops of this folder's photos of the belt (no labels needed)")
     p.add_argument("--subset", help="with --int8: only these photos, FILE (names, one a line) or FILE.json:KEY")
+    p.add_argument("--backbone", choices=("lite0", "lite1", "lite2"), default="lite0",
+                   help="the ImageNet network (default Lite0; Lite1 and Lite2 scored lower in scene cross-validation "
+                   "on the conveyor photos, serving/README.md); a head is fitted on it with fit-textile-check "
+                   "--check-model")
     p.set_defaults(func=_export_textile_check)
     p = add_command(sub, "train-belt-detector", "Train the learned detector of garments, hands and objects on a belt "
                     "(segmentation.detector) from labelled photos and/or synthetic frames; writes an ONNX file.",

