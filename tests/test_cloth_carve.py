@@ -158,6 +158,52 @@ def test_on_a_moving_belt_a_large_garment_found_whole_is_not_looked_into_again()
     assert len(carver.carve(image, [moved], reuse=True)) == 2 and cloth.runs == 4
 
 
+class _ScreenedMap(_CountingMap):
+    """And the check's own crop's map: each of its cells scores ``crop_cloth`` (``scores_of``)."""
+
+    def __init__(self, cloth_below_x: float, crop_cloth: float) -> None:
+        super().__init__(cloth_below_x)
+        self.crop_cloth = crop_cloth
+
+    def scores_of(self, features: np.ndarray, window: int) -> np.ndarray:
+        return np.full(features.shape[1:], self.crop_cloth, np.float32)
+
+
+def test_a_large_garment_its_own_crop_calls_cloth_is_left_whole_without_the_finer_map():
+    """``garment_screen``: the check's crop of a large garment (kept by the check, 7 x 7 cells) calls it all cloth,
+    so the finer map is not run and the garment stays whole; where the crop does not, or no crop was kept (a score
+    reused on a moving belt), the finer map decides as before."""
+    image = np.zeros((200, 400, 3), np.uint8)
+    big = _blob(40, 40, 360, 160, "garment")
+    kept = {big.bbox: (np.zeros((1280, 7, 7), np.float32), (8, 28, 392, 172))}
+
+    def carver(cloth: _ScreenedMap, **cfg) -> ClothCarver:
+        return ClothCarver(CarveConfig(**cfg), cloth, _all_cloth, min_score=0.5, seg_scale=SEG_SCALE,
+                           typical_area_px=10_000, min_area_px=800, border_margin_px=3, crop_map=kept.get)
+
+    sure = _ScreenedMap(150, crop_cloth=1.0)  # the finer map would call it a clump
+    assert carver(sure).carve(image, [big]) == [big] and sure.runs == 0
+    doubtful = _ScreenedMap(150, crop_cloth=0.0)
+    assert len(carver(doubtful).carve(image, [big])) == 2 and doubtful.runs == 1  # carved by the finer map
+    off = _ScreenedMap(150, crop_cloth=1.0)
+    assert len(carver(off, garment_screen=None).carve(image, [big])) == 2 and off.runs == 1
+    unscored = _ScreenedMap(400, crop_cloth=1.0)
+    assert carver(unscored).carve(image, [_blob(40, 40, 360, 161, "garment")]) and unscored.runs == 1
+
+
+def test_the_check_keeps_the_feature_map_of_each_crop_it_relabels(model_cache: Path):
+    """``relabel`` keeps each scored crop's feature map and the frame region it covers (the box grown by the
+    context, clipped to the frame); a later ``scores`` call (carving confirming its pieces) does not replace them."""
+    check = TextileCheck(TextileCheckConfig())
+    image = np.random.default_rng(2).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    garment = Detection(bbox=(10, 20, 100, 80), area=8000.0, centroid=(60.0, 60.0), kind="garment")
+    check.relabel(image, [garment])
+    features, region = check.crop_map(garment.bbox)
+    assert features.shape == (1280, 7, 7) and region == check.crop_region(garment.bbox, (300, 200))
+    check.scores(image, [(0, 0, 50, 50)])
+    assert check.crop_map(garment.bbox) is not None and check.crop_map((0, 0, 50, 50)) is None
+
+
 def test_carving_needs_a_fitted_head():
     with pytest.raises(pydantic.ValidationError, match="carve needs a head"):
         TextileCheckConfig(carve={})

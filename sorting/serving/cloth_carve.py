@@ -42,6 +42,7 @@ from sorting.serving.textile_check import CarveConfig, LastFrameBoxes, TextileCh
 log = logging.getLogger(__name__)
 
 CropScores = Callable[[np.ndarray, list[tuple[int, int, int, int]]], np.ndarray]
+CropMap = Callable[[tuple[int, int, int, int]], "tuple[np.ndarray, tuple[int, int, int, int]] | None"]
 
 
 class ClothMap:
@@ -75,6 +76,11 @@ class ClothMap:
                           interpolation=cv2.INTER_AREA)
         net_in = (crop[..., ::-1].astype(np.float32) - 127.0) * (1.0 / 128.0)
         features = self.check.session.run([FEATURES], {self.check.input_name: net_in.transpose(2, 0, 1)[None]})[0][0]
+        return self.scores_of(features, window)
+
+    def scores_of(self, features: np.ndarray, window: int) -> np.ndarray:
+        """Scores ``(rows, cols)`` of the cells of a feature map ``(channels, rows, cols)``, each that of the
+        ``window`` x ``window`` cells around it."""
         pooled = _window_mean(features, window)
         channels, rows, cols = pooled.shape
         logits = self.weight @ pooled.reshape(channels, -1) + self.bias[:, None]
@@ -101,11 +107,14 @@ class ClothCarver:
 
     def __init__(self, cfg: CarveConfig, cloth_map: ClothMap, confirm: CropScores, *, min_score: float,
                  seg_scale: float, typical_area_px: float, min_area_px: float, border_margin_px: int,
-                 split: SplitConfig | None = None, reuse_iou: float = 0.5) -> None:
+                 split: SplitConfig | None = None, reuse_iou: float = 0.5, crop_map: CropMap | None = None) -> None:
         """``confirm``: the check's score of crops (``TextileCheck.scores``), which each carved piece must pass as
         any garment does; ``min_score``: the check's threshold (``cfg.min_score`` replaces it for the map only);
         ``split``: the line's ``split_touching``, applied to each carved piece (garments in a clump touch);
-        ``reuse_iou``: the check's, for large garments already found whole in the previous frame."""
+        ``reuse_iou``: the check's, for large garments already found whole in the previous frame; ``crop_map``:
+        the feature map of the check's own crop of a box this frame (``TextileCheck.crop_map``), for
+        ``garment_screen``."""
+        self.crop_map = crop_map
         self._whole = LastFrameBoxes(reuse_iou)  # last frame's large garment detections found to be about all cloth
         self.cfg = cfg
         self.confirm = confirm
@@ -142,7 +151,7 @@ class ClothCarver:
         frame's detection it overlaps so; either way its box joins ``whole``), else it is a clump (a garment on a
         tray, beside phones): the cloth in it is carved out and the rest is an object."""
         box = corners(det.bbox)
-        if reuse and self._whole.find([box])[0]:
+        if (reuse and self._whole.find([box])[0]) or self._whole_on_its_crop(det):
             whole.append(box)
             return [det]
         region, blob, cloth = self._cloth(image_bgr, det)
@@ -152,6 +161,24 @@ class ClothCarver:
             return [det]
         log.debug("a garment detection of %.0f px is %.0f%% cloth: carved as a clump", det.area, 100 * share)
         return self._carve_one(image_bgr, replace(det, kind=OBJECT), region, blob, cloth)
+
+    def _whole_on_its_crop(self, det: Detection) -> bool:
+        """Whether the map of the check's own crop of ``det`` (its feature map, kept when the check scored it:
+        coarser than the carving map, but free) calls at least ``garment_screen`` of its blob cloth."""
+        screen = self.cfg.garment_screen
+        found = self.crop_map(det.bbox) if self.crop_map is not None and screen is not None else None
+        if screen is None or found is None or det.outline is None:
+            return False
+        features, (x0, y0, x1, y1) = found
+        s = self.seg_scale
+        ox, oy = int(x0 * s), int(y0 * s)
+        size = (max(1, int(np.ceil(x1 * s)) - ox), max(1, int(np.ceil(y1 * s)) - oy))
+        blob = np.zeros((size[1], size[0]), np.uint8)
+        cv2.drawContours(blob, [det.outline - np.int32([ox, oy])], -1, 255, thickness=cv2.FILLED)
+        scores = cv2.resize(self.map.scores_of(features, self.cfg.window), size, interpolation=cv2.INTER_LINEAR)
+        cloth = cv2.morphologyEx(np.where(scores >= self.min_score, blob, 0).astype(np.uint8), cv2.MORPH_OPEN,
+                                 self._kernel)
+        return cv2.countNonZero(cloth) >= screen * max(1, cv2.countNonZero(blob))
 
     def _carve_one(self, image_bgr: np.ndarray, det: Detection, region: tuple[int, int, int, int], blob: np.ndarray,
                    cloth: np.ndarray) -> list[Detection]:

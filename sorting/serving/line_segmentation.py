@@ -48,7 +48,8 @@ class LineSegmentation:
                                           self.textile_check.scores, min_score=self.textile_check.min_score,
                                           seg_scale=seg.scale, typical_area_px=seg.typical_item_area_px(),
                                           min_area_px=seg.min_area_px, border_margin_px=seg.border_margin_px,
-                                          split=seg.split_touching, reuse_iou=seg.textile_check.reuse_iou)
+                                          split=seg.split_touching, reuse_iou=seg.textile_check.reuse_iou,
+                                          crop_map=self.textile_check.crop_map)
         self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
         # wall time of each stage (belt model, textile check, carve): the last frame's and the means
         self.timer = StageTimer(())

@@ -38,7 +38,7 @@ from pydantic import Field, model_validator
 
 from sorting.config import StrictModel
 from sorting.errors import ModelFileError
-from sorting.models.textile_check_format import FORMAT_VERSION, METADATA_KEY, OUTPUT
+from sorting.models.textile_check_format import FEATURES, FORMAT_VERSION, METADATA_KEY, OUTPUT
 from sorting.serving.detection_eval import Box, corners, iou_matrix
 from sorting.serving.non_garment import GARMENT, OBJECT
 from sorting.serving.onnx_file import json_metadata, open_session
@@ -65,6 +65,10 @@ class CarveConfig(StrictModel):
     # than garment_max_cloth of their blob cloth (a garment merged with a tray, phones, a hand); None: left whole
     garment_min_area: float | None = Field(3.0, gt=0)
     garment_max_cloth: float = Field(0.8, gt=0, le=1)
+    # such a garment is left whole without the finer map when the map of the check's own crop of it (computed
+    # anyway, coarser) calls at least this share of its blob cloth; most large garments are, and the finer map is
+    # most of carving's time; None: always the finer map
+    garment_screen: float | None = Field(0.9, gt=0, le=1)
 
 
 class TextileCheckConfig(StrictModel):
@@ -176,6 +180,8 @@ class TextileCheck:
         self._last = LastFrameBoxes(cfg.reuse_iou)  # last frame's checked boxes and their scores
         self.input_name = self.session.get_inputs()[0].name
         self.path, self.meta = path, meta
+        self.has_maps = FEATURES in {out.name for out in self.session.get_outputs()}
+        self._crop_maps: dict[tuple[int, ...], tuple[np.ndarray, tuple[int, int, int, int]]] = {}
         # an INT8 file (export-textile-check --int8) carries the recipe it was quantized with
         self.quantized = "quantization" in self.session.get_modelmeta().custom_metadata_map
         head = self.map_scorer if isinstance(self.map_scorer, TextileHead) else None
@@ -186,31 +192,52 @@ class TextileCheck:
                         "INT8" if fitted_on["quantized"] else "FP32", "INT8" if self.quantized else "FP32",
                         path.name, path)
 
-    def logprobs(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    def crop_region(self, box: tuple[int, int, int, int], frame: tuple[int, int]) -> tuple[int, int, int, int]:
+        """The frame region ``(x0, y0, x1, y1)`` a ``(x, y, w, h)`` box's crop is cut from in a ``(width, height)``
+        frame: the box grown by the context, clipped to the frame."""
+        x, y, w, h = grown_box(box, self.context)
+        return max(0, x), max(0, y), min(frame[0], x + w), min(frame[1], y + h)
+
+    def logprobs(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]], *,
+                 keep_maps: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """ImageNet log-probabilities ``(len(boxes), 1000)`` of the ``(x, y, w, h)`` boxes' crops, and which
-        boxes were empty (no pixel in the frame)."""
+        boxes were empty (no pixel in the frame); with ``keep_maps`` (and a network that gives its feature map),
+        each crop's feature map is kept for :meth:`crop_map`."""
         height, width = image_bgr.shape[:2]
         batch = np.zeros((len(boxes), self.size, self.size, 3), np.uint8)
         empty = np.zeros(len(boxes), bool)
         for i, box in enumerate(boxes):
-            x, y, w, h = grown_box(box, self.context)
-            crop = image_bgr[max(0, y):min(height, y + h), max(0, x):min(width, x + w)]
+            x0, y0, x1, y1 = self.crop_region(box, (width, height))
+            crop = image_bgr[y0:y1, x0:x1]
             if crop.size == 0:
                 empty[i] = True
                 continue
             batch[i] = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
         x = (batch[..., ::-1].astype(np.float32) - 127.0) * (1.0 / 128.0)
-        out = self.session.run([OUTPUT], {self.input_name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
-        return np.asarray(out, np.float32), empty
+        maps = keep_maps and self.has_maps
+        out = self.session.run([OUTPUT, FEATURES] if maps else [OUTPUT],
+                               {self.input_name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
+        if maps:
+            self._crop_maps.update({tuple(box): (features, self.crop_region(box, (width, height)))
+                                    for box, features, none in zip(boxes, out[1], empty) if not none})
+        return np.asarray(out[0], np.float32), empty
 
-    def scores(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
-        """Textile score of each ``(x, y, w, h)`` box of ``image_bgr`` (an empty box scores 0)."""
+    def scores(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]], *,
+               keep_maps: bool = False) -> np.ndarray:
+        """Textile score of each ``(x, y, w, h)`` box of ``image_bgr`` (an empty box scores 0); ``keep_maps``: see
+        :meth:`logprobs`."""
         if not boxes:
             return np.zeros(0, np.float32)
-        logprobs, empty = self.logprobs(image_bgr, boxes)
+        logprobs, empty = self.logprobs(image_bgr, boxes, keep_maps=keep_maps)
         out = self.scorer.score(logprobs)
         out[empty] = 0.0
         return out
+
+    def crop_map(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+        """The feature map ``(channels, rows, cols)`` of ``box``'s crop as the last :meth:`relabel` scored it, and
+        the frame region ``(x0, y0, x1, y1)`` the crop covers; None if it was not scored there (a reused score, a
+        network without the map)."""
+        return self._crop_maps.get(tuple(box))
 
     def relabel(self, image_bgr: np.ndarray, detections: list[Any], *, reuse: bool = False) -> list[Any]:
         """``detections`` with the garments whose crop scores below ``min_score`` turned into objects (and, with
@@ -223,7 +250,8 @@ class TextileCheck:
         found = self._last.find(boxes) if reuse else [None] * len(checked)
         scores = {i: score for i, score in zip(checked, found) if score is not None}
         todo = [i for i in checked if i not in scores]
-        scores.update(zip(todo, self.scores(image_bgr, [detections[i].bbox for i in todo]).tolist()))
+        self._crop_maps = {}  # this frame's (carving reads them: ClothCarver's garment_screen)
+        scores.update(zip(todo, self.scores(image_bgr, [detections[i].bbox for i in todo], keep_maps=True).tolist()))
         self._last.keep(boxes, [scores[i] for i in checked])
         return [self._kind_after(d, scores.get(i)) for i, d in enumerate(detections)]
 
