@@ -168,7 +168,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "the boxes teach it what is cloth there.", HEAD_EXAMPLES)
     p.add_argument("--line", required=True, help="line config whose segmentation makes the crops")
     p.add_argument("photos", help="folder of the labelled photos")
-    p.add_argument("--boxes", required=True, help="boxes CSV: image,x0,y0,x1,y1 (garments)")
+    p.add_argument("--boxes", required=True, help="boxes CSV: image,x0,y0,x1,y1[,kind] (without kind: garments; "
+                   "propose-labels writes one with kinds to correct)")
     p.add_argument("--labels", help="non-garment labels: image,x0,y0,x1,y1,kind")
     p.add_argument("--subset", help="only these photos: FILE (names, one a line) or FILE.json:KEY")
     p.add_argument("--out", "-o", required=True, help="head file to write (JSON)")
