@@ -467,5 +467,9 @@ def test_propose_labels_writes_the_detections_as_boxes_to_correct(tmp_path: Path
     summary = json.loads((scored / "summary.json").read_text())
     assert summary["frames"] == 4 and summary["recall"]["0.5"] == 1.0 and summary["precision"]["0.5"] == 1.0
     assert summary["interval_0.5"]["scenes"] == 2 and summary["interval_0.5"]["recall"] == [1.0, 1.0]
-    assert main(["propose-labels", "--line", str(line), str(tmp_path / "nowhere"), "--out", str(out)]) != 0
+    assert main(["propose-labels", "--line", str(line), str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) != 0
     assert "is not a folder of photos" in capsys.readouterr().err
+    corrected = (out / "boxes.csv").read_text() + "frame050.png,10,60,90,120,garment\n"  # the integrator's work
+    (out / "boxes.csv").write_text(corrected)
+    assert main(["propose-labels", "--line", str(line), str(photos), "--out", str(out), "--no-progress"]) != 0
+    assert "exists" in capsys.readouterr().err and (out / "boxes.csv").read_text() == corrected

@@ -65,6 +65,8 @@ def propose_labels(line_path: str | Path, photos_dir: str | Path, out_dir: str |
     if not paths:
         raise DataError(f"no photo to propose labels for in {photos_dir}" + (f" (subset {subset})" if subset else ""))
     out = Path(out_dir)
+    if (out / "boxes.csv").exists():  # perhaps corrected already: never written over
+        raise DataError(f"{out / 'boxes.csv'} exists (labels corrected already?): give another --out, or move it away")
     sheets = out / "sheets"
     sheets.mkdir(parents=True, exist_ok=True)
     seg = LineSegmentation(line)
@@ -81,7 +83,7 @@ def propose_labels(line_path: str | Path, photos_dir: str | Path, out_dir: str |
             result.skipped.append(f"{path.name}: {exc}")
             continue
         name = os.path.relpath(path.resolve(), out.resolve())
-        boxes = [((x, y, x + w, y + h), d.kind) for d, (x, y, w, h) in ((d, d.bbox) for d in detections)]
+        boxes = [((d.bbox[0], d.bbox[1], d.bbox[0] + d.bbox[2], d.bbox[1] + d.bbox[3]), d.kind) for d in detections]
         rows += [[name, *map(str, box), kind] for box, kind in boxes] or [[name, "", "", "", "", ""]]
         cv2.imwrite(str(sheets / f"{path.stem}.png"), draw_sheet(image, boxes))
         result.photos += 1
