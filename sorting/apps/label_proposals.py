@@ -33,7 +33,7 @@ from sorting.errors import DataError
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.line_config import load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
-from sorting.serving.sources import image_files
+from sorting.serving.sources import photos_of
 
 log = logging.getLogger(__name__)
 
@@ -56,14 +56,7 @@ def propose_labels(line_path: str | Path, photos_dir: str | Path, out_dir: str |
     """Run the line's segmentation on each photo of ``photos_dir`` (``subset``: FILE or FILE.json:KEY of names)
     and write its detections as a boxes CSV with kinds, and a numbered sheet per photo, under ``out_dir``."""
     line = load_line_config(line_path)
-    if not Path(photos_dir).is_dir():
-        raise DataError(f"{photos_dir} is not a folder of photos")
-    paths = image_files(Path(photos_dir))
-    if subset is not None:
-        names = {Path(name).name for name in read_subset(subset)}
-        paths = [p for p in paths if p.name in names]
-    if not paths:
-        raise DataError(f"no photo to propose labels for in {photos_dir}" + (f" (subset {subset})" if subset else ""))
+    paths = photos_of(Path(photos_dir), read_subset(subset) if subset is not None else None)
     out = Path(out_dir)
     if (out / "boxes.csv").exists():  # perhaps corrected already: never written over
         raise DataError(f"{out / 'boxes.csv'} exists (labels corrected already?): give another --out, or move it away")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sorting.cli.common import add_command
 from sorting.errors import ConfigError
-from sorting.serving.sources import image_files
+from sorting.serving.sources import photos_of
 
 EXAMPLES = """
   textile-sorter train-belt-detector --config training/belt-detector.yaml --out runs/belt-detector.onnx
@@ -76,23 +76,10 @@ def _export_textile_check(args: argparse.Namespace) -> int:
     if not args.out:
         raise ConfigError("--int8 needs --out: the INT8 check is named in the line config (textile_check.model), "
                           "the cache folder holds the FP32 one")
-    photos = _photos(Path(args.int8), read_subset(args.subset) if args.subset else None)
+    photos = photos_of(Path(args.int8), read_subset(args.subset) if args.subset else None)
     result = quantize_textile_check(default_model(), Path(args.out), photos)
     print("\n".join(result.lines()))
     return 0
-
-
-def _photos(folder: Path, subset: set[str] | None) -> list[Path]:
-    """The image files of ``folder`` (sorted), only the ``subset``'s names (``images/x.jpg`` or ``x.jpg``) if given."""
-    if not folder.is_dir():
-        raise ConfigError(f"--int8 {folder}: not a folder of photos")
-    found = image_files(folder)
-    if subset is not None:
-        names = {Path(n).name for n in subset}
-        found = [p for p in found if p.name in names]
-    if not found:
-        raise ConfigError(f"--int8 {folder}: no photos (.jpg, .png, ...)" + (" of the subset" if subset else ""))
-    return found
 
 
 HEAD_EXAMPLES = """

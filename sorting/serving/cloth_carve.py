@@ -53,7 +53,7 @@ class ClothMap:
         from onnx import numpy_helper
 
         names = check.meta.get("classifier")
-        if not names or FEATURES not in {out.name for out in check.session.get_outputs()}:
+        if not names or not check.has_maps:
             raise ModelFileError(f"{check.path}: this textile check has no feature map or names no classifier weights "
                                  f"(format {check.meta.get('format')}): export it again (textile-sorter "
                                  "export-textile-check) to carve garments out of clumps")
@@ -169,16 +169,11 @@ class ClothCarver:
         found = self.crop_map(det.bbox) if self.crop_map is not None and screen is not None else None
         if screen is None or found is None or det.outline is None:
             return False
-        features, (x0, y0, x1, y1) = found
-        s = self.seg_scale
-        ox, oy = int(x0 * s), int(y0 * s)
-        size = (max(1, int(np.ceil(x1 * s)) - ox), max(1, int(np.ceil(y1 * s)) - oy))
-        blob = np.zeros((size[1], size[0]), np.uint8)
-        cv2.drawContours(blob, [det.outline - np.int32([ox, oy])], -1, 255, thickness=cv2.FILLED)
-        scores = cv2.resize(self.map.scores_of(features, self.cfg.window), size, interpolation=cv2.INTER_LINEAR)
-        cloth = cv2.morphologyEx(np.where(scores >= self.min_score, blob, 0).astype(np.uint8), cv2.MORPH_OPEN,
-                                 self._kernel)
-        return cv2.countNonZero(cloth) >= screen * max(1, cv2.countNonZero(blob))
+        features, region = found
+        blob = self._blob_in(det, region)
+        scores = cv2.resize(self.map.scores_of(features, self.cfg.window), blob.shape[::-1],
+                            interpolation=cv2.INTER_LINEAR)
+        return cv2.countNonZero(self._cloth_in(blob, scores)) >= screen * max(1, cv2.countNonZero(blob))
 
     def _carve_one(self, image_bgr: np.ndarray, det: Detection, region: tuple[int, int, int, int], blob: np.ndarray,
                    cloth: np.ndarray) -> list[Detection]:
@@ -220,17 +215,28 @@ class ClothCarver:
         x0, y0 = max(0, x - int(cell)), max(0, y - int(cell))
         x1, y1 = min(width, x + w + int(cell)), min(height, y + h + int(cell))
         scores = self.map.scores(image_bgr, (x0, y0, x1 - x0, y1 - y0), scale=self.cfg.scale, window=self.cfg.window)
-        ox, oy = int(x0 * s), int(y0 * s)
-        size = (int(np.ceil(x1 * s)) - ox, int(np.ceil(y1 * s)) - oy)
-        blob = np.zeros((size[1], size[0]), np.uint8)
-        cv2.drawContours(blob, [det.outline - np.int32([ox, oy])], -1, 255, thickness=cv2.FILLED)
+        blob = self._blob_in(det, (x0, y0, x1, y1))
+        size = blob.shape[::-1]
         cell_small = cell * s
         cells_px = (max(1, round(scores.shape[1] * cell_small)), max(1, round(scores.shape[0] * cell_small)))
         up = cv2.resize(scores, cells_px, interpolation=cv2.INTER_LINEAR)
         up = cv2.copyMakeBorder(up, 0, max(0, size[1] - up.shape[0]), 0, max(0, size[0] - up.shape[1]),
                                 cv2.BORDER_REPLICATE)[:size[1], :size[0]]
-        cloth = cv2.morphologyEx(np.where(up >= self.min_score, blob, 0).astype(np.uint8), cv2.MORPH_OPEN, self._kernel)
-        return (x0, y0, x1, y1), blob, cloth
+        return (x0, y0, x1, y1), blob, self._cloth_in(blob, up)
+
+    def _blob_in(self, det: Detection, region: tuple[int, int, int, int]) -> np.ndarray:
+        """``det``'s blob as a mask of the frame region ``(x0, y0, x1, y1)`` at the segmentation scale."""
+        s = self.seg_scale
+        x0, y0, x1, y1 = region
+        ox, oy = int(x0 * s), int(y0 * s)
+        blob = np.zeros((max(1, int(np.ceil(y1 * s)) - oy), max(1, int(np.ceil(x1 * s)) - ox)), np.uint8)
+        cv2.drawContours(blob, [det.outline - np.int32([ox, oy])], -1, 255, thickness=cv2.FILLED)
+        return blob
+
+    def _cloth_in(self, blob: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """The part of ``blob`` where ``scores`` (a map resized to it) say cloth, its ragged edges opened away."""
+        return cv2.morphologyEx(np.where(scores >= self.min_score, blob, 0).astype(np.uint8), cv2.MORPH_OPEN,
+                                self._kernel)
 
     def _split(self, contour: np.ndarray, small: np.ndarray) -> list[np.ndarray]:
         """``contour``'s parts by colour and necks (``split_touching``, as the segmenter splits blobs)."""

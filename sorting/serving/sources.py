@@ -49,6 +49,20 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+def photos_of(folder: Path, names: set[str] | None = None) -> list[Path]:
+    """:func:`image_files` of ``folder``, only those whose file name is one of ``names`` (``images/x.jpg`` or
+    ``x.jpg``) if given; DataError when ``folder`` is no folder or holds none of them."""
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder of photos")
+    found = image_files(folder)
+    if names is not None:
+        wanted = {Path(name).name for name in names}
+        found = [p for p in found if p.name in wanted]
+    if not found:
+        raise DataError(f"{folder}: no photos (.jpg, .png, ...)" + (" of the subset" if names is not None else ""))
+    return found
+
+
 @dataclass(frozen=True)
 class Frame:
     """One camera frame: running index, time in seconds on the source clock, BGR uint8 image."""

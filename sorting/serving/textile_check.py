@@ -206,8 +206,8 @@ class TextileCheck:
         height, width = image_bgr.shape[:2]
         batch = np.zeros((len(boxes), self.size, self.size, 3), np.uint8)
         empty = np.zeros(len(boxes), bool)
-        for i, box in enumerate(boxes):
-            x0, y0, x1, y1 = self.crop_region(box, (width, height))
+        regions = [self.crop_region(box, (width, height)) for box in boxes]
+        for i, (x0, y0, x1, y1) in enumerate(regions):
             crop = image_bgr[y0:y1, x0:x1]
             if crop.size == 0:
                 empty[i] = True
@@ -218,8 +218,8 @@ class TextileCheck:
         out = self.session.run([OUTPUT, FEATURES] if maps else [OUTPUT],
                                {self.input_name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
         if maps:
-            self._crop_maps.update({tuple(box): (features, self.crop_region(box, (width, height)))
-                                    for box, features, none in zip(boxes, out[1], empty) if not none})
+            self._crop_maps.update({tuple(box): (features, region)
+                                    for box, features, region, none in zip(boxes, out[1], regions, empty) if not none})
         return np.asarray(out[0], np.float32), empty
 
     def scores(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]], *,
