@@ -21,6 +21,8 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 $(STAMP): $(PY) pyproject.toml
+	@free=$$(df -Pk . | awk 'NR==2 {print int($$4 / 1048576)}'); [ "$$free" -ge 8 ] || \
+		echo "warning: $$free GB of disk free here; the install needs about 8 GB (torch's CUDA build)" >&2
 	$(PIP) install --quiet $(TORCH_SPEC)
 	$(PIP) install --quiet -e ".[dev]"
 	touch $(STAMP)

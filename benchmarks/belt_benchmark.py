@@ -8,13 +8,17 @@
 3. ``textile-sorter evaluate-detection`` on the development part, the held-out part and all photos, with the
    non-garment labels of benchmarks/belt_non_garment_boxes.csv; each frame timed on one OpenCV thread, the
    fastest of ``--repeat`` runs (the machine is shared). Summaries under ``runs/belt/<part>/``.
-4. ``--video``: the video case on the synthetic conveyor: a line set up by ``calibrate --belt`` from 8 frames
+4. ``--refit-all``: the head fitted again on all the labelled photos (``runs/belt/textile-head-all.json``) and
+   scored on all of them (``runs/belt/refit-all``: in-sample, the head saw them), then the development head
+   fitted again into the line, as shipped. A trial of whether the shipped line should learn from every labelled
+   photo (serving/README.md, "Is it cloth?": it should not, yet).
+5. ``--video``: the video case on the synthetic conveyor: a line set up by ``calibrate --belt`` from 8 frames
    of one clip (seed 3), scored on another (seed 12, 40 garments) next to the hand-made colour line.
-5. ``--detector ONNX``: the same line with the learned detector (``segmentation.detector``), scored on the same
+6. ``--detector ONNX``: the same line with the learned detector (``segmentation.detector``), scored on the same
    parts plus the development photos that validated it (``dev-val``: the detector never trained on them);
    ``--train-detector`` first trains it (``textile-sorter train-belt-detector --config training/belt-detector.yaml``,
    development photos only) and writes it to ``runs/belt/belt-detector.onnx``.
-6. ``--int8``: the same set-up with the INT8 textile check (``export-textile-check --int8`` calibrated on the
+7. ``--int8``: the same set-up with the INT8 textile check (``export-textile-check --int8`` calibrated on the
    development photos, the head fitted on it), written to ``runs/belt/line-real-belt-int8.yaml``: the shipped line
    is left as it is.
 
@@ -31,6 +35,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import yaml
 
 from belt_errors import tally_by_scene_kind  # a script beside this one
 
@@ -151,12 +157,51 @@ def by_scene_kind(rows: list[tuple[str, str, Path]]) -> list[str]:
     return out
 
 
+def set_up(args: argparse.Namespace, line: Path, network: list[str]) -> None:
+    """``calibrate --belt`` from 8 development photos into ``line`` (timed); with ``network`` (``--check-model
+    FILE``, the INT8 check) that network is exported from them too."""
+    dev_images = _link_dev_images(args.data, args.out)
+    for path in (line, line.with_name(line.name + ".bak")):
+        path.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    done = _cli("calibrate", "--belt", "--line", _relative(line), "--template",
+                str(TEMPLATE.relative_to(ROOT)), "--source", _relative(dev_images), "--camera",
+                "../shared/data/conveyor-photos/images", "--overlay", str(args.out / "line-real-belt-belt.png"))
+    print(done.stdout.strip())
+    print(f"set-up took {time.perf_counter() - t0:.1f} s (one command, nothing typed into the config)")
+    if network:
+        print(_cli("export-textile-check", "--out", network[1], "--int8", _relative(dev_images)).stdout.strip())
+
+
+def fit_head(args: argparse.Namespace, line: Path, head: Path, network: list[str], *, part: str) -> None:
+    """``fit-textile-check --write-line``: the head of ``line`` fitted on one part of the photos (dev, all)."""
+    subset = [] if part == "all" else ["--subset", f"{SPLIT.relative_to(ROOT)}:{part}"]
+    t0 = time.perf_counter()
+    done = _cli("fit-textile-check", "--line", _relative(line), str(args.data / "images"), "--boxes",
+                str(args.data / "boxes.csv"), "--labels", str(LABELS.relative_to(ROOT)), *subset,
+                "--out", _relative(head), "--write-line", "--no-progress", *network)
+    print(done.stdout.strip() + f"\ntextile head fitted on the {part} photos in {time.perf_counter() - t0:.1f} s")
+    line.with_name(line.name + ".bak").unlink(missing_ok=True)
+
+
+def head_fitted_on(line: Path) -> str:
+    """Which photos the line's textile head was fitted on, from the head file (``dev``, ``all``; ``none``)."""
+    check = (yaml.safe_load(line.read_text()).get("segmentation") or {}).get("textile_check") or {}
+    if not check.get("head"):
+        return "none"
+    subset = json.loads((line.parent / check["head"]).read_text())["fitted_on"].get("subset")
+    return "all" if subset is None else subset.rsplit(":", 1)[-1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "conveyor-photos")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "belt")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep-line", action="store_true", help="score the existing line config, do not set it up")
+    parser.add_argument("--refit-all", action="store_true",
+                        help="also fit the head on all labelled photos and score it on them (in-sample); the line "
+                             "keeps its development head")
     parser.add_argument("--video", action="store_true", help="also the video case on the synthetic conveyor")
     parser.add_argument("--parts", nargs="*", default=["dev", "heldout", "all"], help="parts scored for the line")
     parser.add_argument("--detector", type=Path, help="also score the line with this learned detector (ONNX)")
@@ -169,40 +214,30 @@ def main() -> None:
     line, head = LINE, HEAD
     if args.int8:
         line, head = args.out / "line-real-belt-int8.yaml", args.out / "line-real-belt-int8-textile-head.json"
+    network = ["--check-model", _relative(args.out / "textile-check.int8.onnx")] if args.int8 else []
     if not args.keep_line:
-        dev_images = _link_dev_images(args.data, args.out)
-        for path in (line, line.with_name(line.name + ".bak")):
-            path.unlink(missing_ok=True)
-        t0 = time.perf_counter()
-        done = _cli("calibrate", "--belt", "--line", _relative(line), "--template",
-                    str(TEMPLATE.relative_to(ROOT)), "--source", _relative(dev_images), "--camera",
-                    "../shared/data/conveyor-photos/images", "--overlay", str(args.out / "line-real-belt-belt.png"))
-        print(done.stdout.strip())
-        print(f"set-up took {time.perf_counter() - t0:.1f} s (one command, nothing typed into the config)")
-        network = []
-        if args.int8:
-            network = ["--check-model", _relative(args.out / "textile-check.int8.onnx")]
-            print(_cli("export-textile-check", "--out", network[1], "--int8", _relative(dev_images)).stdout.strip())
-        t0 = time.perf_counter()
-        done = _cli("fit-textile-check", "--line", _relative(line), str(args.data / "images"), "--boxes",
-                    str(args.data / "boxes.csv"), "--labels", str(LABELS.relative_to(ROOT)), "--subset",
-                    f"{SPLIT.relative_to(ROOT)}:dev", "--out", _relative(head), "--write-line", "--no-progress",
-                    *network)
-        print(done.stdout.strip() + f"\ntextile head fitted in {time.perf_counter() - t0:.1f} s")
-        line.with_name(line.name + ".bak").unlink(missing_ok=True)
+        set_up(args, line, network)
+        fit_head(args, line, head, network, part="dev")
     detector = train_detector(args.out) if args.train_detector else args.detector
     frames = frames_of(detector) if detector is not None and frames_of(detector).is_file() else None
     line_parts = [*args.parts, *(["dev-val"] if frames is not None and "dev-val" not in args.parts else [])]
     rows = []
+    name = f"classical{', INT8 check' if args.int8 else ''}, head fitted on "
     for part in line_parts:
         folder = args.out / (f"int8-{part}" if args.int8 else part)
         score(part, args.data, folder, args.repeat, [], frames, line=line)
-        rows.append((part, "classical, INT8 check" if args.int8 else "classical", folder))
+        rows.append((part, name + head_fitted_on(line), folder))
     if detector is not None:
         sets = [f"segmentation.detector={{model: {detector.resolve()}}}", *args.detector_set]
         for part in args.detector_parts:
             score(part, args.data, args.out / f"detector-{part}", args.repeat, sets, frames, line=line)
-            rows.append((part, "detector", args.out / f"detector-{part}"))
+            rows.append((part, f"detector, head fitted on {head_fitted_on(line)}", args.out / f"detector-{part}"))
+    if args.refit_all:
+        fit_head(args, line, args.out / f"textile-head{'-int8' if args.int8 else ''}-all.json", network, part="all")
+        folder = args.out / f"{'int8-' if args.int8 else ''}refit-all"
+        score("all", args.data, folder, args.repeat, [], line=line)
+        rows.append(("all (in-sample)", name + head_fitted_on(line), folder))
+        fit_head(args, line, head, network, part="dev")
     print("\n".join(table(rows)))
     print("\n".join(by_scene_kind(rows)))
     if args.video:
