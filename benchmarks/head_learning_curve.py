@@ -8,7 +8,12 @@ fold's training scenes, drawn ``--draws`` times. It prints, for each share, the 
 of the non-garment crops (hands, objects, rails, shadows) the threshold removes: if it still rises at a share of 1,
 more labelled scenes (the held-out part too, for a shipped line) make a safer head.
 
+``--inputs logprobs pooled`` draws the curve for a head on the 1,000 ImageNet log-probabilities (what the command
+fits) and for one on the network's own features: each crop's last feature map averaged over its cells (1,280
+values), standardised on each fold's training crops, at the same regularisation.
+
     python benchmarks/head_learning_curve.py [--line serving/line-real-belt.yaml] [--shares 0.4 0.6 0.8 1.0]
+        [--inputs logprobs pooled]
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import GroupKFold
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from sorting.apps.textile_head import HeadFitConfig, collect_crops
 
@@ -27,8 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, share: float, folds: int, regularisation: float,
-                rng: np.random.Generator) -> np.ndarray:
-    """Out-of-fold scores, each fold's head fitted on ``share`` of its training scene groups (drawn by ``rng``)."""
+                rng: np.random.Generator, *, standardise: bool = False) -> np.ndarray:
+    """Out-of-fold scores, each fold's head fitted on ``share`` of its training scene groups (drawn by ``rng``), on
+    inputs ``standardise``d on those training rows or as they are."""
     scores = np.zeros(len(y))
     for train, test in GroupKFold(folds).split(x, y, groups):
         scenes = np.unique(groups[train])
@@ -37,7 +45,8 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, share: float, 
         if y[train].min() == y[train].max():
             scores[test] = y[train].mean()
             continue
-        model = LogisticRegression(C=regularisation, max_iter=5000).fit(x[train], y[train])
+        model = LogisticRegression(C=regularisation, max_iter=5000)
+        model = (make_pipeline(StandardScaler(), model) if standardise else model).fit(x[train], y[train])
         scores[test] = model.predict_proba(x[test])[:, 1]
     return scores
 
@@ -49,27 +58,32 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=[0.4, 0.6, 0.8, 1.0])
     parser.add_argument("--draws", type=int, default=10, help="draws of the training scenes per share")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inputs", nargs="+", choices=["logprobs", "pooled"], default=["logprobs"],
+                        help="what the head reads: ImageNet log-probabilities, or the pooled feature map")
     args = parser.parse_args()
     cfg = HeadFitConfig(line=args.line, photos=args.data / "images", boxes=args.data / "boxes.csv",
                         out=Path("unused.json"), extra_labels=ROOT / "benchmarks" / "belt_non_garment_boxes.csv",
                         subset=str(ROOT / "benchmarks" / "belt_split.json") + ":dev")
-    crops = collect_crops(cfg)
-    x, y, groups = crops.logprobs.astype(np.float64), crops.garment, crops.groups
+    crops = collect_crops(cfg, pooled="pooled" in args.inputs)
+    y, groups = crops.garment, crops.groups
     print(f"{len(y)} garment detections of {crops.photos} development photos: {int(y.sum())} garments, "
           f"{int((y == 0).sum())} not; {len(np.unique(groups))} scene groups, {cfg.folds} folds, keep {cfg.keep}")
-    print("| share of each fold's training scenes | draws | AUC (mean) | non-garments removed (mean +- std) |")
-    print("|---|---|---|---|")
-    rng = np.random.default_rng(args.seed)
-    for share in args.shares:
-        draws = 1 if share >= 1.0 else args.draws  # all scenes: nothing to draw
-        aucs, removed = [], []
-        for _ in range(draws):
-            scores = out_of_fold(x, y, groups, share, cfg.folds, cfg.regularisation, rng)
-            threshold = np.quantile(scores[y == 1], 1.0 - cfg.keep)
-            aucs.append(roc_auc_score(y, scores))
-            removed.append(float((scores[y == 0] < threshold).mean()))
-        print(f"| {share:.2f} | {draws} | {np.mean(aucs):.4f} | {100 * np.mean(removed):.1f}% +- "
-              f"{100 * np.std(removed):.1f} |")
+    print("| head reads | share of each fold's training scenes | draws | AUC (mean) | non-garments removed (mean +- std) |")
+    print("|---|---|---|---|---|")
+    for inputs in args.inputs:
+        x = (crops.logprobs if inputs == "logprobs" else crops.pooled).astype(np.float64)
+        rng = np.random.default_rng(args.seed)
+        for share in args.shares:
+            draws = 1 if share >= 1.0 else args.draws  # all scenes: nothing to draw
+            aucs, removed = [], []
+            for _ in range(draws):
+                scores = out_of_fold(x, y, groups, share, cfg.folds, cfg.regularisation, rng,
+                                     standardise=inputs == "pooled")
+                threshold = np.quantile(scores[y == 1], 1.0 - cfg.keep)
+                aucs.append(roc_auc_score(y, scores))
+                removed.append(float((scores[y == 0] < threshold).mean()))
+            print(f"| {inputs} | {share:.2f} | {draws} | {np.mean(aucs):.4f} | {100 * np.mean(removed):.1f}% +- "
+                  f"{100 * np.std(removed):.1f} |")
 
 
 if __name__ == "__main__":

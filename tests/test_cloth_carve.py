@@ -202,6 +202,24 @@ def test_the_check_keeps_the_feature_map_of_each_crop_it_relabels(model_cache: P
     assert features.shape == (1280, 7, 7) and region == check.crop_region(garment.bbox, (300, 200))
     check.scores(image, [(0, 0, 50, 50)])
     assert check.crop_map(garment.bbox) is not None and check.crop_map((0, 0, 50, 50)) is None
+    check.forget_maps()
+    assert check.crop_map(garment.bbox) is None
+
+
+def test_a_head_can_be_fitted_on_each_crops_pooled_feature_map(model_cache: Path):
+    """What ``collect_crops(pooled=True)`` keeps of each crop (benchmarks/head_learning_curve.py --inputs pooled):
+    the crop's feature map averaged over its cells, one row a box, the kept maps dropped after."""
+    from sorting.apps.textile_head import _pooled_maps
+
+    check = TextileCheck(TextileCheckConfig())
+    image = np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    boxes = [(10, 20, 100, 80), (150, 30, 120, 150)]
+    check.logprobs(image, boxes, keep_maps=True)
+    expected = [check.crop_map(box)[0].mean(axis=(1, 2)) for box in boxes]
+    pooled = _pooled_maps(check, boxes)
+    assert pooled.shape == (2, 1280) and not np.allclose(pooled[0], pooled[1])
+    np.testing.assert_allclose(pooled, np.stack(expected))
+    assert check.crop_map(boxes[0]) is None
 
 
 def test_carving_needs_a_fitted_head():

@@ -89,10 +89,13 @@ class Crops:
     photos: int
     labels_by_kind: dict[str, int] = field(default_factory=dict)  # the photos' labelled boxes (garment, hand, ...)
     network: dict[str, Any] = field(default_factory=dict)  # the check's network the log-probabilities came from
+    # (n, channels): the network's last feature map of each crop averaged over its cells (``collect_crops(pooled=True)``)
+    pooled: np.ndarray | None = None
 
 
-def collect_crops(cfg: HeadFitConfig) -> Crops:
-    """Run the line's segmentation (without the check) on the labelled photos; one row per garment detection."""
+def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
+    """Run the line's segmentation (without the check) on the labelled photos; one row per garment detection; with
+    ``pooled``, each crop's pooled feature map too (a network without the map is refused)."""
     line = load_line_config(cfg.line)
     boxes = read_boxes_csv(cfg.boxes)
     if cfg.extra_labels is not None:
@@ -104,10 +107,13 @@ def collect_crops(cfg: HeadFitConfig) -> Crops:
     network = {"head": None, **({"model": cfg.check_model} if cfg.check_model is not None else {})}
     check = TextileCheck((line.segmentation.textile_check or TextileCheckConfig()).model_copy(update=network),
                          crop_size=cfg.input_size, context=cfg.context)
+    if pooled and not check.has_maps:
+        raise DataError(f"{check.path} gives no feature map: export the check again (textile-sorter export-textile-check)")
     line.segmentation.textile_check = None  # the head learns from what the segmentation calls garments
     seg = LineSegmentation(line)
     classes = ClassSum(check.meta["textile_indices"])
     rows: list[np.ndarray] = []
+    pooled_rows: list[np.ndarray] = []
     labels: list[int] = []
     groups: list[int] = []
     labelled: Counter[str] = Counter()
@@ -126,15 +132,27 @@ def collect_crops(cfg: HeadFitConfig) -> Crops:
         labelled.update(lb.kind for lb in frame.labels)
         if not detections:
             continue
-        logprobs, _ = check.logprobs(frame.image, [d.bbox for d in detections])
+        logprobs, _ = check.logprobs(frame.image, [d.bbox for d in detections], keep_maps=pooled)
         rows.append(logprobs)
+        if pooled:
+            pooled_rows.append(_pooled_maps(check, [d.bbox for d in detections]))
         labels.extend(_labels(detections, frame.labels, cfg.match_iou))
         groups.extend([photo_group(frame.name, cfg.group_size)] * len(detections))
     if not rows:
         raise DataError(f"no garment detection in the labelled photos of {cfg.boxes}: nothing to fit on")
     logprobs = np.concatenate(rows)
     return Crops(logprobs, classes.score(logprobs), np.asarray(labels), np.asarray(groups), photos,
-                 dict(sorted(labelled.items())), {"file": check.path.name, "quantized": check.quantized})
+                 dict(sorted(labelled.items())), {"file": check.path.name, "quantized": check.quantized},
+                 np.concatenate(pooled_rows) if pooled else None)
+
+
+def _pooled_maps(check: TextileCheck, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """The kept feature map of each box's crop averaged over its cells (zeros for a box with no pixel in the frame),
+    then the kept maps dropped."""
+    maps = [check.crop_map(box) for box in boxes]
+    channels = next(m[0].shape[0] for m in maps if m is not None) if any(m is not None for m in maps) else 0
+    check.forget_maps()
+    return np.stack([m[0].mean(axis=(1, 2)) if m is not None else np.zeros(channels, np.float32) for m in maps])
 
 
 def _labels(detections: list[Any], labels: list[Any], match_iou: float) -> list[int]:

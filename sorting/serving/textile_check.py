@@ -233,6 +233,10 @@ class TextileCheck:
         out[empty] = 0.0
         return out
 
+    def forget_maps(self) -> None:
+        """Drop the crop feature maps kept so far (:meth:`logprobs` with ``keep_maps``)."""
+        self._crop_maps = {}
+
     def crop_map(self, box: tuple[int, int, int, int]) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
         """The feature map ``(channels, rows, cols)`` of ``box``'s crop as the last :meth:`relabel` scored it, and
         the frame region ``(x0, y0, x1, y1)`` the crop covers; None if it was not scored there (a reused score, a
@@ -250,7 +254,7 @@ class TextileCheck:
         found = self._last.find(boxes) if reuse else [None] * len(checked)
         scores = {i: score for i, score in zip(checked, found) if score is not None}
         todo = [i for i in checked if i not in scores]
-        self._crop_maps = {}  # this frame's (carving reads them: ClothCarver's garment_screen)
+        self.forget_maps()  # keep this frame's only (carving reads them: ClothCarver's garment_screen)
         scores.update(zip(todo, self.scores(image_bgr, [detections[i].bbox for i in todo], keep_maps=True).tolist()))
         self._last.keep(boxes, [scores[i] for i in checked])
         return [self._kind_after(d, scores.get(i)) for i, d in enumerate(detections)]
