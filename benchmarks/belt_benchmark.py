@@ -9,8 +9,8 @@
    non-garment labels of benchmarks/belt_non_garment_boxes.csv; each frame timed on one OpenCV thread, the
    fastest of ``--repeat`` runs (the machine is shared). Summaries under ``runs/belt/<part>/``.
 4. ``--refit-all``: the head fitted again on all the labelled photos (``runs/belt/textile-head-all.json``) and
-   scored on all of them (``runs/belt/refit-all``: in-sample, the head saw them), then the development head
-   fitted again into the line, as shipped. A trial of whether the shipped line should learn from every labelled
+   scored on all of them (``runs/belt/refit-all``: in-sample, the head saw them), then the line put back as it was,
+   with the development head. A trial of whether the shipped line should learn from every labelled
    photo (serving/README.md, "Is it cloth?": it should not, yet).
 5. ``--video``: the video case on the synthetic conveyor: a line set up by ``calibrate --belt`` from 8 frames
    of one clip (seed 3), scored on another (seed 12, 40 garments) next to the hand-made colour line.
@@ -233,11 +233,12 @@ def main() -> None:
             score(part, args.data, args.out / f"detector-{part}", args.repeat, sets, frames, line=line)
             rows.append((part, f"detector, head fitted on {head_fitted_on(line)}", args.out / f"detector-{part}"))
     if args.refit_all:
+        shipped = line.read_text()  # the head of all photos goes to a file of its own; the line is put back after
         fit_head(args, line, args.out / f"textile-head{'-int8' if args.int8 else ''}-all.json", network, part="all")
         folder = args.out / f"{'int8-' if args.int8 else ''}refit-all"
         score("all", args.data, folder, args.repeat, [], line=line)
         rows.append(("all (in-sample)", name + head_fitted_on(line), folder))
-        fit_head(args, line, head, network, part="dev")
+        line.write_text(shipped)
     print("\n".join(table(rows)))
     print("\n".join(by_scene_kind(rows)))
     if args.video:

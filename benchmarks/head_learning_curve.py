@@ -20,35 +20,34 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from sorting.apps.textile_head import HeadFitConfig, collect_crops
+from sorting.apps.textile_head import HeadFitConfig, collect_crops, out_of_fold as scores_out_of_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, share: float, folds: int, regularisation: float,
                 rng: np.random.Generator, *, standardise: bool = False) -> np.ndarray:
-    """Out-of-fold scores, each fold's head fitted on ``share`` of its training scene groups (drawn by ``rng``), on
-    inputs ``standardise``d on those training rows or as they are."""
-    scores = np.zeros(len(y))
-    for train, test in GroupKFold(folds).split(x, y, groups):
+    """Out-of-fold scores as ``fit-textile-check`` computes them, each fold's head fitted on ``share`` of its
+    training scene groups (drawn by ``rng``), on inputs ``standardise``d on those training rows or as they are."""
+
+    def model() -> Any:
+        head = LogisticRegression(C=regularisation, max_iter=5000)
+        return make_pipeline(StandardScaler(), head) if standardise else head
+
+    def training(train: np.ndarray) -> np.ndarray:
         scenes = np.unique(groups[train])
         kept = rng.choice(scenes, max(2, int(round(share * len(scenes)))), replace=False)
-        train = train[np.isin(groups[train], kept)]
-        if y[train].min() == y[train].max():
-            scores[test] = y[train].mean()
-            continue
-        model = LogisticRegression(C=regularisation, max_iter=5000)
-        model = (make_pipeline(StandardScaler(), model) if standardise else model).fit(x[train], y[train])
-        scores[test] = model.predict_proba(x[test])[:, 1]
-    return scores
+        return train[np.isin(groups[train], kept)]
+
+    return scores_out_of_fold(x, y, groups, folds, model, training=training)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,8 +151,8 @@ def _pooled_maps(check: TextileCheck, boxes: list[tuple[int, int, int, int]]) ->
     """The kept feature map of each box's crop averaged over its cells (zeros for a box with no pixel in the frame),
     then the kept maps dropped."""
     maps = [check.crop_map(box) for box in boxes]
-    channels = next(m[0].shape[0] for m in maps if m is not None) if any(m is not None for m in maps) else 0
     check.forget_maps()
+    channels = max((m[0].shape[0] for m in maps if m is not None), default=0)
     return np.stack([m[0].mean(axis=(1, 2)) if m is not None else np.zeros(channels, np.float32) for m in maps])
 
 
@@ -164,12 +165,28 @@ def _labels(detections: list[Any], labels: list[Any], match_iou: float) -> list[
     return [int(a >= match_iou and a >= b) for a, b in zip(g, o)]
 
 
+def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, model: Callable[[], Any], *,
+                training: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Out-of-fold scores of the crops, ``folds`` folds of whole scene groups, each fold's head a fresh ``model()``
+    (a scikit-learn classifier); ``training`` may thin each fold's training rows (a learning curve). A fold whose
+    training rows are all of one class cannot be fitted: its crops get that class's share."""
+    from sklearn.model_selection import GroupKFold
+
+    scores = np.zeros(len(y))
+    for train, test in GroupKFold(folds).split(x, y, groups):
+        train = train if training is None else training(train)
+        if y[train].min() == y[train].max():
+            scores[test] = y[train].mean()
+            continue
+        scores[test] = model().fit(x[train], y[train]).predict_proba(x[test])[:, 1]
+    return scores
+
+
 def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]:
     """The head with its out-of-fold threshold (keeps ``cfg.keep`` of the garments) and figures, and the
     out-of-fold scores of the crops."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GroupKFold
 
     x, y = crops.logprobs.astype(np.float64), crops.garment
     n_groups = len(set(crops.groups.tolist()))
@@ -180,12 +197,7 @@ def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]
     def model() -> Any:
         return LogisticRegression(C=cfg.regularisation, max_iter=5000)
 
-    oof = np.zeros(len(y))
-    for train, test in GroupKFold(min(cfg.folds, n_groups)).split(x, y, crops.groups):
-        if y[train].min() == y[train].max():  # a fold of one class cannot be fitted: its crops keep the prior
-            oof[test] = y[train].mean()
-            continue
-        oof[test] = model().fit(x[train], y[train]).predict_proba(x[test])[:, 1]
+    oof = out_of_fold(x, y, crops.groups, min(cfg.folds, n_groups), model)
     threshold = float(np.quantile(oof[y == 1], 1.0 - cfg.keep))
     floor = float(np.quantile(crops.class_sum[y == 1], cfg.floor_share))
     final = model().fit(x, y)
