@@ -59,8 +59,10 @@ def fold_detector(folder: Path, seed: int) -> Path:
 
 
 def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
-             keep: float | None, detector: str | None = None, seed: int = 0, input_size: int | None = None,
-             int8: bool = False, context: float | None = None, check_model: Path | None = None) -> dict:
+             fit_args: list[str], detector: str | None = None, seed: int = 0, int8: bool = False,
+             check_model: Path | None = None) -> dict:
+    """Set up a line on the fold's set-up photos (calibrate --belt, fit-textile-check with ``fit_args``) and
+    score it on its test photos."""
     folder = out / f"fold{k}"
     shutil.rmtree(folder / "setup-images", ignore_errors=True)
     (folder / "setup-images").mkdir(parents=True)
@@ -81,9 +83,7 @@ def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, o
         network = ["--check-model", str(check_model.resolve())]
     _cli("fit-textile-check", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
          "--labels", str(LABELS), "--subset", str(folder / "setup.txt"), "--out", str(folder / "head.json"),
-         "--write-line", "--no-progress", *(["--keep", str(keep)] if keep is not None else []),
-         *(["--input-size", str(input_size)] if input_size is not None else []),
-         *(["--context", str(context)] if context is not None else []), *network)
+         "--write-line", "--no-progress", *fit_args, *network)
     if detector is not None:  # the fold's own detector, with these settings (e.g. "min_score: 0.4")
         model = fold_detector(folder, seed).resolve()
         overrides = [*overrides, f"segmentation.detector={{model: {model}, {detector}}}"]
@@ -114,7 +114,12 @@ def main() -> None:
                         "each fold's set-up photos), the head fitted on it")
     parser.add_argument("--check-model", type=Path, help="fit each fold's head on this network (export-textile-check "
                         "--backbone ...) and score with it")
+    parser.add_argument("--inputs", choices=("logprobs", "features"),
+                        help="fit-textile-check --inputs (what the head reads of each crop)")
     args = parser.parse_args()
+    fit_args = [arg for flag, value in (("--keep", args.keep), ("--input-size", args.input_size),
+                                        ("--context", args.context), ("--inputs", args.inputs)) if value is not None
+                for arg in (flag, str(value))]
     if args.int8 and args.check_model:
         parser.error("--int8 makes its own network per fold: give it or --check-model, not both")
     split = json.loads(SPLIT.read_text())
@@ -125,8 +130,8 @@ def main() -> None:
     for k in range(args.folds):
         test = [n for n in dev if fold[groups[n]] == k]
         setup = [n for n in dev if fold[groups[n]] != k]
-        summaries.append(run_fold(k, setup, test, args.data, args.out, args.set, args.keep, args.detector, args.seed,
-                                  args.input_size, args.int8, args.context, args.check_model))
+        summaries.append(run_fold(k, setup, test, args.data, args.out, args.set, fit_args, args.detector, args.seed,
+                                  args.int8, args.check_model))
     totals = {key: sum(s[key]["0.5"] if isinstance(s[key], dict) else s[key] for s in summaries)
               for key in ("matched", "garments", "garment_detections", "false", "merged", "other_as_garment",
                         "other_unlabelled")}

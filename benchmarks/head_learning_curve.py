@@ -8,12 +8,12 @@ fold's training scenes, drawn ``--draws`` times. It prints, for each share, the 
 of the non-garment crops (hands, objects, rails, shadows) the threshold removes: if it still rises at a share of 1,
 more labelled scenes (the held-out part too, for a shipped line) make a safer head.
 
-``--inputs logprobs pooled`` draws the curve for a head on the 1,000 ImageNet log-probabilities (what the command
+``--inputs logprobs features`` draws the curve for a head on the 1,000 ImageNet log-probabilities (what the command
 fits) and for one on the network's own features: each crop's last feature map averaged over its cells (1,280
 values), standardised on each fold's training crops, at the same regularisation.
 
     python benchmarks/head_learning_curve.py [--line serving/line-real-belt.yaml] [--shares 0.4 0.6 0.8 1.0]
-        [--inputs logprobs pooled]
+        [--inputs logprobs features]
 """
 
 from __future__ import annotations
@@ -57,13 +57,13 @@ def main() -> None:
     parser.add_argument("--shares", type=float, nargs="+", default=[0.4, 0.6, 0.8, 1.0])
     parser.add_argument("--draws", type=int, default=10, help="draws of the training scenes per share")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--inputs", nargs="+", choices=["logprobs", "pooled"], default=["logprobs"],
+    parser.add_argument("--inputs", nargs="+", choices=["logprobs", "features"], default=["logprobs"],
                         help="what the head reads: ImageNet log-probabilities, or the pooled feature map")
     args = parser.parse_args()
     cfg = HeadFitConfig(line=args.line, photos=args.data / "images", boxes=args.data / "boxes.csv",
                         out=Path("unused.json"), extra_labels=ROOT / "benchmarks" / "belt_non_garment_boxes.csv",
                         subset=str(ROOT / "benchmarks" / "belt_split.json") + ":dev")
-    crops = collect_crops(cfg, pooled="pooled" in args.inputs)
+    crops = collect_crops(cfg, pooled="features" in args.inputs)
     y, groups = crops.garment, crops.groups
     print(f"{len(y)} garment detections of {crops.photos} development photos: {int(y.sum())} garments, "
           f"{int((y == 0).sum())} not; {len(np.unique(groups))} scene groups, {cfg.folds} folds, keep {cfg.keep}")
@@ -77,7 +77,7 @@ def main() -> None:
             aucs, removed = [], []
             for _ in range(draws):
                 scores = out_of_fold(x, y, groups, share, cfg.folds, cfg.regularisation, rng,
-                                     standardise=inputs == "pooled")
+                                     standardise=inputs == "features")
                 threshold = np.quantile(scores[y == 1], 1.0 - cfg.keep)
                 aucs.append(roc_auc_score(y, scores))
                 removed.append(float((scores[y == 0] < threshold).mean()))

@@ -206,20 +206,47 @@ def test_the_check_keeps_the_feature_map_of_each_crop_it_relabels(model_cache: P
     assert check.crop_map(garment.bbox) is None
 
 
-def test_a_head_can_be_fitted_on_each_crops_pooled_feature_map(model_cache: Path):
-    """What ``collect_crops(pooled=True)`` keeps of each crop (benchmarks/head_learning_curve.py --inputs pooled):
-    the crop's feature map averaged over its cells, one row a box, the kept maps dropped after."""
-    from sorting.apps.textile_head import _pooled_maps
-
+def test_the_pooled_features_of_a_crop_are_its_feature_map_averaged(model_cache: Path):
+    """What a head on the features reads (``fit-textile-check --inputs features``): each crop's feature map averaged
+    over its cells, one row a box; an empty box gives zeros."""
     check = TextileCheck(TextileCheckConfig())
     image = np.random.default_rng(3).integers(0, 256, (200, 300, 3), dtype=np.uint8)
-    boxes = [(10, 20, 100, 80), (150, 30, 120, 150)]
-    check.logprobs(image, boxes, keep_maps=True)
-    expected = [check.crop_map(box)[0].mean(axis=(1, 2)) for box in boxes]
-    pooled = _pooled_maps(check, boxes)
-    assert pooled.shape == (2, 1280) and not np.allclose(pooled[0], pooled[1])
-    np.testing.assert_allclose(pooled, np.stack(expected))
-    assert check.crop_map(boxes[0]) is None
+    boxes = [(10, 20, 100, 80), (150, 30, 120, 150), (400, 0, 10, 10)]
+    logprobs, pooled, empty = check.outputs(image, boxes, features=True, keep_maps=True)
+    assert pooled.shape == (3, 1280) and not np.allclose(pooled[0], pooled[1])
+    np.testing.assert_allclose(pooled[:2], np.stack([check.crop_map(box)[0].mean(axis=(1, 2)) for box in boxes[:2]]),
+                               rtol=1e-5)
+    assert empty.tolist() == [False, False, True] and not pooled[2].any()
+    np.testing.assert_allclose(logprobs, check.logprobs(image, boxes)[0], atol=1e-5)
+    assert check.outputs(image, boxes)[1] is None  # without features=True, no pooling
+
+
+def test_a_head_on_the_features_scores_crops_and_map_windows_from_the_features(model_cache: Path, tmp_path: Path):
+    """A head with ``inputs: features`` scores each crop from its pooled feature map, and the carving map's windows
+    from their averaged cells, without the ImageNet classifier in between; a window covering the whole crop scores
+    as the crop."""
+    rng = np.random.default_rng(4)
+    head = TextileHead(rng.normal(0, 0.05, 1280), -0.2, 0.5, 224, {}, 1.0, "features")
+    check = TextileCheck(TextileCheckConfig(head=head.save(tmp_path / "head.json")))
+    assert check.reads_features and TextileHead.load(tmp_path / "head.json").inputs == "features"
+    image = cv2.GaussianBlur(rng.integers(0, 256, (260, 300, 3), dtype=np.uint8), (7, 7), 0)
+    box = (30, 20, 224, 224)
+    crop_score = check.scores(image, [box])[0]
+    _, pooled, _ = check.outputs(image, [box], features=True)
+    expected = 1 / (1 + np.exp(-(pooled[0].astype(np.float64) @ head.weights + head.bias)))
+    assert crop_score == pytest.approx(expected, abs=1e-5) and 0.02 < crop_score < 0.98
+    cells = ClothMap(check).scores(image, box, scale=1.0, window=9)
+    assert cells[3, 3] == pytest.approx(crop_score, abs=1e-4)
+
+
+def test_a_head_on_features_of_another_width_is_refused_in_one_line(model_cache: Path, tmp_path: Path):
+    head = TextileHead(np.zeros(1536), 0.0, 0.5, 224, {}, 1.0, "features").save(tmp_path / "lite3.json")
+    with pytest.raises(ModelFileError, match="reads 1536 features and .* gives 1280"):
+        TextileCheck(TextileCheckConfig(head=head))
+    data = json.loads(head.read_text())
+    (tmp_path / "odd.json").write_text(json.dumps({**data, "inputs": "pixels"}))
+    with pytest.raises(ModelFileError, match="inputs 'pixels' is not logprobs or features"):
+        TextileHead.load(tmp_path / "odd.json")
 
 
 def test_carving_needs_a_fitted_head():

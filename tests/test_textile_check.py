@@ -244,6 +244,37 @@ def test_a_head_crops_with_the_context_it_was_fitted_with(fake_model: Path, tmp_
                                        out=tmp_path / "head.json", context=0.8))
 
 
+def test_a_head_on_standardised_features_is_saved_as_one_linear_function_of_the_raw_features(tmp_path: Path):
+    """``fit-textile-check --inputs features``: the head is fitted on standardised pooled features, and the
+    standardisation is folded into its weights, so the saved head scores raw features as the fitted pipeline does."""
+    from sorting.apps.textile_head import Crops, HeadFitConfig, fit_head
+
+    rng = np.random.default_rng(5)
+    n = 300
+    garment = (rng.random(n) < 0.6).astype(int)
+    pooled = rng.normal(0.0, 1.0, (n, 40)) * rng.uniform(0.01, 5.0, 40) + rng.uniform(-2, 2, 40)  # unlike scales
+    pooled[:, 7] = rng.normal(0.0, 0.05, n) + 0.08 * garment  # a small-scale feature that separates
+    cfg = HeadFitConfig(line=tmp_path / "line.yaml", photos=tmp_path, boxes=tmp_path / "b.csv",
+                        out=tmp_path / "head.json", inputs="features", regularisation=1.0)
+    crops = Crops(rng.normal(-7, 0.5, (n, 1000)), rng.random(n), garment, np.arange(n) // 15, photos=n, pooled=pooled)
+    head, oof = fit_head(crops, cfg)
+    assert head.inputs == "features" and head.weights.shape == (40,) and head.info["cross_validation"]["auc"] > 0.7
+    assert int(np.argmax(np.abs(head.weights * pooled.std(axis=0)))) == 7  # the feature that separates, per spread
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000)).fit(pooled, garment)
+    loaded = TextileHead.load(head.save(cfg.out))
+    np.testing.assert_allclose(loaded.score(None, pooled), pipeline.predict_proba(pooled)[:, 1], atol=1e-5)
+    with pytest.raises(ValueError, match="reads features"):
+        loaded.score(crops.logprobs)
+    from sorting.errors import DataError
+
+    with pytest.raises(DataError, match="pooled features"):
+        fit_head(Crops(crops.logprobs, crops.class_sum, garment, crops.groups, photos=n), cfg)
+
+
 def test_a_broken_head_file_is_refused_in_one_line(fake_model: Path, tmp_path: Path):
     cases = {"missing.json": None, "junk.json": "{not json", "short.json": _head(tmp_path / "s.json", weight=1,
                                                                                   bias=0, min_score=0.5, n=10)}

@@ -38,7 +38,14 @@ from sorting.serving.detection_eval import GARMENT, iou_matrix
 from sorting.serving.line_config import load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
 from sorting.serving.non_garment import HAND, OBJECT
-from sorting.serving.textile_check import MAX_CONTEXT, ClassSum, TextileCheck, TextileCheckConfig, TextileHead
+from sorting.serving.textile_check import (
+    MAX_CONTEXT,
+    ClassSum,
+    HeadInputs,
+    TextileCheck,
+    TextileCheckConfig,
+    TextileHead,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +83,9 @@ class HeadFitConfig:
     floor_share: float = 0.01
     # the check's network to fit on (an INT8 file from export-textile-check --int8); None: the line's own
     check_model: Path | None = None
+    # what the head reads of each crop: the ImageNet log-probabilities, or the network's pooled features
+    # (standardised, at the same regularisation)
+    inputs: HeadInputs = "logprobs"
     progress: bool = True
 
 
@@ -96,7 +106,9 @@ class Crops:
 
 def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
     """Run the line's segmentation (without the check) on the labelled photos; one row per garment detection; with
-    ``pooled``, each crop's pooled feature map too (a network without the map is refused)."""
+    ``pooled`` (or a head on the features), each crop's pooled feature map too (a network without the map is
+    refused)."""
+    pooled = pooled or cfg.inputs == "features"
     line = load_line_config(cfg.line)
     boxes = read_boxes_csv(cfg.boxes)
     if cfg.extra_labels is not None:
@@ -133,10 +145,10 @@ def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
         labelled.update(lb.kind for lb in frame.labels)
         if not detections:
             continue
-        logprobs, _ = check.logprobs(frame.image, [d.bbox for d in detections], keep_maps=pooled)
+        logprobs, features, _ = check.outputs(frame.image, [d.bbox for d in detections], features=pooled)
         rows.append(logprobs)
-        if pooled:
-            pooled_rows.append(_pooled_maps(check, [d.bbox for d in detections]))
+        if features is not None:
+            pooled_rows.append(features)
         labels.extend(_labels(detections, frame.labels, cfg.match_iou))
         groups.extend([photo_group(frame.name, cfg.group_size)] * len(detections))
     if not rows:
@@ -145,15 +157,6 @@ def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
     return Crops(logprobs, classes.score(logprobs), np.asarray(labels), np.asarray(groups), photos,
                  dict(sorted(labelled.items())), {"file": check.path.name, "quantized": check.quantized},
                  np.concatenate(pooled_rows) if pooled else None)
-
-
-def _pooled_maps(check: TextileCheck, boxes: list[tuple[int, int, int, int]]) -> np.ndarray:
-    """The kept feature map of each box's crop averaged over its cells (zeros for a box with no pixel in the frame),
-    then the kept maps dropped."""
-    maps = [check.crop_map(box) for box in boxes]
-    check.forget_maps()
-    channels = max((m[0].shape[0] for m in maps if m is not None), default=0)
-    return np.stack([m[0].mean(axis=(1, 2)) if m is not None else np.zeros(channels, np.float32) for m in maps])
 
 
 def _labels(detections: list[Any], labels: list[Any], match_iou: float) -> list[int]:
@@ -187,20 +190,27 @@ def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]
     out-of-fold scores of the crops."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    x, y = crops.logprobs.astype(np.float64), crops.garment
+    features = cfg.inputs == "features"
+    if features and crops.pooled is None:
+        raise DataError("a head on the features needs the crops' pooled features (collect_crops(pooled=True))")
+    x, y = (crops.pooled if features else crops.logprobs).astype(np.float64), crops.garment
     n_groups = len(set(crops.groups.tolist()))
     if y.min() == y.max() or n_groups < 2:
         raise DataError(f"{len(y)} crops ({int(y.sum())} garments) in {n_groups} scene groups: a head needs garments "
                         "and non-garments, in two scene groups at least")
 
     def model() -> Any:
-        return LogisticRegression(C=cfg.regularisation, max_iter=5000)
+        head = LogisticRegression(C=cfg.regularisation, max_iter=5000)
+        # 1,280 features of unlike scales: standardised on each fit's own rows, so one regularisation serves them all
+        return make_pipeline(StandardScaler(), head) if features else head
 
     oof = out_of_fold(x, y, crops.groups, min(cfg.folds, n_groups), model)
     threshold = float(np.quantile(oof[y == 1], 1.0 - cfg.keep))
     floor = float(np.quantile(crops.class_sum[y == 1], cfg.floor_share))
-    final = model().fit(x, y)
+    weights, bias = _linear(model().fit(x, y))
     info = {"fitted_on": {"line": str(cfg.line), "photos": crops.photos, "crops": int(len(y)),
                           "garments": int(y.sum()), "labels_by_kind": crops.labels_by_kind, "subset": cfg.subset,
                           "match_iou": cfg.match_iou, "check_model": crops.network},
@@ -212,9 +222,19 @@ def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]
             "class_floor": {"value": round(floor, 5), "garments_below": cfg.floor_share,
                             "others_below": round(float((crops.class_sum[y == 0] < floor).mean()), 4)},
             "regularisation": cfg.regularisation}
-    head = TextileHead(final.coef_[0].astype(np.float64), float(final.intercept_[0]), threshold, cfg.input_size, info,
-                       cfg.context)
-    return head, oof
+    return TextileHead(weights, bias, threshold, cfg.input_size, info, cfg.context, cfg.inputs), oof
+
+
+def _linear(fitted: Any) -> tuple[np.ndarray, float]:
+    """Weights and bias on the raw inputs of a fitted logistic regression, a standardisation before it (a
+    pipeline) folded in: ``w / scale`` and ``b - sum(w * mean / scale)``."""
+    steps = [step for _, step in fitted.steps] if hasattr(fitted, "steps") else [fitted]
+    regression = steps[-1]
+    weights, bias = regression.coef_[0].astype(np.float64), float(regression.intercept_[0])
+    for scaler in steps[:-1]:
+        weights = weights / scaler.scale_
+        bias -= float(weights @ scaler.mean_)
+    return weights, bias
 
 
 def plot_scores(oof: np.ndarray, garment: np.ndarray, threshold: float, path: str | Path) -> Path:

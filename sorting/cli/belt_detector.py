@@ -102,7 +102,8 @@ def _fit_textile_check(args: argparse.Namespace) -> int:
         line=Path(args.line), photos=Path(args.photos), boxes=Path(args.boxes), out=Path(args.out),
         extra_labels=Path(args.labels) if args.labels else None, subset=args.subset, keep=args.keep,
         group_size=args.group_size, input_size=args.input_size, context=args.context,
-        check_model=Path(args.check_model) if args.check_model else None, progress=not args.no_progress))
+        check_model=Path(args.check_model) if args.check_model else None, inputs=args.inputs,
+        progress=not args.no_progress))
     fitted, cv = head.info["fitted_on"], head.info["cross_validation"]
     print(f"{fitted['crops']} garment detections ({fitted['garments']} garments) in {fitted['photos']} photos; out of "
           f"fold ({cv['folds']} folds of scenes): area under the curve {cv['auc']:.3f}, at min_score "
@@ -170,6 +171,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "cross-validation on the conveyor photos; 1 crops the box alone); kept in the head file")
     p.add_argument("--check-model", help="the check's network to fit on, e.g. an INT8 file from export-textile-check "
                    "--int8 (default: the line's); with --write-line the line's textile_check.model points at it too")
+    p.add_argument("--inputs", choices=("logprobs", "features"), default="logprobs",
+                   help="what the head reads of each crop: the 1,000 ImageNet log-probabilities, or the network's "
+                   "last feature map averaged over its cells (1,280 values, standardised); kept in the head file")
     p.add_argument("--write-line", action="store_true", help="point the line's textile_check.head at the new head")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_fit_textile_check)

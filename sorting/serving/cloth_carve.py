@@ -5,7 +5,7 @@ check (or the hand and object rules) rightly calls the whole of it no garment, s
 :class:`ClothCarver` looks inside such a detection when it is large (``min_area`` times a typical item): the check's
 network runs once over the detection's box and scores every window of its last feature map as if it were a crop
 (:class:`ClothMap`: the average of the window's features through the ImageNet classifier, then the check's own
-scorer and threshold). The blob's pixels where the map says cloth, in pieces of at least ``min_piece`` times a typical
+scorer and threshold; a head on the features reads the average itself). The blob's pixels where the map says cloth, in pieces of at least ``min_piece`` times a typical
 item cut apart like any blob (``split_touching``), become garment detections if each piece's own crop then passes the
 check as any garment must; the rest stays what it was (an object or a hand, routed as such).
 
@@ -83,7 +83,10 @@ class ClothMap:
         ``window`` x ``window`` cells around it."""
         pooled = _window_mean(features, window)
         channels, rows, cols = pooled.shape
-        logits = self.weight @ pooled.reshape(channels, -1) + self.bias[:, None]
+        cells = pooled.reshape(channels, -1)
+        if self.check.reads_features:  # the head reads the window's features as they are
+            return self.check.map_scorer.score(None, cells.T).reshape(rows, cols)
+        logits = self.weight @ cells + self.bias[:, None]
         logits -= logits.max(axis=0, keepdims=True)
         logprobs = logits - np.log(np.exp(logits).sum(axis=0, keepdims=True))
         return self.check.map_scorer.score(logprobs.T).reshape(rows, cols)

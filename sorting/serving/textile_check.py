@@ -9,9 +9,9 @@ textile classes (:class:`ClassSum`: nothing trained on belt photos, ``min_score`
 photos, serving/README.md "Is it cloth?"). Below ``min_score`` the detection becomes an ``object`` (routed like
 the other non-garments: reject or ignore, and counted).
 
-With ``head: FILE`` (``textile-sorter fit-textile-check``: a logistic regression on the 1,000 ImageNet
-log-probabilities, fitted to the labelled photos of a line) the score is that head's probability instead, and its
-threshold the one it was fitted with; with ``class_floor`` too (:class:`Floored`), a crop whose textile classes sum to
+With ``head: FILE`` (``textile-sorter fit-textile-check``: a logistic regression fitted to the labelled photos of a
+line, on the 1,000 ImageNet log-probabilities or on the network's own features, each crop's last feature map averaged
+over its cells) the score is that head's probability instead, and its threshold the one it was fitted with; with ``class_floor`` too (:class:`Floored`), a crop whose textile classes sum to
 less than that scores 0 whatever the head says: a head fitted on photos without phones can let a phone through,
 ImageNet rarely calls one cloth.
 
@@ -49,6 +49,9 @@ CACHE_NAME = f"textile-check-lite0-v{FORMAT_VERSION}.onnx"
 HEAD_FORMAT = 1
 CLASS_SUM_MIN_SCORE = 0.05  # the class list's threshold, chosen on the development photos of the conveyor
 MAX_CONTEXT = 2.0  # a crop grown more than twice its box is more neighbour than thing
+# what a fitted head reads of each crop: the 1,000 ImageNet log-probabilities, or the network's last feature map
+# averaged over its cells (the classifier's own input)
+HeadInputs = Literal["logprobs", "features"]
 
 
 class CarveConfig(StrictModel):
@@ -180,7 +183,11 @@ class TextileCheck:
         self._last = LastFrameBoxes(cfg.reuse_iou)  # last frame's checked boxes and their scores
         self.input_name = self.session.get_inputs()[0].name
         self.path, self.meta = path, meta
-        self.has_maps = FEATURES in {out.name for out in self.session.get_outputs()}
+        outputs = {out.name: out for out in self.session.get_outputs()}
+        self.has_maps = FEATURES in outputs
+        self.reads_features = getattr(self.map_scorer, "inputs", "logprobs") == "features"
+        if self.reads_features:
+            _check_feature_width(self.map_scorer, outputs.get(FEATURES), cfg.head, path)
         self._crop_maps: dict[tuple[int, ...], tuple[np.ndarray, tuple[int, int, int, int]]] = {}
         # an INT8 file (export-textile-check --int8) carries the recipe it was quantized with
         self.quantized = "quantization" in self.session.get_modelmeta().custom_metadata_map
@@ -203,6 +210,14 @@ class TextileCheck:
         """ImageNet log-probabilities ``(len(boxes), 1000)`` of the ``(x, y, w, h)`` boxes' crops, and which
         boxes were empty (no pixel in the frame); with ``keep_maps`` (and a network that gives its feature map),
         each crop's feature map is kept for :meth:`crop_map`."""
+        logprobs, _, empty = self.outputs(image_bgr, boxes, keep_maps=keep_maps)
+        return logprobs, empty
+
+    def outputs(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]], *, features: bool = False,
+                keep_maps: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Per ``(x, y, w, h)`` box's crop: the ImageNet log-probabilities ``(n, 1000)``; with ``features``, the last
+        feature map averaged over its cells ``(n, channels)`` (else None; zeros for an empty box); and which boxes
+        were empty (no pixel in the frame). ``keep_maps``: see :meth:`logprobs`."""
         height, width = image_bgr.shape[:2]
         batch = np.zeros((len(boxes), self.size, self.size, 3), np.uint8)
         empty = np.zeros(len(boxes), bool)
@@ -214,13 +229,20 @@ class TextileCheck:
                 continue
             batch[i] = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
         x = (batch[..., ::-1].astype(np.float32) - 127.0) * (1.0 / 128.0)
-        maps = keep_maps and self.has_maps
+        maps = (keep_maps or features) and self.has_maps
+        if features and not self.has_maps:
+            raise ModelFileError(f"{self.path} gives no feature map: export the check again (textile-sorter "
+                                 "export-textile-check)")
         out = self.session.run([OUTPUT, FEATURES] if maps else [OUTPUT],
                                {self.input_name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
-        if maps:
-            self._crop_maps.update({tuple(box): (features, region)
-                                    for box, features, region, none in zip(boxes, out[1], regions, empty) if not none})
-        return np.asarray(out[0], np.float32), empty
+        if maps and keep_maps:
+            self._crop_maps.update({tuple(box): (fmap, region)
+                                    for box, fmap, region, none in zip(boxes, out[1], regions, empty) if not none})
+        pooled = None
+        if features:
+            pooled = np.asarray(out[1], np.float32).mean(axis=(2, 3))
+            pooled[empty] = 0.0
+        return np.asarray(out[0], np.float32), pooled, empty
 
     def scores(self, image_bgr: np.ndarray, boxes: list[tuple[int, int, int, int]], *,
                keep_maps: bool = False) -> np.ndarray:
@@ -228,8 +250,8 @@ class TextileCheck:
         :meth:`logprobs`."""
         if not boxes:
             return np.zeros(0, np.float32)
-        logprobs, empty = self.logprobs(image_bgr, boxes, keep_maps=keep_maps)
-        out = self.scorer.score(logprobs)
+        logprobs, pooled, empty = self.outputs(image_bgr, boxes, features=self.reads_features, keep_maps=keep_maps)
+        out = self.scorer.score(logprobs, pooled)
         out[empty] = 0.0
         return out
 
@@ -269,6 +291,17 @@ class TextileCheck:
         return det
 
 
+def _check_feature_width(head: Any, output: Any, head_path: Path | None, model_path: Path) -> None:
+    """A head on the features needs a network that gives its feature map, as wide as the head's weights."""
+    if output is None:
+        raise ModelFileError(f"textile check head {head_path} reads the network's features, and {model_path} gives no "
+                             "feature map: export the check again (textile-sorter export-textile-check)")
+    width = output.shape[1] if len(output.shape) > 1 else None
+    if isinstance(width, int) and width != len(head.weights):
+        raise ModelFileError(f"textile check head {head_path} reads {len(head.weights)} features and {model_path} "
+                             f"gives {width}: fit the head on this network (fit-textile-check --check-model)")
+
+
 def grown_box(box: tuple[int, int, int, int], factor: float) -> tuple[int, int, int, int]:
     """The ``(x, y, w, h)`` box grown by ``factor`` about its centre (an empty box stays as it is)."""
     x, y, w, h = box
@@ -285,10 +318,13 @@ class ClassSum:
     input_size = None  # the network's own (224 px: the class list needs the detail)
     context = 1.0  # the box alone: the threshold was chosen on such crops
 
+    inputs: HeadInputs = "logprobs"
+
     def __init__(self, indices: list[int]) -> None:
         self.indices = np.asarray(indices, np.intp)
 
-    def score(self, logprobs: np.ndarray) -> np.ndarray:
+    def score(self, logprobs: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        """Per crop, from its log-probabilities ``(n, 1000)`` (``features`` unused)."""
         return np.exp(logprobs[:, self.indices]).sum(axis=1).astype(np.float32)
 
 
@@ -310,34 +346,44 @@ class Floored:
     def input_size(self) -> int:
         return self.head.input_size
 
-    def score(self, logprobs: np.ndarray) -> np.ndarray:
-        out = self.head.score(logprobs)
+    @property
+    def inputs(self) -> HeadInputs:
+        return self.head.inputs
+
+    def score(self, logprobs: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
+        out = self.head.score(logprobs, features)
         out[self.classes.score(logprobs) < self.floor] = 0.0
         return out
 
 
 @dataclass(frozen=True)
 class TextileHead:
-    """A logistic regression on the ImageNet log-probabilities, fitted to a line's labelled crops
-    (:mod:`sorting.apps.textile_head`), with the threshold it was fitted with."""
+    """A logistic regression on the ImageNet log-probabilities or on the pooled features of a crop, fitted to a line's
+    labelled crops (:mod:`sorting.apps.textile_head`), with the threshold it was fitted with."""
 
-    weights: np.ndarray  # (1000,)
+    weights: np.ndarray  # (1000,) on log-probabilities; (channels,) on features, their standardisation folded in
     bias: float
     min_score: float
     input_size: int  # the crops' side it was fitted on
     info: dict[str, Any]  # what it was fitted on and how well it separated out of fold
     context: float = 1.0  # the crops were the box grown by this about its centre (a file without it: 1.0)
+    inputs: HeadInputs = "logprobs"  # a file without it: logprobs
 
-    def score(self, logprobs: np.ndarray) -> np.ndarray:
-        z = logprobs.astype(np.float64) @ self.weights + self.bias
+    def score(self, logprobs: np.ndarray | None, features: np.ndarray | None = None) -> np.ndarray:
+        """Per crop, from its log-probabilities ``(n, 1000)`` or its pooled features ``(n, channels)``, whichever
+        the head reads (the other may be None)."""
+        x = features if self.inputs == "features" else logprobs
+        if x is None:
+            raise ValueError(f"this textile head reads {self.inputs}, which were not given")
+        z = x.astype(np.float64) @ self.weights + self.bias
         return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        data = {"textile_head": HEAD_FORMAT, "bias": self.bias, "min_score": self.min_score,
+        data = {"textile_head": HEAD_FORMAT, "inputs": self.inputs, "bias": self.bias, "min_score": self.min_score,
                 "input_size": self.input_size, "context": self.context, **self.info,
-                "weights": [round(float(w), 6) for w in self.weights]}
+                "weights": [float(f"{w:.7g}") for w in self.weights]}
         path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
         return path
 
@@ -349,9 +395,14 @@ class TextileHead:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("textile_head") != HEAD_FORMAT:
                 raise ValueError(f"not a textile head of format {HEAD_FORMAT}")
+            inputs = data.get("inputs", "logprobs")
+            if inputs not in ("logprobs", "features"):
+                raise ValueError(f"inputs {inputs!r} is not logprobs or features")
             weights = np.asarray(data["weights"], np.float64)
-            if weights.shape != (1000,) or not np.isfinite(weights).all():
-                raise ValueError(f"{weights.size} weights, 1000 finite ones expected")
+            if (weights.ndim != 1 or (inputs == "logprobs" and weights.size != 1000) or weights.size == 0
+                    or not np.isfinite(weights).all()):
+                raise ValueError(f"{weights.size} weights, {'1000' if inputs == 'logprobs' else 'one a channel,'} "
+                                 "finite ones expected")
             size = int(data["input_size"])
             if not 32 <= size <= 512:
                 raise ValueError(f"input_size {size} is not 32..512")
@@ -359,8 +410,8 @@ class TextileHead:
             if not 1.0 <= context <= MAX_CONTEXT:
                 raise ValueError(f"context {context} is not 1..{MAX_CONTEXT}")
             info = {k: v for k, v in data.items()
-                    if k not in ("textile_head", "weights", "bias", "min_score", "input_size", "context")}
-            return cls(weights, float(data["bias"]), float(data["min_score"]), size, info, context)
+                    if k not in ("textile_head", "inputs", "weights", "bias", "min_score", "input_size", "context")}
+            return cls(weights, float(data["bias"]), float(data["min_score"]), size, info, context, inputs)
         except FileNotFoundError:
             raise ModelFileError(f"segmentation.textile_check.head: {path} not found (fit one with "
                                  "textile-sorter fit-textile-check)") from None
