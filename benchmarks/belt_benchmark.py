@@ -21,15 +21,20 @@
 7. ``--int8``: the same set-up with the INT8 textile check (``export-textile-check --int8`` calibrated on the
    development photos, the head fitted on it), written to ``runs/belt/line-real-belt-int8.yaml``: the shipped line
    is left as it is.
+8. ``--name NAME --fit "ARGS"``: the same set-up with these ``fit-textile-check`` arguments (e.g. ``--inputs
+   features --input-size 160``), written to ``runs/belt/line-real-belt-NAME.yaml``: the shipped line is left as it
+   is (with ``--int8`` too, the INT8 check's line takes that name).
 
     python benchmarks/belt_benchmark.py --data ../shared/data/conveyor-photos [--repeat 5] [--keep-line] [--video]
     python benchmarks/belt_benchmark.py --keep-line --train-detector [--detector-parts dev-val dev]
+    python benchmarks/belt_benchmark.py --name features --fit="--inputs features"
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -174,12 +179,13 @@ def set_up(args: argparse.Namespace, line: Path, network: list[str]) -> None:
 
 
 def fit_head(args: argparse.Namespace, line: Path, head: Path, network: list[str], *, part: str) -> None:
-    """``fit-textile-check --write-line``: the head of ``line`` fitted on one part of the photos (dev, all)."""
+    """``fit-textile-check --write-line`` (and ``--fit``'s arguments): the head of ``line`` fitted on one part of the
+    photos (dev, all)."""
     subset = [] if part == "all" else ["--subset", f"{SPLIT.relative_to(ROOT)}:{part}"]
     t0 = time.perf_counter()
     done = _cli("fit-textile-check", "--line", _relative(line), str(args.data / "images"), "--boxes",
                 str(args.data / "boxes.csv"), "--labels", str(LABELS.relative_to(ROOT)), *subset,
-                "--out", _relative(head), "--write-line", "--no-progress", *network)
+                "--out", _relative(head), "--write-line", "--no-progress", *network, *shlex.split(args.fit))
     print(done.stdout.strip() + f"\ntextile head fitted on the {part} photos in {time.perf_counter() - t0:.1f} s")
     line.with_name(line.name + ".bak").unlink(missing_ok=True)
 
@@ -210,10 +216,17 @@ def main() -> None:
     parser.add_argument("--detector-set", action="append", default=[], metavar="KEY=VALUE",
                         help="line overrides for the detector runs, e.g. segmentation.detector.min_score=0.4")
     parser.add_argument("--int8", action="store_true", help="the INT8 textile check, in a line of its own under --out")
+    parser.add_argument("--fit", default="", metavar="ARGS",
+                        help='more fit-textile-check arguments, e.g. --fit="--inputs features"; needs --name')
+    parser.add_argument("--name", help="the line's name under --out (line-real-belt-NAME.yaml, folders NAME-PART); "
+                        "default with --int8: int8")
     args = parser.parse_args()
+    if args.fit and not args.name:
+        parser.error("--fit sets up a line of its own: name it with --name")
+    tag = args.name or ("int8" if args.int8 else None)
     line, head = LINE, HEAD
-    if args.int8:
-        line, head = args.out / "line-real-belt-int8.yaml", args.out / "line-real-belt-int8-textile-head.json"
+    if tag:
+        line, head = args.out / f"line-real-belt-{tag}.yaml", args.out / f"line-real-belt-{tag}-textile-head.json"
     network = ["--check-model", _relative(args.out / "textile-check.int8.onnx")] if args.int8 else []
     if not args.keep_line:
         set_up(args, line, network)
@@ -222,9 +235,9 @@ def main() -> None:
     frames = frames_of(detector) if detector is not None and frames_of(detector).is_file() else None
     line_parts = [*args.parts, *(["dev-val"] if frames is not None and "dev-val" not in args.parts else [])]
     rows = []
-    name = f"classical{', INT8 check' if args.int8 else ''}, head fitted on "
+    name = f"classical{f', {tag}' if tag else ''}, head fitted on "
     for part in line_parts:
-        folder = args.out / (f"int8-{part}" if args.int8 else part)
+        folder = args.out / (f"{tag}-{part}" if tag else part)
         score(part, args.data, folder, args.repeat, [], frames, line=line)
         rows.append((part, name + head_fitted_on(line), folder))
     if detector is not None:
@@ -234,8 +247,8 @@ def main() -> None:
             rows.append((part, f"detector, head fitted on {head_fitted_on(line)}", args.out / f"detector-{part}"))
     if args.refit_all:
         shipped = line.read_text()  # the head of all photos goes to a file of its own; the line is put back after
-        fit_head(args, line, args.out / f"textile-head{'-int8' if args.int8 else ''}-all.json", network, part="all")
-        folder = args.out / f"{'int8-' if args.int8 else ''}refit-all"
+        fit_head(args, line, args.out / f"textile-head{f'-{tag}' if tag else ''}-all.json", network, part="all")
+        folder = args.out / f"{f'{tag}-' if tag else ''}refit-all"
         score("all", args.data, folder, args.repeat, [], line=line)
         rows.append(("all (in-sample)", name + head_fitted_on(line), folder))
         line.write_text(shipped)
