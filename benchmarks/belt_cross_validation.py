@@ -6,7 +6,11 @@ The development photos of benchmarks/belt_split.json are cut into ``--folds`` pa
 --write-line`` on all of them), and scored with ``evaluate-detection`` on the part. The pooled figures say what the
 set-up generalises to; settings can be compared on them without the held-out photos (which this never reads).
 
-    python benchmarks/belt_cross_validation.py [--folds 3] [--blocked] [--set KEY=VALUE ...]
+    python benchmarks/belt_cross_validation.py [--folds 3] [--blocked] [--partitions N] [--set KEY=VALUE ...]
+
+``--partitions N`` repeats it over N partitions of the scene groups (the first the usual round-robin one, the others
+shuffled by seeds 1 .. N-1) and prints their mean: run two settings with the same N to compare them on the same
+partitions, less at the mercy of one draw of folds.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
 
 from belt_errors import tally_by_scene_kind  # a script beside this one
 
@@ -35,13 +41,17 @@ def _cli(*args: str) -> str:
     return done.stdout
 
 
-def fold_of_groups(groups: list[int], folds: int, *, blocked: bool = False) -> dict[int, int]:
+def fold_of_groups(groups: list[int], folds: int, *, blocked: bool = False, partition: int = 0) -> dict[int, int]:
     """Scene groups dealt round-robin to folds, in order (neighbouring scenes apart); ``blocked``: each fold a run
     of consecutive groups instead, so that a held-back scene's neighbours (often the same garments, moved) are held
-    back with it and a fold may hold a kind of scene the set-up never saw (the busy photos are the last groups)."""
+    back with it and a fold may hold a kind of scene the set-up never saw (the busy photos are the last groups).
+    ``partition`` > 0: the groups shuffled by that seed before they are dealt round-robin (another partition, so
+    that two settings can be compared over several)."""
     ordered = sorted(set(groups))
     if blocked:
         return {g: i * folds // len(ordered) for i, g in enumerate(ordered)}
+    if partition:
+        ordered = [ordered[i] for i in np.random.default_rng(partition).permutation(len(ordered))]
     return {g: i % folds for i, g in enumerate(ordered)}
 
 
@@ -116,42 +126,59 @@ def main() -> None:
                         "--backbone ...) and score with it")
     parser.add_argument("--inputs", choices=("logprobs", "features"),
                         help="fit-textile-check --inputs (what the head reads of each crop)")
+    parser.add_argument("--partitions", type=int, default=1,
+                        help="repeat over this many partitions of the scene groups and print their mean")
     args = parser.parse_args()
     fit_args = [arg for flag, value in (("--keep", args.keep), ("--input-size", args.input_size),
                                         ("--context", args.context), ("--inputs", args.inputs)) if value is not None
                 for arg in (flag, str(value))]
     if args.int8 and args.check_model:
         parser.error("--int8 makes its own network per fold: give it or --check-model, not both")
+    if args.blocked and args.partitions > 1:
+        parser.error("--blocked has one partition only (consecutive groups)")
     split = json.loads(SPLIT.read_text())
     dev, size = split["dev"], split["group_size"]
     groups = {n: photo_group(n, size) for n in dev}
-    fold = fold_of_groups(list(groups.values()), args.folds, blocked=args.blocked)
-    summaries = []
-    for k in range(args.folds):
-        test = [n for n in dev if fold[groups[n]] == k]
-        setup = [n for n in dev if fold[groups[n]] != k]
-        summaries.append(run_fold(k, setup, test, args.data, args.out, args.set, fit_args, args.detector, args.seed,
-                                  args.int8, args.check_model))
+    figures = []
+    for partition in range(args.partitions):
+        out = args.out if partition == 0 else args.out / f"partition{partition}"
+        fold = fold_of_groups(list(groups.values()), args.folds, blocked=args.blocked, partition=partition)
+        summaries = []
+        for k in range(args.folds):
+            test = [n for n in dev if fold[groups[n]] == k]
+            setup = [n for n in dev if fold[groups[n]] != k]
+            summaries.append(run_fold(k, setup, test, args.data, out, args.set, fit_args, args.detector, args.seed,
+                                      args.int8, args.check_model))
+        figures.append(report(summaries, out, args.folds, size, partition))
+    if args.partitions > 1:
+        recall, precision, taken = (np.mean(values) for values in zip(*figures))
+        print(f"mean over {args.partitions} partitions: IoU 0.5 recall {recall:.1%}, precision {precision:.1%}; "
+              f"hands and objects taken for a garment {taken:.1f}")
+
+
+def report(summaries: list[dict], out: Path, folds: int, group_size: int, partition: int) -> tuple[float, float, int]:
+    """Print one partition's pooled figures, by scene kind and with a scene-bootstrap interval; its recall,
+    precision and hands and objects taken for a garment."""
     totals = {key: sum(s[key]["0.5"] if isinstance(s[key], dict) else s[key] for s in summaries)
               for key in ("matched", "garments", "garment_detections", "false", "merged", "other_as_garment",
                         "other_unlabelled")}
     recall = totals["matched"] / totals["garments"]
     precision = 1 - totals["false"] / max(1, totals["garment_detections"])
-    print(f"pooled over {args.folds} folds of scenes ({totals['garments']} garments): IoU 0.5 recall {recall:.1%}, "
-          f"precision {precision:.1%}; merged {totals['merged']}; hands and objects taken for a garment "
-          f"{totals['other_as_garment']}; hand or object detections on nothing labelled {totals['other_unlabelled']}")
-    frames = [row for k in range(args.folds) for row in json.loads((args.out / f"fold{k}" / "eval" / "frames.json")
-                                                                    .read_text())]
+    print(f"{f'partition {partition}: ' if partition else ''}pooled over {folds} folds of scenes "
+          f"({totals['garments']} garments): IoU 0.5 recall {recall:.1%}, precision {precision:.1%}; merged "
+          f"{totals['merged']}; hands and objects taken for a garment {totals['other_as_garment']}; hand or object "
+          f"detections on nothing labelled {totals['other_unlabelled']}")
+    frames = [row for k in range(folds) for row in json.loads((out / f"fold{k}" / "eval" / "frames.json").read_text())]
     print("by scene kind: " + "; ".join(
         f"{kind} {t['matched']}/{t['garments']} found, {t['false']} false"
         for kind, t in tally_by_scene_kind(frames).items()))
     interval = scene_interval([r["garments"] for r in frames], [r["matched"] for r in frames],
-                              [r["false"] for r in frames], [photo_group(r["name"], size) for r in frames])
+                              [r["false"] for r in frames], [photo_group(r["name"], group_size) for r in frames])
     if interval is not None and interval.precision is not None:
         print(f"{interval.level:.0%} interval over {interval.scenes} scenes (bootstrap): recall "
               f"{interval.recall[0]:.1%}-{interval.recall[1]:.1%}, precision {interval.precision[0]:.1%}-"
               f"{interval.precision[1]:.1%} (how far other scenes like these could put it)")
-
+    return recall, precision, totals["other_as_garment"]
 
 if __name__ == "__main__":
     main()
