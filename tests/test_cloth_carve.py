@@ -313,7 +313,8 @@ def test_a_head_on_the_features_serves_a_real_line_with_carving(shared_data: Pat
     busy = [name for name in dev if Path(name).stem.startswith("color_img36") and len(Path(name).stem) == 12]
     (tmp_path / "busy.txt").write_text("\n".join(busy) + "\n")
     (tmp_path / "setup.txt").write_text("\n".join(name for name in dev if name not in busy) + "\n")
-    line, labels = repo_root / "serving" / "line-real-belt.yaml", repo_root / "benchmarks" / "belt_non_garment_boxes.csv"
+    line = repo_root / "serving" / "line-real-belt.yaml"
+    labels = repo_root / "benchmarks" / "belt_non_garment_boxes.csv"
     head = fit_textile_head(HeadFitConfig(line=line, photos=photos / "images", boxes=photos / "boxes.csv",
                                           out=tmp_path / "head.json", extra_labels=labels,
                                           subset=str(tmp_path / "setup.txt"), inputs="features", progress=False))

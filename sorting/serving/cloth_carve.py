@@ -5,9 +5,10 @@ check (or the hand and object rules) rightly calls the whole of it no garment, s
 :class:`ClothCarver` looks inside such a detection when it is large (``min_area`` times a typical item): the check's
 network runs once over the detection's box and scores every window of its last feature map as if it were a crop
 (:class:`ClothMap`: the average of the window's features through the ImageNet classifier, then the check's own
-scorer and threshold; a head on the features reads the average itself). The blob's pixels where the map says cloth, in pieces of at least ``min_piece`` times a typical
-item cut apart like any blob (``split_touching``), become garment detections if each piece's own crop then passes the
-check as any garment must; the rest stays what it was (an object or a hand, routed as such).
+scorer and threshold; a head on the features reads the average itself). The blob's pixels where the map says cloth,
+in pieces of at least ``min_piece`` times a typical item cut apart like any blob (``split_touching``), become garment
+detections if each piece's own crop then passes the check as any garment must; the rest stays what it was (an object
+or a hand, routed as such).
 
 The other way round, a clump can pass the crop check as a garment when cloth fills most of its box (garments on a
 tray beside phones and a mouse). A garment detection of ``garment_min_area`` typical items or more is looked into

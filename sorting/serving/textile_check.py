@@ -11,9 +11,9 @@ the other non-garments: reject or ignore, and counted).
 
 With ``head: FILE`` (``textile-sorter fit-textile-check``: a logistic regression fitted to the labelled photos of a
 line, on the 1,000 ImageNet log-probabilities or on the network's own features, each crop's last feature map averaged
-over its cells) the score is that head's probability instead, and its threshold the one it was fitted with; with ``class_floor`` too (:class:`Floored`), a crop whose textile classes sum to
-less than that scores 0 whatever the head says: a head fitted on photos without phones can let a phone through,
-ImageNet rarely calls one cloth.
+over its cells) the score is that head's probability instead, and its threshold the one it was fitted with; with
+``class_floor`` too (:class:`Floored`), a crop whose textile classes sum to less than that scores 0 whatever the head
+says: a head fitted on photos without phones can let a phone through, ImageNet rarely calls one cloth.
 
 The crops of one frame go through the network as one batch (about 10 ms per crop on one core); on a moving
 belt a garment whose box overlaps last frame's keeps its score instead of being scored again.
@@ -218,6 +218,9 @@ class TextileCheck:
         """Per ``(x, y, w, h)`` box's crop: the ImageNet log-probabilities ``(n, 1000)``; with ``features``, the last
         feature map averaged over its cells ``(n, channels)`` (else None; zeros for an empty box); and which boxes
         were empty (no pixel in the frame). ``keep_maps``: see :meth:`logprobs`."""
+        if features and not self.has_maps:
+            raise ModelFileError(f"{self.path} gives no feature map: export the check again (textile-sorter "
+                                 "export-textile-check)")
         height, width = image_bgr.shape[:2]
         batch = np.zeros((len(boxes), self.size, self.size, 3), np.uint8)
         empty = np.zeros(len(boxes), bool)
@@ -230,9 +233,6 @@ class TextileCheck:
             batch[i] = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
         x = (batch[..., ::-1].astype(np.float32) - 127.0) * (1.0 / 128.0)
         maps = (keep_maps or features) and self.has_maps
-        if features and not self.has_maps:
-            raise ModelFileError(f"{self.path} gives no feature map: export the check again (textile-sorter "
-                                 "export-textile-check)")
         out = self.session.run([OUTPUT, FEATURES] if maps else [OUTPUT],
                                {self.input_name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
         if maps and keep_maps:
@@ -291,7 +291,7 @@ class TextileCheck:
         return det
 
 
-def _check_feature_width(head: Any, output: Any, head_path: Path | None, model_path: Path) -> None:
+def _check_feature_width(head: TextileHead, output: Any, head_path: Path | None, model_path: Path) -> None:
     """A head on the features needs a network that gives its feature map, as wide as the head's weights."""
     if output is None:
         raise ModelFileError(f"textile check head {head_path} reads the network's features, and {model_path} gives no "
@@ -317,7 +317,6 @@ class ClassSum:
     min_score = CLASS_SUM_MIN_SCORE
     input_size = None  # the network's own (224 px: the class list needs the detail)
     context = 1.0  # the box alone: the threshold was chosen on such crops
-
     inputs: HeadInputs = "logprobs"
 
     def __init__(self, indices: list[int]) -> None:
