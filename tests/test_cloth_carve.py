@@ -115,6 +115,8 @@ def test_what_is_left_whole():
     # the map proposes, the crop check disposes: a piece whose own crop does not look like cloth stays in the clump
     nothing = _carver(400, confirm=lambda image, boxes: np.zeros(len(boxes), np.float32))
     assert nothing.carve(image, [clump])[0] is clump
+    # on a moving belt, a clump still coming into view is left for the frames when it is in
+    assert _carver(200).carve(image, [clump], wait=lambda d: d is clump) == [clump]
 
 
 def test_a_large_garment_detection_that_is_mostly_not_cloth_is_carved_as_a_clump():

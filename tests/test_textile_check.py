@@ -81,6 +81,44 @@ def test_on_a_moving_belt_a_garment_keeps_the_score_it_came_into_view_with(fake_
     assert check.relabel(dark, [_det(55, 20)])[0].kind == "object"
 
 
+def test_a_thing_still_coming_into_view_is_checked_once_it_is_in(fake_model: Path):
+    """``wait``: a garment detection held back (still entering the view) keeps its kind unscored and is not
+    remembered, so the first frame it is let through scores it afresh."""
+    bright, dark = np.full((100, 200, 3), 255, np.uint8), np.zeros((100, 200, 3), np.uint8)
+    check = TextileCheck(TextileCheckConfig(model=fake_model, min_score=0.5))
+    entering = {"edges": frozenset({"left"})}
+    wait = lambda d: "left" in d.edges  # noqa: E731
+    assert check.relabel(dark, [replace(_det(0, 20), **entering)], reuse=True, wait=wait)[0].kind == "garment"
+    # next frame, in view and bright: scored now; had the dark part been scored, its box (IoU 0.78) would pass
+    # that score on: an object
+    assert check.relabel(bright, [_det(5, 20)], reuse=True, wait=wait)[0].kind == "garment"
+    # without wait the entering one is scored as any other: dark, an object
+    assert check.relabel(dark, [replace(_det(0, 20), **entering)])[0].kind == "object"
+
+
+def test_on_a_moving_belt_the_check_waits_for_things_coming_into_view(repo_root: Path):
+    """A thing touching the edge things enter by is coming into view until its leading end reaches the decision
+    line; one touching the far edge too (longer than the view) never waits; a still scene never does."""
+    from sorting.serving.line_config import load_line_config
+    from sorting.serving.line_segmentation import LineSegmentation
+
+    def seg(direction: str, scene: str = "belt") -> LineSegmentation:
+        return LineSegmentation(load_line_config(repo_root / "serving" / "line-colour-6bin.yaml", [
+            f"belt.direction={direction}", "tracking.decision_line_px=300", f"tracking.scene={scene}"]))
+
+    left = replace(_det(0, 20, w=100), edges=frozenset({"left"}))
+    reaching = replace(_det(0, 20, w=320), edges=frozenset({"left"}))
+    across = replace(_det(0, 20, w=640), edges=frozenset({"left", "right"}))
+    plus = seg("+x")
+    assert plus.coming_into_view(left) and not plus.coming_into_view(reaching)
+    assert not plus.coming_into_view(across) and not plus.coming_into_view(_det(100, 20))
+    minus = seg("-x")  # entering at the right edge, decided once left of x = 300
+    assert not minus.coming_into_view(left)
+    assert minus.coming_into_view(replace(_det(540, 20, w=100), edges=frozenset({"right"})))
+    assert not minus.coming_into_view(replace(_det(250, 20, w=390), edges=frozenset({"right"})))
+    assert seg("+y").coming_into_view(replace(_det(50, 0, h=80), edges=frozenset({"top"})))
+
+
 def test_a_file_that_is_not_a_textile_check_is_refused_in_one_line(tmp_path: Path):
     (tmp_path / "junk.onnx").write_bytes(b"not a model")
     with pytest.raises(ModelFileError, match="cannot load textile check"):

@@ -132,13 +132,15 @@ class ClothCarver:
         self.border_margin_px = border_margin_px
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))  # cleans the cloth mask's edges
 
-    def carve(self, image_bgr: np.ndarray, detections: list[Detection], *, reuse: bool = False) -> list[Detection]:
+    def carve(self, image_bgr: np.ndarray, detections: list[Detection], *, reuse: bool = False,
+              wait: Callable[[Detection], bool] | None = None) -> list[Detection]:
         """``detections`` with the clumps carved; with ``reuse`` (a moving belt), a large garment detection that
-        overlaps one of the previous frame found to be about all cloth by ``reuse_iou`` is left whole unlooked."""
+        overlaps one of the previous frame found to be about all cloth by ``reuse_iou`` is left whole unlooked; a
+        detection ``wait`` holds back (a thing still coming into view) is left as it is."""
         out: list[Detection] = []
         whole: list[Box] = []  # this frame's large garments found to be about all cloth
         for det in detections:
-            if det.outline is None:
+            if det.outline is None or (wait is not None and wait(det)):
                 out.append(det)
             elif det.kind in self.cfg.kinds and det.area >= self.cfg.min_area * self.typical_area_px:
                 out.extend(self._carve_one(image_bgr, det, *self._cloth(image_bgr, det)))

@@ -51,6 +51,8 @@ class LineSegmentation:
                                           split=seg.split_touching, reuse_iou=seg.textile_check.reuse_iou,
                                           crop_map=self.textile_check.crop_map)
         self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
+        self._belt = cfg.belt.direction  # "+x", "-x", "+y" or "-y"
+        self._decision_line = cfg.tracking.decision_line_px
         # wall time of each stage (belt model, textile check, carve): the last frame's and the means
         self.timer = StageTimer(())
         self.along_axis = along
@@ -64,13 +66,29 @@ class LineSegmentation:
         self.timer.start_frame()
         with self.timer.stage("belt model"):
             detections = self.segmenter.segment(image, normalise, shape_min_area=shape_min_area)
+        wait = self.coming_into_view if self._moving_belt else None
         if self.textile_check is not None:
             with self.timer.stage("textile check"):
-                detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt)
+                detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt, wait=wait)
         if self.carver is not None:
             with self.timer.stage("carve"):
-                detections = self.carver.carve(image, detections, reuse=self._moving_belt)
+                detections = self.carver.carve(image, detections, reuse=self._moving_belt, wait=wait)
         return detections
+
+    def coming_into_view(self, det: Detection) -> bool:
+        """On a moving belt: whether ``det`` is still coming into view, so the textile check and carving wait for
+        it. It touches the edge things enter by (and not the far one: a thing longer than the view is never whole),
+        and its leading end has not reached the decision line (every item is checked before it is decided). A
+        part of a thing is not the thing (the class list takes a garment's flat corner for an object), and a box
+        that grows every frame would be scored again on every frame."""
+        entry, far = {"+x": ("left", "right"), "-x": ("right", "left"), "+y": ("top", "bottom"),
+                      "-y": ("bottom", "top")}[self._belt]
+        if entry not in det.edges or far in det.edges:
+            return False
+        x, y, w, h = det.bbox
+        if self._belt[0] == "+":
+            return (x + w if self._belt[1] == "x" else y + h) < self._decision_line
+        return (x if self._belt[1] == "x" else y) > self._decision_line
 
     def crops(self, image: np.ndarray, detections: list[Detection]) -> list[np.ndarray]:
         """The classifier's view of every detection (the loop crops only tracks due for a view)."""

@@ -16,7 +16,8 @@ over its cells) the score is that head's probability instead, and its threshold 
 says: a head fitted on photos without phones can let a phone through, ImageNet rarely calls one cloth.
 
 The crops of one frame go through the network as one batch (about 10 ms per crop on one core); on a moving
-belt a garment whose box overlaps last frame's keeps its score instead of being scored again.
+belt a garment whose box overlaps last frame's keeps its score instead of being scored again, and a thing still
+coming into view is scored once it is in (``relabel``'s ``wait``).
 ``segmentation.textile_check: {}`` uses the packaged weights, exported once to the cache folder
 (``$TEXTILE_SORTER_CACHE`` or ``~/.cache/textile-sorter``; that first export needs torch, serving after it
 onnxruntime only); ``model: FILE`` names an exported file instead (``textile-sorter export-textile-check``).
@@ -30,6 +31,7 @@ import os
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
 import cv2
@@ -265,13 +267,16 @@ class TextileCheck:
         network without the map)."""
         return self._crop_maps.get(tuple(box))
 
-    def relabel(self, image_bgr: np.ndarray, detections: list[Any], *, reuse: bool = False) -> list[Any]:
+    def relabel(self, image_bgr: np.ndarray, detections: list[Any], *, reuse: bool = False,
+                wait: Callable[[Any], bool] | None = None) -> list[Any]:
         """``detections`` with the garments whose crop scores below ``min_score`` turned into objects (and, with
         ``objects_back_from``, the objects scoring at least that turned into garments); with ``reuse`` (a moving belt:
         consecutive frames show the same things), a detection overlapping one of the previous frame by ``reuse_iou``
-        keeps its score instead of being scored again."""
+        keeps its score instead of being scored again; a detection ``wait`` holds back (a thing still coming into
+        view) is left as it is, unscored."""
         checked = [i for i, d in enumerate(detections)
-                   if d.kind == GARMENT or (d.kind == OBJECT and self.objects_back_from is not None)]
+                   if (d.kind == GARMENT or (d.kind == OBJECT and self.objects_back_from is not None))
+                   and not (wait is not None and wait(d))]
         boxes = [corners(detections[i].bbox) for i in checked]
         found = self._last.find(boxes) if reuse else [None] * len(checked)
         scores = {i: score for i, score in zip(checked, found) if score is not None}
