@@ -23,12 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
-from sorting.apps.textile_head import HeadFitConfig, collect_crops, out_of_fold as scores_out_of_fold
+from sorting.apps.textile_head import HeadFitConfig, collect_crops, head_model, out_of_fold as scores_out_of_fold
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,8 +36,7 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, share: float, 
     training scene groups (drawn by ``rng``), on inputs ``standardise``d on those training rows or as they are."""
 
     def model() -> Any:
-        head = LogisticRegression(C=regularisation, max_iter=5000)
-        return make_pipeline(StandardScaler(), head) if standardise else head
+        return head_model(regularisation, standardise=standardise)
 
     def training(train: np.ndarray) -> np.ndarray:
         scenes = np.unique(groups[train])

@@ -107,7 +107,7 @@ class Crops:
 def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
     """Run the line's segmentation (without the check) on the labelled photos; one row per garment detection; with
     ``pooled`` (or a head on the features), each crop's pooled feature map too (a network without the map is
-    refused)."""
+    refused by :meth:`TextileCheck.outputs`)."""
     pooled = pooled or cfg.inputs == "features"
     line = load_line_config(cfg.line)
     boxes = read_boxes_csv(cfg.boxes)
@@ -120,8 +120,6 @@ def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
     network = {"head": None, **({"model": cfg.check_model} if cfg.check_model is not None else {})}
     check = TextileCheck((line.segmentation.textile_check or TextileCheckConfig()).model_copy(update=network),
                          crop_size=cfg.input_size, context=cfg.context)
-    if pooled and not check.has_maps:
-        raise DataError(f"{check.path} gives no feature map: export the check again (textile-sorter export-textile-check)")
     line.segmentation.textile_check = None  # the head learns from what the segmentation calls garments
     seg = LineSegmentation(line)
     classes = ClassSum(check.meta["textile_indices"])
@@ -185,13 +183,22 @@ def out_of_fold(x: np.ndarray, y: np.ndarray, groups: np.ndarray, folds: int, mo
     return scores
 
 
+def head_model(regularisation: float, *, standardise: bool) -> Any:
+    """A fresh, unfitted head: a logistic regression of inverse strength ``regularisation``; with ``standardise``
+    behind a scaler fitted on the same rows (the pooled features: 1,280 values of unlike scales, so that one
+    regularisation serves them all)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    head = LogisticRegression(C=regularisation, max_iter=5000)
+    return make_pipeline(StandardScaler(), head) if standardise else head
+
+
 def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]:
     """The head with its out-of-fold threshold (keeps ``cfg.keep`` of the garments) and figures, and the
     out-of-fold scores of the crops."""
-    from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
 
     features = cfg.inputs == "features"
     if features and crops.pooled is None:
@@ -203,9 +210,7 @@ def fit_head(crops: Crops, cfg: HeadFitConfig) -> tuple[TextileHead, np.ndarray]
                         "and non-garments, in two scene groups at least")
 
     def model() -> Any:
-        head = LogisticRegression(C=cfg.regularisation, max_iter=5000)
-        # 1,280 features of unlike scales: standardised on each fit's own rows, so one regularisation serves them all
-        return make_pipeline(StandardScaler(), head) if features else head
+        return head_model(cfg.regularisation, standardise=features)
 
     oof = out_of_fold(x, y, crops.groups, min(cfg.folds, n_groups), model)
     threshold = float(np.quantile(oof[y == 1], 1.0 - cfg.keep))

@@ -18,6 +18,7 @@ from sorting.serving.colour_calibration import ColourCorrector, ContinuousWhiteB
 from sorting.serving.line_config import LineConfig
 from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker
 from sorting.serving.textile_check import TextileCheck
+from sorting.serving.tracking import BeltAxis
 from sorting.serving.timing import StageTimer
 
 
@@ -51,7 +52,7 @@ class LineSegmentation:
                                           split=seg.split_touching, reuse_iou=seg.textile_check.reuse_iou,
                                           crop_map=self.textile_check.crop_map)
         self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
-        self._belt = cfg.belt.direction  # "+x", "-x", "+y" or "-y"
+        self._belt = BeltAxis(cfg.belt.direction)
         self._decision_line = cfg.tracking.decision_line_px
         # wall time of each stage (belt model, textile check, carve): the last frame's and the means
         self.timer = StageTimer(())
@@ -81,14 +82,12 @@ class LineSegmentation:
         and its leading end has not reached the decision line (every item is checked before it is decided). A
         part of a thing is not the thing (the class list takes a garment's flat corner for an object), and a box
         that grows every frame would be scored again on every frame."""
-        entry, far = {"+x": ("left", "right"), "-x": ("right", "left"), "+y": ("top", "bottom"),
-                      "-y": ("bottom", "top")}[self._belt]
-        if entry not in det.edges or far in det.edges:
+        belt = self._belt
+        if belt.entry_edge not in det.edges or (det.edges & belt.entry_exit_edges) - {belt.entry_edge}:
             return False
         x, y, w, h = det.bbox
-        if self._belt[0] == "+":
-            return (x + w if self._belt[1] == "x" else y + h) < self._decision_line
-        return (x if self._belt[1] == "x" else y) > self._decision_line
+        leading = max(belt.along((x, y)), belt.along((x + w, y + h)))  # as the tracker decides: along the belt
+        return leading < belt.sign * self._decision_line
 
     def crops(self, image: np.ndarray, detections: list[Detection]) -> list[np.ndarray]:
         """The classifier's view of every detection (the loop crops only tracks due for a view)."""

@@ -187,7 +187,7 @@ class TextileCheck:
         self.path, self.meta = path, meta
         outputs = {out.name: out for out in self.session.get_outputs()}
         self.has_maps = FEATURES in outputs
-        self.reads_features = getattr(self.map_scorer, "inputs", "logprobs") == "features"
+        self.reads_features = self.map_scorer.inputs == "features"
         if self.reads_features:
             _check_feature_width(self.map_scorer, outputs.get(FEATURES), cfg.head, path)
         self._crop_maps: dict[tuple[int, ...], tuple[np.ndarray, tuple[int, int, int, int]]] = {}
@@ -234,7 +234,7 @@ class TextileCheck:
                 continue
             batch[i] = cv2.resize(crop, (self.size, self.size), interpolation=cv2.INTER_AREA)
         x = (batch[..., ::-1].astype(np.float32) - 127.0) * (1.0 / 128.0)
-        maps = (keep_maps or features) and self.has_maps
+        maps = features or (keep_maps and self.has_maps)
         out = self.session.run([OUTPUT, FEATURES] if maps else [OUTPUT],
                                {self.input_name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})
         if maps and keep_maps:
@@ -349,10 +349,6 @@ class Floored:
     @property
     def input_size(self) -> int:
         return self.head.input_size
-
-    @property
-    def inputs(self) -> HeadInputs:
-        return self.head.inputs
 
     def score(self, logprobs: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         out = self.head.score(logprobs, features)
