@@ -35,3 +35,38 @@ def test_other_partitions_deal_the_same_groups_evenly_but_differently():
     for fold in (one, two):
         assert set(fold) == set(groups) and sorted(Counter(fold.values()).values()) == [4, 4, 4]
     assert fold_of_groups(groups, 3, blocked=True) == {g: (g - 1) // 4 for g in range(1, 13)}
+
+
+def test_reuse_sets_a_fold_up_again_only_when_its_photos_or_arguments_changed(tmp_path: Path, monkeypatch):
+    """``--reuse`` scores a fold's line again without calibrate and fit-textile-check when the fold was set up on the
+    same photos with the same arguments; another photo list or another argument sets it up afresh."""
+    cv = _cv()
+    calls: list[str] = []
+
+    def fake_cli(*args: str) -> str:
+        calls.append(args[0])
+        if args[0] == "calibrate":
+            Path(args[args.index("--line") + 1]).write_text("name: fold\n")
+        if args[0] == "evaluate-detection":
+            out = Path(args[args.index("--out") + 1])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "summary.json").write_text('{"matched": 1}')
+        return "header\nIoU 0.5: recall ...\n"
+
+    monkeypatch.setattr(cv, "_cli", fake_cli)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+
+    def fold(setup: list[str], fit_args: list[str], reuse: bool) -> list[str]:
+        calls.clear()
+        summary = cv.run_fold(0, setup, ["images/c.jpg"], tmp_path / "data", tmp_path / "cv", [], fit_args,
+                              reuse=reuse)
+        assert summary == {"matched": 1}
+        return calls[:]
+
+    set_up = ["calibrate", "fit-textile-check", "evaluate-detection"]
+    assert fold(["images/a.jpg"], [], reuse=True) == set_up  # nothing to reuse yet
+    assert fold(["images/a.jpg"], [], reuse=True) == ["evaluate-detection"]
+    assert fold(["images/a.jpg"], [], reuse=False) == set_up
+    assert fold(["images/a.jpg", "images/b.jpg"], [], reuse=True) == set_up
+    assert fold(["images/a.jpg", "images/b.jpg"], ["--inputs", "features"], reuse=True) == set_up
+    assert fold(["images/a.jpg", "images/b.jpg"], ["--inputs", "features"], reuse=True) == ["evaluate-detection"]
