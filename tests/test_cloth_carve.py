@@ -85,9 +85,6 @@ def _all_cloth(image: np.ndarray, boxes: list[tuple[int, int, int, int]]) -> np.
 
 
 def _carver(cloth_below_x: float, confirm=_all_cloth, **cfg) -> ClothCarver:
-    """A carver on the stub map; the map's cut as it is unless ``snap_px`` is given (most test images are flat,
-    with no edge to snap to)."""
-    cfg = {"snap_px": None, **cfg}
     return ClothCarver(CarveConfig(**cfg), _StubMap(cloth_below_x), confirm, min_score=0.5, seg_scale=SEG_SCALE,
                        typical_area_px=10_000, min_area_px=800, border_margin_px=3)
 
@@ -104,29 +101,6 @@ def test_the_cloth_in_a_large_object_becomes_a_garment_and_the_rest_stays_an_obj
     assert rest.bbox[0] >= 180 and rest.bbox[0] + rest.bbox[2] <= 365
     assert garment.area + rest.area == pytest.approx(clump.area, rel=0.15)
     assert not garment.overlap_suspect and garment.outline is not None
-
-
-def test_snapping_moves_the_maps_coarse_cut_onto_the_photos_edges():
-    """A garment (grey, x 40-250) touching a phone (dark, right of it) in one clump on a blue belt: the map's cells
-    put the cut near x = 214; with snap_px the garment is cut at the photo's edge between the two, and a blob
-    outline that took some belt round them is tightened onto the garment."""
-    image = np.full((200, 400, 3), (160, 90, 20), np.uint8)  # the belt
-    image[40:160, 40:360] = 40  # the phone ...
-    image[40:160, 40:250] = 150  # ... and the garment, with a weave's stripes finer than the snap's blur
-    image[40:160, 40:250:6] = 110
-
-    def garment_box(clump: Detection, **cfg) -> np.ndarray:
-        garment = next(d for d in _carver(200, **cfg).carve(image, [clump]) if d.kind == "garment")
-        x, y, w, h = garment.bbox
-        return np.array([x, y, x + w, y + h])
-
-    tight, loose = _blob(40, 40, 360, 160, "object"), _blob(20, 24, 370, 176, "object")
-    assert abs(garment_box(tight)[2] - 214) <= 4
-    assert abs(garment_box(tight, snap_px=32)[2] - 250) <= 8
-    np.testing.assert_allclose(garment_box(loose), [20, 24, 214, 176], atol=4)
-    np.testing.assert_allclose(garment_box(loose, snap_px=32), [40, 40, 250, 160], atol=10)
-    # the cut moves only as far as snap_px: an edge further from the map's boundary is not reached
-    assert abs(garment_box(tight, snap_px=8)[2] - 214) <= 4
 
 
 def test_what_is_left_whole():
@@ -173,7 +147,7 @@ class _CountingMap(_StubMap):
 def test_on_a_moving_belt_a_large_garment_found_whole_is_not_looked_into_again():
     image = np.zeros((200, 400, 3), np.uint8)
     cloth = _CountingMap(400)
-    carver = ClothCarver(CarveConfig(snap_px=None), cloth, _all_cloth, min_score=0.5, seg_scale=SEG_SCALE,
+    carver = ClothCarver(CarveConfig(), cloth, _all_cloth, min_score=0.5, seg_scale=SEG_SCALE,
                          typical_area_px=10_000, min_area_px=800, border_margin_px=3)
     big = _blob(40, 40, 360, 160, "garment")
     moved = _blob(48, 40, 368, 160, "garment")  # next frame, 8 px on: IoU 0.95
@@ -331,8 +305,7 @@ def test_on_real_clumps_carving_finds_garments_and_no_hand_or_object_becomes_one
 def test_a_head_on_the_features_serves_a_real_line_with_carving(shared_data: Path, repo_root: Path, tmp_path: Path):
     """``fit-textile-check --inputs features`` on the development photos but one busy scene, then the shipped line
     with that head on the busy scene, against the same line without the check: the check and carving run on the
-    features, find about as many garments (21 against 22: a carved piece snapped onto the photo's edges fell below
-    IoU 0.5; 22 with the map's cut), and take fewer hands and objects for garments (5 without the check, 1 with this
+    features, find as many garments, and take fewer hands and objects for garments (5 without the check, 1 with this
     head and with a log-probabilities head fitted the same way, a scene neither saw)."""
     from sorting.apps.detection_bench import DetectionBenchConfig, run_detection_bench
     from sorting.apps.textile_head import HeadFitConfig, fit_textile_head
@@ -357,7 +330,7 @@ def test_a_head_on_the_features_serves_a_real_line_with_carving(shared_data: Pat
             overrides=[check])).summary
     features, none = summaries["features"], summaries["none"]
     assert features.frames == none.frames == len(busy) >= 5
-    assert features.matched["0.5"] >= none.matched["0.5"] - 1 > 0
+    assert features.matched["0.5"] >= none.matched["0.5"] > 0
     assert features.other_as_garment < none.other_as_garment
     assert features.garment_detections < none.garment_detections  # the rest of the clutter goes to reject
     assert {"segment: textile check", "segment: carve"} <= set(features.ms)

@@ -228,26 +228,7 @@ class ClothCarver:
         up = cv2.resize(scores, cells_px, interpolation=cv2.INTER_LINEAR)
         up = cv2.copyMakeBorder(up, 0, max(0, size[1] - up.shape[0]), 0, max(0, size[0] - up.shape[1]),
                                 cv2.BORDER_REPLICATE)[:size[1], :size[0]]
-        cloth = self._cloth_in(blob, up)
-        if self.cfg.snap_px is not None:
-            small = cv2.resize(image_bgr[y0:y1, x0:x1], size, interpolation=cv2.INTER_AREA)
-            cloth = self._snap(blob, cloth, small)
-        return (x0, y0, x1, y1), blob, cloth
-
-    def _snap(self, blob: np.ndarray, cloth: np.ndarray, small_bgr: np.ndarray) -> np.ndarray:
-        """``cloth``'s outline moved onto the edges of ``small_bgr`` (the region at the segmentation scale) within
-        ``snap_px``: a watershed from three basins, outside the blob, and what lies further than that inside the
-        cloth and inside the rest of the blob, floods the band within ``snap_px`` of the cloth's outline. Against
-        the rest of the clump the cut moves onto the edge between the garment and the phone beside it; against the
-        belt the piece loses what the belt model's coarser outline took of the belt or of a shadow."""
-        r = max(1, round(self.cfg.snap_px * self.seg_scale))
-        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-        markers = np.zeros(blob.shape, np.int32)
-        markers[blob == 0] = 1
-        markers[cv2.erode(cv2.bitwise_and(blob, cv2.bitwise_not(cloth)), kernel) > 0] = 2
-        markers[cv2.erode(cloth, kernel) > 0] = 3
-        cv2.watershed(cv2.GaussianBlur(small_bgr, (0, 0), r / 2), markers)  # a print's own edges blurred away
-        return cv2.morphologyEx(np.where(markers == 3, blob, 0).astype(np.uint8), cv2.MORPH_OPEN, self._kernel)
+        return (x0, y0, x1, y1), blob, self._cloth_in(blob, up)
 
     def _blob_in(self, det: Detection, region: tuple[int, int, int, int]) -> np.ndarray:
         """``det``'s blob as a mask of the frame region ``(x0, y0, x1, y1)`` at the segmentation scale."""

@@ -74,11 +74,6 @@ class CarveConfig(StrictModel):
     # anyway, coarser) calls at least this share of its blob cloth; most large garments are, and the finer map is
     # most of carving's time; None: always the finer map
     garment_screen: float | None = Field(0.9, gt=0, le=1)
-    # the map's cells are coarse (32 / scale frame px): a carved piece's outline is moved onto the photo's own edges
-    # within this many frame px (a watershed), so that a phone beside a garment is cut at its outline rather than on
-    # the grid, and belt the blob's outline took is left out; 16 by scene CV (8 to 32 alike; serving/README.md);
-    # None: the map's boundary as it is
-    snap_px: float | None = Field(16.0, gt=0)
 
 
 class TextileCheckConfig(StrictModel):
