@@ -195,6 +195,35 @@ def test_unusable_frames_raise_one_clear_error(belt_cfg: SegmentationConfig):
     assert min(iou for iou, _ in _best(things, segmenter.segment(image))) >= 0.5
 
 
+@pytest.mark.parametrize("line", ["line-real-belt.yaml", "line-colour-6bin.yaml"])
+def test_every_belt_model_refuses_a_black_or_saturated_frame(line: str, repo_root: Path):
+    """The real belt's colour model (whose darkest band is belt-coloured, so a black frame looked like an empty
+    belt) and the synthetic lines' background model (which took a white frame for one big item) refuse both."""
+    cfg = load_line_config(repo_root / "serving" / line).segmentation
+    width, height = cfg.frame_size or (640, 480)
+    segmenter = BeltSegmenter(cfg)
+    for level, what in ((0, "black"), (6, "black"), (255, "saturated"), (250, "saturated")):
+        with pytest.raises(FrameError, match=f"frame unusable \\({what}: mean level {level}\\)"):
+            segmenter.segment(np.full((height, width, 3), level, np.uint8))
+
+
+def test_the_background_model_does_not_start_from_a_black_frame(repo_root: Path):
+    """A line whose camera starts capped: the black frames are refused, and the background is learned from the
+    first frame that shows the belt, so the item that then comes is found alone."""
+    segmenter = BeltSegmenter(load_line_config(repo_root / "serving" / "line-colour-6bin.yaml").segmentation)
+    belt = np.full((480, 640, 3), (120, 120, 110), np.uint8)
+    item = belt.copy()
+    cv2.rectangle(item, (200, 150), (320, 260), (40, 60, 230), -1)
+    for _ in range(3):
+        with pytest.raises(FrameError, match="black"):
+            segmenter.segment(np.zeros_like(belt))
+    assert segmenter.segment(belt) == []
+    found = segmenter.segment(item)
+    assert len(found) == 1
+    x, y, w, h = found[0].bbox
+    assert abs(x - 200) <= 6 and abs(y - 150) <= 6 and abs(w - 121) <= 10 and abs(h - 111) <= 10
+
+
 def test_belt_region_outside_the_frame_is_a_config_error(tmp_path: Path):
     data = yaml.safe_load(TEMPLATE.read_text())
     data["segmentation"].update(belt_region=[[0, 0], [2000, 0], [2000, 400], [0, 400]], frame_size=[640, 480])
@@ -274,6 +303,29 @@ def test_calibrate_belt_on_a_folder_of_photos_makes_a_still_line(tmp_path: Path,
     assert main(["calibrate", "--belt", "--line", str(line), "--frames", "2", "--scene", "still"]) == 0
     assert load_line_config(line).tracking.scene == "still"
     assert main(["calibrate", "--line", str(line), "--scene", "belt"]) == 2  # --scene goes with --belt
+
+
+def test_calibrate_belt_leaves_black_and_saturated_frames_out(tmp_path: Path, caplog, capsys):
+    """A capped lens and a blown exposure among the set-up photos: they made the belt's colour grey and the region
+    the whole frame, or failed with a message about the belt's edges; now they are left out by name, and a set-up
+    with nothing else says what to check."""
+    photos = tmp_path / "photos"
+    _photo_folder(photos, range(3))
+    cv2.imwrite(str(photos / "frame100.png"), np.zeros((H, W, 3), np.uint8))
+    cv2.imwrite(str(photos / "frame101.png"), np.full((H, W, 3), 255, np.uint8))
+    line = tmp_path / "line.yaml"
+    args = ["calibrate", "--belt", "--line", str(line), "--template", str(TEMPLATE)]
+    assert main([*args, "--source", str(photos)]) == 0
+    assert "set-up frame 4 of 5 is black" in caplog.text and "set-up frame 5 of 5 is saturated" in caplog.text
+    _photo_folder(tmp_path / "good", range(3))  # the same three photos alone
+    clean = tmp_path / "clean.yaml"
+    assert main(["calibrate", "--belt", "--line", str(clean), "--template", str(TEMPLATE), "--source",
+                 str(tmp_path / "good")]) == 0
+    assert load_line_config(line).segmentation == load_line_config(clean).segmentation  # as if they were not there
+    for name in ("frame000.png", "frame001.png", "frame002.png"):
+        (photos / name).unlink()
+    assert main([*args, "--source", str(photos)]) == 1
+    assert "all 2 set-up frames are black or saturated" in capsys.readouterr().err
 
 
 def test_evaluate_detection_scores_photos_and_names_what_it_could_not_use(tmp_path: Path, belt_cfg, capsys):

@@ -46,7 +46,7 @@ from sorting.serving.belt_colour_model import (
 )
 from sorting.serving.belt_region import belt_band, polygon_mask
 from sorting.serving.blob_split import SplitConfig
-from sorting.serving.colour_foreground import ColourForeground, FrameError
+from sorting.serving.colour_foreground import ColourForeground, FrameError, exposure_problem
 from sorting.serving.non_garment import NonGarmentConfig
 from sorting.serving.segmentation import BeltSegmenter, Detection, SegmentationConfig
 from sorting.serving.textile_check import TextileCheckConfig
@@ -104,6 +104,22 @@ def _check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
         raise DataError(f"the frames differ in size ({sorted(shapes)}): one camera, one size")
     height, width = frames[0].shape[:2]
     return width, height
+
+
+def _exposed(frames: Sequence[np.ndarray], scale: float) -> list[np.ndarray]:
+    """``frames`` less the black and saturated ones (each left out with a warning): a belt colour or region
+    fitted to them would be nonsense."""
+    kept = []
+    for k, frame in enumerate(frames, start=1):
+        problem = exposure_problem(_small(frame, scale))
+        if problem is None:
+            kept.append(frame)
+        else:
+            log.warning("set-up frame %d of %d is %s (mean level %.0f): left out", k, len(frames), *problem)
+    if not kept:
+        raise DataError(f"all {len(frames)} set-up frames are black or saturated: check the camera's lens, light "
+                        "and exposure")
+    return kept
 
 
 def _belt_masks(smalls: Sequence[np.ndarray]) -> list[np.ndarray]:
@@ -165,7 +181,10 @@ def _local_sigma(model: BeltColourConfig, smalls: Sequence[np.ndarray], region: 
 
 
 def set_up_belt(frames: Sequence[np.ndarray], base: SegmentationConfig, *, along_axis: int = 0) -> BeltSetup:
-    """Measure the belt region, the belt colour and the item size from ``frames`` (full resolution, BGR)."""
+    """Measure the belt region, the belt colour and the item size from ``frames`` (full resolution, BGR); black
+    and saturated frames are left out."""
+    _check_frames(frames)
+    frames = _exposed(frames, base.scale)
     width, height = _check_frames(frames)
     scale = base.scale
     smalls = [_small(f, scale) for f in frames]

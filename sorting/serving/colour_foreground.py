@@ -38,9 +38,24 @@ MEDIAN_PX = 5  # median filter of the foreground (at the segmentation scale)
 GRID = 4  # the local belt colour is spread on a grid this much coarser than the segmentation scale
 
 
+BLACK_LEVEL = 12  # a frame darker than this on average shows nothing (lens capped, lights off) ...
+SATURATED_LEVEL = 243  # ... and one brighter than this is blown out
+
+
 class FrameError(DataError):
     """A frame the segmentation cannot use (another size than the line's belt set-up, black, saturated,
     no belt in view): the frame is skipped with this one message, the run goes on."""
+
+
+def exposure_problem(small_bgr: np.ndarray) -> tuple[str, float] | None:
+    """``("black" | "saturated", mean level)`` for a frame too dark or too bright on average to show anything,
+    else None. Checked before any belt model sees the frame, so that none learns its belt from it."""
+    level = float(np.mean(cv2.mean(small_bgr)[:3]))
+    if level < BLACK_LEVEL:
+        return "black", level
+    if level > SATURATED_LEVEL:
+        return "saturated", level
+    return None
 
 
 class ColourForeground:
@@ -135,7 +150,7 @@ class ColourForeground:
         share = cv2.countNonZero(sure) / max(1, cv2.countNonZero(region))
         if share < MIN_BELT_SHARE:
             level = float(np.mean(cv2.mean(small)[:3]))
-            what = "black" if level < 12 else "saturated" if level > 243 else "no belt in view"
+            what = (exposure_problem(small) or ("no belt in view",))[0]
             raise FrameError(f"frame unusable ({what}: {share:.1%} of the belt region looks like belt, "
                              f"mean level {level:.0f}): frame skipped")
         belt_grid = self.local_belt(small, sure)

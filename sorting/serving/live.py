@@ -42,6 +42,7 @@ SEVERITY_RANK: dict[str, int] = {"critical": 0, "warning": 1, "info": 2}
 # Keys the line raises (others are allowed); titles shown on the console.
 ALARM_TITLES: dict[str, str] = {
     "camera": "Camera",
+    "camera_view": "Camera view unusable",
     "plc": "PLC / actuator link",
     "missed_firings": "Missed firings",
     "dropped_frames": "Dropped frames",
@@ -53,8 +54,9 @@ ALARM_TITLES: dict[str, str] = {
     "spectrometer": "Spectrometer",
 }
 # Conditions that stop the line from sorting (everything goes to reject, or nothing is stored/fired).
-ALARM_SEVERITY: dict[str, Severity] = {"camera": "critical", "plc": "critical", "belt_speed": "critical",
-                                        "decision_log": "critical", "encoder": "critical", "disk": "warning"}
+ALARM_SEVERITY: dict[str, Severity] = {"camera": "critical", "camera_view": "critical", "plc": "critical",
+                                        "belt_speed": "critical", "decision_log": "critical", "encoder": "critical",
+                                        "disk": "warning"}
 
 
 class FrameSlot:

@@ -59,6 +59,7 @@ from sorting.serving.segmentation import Detection, FrameError
 from sorting.serving.sources import Frame, FrameSource
 from sorting.serving.telemetry import Telemetry
 from sorting.serving.timing import StageTimer
+from sorting.serving.view_watch import ViewWatch
 from sorting.serving.tracking import ItemSummary, Track, make_tracker
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class SorterLoop:
         self._log_alarm = False
         self._next_health_check = 0.0
         self._camera_alarm = False
+        self._view_watch = ViewWatch(telemetry, cfg.camera.read_timeout_s)  # frames that come but show nothing usable
         self._refused_reloads = 0
         self._held: dict[str, Plan] = {}  # product decisions whose row waits in the log's backlog
         self._stop = threading.Event()
@@ -297,8 +299,9 @@ class SorterLoop:
             detections = self.stage.segment(image, shape_min_area=self.tracker.shape_evidence_min_area)
         except FrameError as exc:
             self.source.stats.unreadable += 1
-            log.warning("%s", exc)
+            self._view_watch.unusable(self.clock.now(), str(exc))
             return None
+        self._view_watch.usable(self.clock.now())
         if self._ignore_non_garments:
             ignored = Counter(d.kind for d in detections if d.kind != GARMENT)
             for kind, n in ignored.items():

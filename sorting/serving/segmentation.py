@@ -46,7 +46,7 @@ from sorting.errors import ConfigError
 from sorting.serving.belt_colour_model import BeltColourConfig
 from sorting.serving.belt_region import BeltEdgeFollower, check_polygon, polygon_mask
 from sorting.serving.blob_split import SplitConfig, split_blob
-from sorting.serving.colour_foreground import ColourForeground, FrameError
+from sorting.serving.colour_foreground import ColourForeground, FrameError, exposure_problem
 from sorting.serving.instances import instance_outlines
 from sorting.serving.learned_detector import DetectorConfig, LearnedBox, LearnedDetector
 from sorting.serving.textile_check import TextileCheckConfig
@@ -253,6 +253,8 @@ class BeltSegmenter:
         self._check_size(full_shape)
         self._inner_region = None
         small = self._small(image)
+        if (problem := exposure_problem(small)) is not None:  # before the white balance, which would stretch it
+            raise FrameError(f"frame unusable ({problem[0]}: mean level {problem[1]:.0f}): frame skipped")
         if normalise is not None:
             small = normalise(small)
         ycc = cv2.cvtColor(small, cv2.COLOR_BGR2YCrCb)  # the belt model lives in YCrCb: one conversion a frame

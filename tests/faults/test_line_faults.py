@@ -211,6 +211,33 @@ def test_a_silent_encoder_is_an_alarm_and_every_item_goes_to_reject(tmp_path):
     assert loop.telemetry.reject_rate._value.get() == pytest.approx(1.0)
 
 
+def test_a_camera_that_shows_nothing_is_an_alarm_logged_once_and_cleared(tmp_path, caplog):
+    """A capped lens for a second and a half: each black frame was skipped with its own warning (thousands an hour
+    on a live camera), and the camera light stayed green while garments passed unseen."""
+    frames, _ = make_belt_clip(hard=False, n_frames=150)
+    black = range(60, 105)  # 1.5 s at the clip's rate
+    for i in black:
+        frames[i] = np.zeros_like(frames[i])
+    cfg = line_config(tmp_path)
+    loop = build_sorter(cfg, source=ListSource(frames), classifier=ColourFakeClassifier(),
+                        actuator=SimulatedActuator(), speed=FixedSpeed(SPEED, "px"), keep_images=False)
+    alarm_at: dict[int, bool] = {}
+    with caplog.at_level(logging.INFO):
+        for result in loop.run():
+            if result.index >= 0:
+                alarm_at[result.index] = "camera_view" in loop.telemetry.active_alarms()
+    after_s = cfg.camera.read_timeout_s
+    assert not any(alarm_at[i] for i in range(60) if i in alarm_at)
+    assert all(alarm_at[i] == (i - black[0] >= after_s * FPS) for i in black)
+    assert not any(alarm_at[i] for i in range(black[-1] + 1, 150))
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("frame unusable (black" in m for m in messages if "alarm" not in m) == 1
+    assert any(f"after {len(black)} unusable frame(s)" in m for m in messages)
+    assert sum("alarm camera_view raised" in m for m in messages) == 1
+    assert sum("alarm camera_view cleared" in m for m in messages) == 1
+    assert loop.source.stats.unreadable == len(black)
+
+
 def test_misses_reported_by_the_actuator_reach_the_metrics(tmp_path):
     """A PLC that is not there: the actuator reports each pulse missed; the log marked them but Prometheus
     had no missed_firings series and a reject rate far below the truth."""

@@ -84,8 +84,9 @@ def _health(feed: LiveFeed, samples: Samples | None, log_state: str) -> list[dic
     alarms = {a.key: a for a in feed.alarms.snapshot() if a.active}
     lights = []
     age = feed.slot.age_s()
-    if "camera" in alarms:
-        lights.append(_light("camera", "Camera", "bad", alarms["camera"].message))
+    camera_alarm = alarms.get("camera") or alarms.get("camera_view")  # no frame, or frames that show nothing usable
+    if camera_alarm is not None:
+        lights.append(_light("camera", "Camera", "bad", camera_alarm.message))
     elif age is None:
         lights.append(_light("camera", "Camera", "unknown", "no frame handed to the console yet"))
     elif age > FRAME_STALE_S:
