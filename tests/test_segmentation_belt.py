@@ -335,6 +335,7 @@ def test_evaluate_detection_scores_photos_and_names_what_it_could_not_use(tmp_pa
     rows = ["image,x0,y0,x1,y1,kind"]
     for seed, frame in zip(range(20, 23), things):
         rows += [f"frame{seed:03d}.png,{','.join(map(str, t.box))},{t.kind}" for t in frame]
+    rows[-1] = "photos/" + rows[-1]  # the same photo by another name: one frame, its boxes with the others
     rows += ["frame020.png,1,2,three,4,garment", "frame021.png,900,10,990,50,garment", "small.png,,,,,"]
     (tmp_path / "boxes.csv").write_text("\n".join(rows) + "\n")
     data = yaml.safe_load(TEMPLATE.read_text())
@@ -347,6 +348,7 @@ def test_evaluate_detection_scores_photos_and_names_what_it_could_not_use(tmp_pa
                  str(tmp_path / "boxes.csv"), "--out", str(out), "--no-progress", "--repeat", "2"]) == 0
     printed = capsys.readouterr().out
     assert "not four numbers" in printed and "outside the 480x270 image" in printed and "small.png: frame is 100x100" in printed
+    assert "photos/frame022.png: the same photo as frame022.png" in printed
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == 3 and summary["garments"] == 12
     assert summary["interval_0.5"] is None  # frames 20-22 are one scene: no interval

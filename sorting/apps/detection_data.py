@@ -79,19 +79,25 @@ class LabelledFrame:
 def photo_frames(images_dir: str | Path, boxes: BoxFile, boxes_path: str | Path, *,
                  subset: set[str] | None = None) -> tuple[list[tuple[str, Path]], list[str]]:
     """(image name, path) of the labelled photos under ``images_dir``, in sorted name order (as the
-    folder source reads them), and a problem line for names the CSV lists but the folder lacks."""
+    folder source reads them), and a problem line for names the CSV lists but the folder lacks. Two names for one
+    photo (``a.jpg`` and ``images/a.jpg``) are one frame: the second name's boxes join the first's in ``boxes``."""
     root = Path(images_dir).resolve()
     if not root.is_dir():
         raise DataError(f"{images_dir} is not a folder of images")
     base = Path(boxes_path).resolve().parent
     found, problems = [], []
+    named: dict[Path, str] = {}
     for name in sorted(boxes.labels):
         if subset is not None and name not in subset and Path(name).name not in subset:
             continue
         path = (base / name).resolve()
         if not path.is_file() or root not in path.parents:
             path = root / Path(name).name
-        if path.is_file():
+        if path in named:
+            boxes.labels[named[path]] = [*boxes.labels[named[path]], *boxes.labels[name]]
+            problems.append(f"{name}: the same photo as {named[path]}, its boxes scored with that name's")
+        elif path.is_file():
+            named[path] = name
             found.append((name, path))
         else:
             problems.append(f"{name}: listed in the boxes file but not in {images_dir}, skipped")
