@@ -11,7 +11,7 @@
 4. ``--refit-all``: the head fitted again on all the labelled photos (``runs/belt/textile-head-all.json``) and
    scored on all of them (``runs/belt/refit-all``: in-sample, the head saw them), then the line put back as it was,
    with the development head. A trial of whether the shipped line should learn from every labelled
-   photo (serving/README.md, "Is it cloth?": it should not, yet).
+   photo (serving/REAL_BELT.md, "Is it cloth?": it should not, yet).
 5. ``--video``: the video case on the synthetic conveyor: a line set up by ``calibrate --belt`` from 8 frames
    of one clip (seed 3), scored on another (seed 12, 40 garments) next to the hand-made colour line.
 6. ``--detector ONNX``: the same line with the learned detector (``segmentation.detector``), scored on the same

@@ -176,7 +176,7 @@ def test_another_backbone_is_exported_to_a_file_of_its_own(tmp_path: Path, model
 def test_on_real_photos_garments_look_like_cloth_and_phones_do_not(packaged_check: TextileCheck, shared_data: Path,
                                                                    repo_root: Path):
     """On the labelled development photos of the conveyor: the garment boxes score above the hands' and
-    objects' boxes (area under the curve well above chance). Measured: serving/README.md, "Is it cloth?"."""
+    objects' boxes (area under the curve well above chance). Measured: serving/REAL_BELT.md, "Is it cloth?"."""
     photos = shared_data / "conveyor-photos"
     dev = set(json.loads((repo_root / "benchmarks" / "belt_split.json").read_text())["dev"][::3])
     boxes: dict[str, list[tuple[list[float], bool]]] = {}

@@ -72,10 +72,10 @@ class HeadFitConfig:
     group_size: int = 10
     regularisation: float = 0.01  # inverse strength C of the logistic regression (1,000 inputs, a few hundred crops)
     # crop side: the network's native 224 px; 128 px costs a third and ties with it in scene cross-validation on
-    # the conveyor's development photos, but took more hands and objects for garments (serving/README.md)
+    # the conveyor's development photos, but took more hands and objects for garments (serving/REAL_BELT.md)
     input_size: int = 224
     # the crop: the detection's box grown by this about its centre, so the network sees the thing's outline against
-    # the belt too; chosen by scene cross-validation on the conveyor's development photos (serving/README.md): 1.2
+    # the belt too; chosen by scene cross-validation on the conveyor's development photos (serving/REAL_BELT.md): 1.2
     # against 1.0 / 1.1 / 1.35 / 1.5
     context: float = 1.2
     # the class floor (textile_check.class_floor) lets this share of the labelled garment crops through no more: below

@@ -21,7 +21,7 @@ EXAMPLES = """
   textile-sorter train-belt-detector --config training/belt-detector.yaml --out runs/belt-detector.onnx
   textile-sorter train-belt-detector --config training/belt-detector.yaml optim.epochs=10 threads=2
 then in the line config (serving/): segmentation.detector: {model: ../runs/belt-detector.onnx}; score it with
-evaluate-detection --set 'segmentation.detector={model: ../runs/belt-detector.onnx}' (serving/README.md)
+evaluate-detection --set 'segmentation.detector={model: ../runs/belt-detector.onnx}' (serving/REAL_BELT.md)
 """
 
 
@@ -165,7 +165,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group-size", type=int, default=10,
                    help="photos numbered alike (number // this) are one scene and stay in one fold")
     p.add_argument("--input-size", type=int, default=224,
-                   help="crop side in px (the network's native 224; 128 costs a third, see serving/README.md)")
+                   help="crop side in px (the network's native 224; 128 costs a third, see serving/REAL_BELT.md)")
     p.add_argument("--context", type=float, default=1.2,
                    help="each crop is the detection's box grown by this about its centre (1.2: chosen by scene "
                    "cross-validation on the conveyor photos; 1 crops the box alone); kept in the head file")
@@ -186,7 +186,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--subset", help="with --int8: only these photos, FILE (names, one a line) or FILE.json:KEY")
     p.add_argument("--backbone", choices=("lite0", "lite1", "lite2"), default="lite0",
                    help="the ImageNet network (default Lite0; Lite1 and Lite2 scored lower in scene cross-validation "
-                   "on the conveyor photos, serving/README.md); a head is fitted on it with fit-textile-check "
+                   "on the conveyor photos, serving/REAL_BELT.md); a head is fitted on it with fit-textile-check "
                    "--check-model")
     p.set_defaults(func=_export_textile_check)
     p = add_command(sub, "train-belt-detector", "Train the learned detector of garments, hands and objects on a belt "

@@ -1,7 +1,7 @@
 """INT8 textile check: the ImageNet network of "is it cloth?" quantized with the project's recipe, about twice as fast.
 
 The check runs EfficientNet-Lite0 on every garment crop of a still photo and, for the carving of clumps, on the
-belt region; on one core it is the costliest stage of the real-belt segmentation (serving/README.md). Static INT8
+belt region; on one core it is the costliest stage of the real-belt segmentation (serving/REAL_BELT.md). Static INT8
 (:func:`sorting.models.quantize.quantize_with_recipe`: QDQ, per-channel 7-bit weights, UINT8 activations) is
 calibrated here on square crops of the line's own photos, taken at random places and sizes: no labels, the same
 kind of pixels the check will see. The stem convolutions and the ImageNet classifier stay FP32: the stem as in the
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # the crops' side as a share of the photo's shorter side: from a sock to a towel on the conveyor photos
 CROP_SHARES = (0.18, 0.6)
 # the recipe: as the classifiers', calibrated by min/max (the percentile calibrator's histograms of a 224 px network
-# take minutes and gigabytes; min/max was what scene cross-validation measured, serving/README.md)
+# take minutes and gigabytes; min/max was what scene cross-validation measured, serving/REAL_BELT.md)
 RECIPE = QuantizeOptions(calibration="minmax", float_heads=False, batch_size=8)
 
 

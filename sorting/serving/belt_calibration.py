@@ -61,7 +61,7 @@ MIN_ITEM_SHARE_OF_TYPICAL = 0.1  # ... and kept: this share of the median item f
 NECK_SHARE_OF_ITEM = 0.125
 # blobs lying wholly within this share of the belt's width of its region's edges are rail, bracket or shadow
 # (belt_colour.edge_strip_px): 47 px on the conveyor photos; 24 / 32 / 48 / 64 px were compared by scene
-# cross-validation on their development part (serving/README.md, "Rejects for nothing")
+# cross-validation on their development part (serving/REAL_BELT.md, "Rejects for nothing")
 EDGE_STRIP_SHARE = 0.13
 COLOURFUL_BELT = 0.06  # chromaticity this far from grey: the belt's colour tells garments from it (blue: 0.13)
 FOLLOW_MIN_SHIFT_PX = 4.0  # smaller shifts of the belt's edges between frames are noise: the region stays fixed

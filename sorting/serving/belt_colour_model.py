@@ -53,7 +53,7 @@ class BeltColourConfig(StrictModel):
     ``edge_strip_px``: blobs that never reach further into the belt than this from its region's edges are dropped
     (:func:`~sorting.serving.colour_foreground.drop_edge_strips`).
     Empty ``local_sigma``: no local test. Defaults were chosen on the development photos
-    (benchmarks/belt_split.json; ``local_bright_ratio`` by scene cross-validation, serving/README.md).
+    (benchmarks/belt_split.json; ``local_bright_ratio`` by scene cross-validation, serving/REAL_BELT.md).
     """
 
     intensity_edges: list[float] = Field(default_factory=lambda: list(DEFAULT_EDGES))

@@ -14,7 +14,7 @@ The other way round, a clump can pass the crop check as a garment when cloth fil
 tray beside phones and a mouse). A garment detection of ``garment_min_area`` typical items or more is looked into
 too: when the map calls less than ``garment_max_cloth`` of its blob cloth, it is carved the same way and what is
 left is an object; when no piece is confirmed, the whole clump is an object. Settings were chosen by scene
-cross-validation on the development photos (``benchmarks/belt_cross_validation.py``; serving/README.md, "Garments
+cross-validation on the development photos (``benchmarks/belt_cross_validation.py``; serving/REAL_BELT.md, "Garments
 inside clumps"): no more hands or objects are taken for garments than without carving.
 """
 

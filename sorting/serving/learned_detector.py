@@ -43,7 +43,7 @@ class DetectorConfig(StrictModel):
     min_score: float = Field(0.5, gt=0, lt=1)  # core probability above which cells form a thing
     # each thing's box: that of its outline in the belt model's foreground (``outline``; the learned box where the
     # mask does not show the thing) or the detector's own (``learned``). Outline: recall 72.5% / precision 61.7%
-    # against 61.5% / 52.3% at IoU 0.5 on the development photos the detector did not train on (serving/README.md)
+    # against 61.5% / 52.3% at IoU 0.5 on the development photos the detector did not train on (serving/REAL_BELT.md)
     box: Literal["learned", "outline"] = "outline"
     grow: float = Field(1.0, ge=1.0, le=3.0)  # the boxes are grown by this before foreground is shared out
     threads: int = Field(1, ge=1)  # onnxruntime threads (the loop has two cores)

@@ -6,7 +6,7 @@ misses (a white mouse next to a white rag, a phone lying flat) ImageNet has seen
 ``garment`` detection goes through EfficientNet-Lite0 with its ImageNet weights
 (:mod:`sorting.models.textile_check_export`); its score is the summed probability of the ImageNet garment and
 textile classes (:class:`ClassSum`: nothing trained on belt photos, ``min_score`` 0.05 chosen on the development
-photos, serving/README.md "Is it cloth?"). Below ``min_score`` the detection becomes an ``object`` (routed like
+photos, serving/REAL_BELT.md "Is it cloth?"). Below ``min_score`` the detection becomes an ``object`` (routed like
 the other non-garments: reject or ignore, and counted).
 
 With ``head: FILE`` (``textile-sorter fit-textile-check``: a logistic regression fitted to the labelled photos of a
@@ -62,7 +62,7 @@ class CarveConfig(StrictModel):
     kinds: list[Literal["object", "hand"]] = Field(default_factory=lambda: ["object", "hand"])
     min_area: float = Field(2.0, gt=0)  # times the typical item area: smaller non-garments are left whole
     min_piece: float = Field(0.25, gt=0)  # times the typical item area: a smaller cloth piece stays in the clump
-    # the map's resolution, as a share of the frame's: 0.75 by scene CV (0.5 and 1.0 compared; serving/README.md)
+    # the map's resolution, as a share of the frame's: 0.75 by scene CV (0.5 and 1.0 compared; serving/REAL_BELT.md)
     scale: float = Field(0.75, gt=0, le=1)
     window: int = Field(3, ge=1, le=9)  # feature cells averaged into one score (a cell is 32 / scale frame px)
     min_score: float | None = Field(None, ge=0, lt=1)  # a window's score that is cloth; None: the check's own
