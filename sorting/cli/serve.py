@@ -46,8 +46,8 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"camera: {summary.no_frame_events} no-frame waits, {summary.dropped_frames} dropped frames, "
               f"{summary.camera_reconnects} reconnects")
     if summary.unreadable_frames:
-        print(f"WARNING: {summary.unreadable_frames} frame(s) of the source could not be decoded and were skipped "
-              "(damaged file?); see the warnings above")
+        print(f"WARNING: {summary.unreadable_frames} frame(s) of the source were skipped: not decoded (a damaged "
+              "file?) or not usable (black, saturated, another size); see the warnings above")
     if summary.video is not None:
         print(f"annotated video: {summary.video}")
     return 0

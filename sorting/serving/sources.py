@@ -78,7 +78,7 @@ class SourceStats:
 
     frames: int = 0
     dropped: int = 0
-    unreadable: int = 0  # frames of a file (or images of a folder) that could not be decoded, skipped
+    unreadable: int = 0  # frames skipped: not decoded (a damaged file, an image), or not usable by the segmentation
     reconnects: int = 0
     connected: bool = True
     decode_s: float = 0.0  # seconds spent decoding frames (files; on the decoder thread if any)
