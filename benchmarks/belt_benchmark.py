@@ -228,6 +228,8 @@ def main() -> None:
     if tag:
         line, head = args.out / f"line-real-belt-{tag}.yaml", args.out / f"line-real-belt-{tag}-textile-head.json"
     network = ["--check-model", _relative(args.out / "textile-check.int8.onnx")] if args.int8 else []
+    if args.keep_line and not line.is_file():
+        parser.error(f"--keep-line: {_relative(line)} is not there yet; run once without --keep-line to set it up")
     if not args.keep_line:
         set_up(args, line, network)
         fit_head(args, line, head, network, part="dev")

@@ -106,18 +106,18 @@ def _check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
     return width, height
 
 
-def _exposed(frames: Sequence[np.ndarray], scale: float) -> list[np.ndarray]:
-    """``frames`` less the black and saturated ones (each left out with a warning): a belt colour or region
-    fitted to them would be nonsense."""
+def _exposed(smalls: Sequence[np.ndarray]) -> list[int]:
+    """Indices of the frames (given downscaled) that are neither black nor saturated; each one left out is said
+    with a warning: a belt colour or region fitted to them would be nonsense."""
     kept = []
-    for k, frame in enumerate(frames, start=1):
-        problem = exposure_problem(_small(frame, scale))
+    for k, small in enumerate(smalls):
+        problem = exposure_problem(small)
         if problem is None:
-            kept.append(frame)
+            kept.append(k)
         else:
-            log.warning("set-up frame %d of %d is %s (mean level %.0f): left out", k, len(frames), *problem)
+            log.warning("set-up frame %d of %d is %s (mean level %.0f): left out", k + 1, len(smalls), *problem)
     if not kept:
-        raise DataError(f"all {len(frames)} set-up frames are black or saturated: check the camera's lens, light "
+        raise DataError(f"all {len(smalls)} set-up frames are black or saturated: check the camera's lens, light "
                         "and exposure")
     return kept
 
@@ -183,11 +183,11 @@ def _local_sigma(model: BeltColourConfig, smalls: Sequence[np.ndarray], region: 
 def set_up_belt(frames: Sequence[np.ndarray], base: SegmentationConfig, *, along_axis: int = 0) -> BeltSetup:
     """Measure the belt region, the belt colour and the item size from ``frames`` (full resolution, BGR); black
     and saturated frames are left out."""
-    _check_frames(frames)
-    frames = _exposed(frames, base.scale)
     width, height = _check_frames(frames)
     scale = base.scale
     smalls = [_small(f, scale) for f in frames]
+    kept = _exposed(smalls)
+    frames, smalls = [frames[k] for k in kept], [smalls[k] for k in kept]
     masks = _belt_masks(smalls)
     polygon = belt_band(sum(masks) / len(masks), scale=scale, along_axis=along_axis)
     region = polygon_mask(polygon, smalls[0].shape[:2], scale)

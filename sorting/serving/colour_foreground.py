@@ -20,7 +20,8 @@ Surely-belt pixels leave out the darkest DARK_SHARE of the belt-coloured ones in
 garments hide there), and the foreground loses single-pixel noise with a median filter.
 
 The belt region is the configured polygon, or (``follow``) that band re-fitted to this frame's belt.
-A frame with almost no belt in view (black, saturated, lens covered) raises :class:`FrameError`.
+A frame with almost no belt in view (lens covered, something over the belt) raises :class:`FrameError`; so
+does a black or saturated one (:func:`exposure_problem`, checked before any belt model sees the frame).
 """
 
 from __future__ import annotations
@@ -149,9 +150,9 @@ class ColourForeground:
         sure = cv2.bitwise_and(sure, region)
         share = cv2.countNonZero(sure) / max(1, cv2.countNonZero(region))
         if share < MIN_BELT_SHARE:
+            # black and saturated frames never get here (BeltSegmenter.segment refuses them first)
             level = float(np.mean(cv2.mean(small)[:3]))
-            what = (exposure_problem(small) or ("no belt in view",))[0]
-            raise FrameError(f"frame unusable ({what}: {share:.1%} of the belt region looks like belt, "
+            raise FrameError(f"frame unusable (no belt in view: {share:.1%} of the belt region looks like belt, "
                              f"mean level {level:.0f}): frame skipped")
         belt_grid = self.local_belt(small, sure)
         fg = cv2.threshold(distance, self.lookup.max_level, 255, cv2.THRESH_BINARY)[1]

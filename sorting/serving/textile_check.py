@@ -32,7 +32,7 @@ import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
@@ -396,8 +396,8 @@ class TextileHead:
             if data.get("textile_head") != HEAD_FORMAT:
                 raise ValueError(f"not a textile head of format {HEAD_FORMAT}")
             inputs = data.get("inputs", "logprobs")
-            if inputs not in ("logprobs", "features"):
-                raise ValueError(f"inputs {inputs!r} is not logprobs or features")
+            if inputs not in get_args(HeadInputs):
+                raise ValueError(f"inputs {inputs!r} is not {' or '.join(get_args(HeadInputs))}")
             weights = np.asarray(data["weights"], np.float64)
             if (weights.ndim != 1 or (inputs == "logprobs" and weights.size != 1000) or weights.size == 0
                     or not np.isfinite(weights).all()):
