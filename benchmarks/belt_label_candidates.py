@@ -9,6 +9,10 @@ rail, shadow, a garment cut by the frame edge, a blob of several things). The bo
 boxes, so objects never detected are not in the file: it measures what the line does with what it sees.
 
     python benchmarks/belt_label_candidates.py --line serving/line-real-belt.yaml --out runs/belt/candidates
+
+A second round (``--whole-line --labelled benchmarks/belt_non_garment_boxes.csv``) runs the line's whole
+segmentation as ``serve`` does (the textile check and carving, which cut objects out of clumps the belt model alone
+left whole) and lists only the detections that no box of the file covers yet.
 """
 
 from __future__ import annotations
@@ -24,30 +28,39 @@ from sorting.apps.detection_data import read_boxes_csv
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.detection_eval import iou_matrix, share_inside
 from sorting.serving.line_config import load_line_config
+from sorting.serving.line_segmentation import LineSegmentation
 from sorting.serving.segmentation import BeltSegmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = 200
 
 
-def candidates(line: Path, data: Path) -> list[tuple[str, tuple[float, ...]]]:
-    """(image, box) of every detection that overlaps no garment box, in image-number order."""
-    cfg = load_line_config(line).segmentation
+def candidates(line: Path, data: Path, *, whole_line: bool = False,
+               labelled: Path | None = None) -> list[tuple[str, tuple[float, ...]]]:
+    """(image, box) of every detection that overlaps no garment box, in image-number order; ``whole_line``: of
+    the line's whole segmentation (check and carving), not the belt model alone; ``labelled``: not those a box
+    of this non-garment file already covers (IoU >= 0.3, or mostly inside it)."""
+    cfg = load_line_config(line)
     labels = read_boxes_csv(data / "boxes.csv").labels
+    done = read_boxes_csv(labelled).labels if labelled is not None else {}
+    segment = LineSegmentation(cfg).segment if whole_line else BeltSegmenter(cfg.segmentation).segment
     out = []
     for name in sorted(labels, key=lambda n: int("".join(c for c in Path(n).stem if c.isdigit()) or 0)):
         try:
-            detections = BeltSegmenter(cfg).segment(cv2.imread(str(data / name)))
+            detections = segment(cv2.imread(str(data / name)))
         except FrameError:
             continue
         boxes = [(x, y, x + w, y + h) for x, y, w, h in (d.bbox for d in detections)]
-        garments = [lb.box for lb in labels[name]]
-        if not boxes or not garments:
-            out += [(name, b) for b in boxes]
-            continue
-        iou, inside = iou_matrix(boxes, garments), share_inside(boxes, garments)
-        out += [(name, b) for k, b in enumerate(boxes) if iou[k].max() < 0.1 and inside[k].max() < 0.5]
+        boxes = [b for b in boxes if not _covered(b, [lb.box for lb in labels[name]], 0.1, 0.5)]
+        out += [(name, b) for b in boxes if not _covered(b, [lb.box for lb in done.get(name, [])], 0.3, 0.5)]
     return out
+
+
+def _covered(box: tuple[float, ...], by: list[tuple[float, ...]], min_iou: float, min_inside: float) -> bool:
+    """Whether ``box`` overlaps one of ``by`` by ``min_iou`` or lies that share inside one."""
+    if not by:
+        return False
+    return bool(iou_matrix([box], by).max() >= min_iou or share_inside([box], by).max() >= min_inside)
 
 
 def sheets(items: list[tuple[str, tuple[float, ...]]], data: Path, out: Path) -> None:
@@ -77,9 +90,12 @@ def main() -> None:
     parser.add_argument("--line", type=Path, default=ROOT / "serving" / "line-real-belt.yaml")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "conveyor-photos")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "belt" / "candidates")
+    parser.add_argument("--whole-line", action="store_true",
+                        help="the line's whole segmentation (textile check, carving), as serve runs it")
+    parser.add_argument("--labelled", type=Path, help="a non-garment boxes CSV: leave out what it covers already")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    items = candidates(args.line, args.data)
+    items = candidates(args.line, args.data, whole_line=args.whole_line, labelled=args.labelled)
     (args.out / "candidates.json").write_text(json.dumps(items))
     sheets(items, args.data, args.out)
     print(f"{len(items)} candidates in {len({n for n, _ in items})} photos -> {args.out}")

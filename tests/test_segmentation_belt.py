@@ -17,7 +17,7 @@ from sorting.errors import ConfigError
 from sorting.serving.belt_calibration import EDGE_STRIP_SHARE, NECK_SHARE_OF_ITEM, set_up_belt
 from sorting.serving.belt_colour_model import distances, fit_belt_colour
 from sorting.serving.blob_split import SplitConfig
-from sorting.serving.colour_foreground import FrameError
+from sorting.serving.colour_foreground import ColourForeground, FrameError
 from sorting.serving.detection_eval import iou_matrix
 from sorting.serving.line_config import load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
@@ -71,6 +71,31 @@ def test_a_garment_of_the_belts_colour_but_much_brighter_is_found(belt_cfg: Segm
     assert belt_cfg.belt_colour.local_bright_ratio == 1.6 and found[0][0] >= 0.5
     off = belt_cfg.model_copy(update={"belt_colour": belt_cfg.belt_colour.model_copy(update={"local_bright_ratio": 0})})
     assert _best(light_blue, BeltSegmenter(off).segment(image))[0][0] < 0.5
+
+
+def test_a_blob_that_looks_like_the_belt_around_it_is_dropped(belt_cfg: SegmentationConfig):
+    """Plain belt that the local tests took for a thing (a patch whose local belt colour was spread from elsewhere)
+    has the colour of the belt around it: dropped. A navy garment beside it differs from its surroundings and stays,
+    and so does a blob with no belt around it to compare with; with the test off, all three stay."""
+    image, _ = blue_belt_frame(3, garments=())
+    image[100:140, 300:350] = COLOURS["navy"]
+    belt = image[123:128, 228:233].copy()
+    image[BELT_TOP:BELT_BOTTOM, 200:260] = COLOURS["red"]  # a red band across the belt ...
+    image[123:128, 228:233] = belt  # ... with a hole of belt in it
+    fg = np.zeros((H, W), np.uint8)
+    fg[100:140, 100:150] = 255  # plain belt
+    fg[100:140, 300:350] = 255  # the navy garment
+    fg[BELT_TOP:BELT_BOTTOM, 200:260] = 255
+    fg[123:128, 228:233] = 0
+    fg[124:127, 229:232] = 255  # a blob of belt in the hole: too little belt around it (16 px) to compare with
+    region = np.zeros((H, W), np.uint8)
+    region[BELT_TOP:BELT_BOTTOM] = 255
+    model = belt_cfg.belt_colour
+    kept = ColourForeground(model, np.full((H, W), 255, np.uint8), region, sigma_px=20).drop_belt_like(fg, image, region)
+    assert kept[110, 120] == 0 and kept[120, 320] == 255 and kept[125, 230] == 255 and kept[60, 230] == 255
+    off = model.model_copy(update={"belt_like_chroma": 0.0})
+    unchanged = ColourForeground(off, np.full((H, W), 255, np.uint8), region, sigma_px=20).drop_belt_like(fg, image, region)
+    assert np.array_equal(unchanged, fg)
 
 
 def test_set_up_finds_the_belt_band_and_every_kind_of_thing(belt_cfg: SegmentationConfig):

@@ -51,7 +51,12 @@ class BeltColourConfig(StrictModel):
     the belt beside it (a black garment, whose chromaticity is noise), or brighter than ``local_bright_ratio``
     times it (a light-blue garment: the belt's chromaticity, but the belt is never that bright beside itself).
     ``edge_strip_px``: blobs that never reach further into the belt than this from its region's edges are dropped
-    (:func:`~sorting.serving.colour_foreground.drop_edge_strips`).
+    (:func:`~sorting.serving.colour_foreground.drop_edge_strips`). ``belt_like_chroma`` and ``belt_like_brightness``:
+    a blob whose mean colour differs from the belt just around it by less than both, and whose brightness varies
+    no more than ``belt_like_texture`` times as much as the belt's there, is dropped: where a patch of
+    belt is not surely belt (its distance to the model lies between ``sure_distance`` and ``max_distance``), the
+    local belt colour is spread from further away and the local tests can call plain belt a thing
+    (:meth:`~sorting.serving.colour_foreground.ColourForeground.drop_belt_like`).
     Empty ``local_sigma``: no local test. Defaults were chosen on the development photos
     (benchmarks/belt_split.json; ``local_bright_ratio`` by scene cross-validation, serving/REAL_BELT.md).
     """
@@ -68,6 +73,15 @@ class BeltColourConfig(StrictModel):
     # a blob lying wholly within this many (full-resolution) px of the belt region's edges, measured across the belt,
     # is a rail's edge, a bracket or a shadow showing, not a thing on the belt (0: kept; calibrate --belt sets it)
     edge_strip_px: int = Field(default=0, ge=0)
+    # a blob whose mean colour is this close to the belt just around it, in chromaticity (local sigmas) and in
+    # brightness (|log| of the ratio), is belt the local tests took for a thing (0: kept). On the development photos
+    # of the conveyor, no garment, hand or object blob came within 5 sigmas and 0.17 of its surroundings (5th
+    # percentiles), while a third of the blobs on nothing labelled did (serving/REAL_BELT.md)
+    belt_like_chroma: float = Field(default=2.0, ge=0)
+    belt_like_brightness: float = Field(default=0.2, ge=0)
+    # ... and as smooth: its brightness varies at most this many times as much as the belt's around it (a crumpled
+    # belt-blue garment's folds shade it: 1.65 times, where plain belt taken for a thing was 0.3-1.1 times)
+    belt_like_texture: float = Field(default=1.3, gt=0)
 
     @model_validator(mode="after")
     def _shapes(self) -> BeltColourConfig:

@@ -12,6 +12,11 @@ Three masks at the segmentation scale, from :class:`~sorting.serving.belt_colour
   garment), or brighter than ``local_bright_ratio`` times it (a light-blue garment). A garment's shadow keeps
   the belt's chromaticity and is rarely that dark.
 
+Where a patch of belt is not surely belt in a frame (its colour between ``sure_distance`` and ``max_distance`` of the
+model: light, shade, white balance), the local belt colour there is spread from further away, and the local tests can
+take the plain belt for a thing: a blob that looks like the belt just around it is dropped
+(:meth:`ColourForeground.drop_belt_like`, after the segmentation's morphology).
+
 Blobs lying wholly along the region's edges (``edge_strip_px`` across the belt) are dropped: the strip of a rail,
 a bracket or a shadow that the region's straight edges leave in view, each a reject the line would count for
 nothing.
@@ -37,6 +42,8 @@ MIN_BELT_SHARE = 0.02  # of the belt region surely belt, or the frame is unusabl
 DARK_SHARE = 0.15  # the darkest share of belt-coloured pixels in a frame is not used as surely belt
 MEDIAN_PX = 5  # median filter of the foreground (at the segmentation scale)
 GRID = 4  # the local belt colour is spread on a grid this much coarser than the segmentation scale
+SURROUND_PX = 4  # the belt around a blob: this far from it (at the segmentation scale), not foreground, in the region
+MIN_SURROUND_PX = 20  # fewer such pixels (a blob among others) and the blob is kept
 
 
 BLACK_LEVEL = 12  # a frame darker than this on average shows nothing (lens capped, lights off) ...
@@ -139,6 +146,53 @@ class ColourForeground:
             off = cv2.bitwise_or(off, cv2.compare(total, ref_total * self.model.local_bright_ratio, cv2.CMP_GT))
         return off
 
+    def drop_belt_like(self, fg: np.ndarray, small: np.ndarray, region: np.ndarray) -> np.ndarray:
+        """``fg`` without the blobs whose mean colour is within ``belt_like_chroma`` local sigmas (chromaticity) and
+        ``belt_like_brightness`` (|log| of the brightness ratio) of the belt around them (``SURROUND_PX`` wide, not
+        foreground, in ``region``) and no more than ``belt_like_texture`` times as uneven in brightness. A garment, a
+        hand or an object differs from the belt beside it (a belt-blue garment by the shading of its folds); plain
+        belt that the local tests took for a thing does not. A blob with too little belt around it is kept."""
+        model = self.model
+        if self._inv_sigma is None or model.belt_like_chroma <= 0 or model.belt_like_brightness <= 0:
+            return fg
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
+        if n <= 1:
+            return fg
+        level = cv2.transform(small, np.full((1, 3), 1.0 / 3.0, np.float32))
+        belt = cv2.bitwise_and(cv2.bitwise_not(fg), region)
+        kernel = np.ones((2 * SURROUND_PX + 1, 2 * SURROUND_PX + 1), np.uint8)
+        height, width = fg.shape
+        out = fg
+        for k in range(1, n):
+            x, y, w, h = stats[k, :4]
+            x0, y0 = max(0, x - SURROUND_PX), max(0, y - SURROUND_PX)
+            x1, y1 = min(width, x + w + SURROUND_PX), min(height, y + h + SURROUND_PX)
+            blob = cv2.compare(labels[y0:y1, x0:x1], int(k), cv2.CMP_EQ)
+            ring = cv2.bitwise_and(cv2.dilate(blob, kernel), belt[y0:y1, x0:x1])
+            if cv2.countNonZero(ring) < MIN_SURROUND_PX or not self._like_belt(small[y0:y1, x0:x1],
+                                                                               level[y0:y1, x0:x1], blob, ring):
+                continue
+            if out is fg:
+                out = fg.copy()
+            out[y0:y1, x0:x1][blob > 0] = 0
+        return out
+
+    def _like_belt(self, bgr: np.ndarray, level: np.ndarray, blob: np.ndarray, ring: np.ndarray) -> bool:
+        """Whether the ``blob`` pixels look like the ``ring`` of belt around them (see :meth:`drop_belt_like`)."""
+        assert self._inv_sigma is not None
+        model = self.model
+        blob_bgr, ring_bgr = (np.asarray(cv2.mean(bgr, mask=m)[:3]) + 1.0 for m in (blob, ring))
+        blob_total, ring_total = blob_bgr.sum(), ring_bgr.sum()
+        if abs(np.log(blob_total / ring_total)) >= model.belt_like_brightness:
+            return False
+        band = min(255, int(ring_total / 3.0))
+        d_b = (blob_bgr[0] / blob_total - ring_bgr[0] / ring_total) * self._inv_sigma[0][band, 0]
+        d_r = (blob_bgr[2] / blob_total - ring_bgr[2] / ring_total) * self._inv_sigma[1][band, 0]
+        if np.hypot(d_b, d_r) >= model.belt_like_chroma:
+            return False
+        blob_sd, ring_sd = (float(cv2.meanStdDev(level, mask=m)[1][0, 0]) for m in (blob, ring))
+        return blob_sd <= model.belt_like_texture * max(ring_sd, 1.0)
+
     def mask(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(foreground, belt region, local belt BGR float32) of one frame; FrameError if no belt is in view."""
         distance = self.lookup.distance_map(small)
@@ -178,3 +232,4 @@ def drop_edge_strips(fg: np.ndarray, region: np.ndarray, across: np.ndarray) -> 
     keep = np.zeros(n, np.uint8)
     keep[np.unique(labels[inner > 0])] = 255  # inner lies within fg: never the background's label 0
     return keep[labels]
+

@@ -270,6 +270,8 @@ class BeltSegmenter:
         # close first: joins the fragments of a striped or textured garment, then drop specks
         mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, self._kernel)
         mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, self._kernel, anchor=self._open_anchor)
+        if self._colour is not None and self._region is not None:
+            mask = self._colour.drop_belt_like(mask, small, self._region)
         self.last_mask = mask
         self._frame += 1
         check = (self._frame - 1) % self.cfg.shape_check_every == 0
