@@ -90,7 +90,7 @@ def test_a_blob_that_looks_like_the_belt_around_it_is_dropped(belt_cfg: Segmenta
     fg[124:127, 229:232] = 255  # a blob of belt in the hole: too little belt around it (16 px) to compare with
     region = np.zeros((H, W), np.uint8)
     region[BELT_TOP:BELT_BOTTOM] = 255
-    model = belt_cfg.belt_colour
+    model = belt_cfg.belt_colour.model_copy(update={"belt_like_chroma": 2.0})  # opt-in
     kept = ColourForeground(model, np.full((H, W), 255, np.uint8), region, sigma_px=20).drop_belt_like(fg, image, region)
     assert kept[110, 120] == 0 and kept[120, 320] == 255 and kept[125, 230] == 255 and kept[60, 230] == 255
     off = model.model_copy(update={"belt_like_chroma": 0.0})
