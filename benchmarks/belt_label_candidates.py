@@ -26,20 +26,21 @@ import numpy as np
 
 from sorting.apps.detection_data import read_boxes_csv
 from sorting.serving.colour_foreground import FrameError
-from sorting.serving.detection_eval import iou_matrix, share_inside
+from sorting.serving.detection_eval import COVER, OVERLAP_IOU, iou_matrix, share_inside
 from sorting.serving.line_config import load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
 from sorting.serving.segmentation import BeltSegmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 TILE = 200
+LABELLED_IOU = 0.3  # a detection a non-garment box overlaps this much is labelled already
 
 
 def candidates(line: Path, data: Path, *, whole_line: bool = False,
                labelled: Path | None = None) -> list[tuple[str, tuple[float, ...]]]:
     """(image, box) of every detection that overlaps no garment box, in image-number order; ``whole_line``: of
     the line's whole segmentation (check and carving), not the belt model alone; ``labelled``: not those a box
-    of this non-garment file already covers (IoU >= 0.3, or mostly inside it)."""
+    of this non-garment file already covers (IoU >= LABELLED_IOU, or mostly inside it)."""
     cfg = load_line_config(line)
     labels = read_boxes_csv(data / "boxes.csv").labels
     done = read_boxes_csv(labelled).labels if labelled is not None else {}
@@ -51,16 +52,16 @@ def candidates(line: Path, data: Path, *, whole_line: bool = False,
         except FrameError:
             continue
         boxes = [(x, y, x + w, y + h) for x, y, w, h in (d.bbox for d in detections)]
-        boxes = [b for b in boxes if not _covered(b, [lb.box for lb in labels[name]], 0.1, 0.5)]
-        out += [(name, b) for b in boxes if not _covered(b, [lb.box for lb in done.get(name, [])], 0.3, 0.5)]
+        boxes = [b for b in boxes if not _covered(b, [lb.box for lb in labels[name]], OVERLAP_IOU)]
+        out += [(name, b) for b in boxes if not _covered(b, [lb.box for lb in done.get(name, [])], LABELLED_IOU)]
     return out
 
 
-def _covered(box: tuple[float, ...], by: list[tuple[float, ...]], min_iou: float, min_inside: float) -> bool:
-    """Whether ``box`` overlaps one of ``by`` by ``min_iou`` or lies that share inside one."""
+def _covered(box: tuple[float, ...], by: list[tuple[float, ...]], min_iou: float) -> bool:
+    """Whether ``box`` overlaps one of ``by`` by ``min_iou`` or lies mostly (``COVER``) inside one."""
     if not by:
         return False
-    return bool(iou_matrix([box], by).max() >= min_iou or share_inside([box], by).max() >= min_inside)
+    return bool(iou_matrix([box], by).max() >= min_iou or share_inside([box], by).max() >= COVER)
 
 
 def sheets(items: list[tuple[str, tuple[float, ...]]], data: Path, out: Path) -> None:

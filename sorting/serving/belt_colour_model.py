@@ -74,11 +74,11 @@ class BeltColourConfig(StrictModel):
     # is a rail's edge, a bracket or a shadow showing, not a thing on the belt (0: kept; calibrate --belt sets it)
     edge_strip_px: int = Field(default=0, ge=0)
     # a blob whose mean colour is this close to the belt just around it, in chromaticity (local sigmas) and in
-    # brightness (|log| of the ratio), is belt the local tests took for a thing (0: kept). On the development photos
-    # of the conveyor, no garment, hand or object blob came within 5 sigmas and 0.17 of its surroundings (5th
-    # percentiles), while a third of the blobs on nothing labelled did (serving/REAL_BELT.md)
-    # off by default (0): with the whole set-up run again (the head fitted on what it leaves), one CV partition and a
-    # features head on the busy scene each found a garment or more fewer (serving/REAL_BELT.md); opt in with 2.0
+    # brightness (|log| of the ratio), is belt the local tests took for a thing. On the development photos of the
+    # conveyor, no garment, hand or object blob came within 5 sigmas and 0.17 of its surroundings (5th percentiles),
+    # while a third of the blobs on nothing labelled did. Opt in with 2.0; 0 (off) by default, because with the whole
+    # set-up run again on what it leaves, one CV partition and a features head on the busy scene each found a garment
+    # or more fewer (serving/REAL_BELT.md)
     belt_like_chroma: float = Field(default=0.0, ge=0)
     belt_like_brightness: float = Field(default=0.2, ge=0)
     # ... and as smooth: its brightness varies at most this many times as much as the belt's around it (a crumpled

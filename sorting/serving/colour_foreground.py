@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from sorting.errors import ConfigError, DataError
-from sorting.serving.belt_colour_model import BeltColourConfig, BeltColourLookup
+from sorting.serving.belt_colour_model import BeltColourConfig, BeltColourLookup, chromaticity
 from sorting.serving.belt_region import BeltEdgeFollower
 
 MIN_BELT_SHARE = 0.02  # of the belt region surely belt, or the frame is unusable
@@ -158,7 +158,6 @@ class ColourForeground:
         n, labels, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
         if n <= 1:
             return fg
-        level = cv2.transform(small, np.full((1, 3), 1.0 / 3.0, np.float32))
         belt = cv2.bitwise_and(cv2.bitwise_not(fg), region)
         kernel = np.ones((2 * SURROUND_PX + 1, 2 * SURROUND_PX + 1), np.uint8)
         height, width = fg.shape
@@ -169,28 +168,29 @@ class ColourForeground:
             x1, y1 = min(width, x + w + SURROUND_PX), min(height, y + h + SURROUND_PX)
             blob = cv2.compare(labels[y0:y1, x0:x1], int(k), cv2.CMP_EQ)
             ring = cv2.bitwise_and(cv2.dilate(blob, kernel), belt[y0:y1, x0:x1])
-            if cv2.countNonZero(ring) < MIN_SURROUND_PX or not self._like_belt(small[y0:y1, x0:x1],
-                                                                               level[y0:y1, x0:x1], blob, ring):
+            if cv2.countNonZero(ring) < MIN_SURROUND_PX or not self._like_belt(small[y0:y1, x0:x1], blob, ring):
                 continue
             if out is fg:
                 out = fg.copy()
             out[y0:y1, x0:x1][blob > 0] = 0
         return out
 
-    def _like_belt(self, bgr: np.ndarray, level: np.ndarray, blob: np.ndarray, ring: np.ndarray) -> bool:
-        """Whether the ``blob`` pixels look like the ``ring`` of belt around them (see :meth:`drop_belt_like`)."""
+    def _like_belt(self, bgr: np.ndarray, blob: np.ndarray, ring: np.ndarray) -> bool:
+        """Whether the ``blob`` pixels look like the ``ring`` of belt around them (see :meth:`drop_belt_like`); the
+        cheap tests on the mean colours first, the brightness spread only for a blob that passes them."""
         assert self._inv_sigma is not None
         model = self.model
-        blob_bgr, ring_bgr = (np.asarray(cv2.mean(bgr, mask=m)[:3]) + 1.0 for m in (blob, ring))
-        blob_total, ring_total = blob_bgr.sum(), ring_bgr.sum()
-        if abs(np.log(blob_total / ring_total)) >= model.belt_like_brightness:
+        means = np.array([cv2.mean(bgr, mask=m)[:3] for m in (blob, ring)])
+        level, chroma = chromaticity(means)
+        brightness = level + 1.0  # (B+G+R)/3 of the +1 pixels
+        if abs(np.log(brightness[0] / brightness[1])) >= model.belt_like_brightness:
             return False
-        band = min(255, int(ring_total / 3.0))
-        d_b = (blob_bgr[0] / blob_total - ring_bgr[0] / ring_total) * self._inv_sigma[0][band, 0]
-        d_r = (blob_bgr[2] / blob_total - ring_bgr[2] / ring_total) * self._inv_sigma[1][band, 0]
+        band = min(255, int(brightness[1]))
+        d_b, d_r = (chroma[0] - chroma[1]) * (self._inv_sigma[0][band, 0], self._inv_sigma[1][band, 0])
         if np.hypot(d_b, d_r) >= model.belt_like_chroma:
             return False
-        blob_sd, ring_sd = (float(cv2.meanStdDev(level, mask=m)[1][0, 0]) for m in (blob, ring))
+        grey = cv2.transform(bgr, np.full((1, 3), 1.0 / 3.0, np.float32))
+        blob_sd, ring_sd = (float(cv2.meanStdDev(grey, mask=m)[1][0, 0]) for m in (blob, ring))
         return blob_sd <= model.belt_like_texture * max(ring_sd, 1.0)
 
     def mask(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,4 +232,3 @@ def drop_edge_strips(fg: np.ndarray, region: np.ndarray, across: np.ndarray) -> 
     keep = np.zeros(n, np.uint8)
     keep[np.unique(labels[inner > 0])] = 255  # inner lies within fg: never the background's label 0
     return keep[labels]
-
