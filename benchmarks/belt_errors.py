@@ -5,7 +5,8 @@ sorts each error at IoU 0.5 into one cause:
 
 * a **missed garment**: ``merged`` (one detection covers it and another label), ``split`` (found in
   pieces), ``loose`` (a garment detection with IoU 0.3-0.5: the box is near, the hand-drawn box loose),
-  ``called non-garment`` (a hand/object detection on it), ``partly`` (best IoU 0.1-0.3), ``not found``;
+  ``called non-garment`` (a hand/object detection on it), ``in a hand or object clump`` (a larger hand/object
+  detection holds it), ``partly`` (best IoU 0.1-0.3), ``not found``;
 * a **false detection**: ``object``/``hand`` (it overlaps a non-garment label), ``merged blob`` (it
   covers two or more labels), ``piece`` (mostly inside a garment label), ``loose`` (IoU 0.3-0.5 with a
   garment label), ``other`` (belt, shadow, rail, an unlabelled thing);
@@ -39,6 +40,7 @@ from sorting.apps.detection_data import (
 from sorting.datasets.box_labels import read_subset
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.detection_eval import (
+    COVER,
     GARMENT,
     FrameScore,
     iou_matrix,
@@ -69,6 +71,8 @@ def missed_causes(score: FrameScore) -> list[str]:
             out.append("loose")
         elif best_o >= 0.3:
             out.append("called non-garment")
+        elif od and (share_inside(box, [score.detections[j].box for j in od])[0] >= COVER).any():
+            out.append("in a hand or object clump")
         elif best_g >= 0.1:
             out.append("partly")
         else:

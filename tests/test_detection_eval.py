@@ -94,6 +94,19 @@ def test_non_garment_detections_on_nothing_labelled_are_counted():
     assert summarise([s, s]).other_unlabelled == 2
 
 
+def test_a_clump_holding_a_small_garment_calls_it_non_garment_and_is_not_on_nothing():
+    """A clump of objects called an object, with a small garment in it: their boxes overlap by less than
+    ``OVERLAP_IOU``, but the garment is in the clump, so it is a garment called non-garment, not a reject for
+    nothing."""
+    labels = [LabelBox((100, 100, 160, 140)), LabelBox((600, 0, 700, 100))]
+    dets = [ScoredDetection((0, 0, 500, 400), "object"),  # IoU with the garment 0.012: it holds all of it
+            ScoredDetection((600, 0, 700, 100))]
+    s = score_frame("f", labels, dets)
+    assert s.garment_called_other == [0]
+    assert s.other_unlabelled == []
+    assert s.missed(0.5) == [0]
+
+
 def test_partial_labels_need_not_be_found_and_their_detections_are_cut():
     labels = [LabelBox((0, 0, 50, 100), partial=True), LabelBox((200, 0, 300, 100))]
     s = score_frame("f", labels, [ScoredDetection((0, 0, 48, 100))])

@@ -19,11 +19,13 @@ Conventions (boxes are ``(x0, y0, x1, y1)`` in pixels):
 * **Split**: a garment label with two or more garment detections that lie mostly (``cover``) inside it
   and are not matched to another label (a garment seen as fragments).
 * A detection of another kind (hand, object) is not a garment detection: it is *right* when it
-  overlaps a non-garment label, *a garment called non-garment* when it overlaps a garment label.
+  overlaps a non-garment label, *a garment called non-garment* when it overlaps a garment label or holds
+  ``cover`` of one (a clump of objects with a small garment in it: its box is too large to overlap the
+  garment's by IoU).
   A non-garment label is *found* by a non-garment detection, *taken for a garment* when only a
   garment detection overlaps it (the dangerous case: it could be ejected into a product bin).
-  A non-garment detection on *nothing labelled* (it overlaps no label and lies mostly inside none: a
-  rail's edge, a shadow, a sticker) is a reject the line counts for nothing on the belt.
+  A non-garment detection on *nothing labelled* (it overlaps no label, lies mostly inside none and holds
+  none: a rail's edge, a shadow, a sticker) is a reject the line counts for nothing on the belt.
 * **Off the belt**: a detection whose centre lies outside the line's belt region (when it has one).
 """
 
@@ -187,8 +189,12 @@ def score_frame(name: str, labels: Sequence[LabelBox], detections: Sequence[Scor
     matched_d = {j for i, j in paired[loose] if not labels[i].partial}
     score.cut = [j for j in gd if j in of_partial or (
         detections[j].at_entry_edge and j not in matched_d and not np.any(any_iou[j] >= OVERLAP_IOU))]
-    # kinds: non-garment detections on garment labels; non-garment labels found or taken for garments
-    score.garment_called_other = [j for j in od if gi and np.any(any_iou[j, gi] >= OVERLAP_IOU)]
+    # kinds: non-garment detections on garment labels (overlapping one, or holding most of one: a clump); non-garment
+    # labels found or taken for garments
+    held = (share_inside([lb.box for lb in labels], [all_boxes[j] for j in od]) >= cover if labels and od
+            else np.zeros((len(labels), len(od)), bool))  # (labels, non-garment detections)
+    score.garment_called_other = [j for r, j in enumerate(od)
+                                  if gi and (np.any(any_iou[j, gi] >= OVERLAP_IOU) or held[gi, r].any())]
     for i in oi:
         over = [j for j in range(len(detections)) if any_iou[j, i] >= OVERLAP_IOU]
         if any(detections[j].kind != GARMENT for j in over):
@@ -197,8 +203,8 @@ def score_frame(name: str, labels: Sequence[LabelBox], detections: Sequence[Scor
             score.other_as_garment.append(i)
     inside_any = (share_inside([all_boxes[j] for j in od], [lb.box for lb in labels]) >= cover if labels and od
                   else np.zeros((len(od), 0), bool))
-    score.other_unlabelled = [j for r, j in enumerate(od)
-                              if not np.any(any_iou[j] >= OVERLAP_IOU) and not inside_any[r].any()]
+    score.other_unlabelled = [j for r, j in enumerate(od) if not np.any(any_iou[j] >= OVERLAP_IOU)
+                              and not inside_any[r].any() and not held[:, r].any()]
     return score
 
 
