@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="line overrides for the scoring, e.g. segmentation.textile_check.carve=null")
     parser.add_argument("--keep", type=float, help="fit-textile-check --keep (share of garments the head passes)")
+    parser.add_argument("--floor-share", type=float, help="fit-textile-check --floor-share (where the class floor is set)")
     parser.add_argument("--detector", metavar="SETTINGS",
                         help="train the learned detector on each fold's set-up photos and score with it, e.g. "
                              "'box: outline' (segmentation.detector keys besides model)")
@@ -156,7 +157,8 @@ def main() -> None:
                         help="repeat over this many partitions of the scene groups and print their mean")
     args = parser.parse_args()
     fit_args = [arg for flag, value in (("--keep", args.keep), ("--input-size", args.input_size),
-                                        ("--context", args.context), ("--inputs", args.inputs)) if value is not None
+                                        ("--context", args.context), ("--inputs", args.inputs),
+                                        ("--floor-share", args.floor_share)) if value is not None
                 for arg in (flag, str(value))]
     if args.int8 and args.check_model:
         parser.error("--int8 makes its own network per fold: give it or --check-model, not both")

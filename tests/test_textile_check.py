@@ -350,9 +350,9 @@ def test_fitting_a_head_keeps_its_share_of_garments_out_of_fold_and_points_the_l
     assert cv["folds"] == 5 and cv["auc"] > 0.9
     assert cv["garments_kept"] == pytest.approx(0.9, abs=0.01) and cv["others_removed"] > 0.5
     assert head.weights[3] == max(head.weights)  # it learned the class that separates
-    floor = head.info["class_floor"]  # what 1% of the garment crops fall below
-    assert floor["value"] == pytest.approx(np.quantile(class_sum[garment == 1], 0.01), abs=1e-4)
-    assert 0.1 < floor["others_below"] < 0.5 and floor["garments_below"] == 0.01
+    floor = head.info["class_floor"]  # what 0.5% of the garment crops fall below
+    assert floor["value"] == pytest.approx(np.quantile(class_sum[garment == 1], cfg.floor_share), abs=1e-4)
+    assert 0.05 < floor["others_below"] < 0.5 and floor["garments_below"] == cfg.floor_share == 0.005
     assert plot_scores(oof, garment, head.min_score, tmp_path / "scores.png").is_file()
     loaded = TextileHead.load(head.save(cfg.out))
     assert loaded.min_score == pytest.approx(head.min_score) and loaded.info["fitted_on"]["crops"] == n
