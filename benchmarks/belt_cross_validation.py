@@ -26,6 +26,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,10 @@ def report(summaries: list[dict], out: Path, folds: int, group_size: int, partit
           f"({totals['garments']} garments): IoU 0.5 recall {recall:.1%}, precision {precision:.1%}; merged "
           f"{totals['merged']}; hands and objects taken for a garment {totals['other_as_garment']}; hand or object "
           f"detections on nothing labelled {totals['other_unlabelled']}")
+    causes = {key: sum((Counter(s.get(key, {})) for s in summaries), Counter()) for key in ("missed_by_cause",
+                                                                                         "false_by_cause")}
+    print("at IoU 0.5, missed: " + ", ".join(f"{c} {n}" for c, n in causes["missed_by_cause"].most_common())
+          + "; false: " + ", ".join(f"{c} {n}" for c, n in causes["false_by_cause"].most_common()))
     frames = [row for k in range(folds) for row in json.loads((out / f"fold{k}" / "eval" / "frames.json").read_text())]
     print("by scene kind: " + "; ".join(
         f"{kind} {t['matched']}/{t['garments']} found, {t['false']} false"

@@ -1,17 +1,10 @@
 """Where the real-belt detection errors are: every missed garment and every false detection, by cause.
 
 Runs the line's segmentation (as ``serve`` and ``evaluate-detection`` run it) over labelled photos and
-sorts each error at IoU 0.5 into one cause:
-
-* a **missed garment**: ``merged`` (one detection covers it and another label), ``split`` (found in
-  pieces), ``loose`` (a garment detection with IoU 0.3-0.5: the box is near, the hand-drawn box loose),
-  ``called non-garment`` (a hand/object detection on it), ``in a hand or object clump`` (a larger hand/object
-  detection holds it), ``partly`` (best IoU 0.1-0.3), ``not found``;
-* a **false detection**: ``object``/``hand`` (it overlaps a non-garment label), ``merged blob`` (it
-  covers two or more labels), ``piece`` (mostly inside a garment label), ``loose`` (IoU 0.3-0.5 with a
-  garment label), ``other`` (belt, shadow, rail, an unlabelled thing);
-* a **reject for nothing**: a hand or object detection on nothing labelled (its box, to look at: a rail's edge, a
-  shadow, a piece of garment outside its label, an unlabelled thing).
+sorts each error at IoU 0.5 into one cause (``FrameScore.missed_causes`` / ``false_causes`` of
+``sorting.serving.detection_eval``, whose ``MISSED_CAUSES`` and ``FALSE_CAUSES`` say what each means; the totals are
+in every ``evaluate-detection`` summary too); and lists each hand or object detection on nothing labelled (a reject
+for nothing: a rail's edge, a shadow, a piece of garment outside its label, an unlabelled thing).
 
 Counts per scene kind (photos 1-300: garments; 301-: clutter among garments) and the photos with most
 errors. Only ever run it on the development photos when choosing settings.
@@ -39,71 +32,12 @@ from sorting.apps.detection_data import (
 )
 from sorting.datasets.box_labels import read_subset
 from sorting.serving.colour_foreground import FrameError
-from sorting.serving.detection_eval import (
-    COVER,
-    GARMENT,
-    FrameScore,
-    iou_matrix,
-    score_frame,
-    share_inside,
-)
+from sorting.serving.detection_eval import score_frame
 from sorting.serving.line_config import load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 CLUTTER_FROM = 301  # photo numbers from here show phones, tape, hands among the garments
-
-
-def missed_causes(score: FrameScore) -> list[str]:
-    """The cause of each garment label missed at IoU 0.5."""
-    gd = score.garment_detections
-    od = [j for j, d in enumerate(score.detections) if d.kind != GARMENT]
-    out = []
-    for i in score.missed(0.5):
-        box = [score.labels[i].box]
-        best_g = float(iou_matrix(box, [score.detections[j].box for j in gd]).max(initial=0.0)) if gd else 0.0
-        best_o = float(iou_matrix(box, [score.detections[j].box for j in od]).max(initial=0.0)) if od else 0.0
-        if i in score.merged:
-            out.append("merged")
-        elif i in score.split:
-            out.append("split")
-        elif best_g >= 0.3:
-            out.append("loose")
-        elif best_o >= 0.3:
-            out.append("called non-garment")
-        elif od and (share_inside(box, [score.detections[j].box for j in od])[0] >= COVER).any():
-            out.append("in a hand or object clump")
-        elif best_g >= 0.1:
-            out.append("partly")
-        else:
-            out.append("not found")
-    return out
-
-
-def false_causes(score: FrameScore) -> list[str]:
-    """The cause of each false garment detection at IoU 0.5 (cut ones left out, as in the precision)."""
-    labels = score.labels
-    g_idx = [i for i, lb in enumerate(labels) if lb.kind == GARMENT]
-    o_idx = [i for i, lb in enumerate(labels) if lb.kind != GARMENT]
-    out = []
-    for j in score.false(0.5):
-        box = [score.detections[j].box]
-        g_boxes = [labels[i].box for i in g_idx]
-        iou_g = iou_matrix(box, g_boxes)[0] if g_idx else np.zeros(0)
-        covers = share_inside(g_boxes, box)[:, 0] >= 0.5 if g_idx else np.zeros(0, bool)
-        inside = share_inside(box, g_boxes)[0] >= 0.5 if g_idx else np.zeros(0, bool)
-        iou_o = iou_matrix(box, [labels[i].box for i in o_idx])[0] if o_idx else np.zeros(0)
-        if len(iou_o) and iou_o.max() >= 0.1:
-            out.append(labels[o_idx[int(iou_o.argmax())]].kind)
-        elif covers.sum() >= 2:
-            out.append("merged blob")
-        elif len(iou_g) and iou_g.max() >= 0.3:
-            out.append("loose")
-        elif inside.any():
-            out.append("piece")
-        else:
-            out.append("other")
-    return out
 
 
 def photo_number(name: str) -> int:
@@ -156,7 +90,7 @@ def main() -> None:
         labels, _ = fit_to_frame(frame.name, frame.labels, (frame.image.shape[1], frame.image.shape[0]))
         score = score_frame(frame.name, labels, [_scored(d, entry, region) for d in dets])
         scene = scene_kind(frame.name)
-        missed, false = missed_causes(score), false_causes(score)
+        missed, false = score.missed_causes(0.5), score.false_causes(0.5)
         tally["garments"][scene] += len(score.garment_labels)
         tally["matched"][scene] += len(score.matches[0.5])
         for cause in missed:

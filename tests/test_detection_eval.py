@@ -15,6 +15,8 @@ from sorting.apps.detection_data import (
 from sorting.datasets.box_labels import read_subset
 from sorting.errors import DataError
 from sorting.serving.detection_eval import (
+    FALSE_CAUSES,
+    MISSED_CAUSES,
     LabelBox,
     ScoredDetection,
     iou_matrix,
@@ -193,3 +195,27 @@ def test_scene_interval_draws_whole_scenes():
     assert many.recall[1] - many.recall[0] < few.recall[1] - few.recall[0]
     assert scene_interval([3, 2], [1, 1], [0, 0], [7, 7]) is None  # one scene says nothing of others
     assert scene_interval([0, 0], [0, 0], [1, 0], [1, 2]) is None  # no garment label
+
+
+def test_each_miss_and_false_detection_gets_its_cause():
+    """The causes a line's errors are sorted into (summary and belt_errors.py): the first that applies."""
+    labels = [LabelBox((0, 0, 100, 100)), LabelBox((110, 0, 210, 100)),  # two garments side by side: merged
+              LabelBox((300, 0, 400, 100)),  # found with a loose box
+              LabelBox((500, 0, 600, 100)),  # called an object
+              LabelBox((700, 0, 730, 30)),  # a small garment inside a clump of objects
+              LabelBox((0, 300, 100, 400)),  # nothing near it
+              LabelBox((800, 300, 860, 360), "object")]  # a phone, taken for a garment
+    dets = [ScoredDetection((0, 0, 210, 100)),  # covers the two: a merged blob
+            ScoredDetection((300, 0, 460, 130)),  # IoU 0.48 with its garment
+            ScoredDetection((500, 0, 600, 100), "object"),
+            ScoredDetection((650, 0, 960, 250), "object"),  # holds the small garment, IoU 0.01
+            ScoredDetection((800, 300, 860, 360)),  # the phone
+            ScoredDetection((300, 450, 340, 480))]  # a shadow
+    s = score_frame("f", labels, dets)
+    assert dict(zip(s.missed(0.5), s.missed_causes(0.5))) == {
+        0: "merged", 1: "merged", 2: "loose", 3: "called non-garment", 4: "in a hand or object clump", 5: "not found"}
+    assert dict(zip(s.false(0.5), s.false_causes(0.5))) == {0: "merged blob", 1: "loose", 4: "object", 5: "other"}
+    summary = summarise([s])
+    assert summary.missed_by_cause == {"merged": 2, "loose": 1, "called non-garment": 1,
+                                       "in a hand or object clump": 1, "not found": 1}
+    assert set(summary.false_by_cause) <= set(FALSE_CAUSES) and set(summary.missed_by_cause) <= set(MISSED_CAUSES)

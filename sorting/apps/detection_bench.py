@@ -294,6 +294,9 @@ def summary_lines(report: DetectionBenchReport) -> list[str]:
                  f"non-garment {s.garment_called_other}"
                  + (f"; non-garment labels {labelled}: found {s.other_found}, taken for a garment "
                     f"{s.other_as_garment}" if labelled else ""))
+    if s.missed_by_cause or s.false_by_cause:
+        lines.append("at IoU 0.5, missed: " + (", ".join(f"{k} {v}" for k, v in s.missed_by_cause.items()) or "none")
+                     + "; false: " + (", ".join(f"{k} {v}" for k, v in s.false_by_cause.items()) or "none"))
     lines.append("ms per frame: " + "; ".join(f"{k} mean {v['mean']:.2f} p50 {v['p50']:.2f} p95 {v['p95']:.2f} "
                                                f"max {v['max']:.2f}" for k, v in s.ms.items() if v))
     return lines

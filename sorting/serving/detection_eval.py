@@ -45,6 +45,25 @@ GARMENT = "garment"
 THRESHOLDS = (0.5, 0.3)
 COVER = 0.5  # share of a box's area inside another box that counts as "mostly inside"
 OVERLAP_IOU = 0.1  # a (non-)garment detection "overlaps" a label from this IoU on
+LOOSE_IOU = 0.3  # a miss or false detection this near its counterpart is a loose box (hand-drawn boxes are loose)
+# why a garment was missed (FrameScore.missed_causes) and what a false garment detection is (false_causes)
+MISSED_CAUSES = {
+    "merged": "one detection covers it and another garment",
+    "split": "found in pieces",
+    "loose": "a garment detection with IoU 0.3-0.5: the box is near, the hand-drawn one loose",
+    "called non-garment": "a hand or object detection on it (IoU 0.3 or more): it goes to reject",
+    "in a hand or object clump": "a larger hand or object detection holds it",
+    "partly": "a garment detection with IoU 0.1-0.3",
+    "not found": "nothing near it",
+}
+FALSE_CAUSES = {
+    "hand": "it overlaps a hand label: a hand taken for a garment",
+    "object": "it overlaps an object label: an object taken for a garment",
+    "merged blob": "it covers two or more garment labels",
+    "loose": "IoU 0.3-0.5 with a garment label",
+    "piece": "mostly inside a garment label",
+    "other": "belt, shadow, rail or an unlabelled thing",
+}
 
 
 @dataclass(frozen=True)
@@ -154,6 +173,38 @@ class FrameScore:
         matched = {i for i, _ in self.matches[threshold]}
         return [i for i in self.garment_labels if i not in matched]
 
+    def missed_causes(self, threshold: float = 0.5) -> list[str]:
+        """Why each garment label missed at ``threshold`` was missed, in the order of :meth:`missed` (see
+        ``MISSED_CAUSES``: the first that applies)."""
+        others = [j for j, d in enumerate(self.detections) if d.kind != GARMENT]
+        out = []
+        for i in self.missed(threshold):
+            box = [self.labels[i].box]
+            best_g = _best_iou(box, [self.detections[j].box for j in self.garment_detections])
+            best_o = _best_iou(box, [self.detections[j].box for j in others])
+            held = bool(others) and bool((share_inside(box, [self.detections[j].box for j in others]) >= COVER).any())
+            out.append("merged" if i in self.merged else "split" if i in self.split
+                       else "loose" if best_g >= LOOSE_IOU else "called non-garment" if best_o >= LOOSE_IOU
+                       else "in a hand or object clump" if held else "partly" if best_g >= OVERLAP_IOU
+                       else "not found")
+        return out
+
+    def false_causes(self, threshold: float = 0.5) -> list[str]:
+        """What each false garment detection at ``threshold`` is, in the order of :meth:`false` (see
+        ``FALSE_CAUSES``: the first that applies; cut ones left out, as in the precision)."""
+        g_boxes = [lb.box for lb in self.labels if lb.kind == GARMENT]
+        o_labels = [lb for lb in self.labels if lb.kind != GARMENT]
+        out = []
+        for j in self.false(threshold):
+            box = [self.detections[j].box]
+            iou_o = iou_matrix(box, [lb.box for lb in o_labels])[0] if o_labels else np.zeros(0)
+            covers = int((share_inside(g_boxes, box)[:, 0] >= COVER).sum()) if g_boxes else 0
+            inside = bool((share_inside(box, g_boxes)[0] >= COVER).any()) if g_boxes else False
+            out.append(o_labels[int(iou_o.argmax())].kind if len(iou_o) and iou_o.max() >= OVERLAP_IOU
+                       else "merged blob" if covers >= 2 else "loose" if _best_iou(box, g_boxes) >= LOOSE_IOU
+                       else "piece" if inside else "other")
+        return out
+
 
 def score_frame(name: str, labels: Sequence[LabelBox], detections: Sequence[ScoredDetection], *,
                 thresholds: Sequence[float] = THRESHOLDS, cover: float = COVER) -> FrameScore:
@@ -208,6 +259,10 @@ def score_frame(name: str, labels: Sequence[LabelBox], detections: Sequence[Scor
     return score
 
 
+def _best_iou(box: Sequence[Box], others: Sequence[Box]) -> float:
+    return float(iou_matrix(box, others).max(initial=0.0)) if others else 0.0
+
+
 def _rate(num: int, den: int) -> float | None:
     return num / den if den else None
 
@@ -237,6 +292,8 @@ class DetectionSummary:
     other_found: int
     other_as_garment: int
     other_unlabelled: int
+    missed_by_cause: dict[str, int]  # at IoU 0.5, MISSED_CAUSES, most first
+    false_by_cause: dict[str, int]  # at IoU 0.5, FALSE_CAUSES, most first
     ms: dict[str, dict[str, float]]  # stage -> mean / p50 / p95 / max per frame
 
     def to_dict(self) -> dict[str, Any]:
@@ -282,6 +339,8 @@ def summarise(frames: Iterable[FrameScore], thresholds: Sequence[float] = THRESH
         other_found=sum(len(f.other_found) for f in frames),
         other_as_garment=sum(len(f.other_as_garment) for f in frames),
         other_unlabelled=sum(len(f.other_unlabelled) for f in frames),
+        missed_by_cause=dict(Counter(c for f in frames for c in f.missed_causes(0.5)).most_common()),
+        false_by_cause=dict(Counter(c for f in frames for c in f.false_causes(0.5)).most_common()),
         ms={s: _ms_stats([f.seconds[s] for f in frames if s in f.seconds]) for s in stages},
     )
 
