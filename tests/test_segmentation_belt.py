@@ -14,7 +14,7 @@ from _blue_belt import BELT_BOTTOM, BELT_TOP, COLOURS, H, W, Thing, _garment, bl
 
 from sorting.cli import main
 from sorting.errors import ConfigError
-from sorting.serving.belt_calibration import EDGE_STRIP_SHARE, NECK_SHARE_OF_ITEM, set_up_belt
+from sorting.serving.belt_calibration import EDGE_STRIP_SHARE, NECK_SHARE_OF_ITEM, SPLIT_REGION_SHARE, set_up_belt
 from sorting.serving.belt_colour_model import distances, fit_belt_colour
 from sorting.serving.blob_split import SplitConfig
 from sorting.serving.colour_foreground import ColourForeground, FrameError
@@ -198,6 +198,26 @@ def test_items_joined_by_a_narrow_bridge_are_cut_apart(belt_cfg: SegmentationCon
     assert all(d.bbox[2] >= 68 for d in cut)  # each a whole garment (the strap shared out, not a third item)
 
 
+def test_a_plain_garment_beside_a_striped_one_of_its_colour_is_cut_off_with_region_share(belt_cfg: SegmentationConfig):
+    """A red garment touching a white one with red stripes: the red colour is the plain garment and the stripes, so
+    it is scattered and the blob stays whole, unless one colour may be scattered when its largest region alone is
+    ``region_share`` of the blob."""
+    image, _ = blue_belt_frame(12, garments=())
+    rng = np.random.default_rng(1)
+    cv2.rectangle(image, (150, 90), (215, 170), COLOURS["white"], -1)
+    for x in range(166, 199, 16):  # stripes short of the garment's edges: the white stays one region
+        cv2.rectangle(image, (x, 106), (x + 7, 154), COLOURS["red"], -1)
+    cv2.rectangle(image, (216, 110), (280, 150), COLOURS["red"], -1)
+    image = np.clip(image + rng.normal(0, 6, image.shape), 0, 255).astype(np.uint8)
+    no_ng = {"non_garment": None}
+    whole = BeltSegmenter(belt_cfg.model_copy(update=no_ng)).segment(image)
+    shared = belt_cfg.split_touching.model_copy(update={"region_share": 0.15})
+    cut = BeltSegmenter(belt_cfg.model_copy(update={**no_ng, "split_touching": shared})).segment(image)
+    assert len(whole) == 1 and len(cut) == 2
+    boxes = sorted(d.bbox for d in cut)
+    assert abs(boxes[0][0] - 150) <= 4 and abs(boxes[1][0] - 216) <= 6 and abs(boxes[1][1] - 110) <= 6
+
+
 def test_a_printed_garment_is_not_cut(belt_cfg: SegmentationConfig):
     image, _ = blue_belt_frame(13, garments=())
     box = _garment(image, np.random.default_rng(2), (240, 130), 45, COLOURS["white"])
@@ -206,6 +226,8 @@ def test_a_printed_garment_is_not_cut(belt_cfg: SegmentationConfig):
         stripe[stripe.sum(axis=2) > 500] = COLOURS["red"]
     detections = BeltSegmenter(belt_cfg).segment(image)
     assert len(detections) == 1 and detections[0].kind == "garment"
+    shared = belt_cfg.split_touching.model_copy(update={"region_share": 0.15})  # both colours scattered: whole still
+    assert len(BeltSegmenter(belt_cfg.model_copy(update={"split_touching": shared})).segment(image)) == 1
 
 
 def test_unusable_frames_raise_one_clear_error(belt_cfg: SegmentationConfig):
@@ -291,6 +313,7 @@ def test_calibrate_belt_makes_a_line_from_frames_and_keeps_the_rest(tmp_path: Pa
     seg = cfg.segmentation
     assert seg.expected_item_area_px and seg.split_touching is not None
     assert seg.split_touching.neck_px == round(NECK_SHARE_OF_ITEM * seg.expected_item_area_px ** 0.5 * seg.scale) > 0
+    assert seg.split_touching.region_share == SPLIT_REGION_SHARE
     assert cfg.calibration.reference_roi is None
     # the decision line keeps its share of the frame along the belt (480 of 640 px -> 360 of 480 px)
     share = template.tracking.decision_line_px / template.camera.width

@@ -63,6 +63,11 @@ NECK_SHARE_OF_ITEM = 0.125
 # (belt_colour.edge_strip_px): 47 px on the conveyor photos; 24 / 32 / 48 / 64 px were compared by scene
 # cross-validation on their development part (serving/REAL_BELT.md, "Rejects for nothing")
 EDGE_STRIP_SHARE = 0.13
+# two touching garments of two colours are cut apart even when one colour is scattered (a plain garment beside a
+# striped one, whose stripes share its colour), if its largest region alone is this share of the blob
+# (split_touching.region_share): chosen by scene cross-validation on the conveyor photos' development part, where
+# 0.1-0.15 scored alike and off merged the most (serving/REAL_BELT.md, "Touching garments of two colours")
+SPLIT_REGION_SHARE = 0.15
 COLOURFUL_BELT = 0.06  # chromaticity this far from grey: the belt's colour tells garments from it (blue: 0.13)
 FOLLOW_MIN_SHIFT_PX = 4.0  # smaller shifts of the belt's edges between frames are noise: the region stays fixed
 FOLLOW_MAX_SHARE = 0.25  # of the belt's width: a frame's band further off than this is occluded, not moved
@@ -416,7 +421,8 @@ def _real_belt_defaults(seg: SegmentationConfig, typical_area_px: float | None =
     thresholds were chosen on real photos of a blue belt; the synthetic world's flat garments fool them); a
     new split cuts bridges relative to ``typical_area_px`` (full-resolution pixels) when it is known."""
     neck = 0 if typical_area_px is None else round(NECK_SHARE_OF_ITEM * typical_area_px ** 0.5 * seg.scale)
-    return seg.model_copy(update={"split_touching": seg.split_touching or SplitConfig(neck_px=neck),
+    split = seg.split_touching or SplitConfig(neck_px=neck, region_share=SPLIT_REGION_SHARE)
+    return seg.model_copy(update={"split_touching": split,
                                   "non_garment": seg.non_garment or NonGarmentConfig(),
                                   "textile_check": seg.textile_check or TextileCheckConfig()})
 

@@ -29,6 +29,9 @@ class SplitConfig(StrictModel):
     lightness_weight: float = 0.35
     min_share: float = 0.15  # each colour at least this share of the blob
     contiguity: float = 0.75  # ... and mostly (this share) one connected region
+    # ... or, for one of the two colours, its largest region alone this share of the blob (None: off): a plain
+    # garment beside a striped one, whose stripes share its colour and scatter it
+    region_share: float | None = None
     min_part_px: int = 150  # a part smaller than this is not a garment of its own
     min_outline_share: float = 0.5  # each part has this share of its outline on the belt (not a print inside)
     depth: int = 2  # cut the parts again (2: up to four garments)
@@ -70,14 +73,18 @@ def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> list[np.
     total = int(np.count_nonzero(core))
     core_rim = cv2.subtract(core, cv2.erode(core, None, borderType=cv2.BORDER_CONSTANT, borderValue=0))
     parts = []
+    scattered = 0  # colours that are not one region
     for k in (1, 2):
         region = (labels == k).astype(np.uint8)
         count = int(region.sum())
         if count < cfg.min_share * total or count < min_part:
             return None
         n, comp, stats, _ = cv2.connectedComponentsWithStats(region, connectivity=8)
-        if n < 2 or stats[1:, cv2.CC_STAT_AREA].max() < cfg.contiguity * count:
-            return None
+        largest = int(stats[1:, cv2.CC_STAT_AREA].max()) if n > 1 else 0
+        if largest < cfg.contiguity * count:
+            scattered += 1
+            if cfg.region_share is None or scattered > 1 or largest < max(cfg.region_share * total, min_part):
+                return None
         # a garment lying beside another has much of its outline on the belt; a print or a patch inside
         # a garment has its outline inside the blob
         big = (comp == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))).astype(np.uint8)
