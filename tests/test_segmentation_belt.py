@@ -16,7 +16,7 @@ from sorting.cli import main
 from sorting.errors import ConfigError
 from sorting.serving.belt_calibration import EDGE_STRIP_SHARE, NECK_SHARE_OF_ITEM, SPLIT_REGION_SHARE, set_up_belt
 from sorting.serving.belt_colour_model import distances, fit_belt_colour
-from sorting.serving.blob_split import SplitConfig
+from sorting.serving.blob_split import SplitConfig, split_blob
 from sorting.serving.colour_foreground import ColourForeground, FrameError
 from sorting.serving.detection_eval import iou_matrix
 from sorting.serving.line_config import load_line_config
@@ -216,6 +216,27 @@ def test_a_plain_garment_beside_a_striped_one_of_its_colour_is_cut_off_with_regi
     assert len(whole) == 1 and len(cut) == 2
     boxes = sorted(d.bbox for d in cut)
     assert abs(boxes[0][0] - 150) <= 4 and abs(boxes[1][0] - 216) <= 6 and abs(boxes[1][1] - 110) <= 6
+
+
+def test_a_split_keeps_every_pixel_of_the_blob():
+    """Cut off the plain red garment, the split gives every other pixel to the nearer part: the stripes and a second
+    red garment beyond the striped one are not dropped with the red colour's smaller regions."""
+    roi = np.zeros((120, 260, 3), np.uint8)
+    roi[:] = (120, 60, 20)
+    own = np.zeros((120, 260), np.uint8)
+    for (x0, y0, x1, y1), colour in (((10, 20, 70, 100), "red"), ((71, 10, 170, 110), "white"),
+                                     ((171, 40, 215, 80), "red")):
+        cv2.rectangle(roi, (x0, y0), (x1, y1), COLOURS[colour], -1)
+        cv2.rectangle(own, (x0, y0), (x1, y1), 255, -1)
+    for x in range(90, 160, 16):
+        cv2.rectangle(roi, (x, 26), (x + 7, 94), COLOURS["red"], -1)
+    roi = np.clip(roi + np.random.default_rng(0).normal(0, 5, roi.shape), 0, 255).astype(np.uint8)
+    parts = split_blob(own, roi, SplitConfig(region_share=0.15))
+    assert len(parts) == 2
+    assert sorted(cv2.boundingRect(part)[0] for part in parts) == [10, pytest.approx(70, abs=3)]
+    union = np.bitwise_or.reduce(parts)
+    assert np.count_nonzero(union) >= 0.99 * np.count_nonzero(own)  # the second red garment is in a part
+    assert union[60, 190] == 255
 
 
 def test_a_printed_garment_is_not_cut(belt_cfg: SegmentationConfig):

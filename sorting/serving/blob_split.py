@@ -95,11 +95,11 @@ def _two_colours(lab: np.ndarray, own: np.ndarray, cfg: SplitConfig) -> list[np.
         if on_belt < cfg.min_outline_share * max(1, cv2.countNonZero(edge)):
             return None
         parts.append(big)
-    # give the rim back: each rim pixel to the part nearer to it
-    grow = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * RIM_PX + 3, 2 * RIM_PX + 3))
-    first = cv2.bitwise_and(cv2.dilate(parts[0], grow), own)
-    second = cv2.bitwise_and(cv2.dilate(parts[1], grow), cv2.subtract(own, first))
-    return [cv2.bitwise_or(first, parts[0]) * 255, cv2.bitwise_or(second, parts[1]) * 255]
+    # every other pixel of the blob to the part nearer to it: the rim, specks, and a scattered colour's other regions
+    # (stripes inside the other garment, or a third garment, which the next round of the split looks at)
+    near = [cv2.distanceTransform(1 - part, cv2.DIST_L2, 3) for part in parts]
+    first = (own > 0) & (near[0] <= near[1])
+    return [(first * 255).astype(np.uint8), (((own > 0) & ~first) * 255).astype(np.uint8)]
 
 
 def _necks(own: np.ndarray, cfg: SplitConfig) -> list[np.ndarray] | None:
