@@ -3,8 +3,10 @@
 Two garments that touch on the belt are one foreground blob. When they differ in colour, the
 blob's pixels fall into two clearly different colours (weighted Lab: lightness counts less, so a
 fold's shading is not a second garment), each a large contiguous region (a printed or striped
-garment gives many small interleaved regions instead, and is left whole). The blob is then cut
-along the border between the two regions, and each side again (three garments in a row). A blob
+garment gives many small interleaved regions instead, and is left whole; with ``region_share``, one of
+the two colours may be scattered when its largest region alone is that share of the blob: a plain
+garment beside a striped one whose stripes share its colour). The blob is then cut between the two
+regions, every other pixel going to the nearer one, and each side again (three garments in a row). A blob
 that stays whole is also cut where it narrows to a bridge (a ruler, a sleeve or a corner touching the
 next item): eroded by ``neck_px`` it falls apart into bodies of garment size, and a watershed from them
 shares the blob out. Only blobs less convex than ``max_solidity`` are looked at. All of it runs at
