@@ -176,13 +176,13 @@ class FrameScore:
     def missed_causes(self, threshold: float = 0.5) -> list[str]:
         """Why each garment label missed at ``threshold`` was missed, in the order of :meth:`missed` (see
         ``MISSED_CAUSES``: the first that applies)."""
-        others = [j for j, d in enumerate(self.detections) if d.kind != GARMENT]
+        g_boxes = [d.box for d in self.detections if d.kind == GARMENT]
+        o_boxes = [d.box for d in self.detections if d.kind != GARMENT]
         out = []
         for i in self.missed(threshold):
             box = [self.labels[i].box]
-            best_g = _best_iou(box, [self.detections[j].box for j in self.garment_detections])
-            best_o = _best_iou(box, [self.detections[j].box for j in others])
-            held = bool(others) and bool((share_inside(box, [self.detections[j].box for j in others]) >= COVER).any())
+            best_g, best_o = _best_iou(box, g_boxes), _best_iou(box, o_boxes)
+            held = bool(o_boxes) and bool((share_inside(box, o_boxes) >= COVER).any())
             out.append("merged" if i in self.merged else "split" if i in self.split
                        else "loose" if best_g >= LOOSE_IOU else "called non-garment" if best_o >= LOOSE_IOU
                        else "in a hand or object clump" if held else "partly" if best_g >= OVERLAP_IOU
