@@ -151,6 +151,8 @@ def main() -> None:
                         "--backbone ...) and score with it")
     parser.add_argument("--inputs", choices=("logprobs", "features"),
                         help="fit-textile-check --inputs (what the head reads of each crop)")
+    parser.add_argument("--mirrors", action="store_true",
+                        help="fit-textile-check --mirrors (the head fitted on, and scoring, each crop's mirror images too)")
     parser.add_argument("--reuse", action="store_true",
                         help="score each fold's line from an earlier run in --out again when its set-up photos and "
                         "arguments are the same (fast comparisons of --set settings, which act at scoring only)")
@@ -160,7 +162,7 @@ def main() -> None:
     fit_args = [arg for flag, value in (("--keep", args.keep), ("--input-size", args.input_size),
                                         ("--context", args.context), ("--inputs", args.inputs),
                                         ("--floor-share", args.floor_share)) if value is not None
-                for arg in (flag, str(value))]
+                for arg in (flag, str(value))] + (["--mirrors"] if args.mirrors else [])
     if args.int8 and args.check_model:
         parser.error("--int8 makes its own network per fold: give it or --check-model, not both")
     if args.blocked and args.partitions > 1:

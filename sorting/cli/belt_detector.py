@@ -103,7 +103,7 @@ def _fit_textile_check(args: argparse.Namespace) -> int:
         extra_labels=Path(args.labels) if args.labels else None, subset=args.subset, keep=args.keep,
         group_size=args.group_size, input_size=args.input_size, context=args.context,
         check_model=Path(args.check_model) if args.check_model else None, inputs=args.inputs,
-        floor_share=args.floor_share, progress=not args.no_progress))
+        floor_share=args.floor_share, mirrors=args.mirrors, progress=not args.no_progress))
     fitted, cv = head.info["fitted_on"], head.info["cross_validation"]
     print(f"{fitted['crops']} garment detections ({fitted['garments']} garments) in {fitted['photos']} photos; out of "
           f"fold ({cv['folds']} folds of scenes): area under the curve {cv['auc']:.3f}, at min_score "
@@ -177,6 +177,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--floor-share", type=float, default=0.005,
                    help="the class floor is set where this share of the labelled garment crops falls below it "
                    "(below the floor, ImageNet's textile classes see no cloth, whatever the head says)")
+    p.add_argument("--mirrors", action="store_true",
+                   help="fit the head on each crop and its left-right and top-bottom mirror images too, and have the "
+                   "line score their mean where the crop alone is near a threshold (about 1.6 times the line's time "
+                   "per photo)")
     p.add_argument("--write-line", action="store_true", help="point the line's textile_check.head at the new head")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_fit_textile_check)
