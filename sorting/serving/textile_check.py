@@ -101,8 +101,8 @@ class TextileCheckConfig(StrictModel):
     carve: CarveConfig | None = None  # look for garments inside large detections that are not garments as a whole
     # with a head fitted with mirrors: only a crop whose own score is within this many log-odds of min_score (or of
     # objects_back_from), or below the class floor, is scored again as the mean over it and its mirror images; the
-    # others are far from any decision. In scene CV on the conveyor's development photos 2.0 scored as a second look
-    # at every crop does, in 30% less time (serving/REAL_BELT.md, "Mirror images"). None: every crop
+    # others are far from any decision. In scene CV on the conveyor's development photos 2.0 scored as well as a second
+    # look at every crop, in 30% less time (serving/REAL_BELT.md, "Mirror images"). None: every crop
     mirrors_margin: float | None = Field(2.0, gt=0)
 
     @model_validator(mode="after")
@@ -290,7 +290,7 @@ class TextileCheck:
             return np.zeros(0, np.float32)
         logprobs, pooled, empty = self.outputs(image_bgr, boxes, features=self.reads_features, keep_maps=keep_maps)
         out = self.scorer.score(logprobs, pooled)
-        near = self._near_a_decision(logprobs, pooled) & ~empty if self.mirrors else np.zeros(len(boxes), bool)
+        near = self._near_a_decision(out, logprobs) & ~empty if self.mirrors else np.zeros(len(boxes), bool)
         if near.any():  # a second look, with the mirror images, where the crop alone is close to a threshold
             again = [box for box, look in zip(boxes, near) if look]
             views, view_pooled = self._with_mirrors(image_bgr, again, logprobs[near],
@@ -299,17 +299,17 @@ class TextileCheck:
         out[empty] = 0.0
         return out
 
-    def _near_a_decision(self, logprobs: np.ndarray, pooled: np.ndarray | None) -> np.ndarray:
-        """Which crops the head alone scores within ``mirrors_margin`` log-odds of ``min_score`` or
-        ``objects_back_from``, or the class floor zeroes (it is fitted on the mean of the views); all of them
-        without a margin."""
+    def _near_a_decision(self, scores: np.ndarray, logprobs: np.ndarray) -> np.ndarray:
+        """Which crops score within ``mirrors_margin`` log-odds of ``min_score`` or ``objects_back_from``, or are under
+        the class floor (fitted on the mean of the views, so one view may fall under it alone); all of them without a
+        margin."""
         if self.mirrors_margin is None:
-            return np.ones(len(logprobs), bool)
-        odds = _log_odds(self.map_scorer.score(logprobs, pooled))
+            return np.ones(len(scores), bool)
+        odds = _log_odds(scores)
         thresholds = [t for t in (self.min_score, self.objects_back_from) if t is not None]
         near = np.any([np.abs(odds - _log_odds(np.float32(t))) < self.mirrors_margin for t in thresholds], axis=0)
         if isinstance(self.scorer, Floored):
-            near |= self.scorer.classes.score(logprobs) < self.scorer.floor
+            near |= self.scorer.below_floor(logprobs)
         return near
 
     def forget_maps(self) -> None:
@@ -417,9 +417,13 @@ class Floored:
     def input_size(self) -> int:
         return self.head.input_size
 
+    def below_floor(self, logprobs: np.ndarray) -> np.ndarray:
+        """Which crops' textile classes sum to less than the floor (over a crop's views: their mean)."""
+        return self.classes.score(logprobs) < self.floor
+
     def score(self, logprobs: np.ndarray, features: np.ndarray | None = None) -> np.ndarray:
         out = self.head.score(logprobs, features)
-        out[self.classes.score(logprobs) < self.floor] = 0.0
+        out[self.below_floor(logprobs)] = 0.0
         return out
 
 
