@@ -14,7 +14,13 @@ from _blue_belt import BELT_BOTTOM, BELT_TOP, COLOURS, H, W, Thing, _garment, bl
 
 from sorting.cli import main
 from sorting.errors import ConfigError
-from sorting.serving.belt_calibration import EDGE_STRIP_SHARE, NECK_SHARE_OF_ITEM, SPLIT_REGION_SHARE, set_up_belt
+from sorting.serving.belt_calibration import (
+    BOX_TRIM,
+    EDGE_STRIP_SHARE,
+    NECK_SHARE_OF_ITEM,
+    SPLIT_REGION_SHARE,
+    set_up_belt,
+)
 from sorting.serving.belt_colour_model import distances, fit_belt_colour
 from sorting.serving.blob_split import SplitConfig, split_blob
 from sorting.serving.colour_foreground import ColourForeground, FrameError
@@ -335,6 +341,7 @@ def test_calibrate_belt_makes_a_line_from_frames_and_keeps_the_rest(tmp_path: Pa
     assert seg.expected_item_area_px and seg.split_touching is not None
     assert seg.split_touching.neck_px == round(NECK_SHARE_OF_ITEM * seg.expected_item_area_px ** 0.5 * seg.scale) > 0
     assert seg.split_touching.region_share == SPLIT_REGION_SHARE
+    assert seg.box_trim == BOX_TRIM  # garment boxes trimmed to their body
     assert cfg.calibration.reference_roi is None
     # the decision line keeps its share of the frame along the belt (480 of 640 px -> 360 of 480 px)
     share = template.tracking.decision_line_px / template.camera.width
@@ -347,9 +354,10 @@ def test_calibrate_belt_makes_a_line_from_frames_and_keeps_the_rest(tmp_path: Pa
     assert line.read_text().startswith("# Line test-belt: set up by `textile-sorter calibrate --belt` from 4 frames")
     data = yaml.safe_load(line.read_text())
     data["tracking"]["max_views"] = 4  # an integrator's own setting survives a second set-up
+    data["segmentation"]["box_trim"] = 0.0  # as does turning the trimmed boxes off
     line.write_text(yaml.safe_dump(data))
     assert main(["calibrate", "--belt", "--line", str(line), "--source", str(tmp_path / "setup"), "--frames", "3"]) == 0
-    assert load_line_config(line).tracking.max_views == 4
+    assert load_line_config(line).tracking.max_views == 4 and load_line_config(line).segmentation.box_trim == 0
     assert yaml.safe_load(line.with_name(line.name + ".bak").read_text())["tracking"]["max_views"] == 4
     # a camera is a moving belt; the new line logs to a file of its own and says what it is in a comment
 
@@ -596,3 +604,38 @@ def test_propose_labels_writes_the_detections_as_boxes_to_correct(tmp_path: Path
     (out / "boxes.csv").write_text(corrected)
     assert main(["propose-labels", "--line", str(line), str(photos), "--out", str(out), "--no-progress"]) != 0
     assert "exists" in capsys.readouterr().err and (out / "boxes.csv").read_text() == corrected
+
+
+def test_a_garment_box_leaves_out_a_string_hanging_off_it():
+    """``trimmed_box``: the box that leaves out ``share`` of the blob's pixels beyond each side drops a thin string
+    or shadow tail hanging off a garment, and takes only a sliver off its body; share 0 is the outline's box."""
+    from sorting.serving.segmentation import outline_box, trimmed_box
+
+    blob = np.zeros((100, 200), np.uint8)
+    blob[20:80, 50:150] = 1  # the body: 100 x 60 px at the segmentation scale (0.5)
+    blob[48:52, 150:190] = 1  # a string, 40 px long, 4 px wide
+    contour = cv2.findContours(blob, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0][0]
+    frame = (400, 200)
+    assert outline_box(contour, 0.5, frame) == (100, 40, 280, 120) == trimmed_box(contour, 0.5, frame, 0.0)
+    x, y, w, h = trimmed_box(contour, 0.5, frame, 0.02)
+    body = (100, 40, 300, 160)  # x0, y0, x1, y1 at full resolution
+    assert x + w < body[2] + 30  # most of the string (80 px at full resolution) is gone
+    assert all(abs(a - b) <= 6 for a, b in zip((x, y, y + h), (body[0], body[1], body[3])))  # the body kept
+    assert x + w >= body[2]
+
+
+def test_the_line_reports_trimmed_garment_boxes_and_crops_the_whole_blob(tmp_path: Path, belt_cfg):
+    """``segmentation.box_trim``: the boxes leaving the line's segmentation are the garments' trimmed ones, each
+    inside its outline's box; ``segment(trim=False)`` gives the outlines' boxes, which the textile check crops
+    (and ``fit-textile-check`` fits on), and hands keep their boxes."""
+    cfg = _still_line(tmp_path, belt_cfg.model_copy(update={"box_trim": 0.03}), "reject")
+    image, _ = blue_belt_frame(5, hand=True)
+    seg = LineSegmentation(cfg)
+    trimmed, whole = seg.segment(image), seg.segment(image, trim=False)
+    assert [d.kind for d in trimmed] == [d.kind for d in whole] and "hand" in [d.kind for d in whole]
+    for cut, full in zip(trimmed, whole):
+        (x, y, w, h), (X, Y, W_, H_) = cut.bbox, full.bbox
+        assert X <= x and Y <= y and x + w <= X + W_ and y + h <= Y + H_
+        assert (cut.bbox == full.bbox) == (full.kind != "garment")  # every garment's box is a little tighter
+    off = LineSegmentation(_still_line(tmp_path, belt_cfg, "reject"))
+    assert [d.bbox for d in off.segment(image)] == [d.bbox for d in whole]  # box_trim 0: as before

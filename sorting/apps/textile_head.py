@@ -146,7 +146,7 @@ def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
             log.warning("%s", why)
             continue
         try:
-            detections = [d for d in seg.segment(frame.image) if d.kind == GARMENT]
+            detections = [d for d in seg.segment(frame.image, trim=False) if d.kind == GARMENT]
         except FrameError as exc:
             log.warning("%s: %s", frame.name, exc)
             continue

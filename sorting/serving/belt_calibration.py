@@ -68,6 +68,11 @@ EDGE_STRIP_SHARE = 0.13
 # (split_touching.region_share): chosen by scene cross-validation on the conveyor photos' development part, where
 # 0.1-0.15 scored alike and off merged the most (serving/REAL_BELT.md, "Touching garments of two colours")
 SPLIT_REGION_SHARE = 0.15
+# a garment's box leaves out this share of its blob's pixels at each side (segmentation.box_trim): a blob's outermost
+# pixels are often a string, a fringe or a shadow's tail, not the garment. Chosen by scene cross-validation on the
+# conveyor photos' development part: 0.01 / 0.02 / 0.03 all gained on the outlines' own boxes, 0.02 and 0.03 alike;
+# 0.05 cut into the garments (serving/REAL_BELT.md, "Garment boxes")
+BOX_TRIM = 0.02
 COLOURFUL_BELT = 0.06  # chromaticity this far from grey: the belt's colour tells garments from it (blue: 0.13)
 FOLLOW_MIN_SHIFT_PX = 4.0  # smaller shifts of the belt's edges between frames are noise: the region stays fixed
 FOLLOW_MAX_SHARE = 0.25  # of the belt's width: a frame's band further off than this is occluded, not moved
@@ -413,18 +418,20 @@ def _move_decision_line(data: dict[str, Any], template_camera: dict[str, Any], f
     data["tracking"] = tracking
 
 
-REAL_BELT_PARTS = {"split_touching", "non_garment", "textile_check"}
+REAL_BELT_PARTS = {"split_touching", "non_garment", "textile_check", "box_trim"}
 
 
 def _real_belt_defaults(seg: SegmentationConfig, typical_area_px: float | None = None) -> SegmentationConfig:
-    """``seg`` with the split of touching garments, the non-garment kinds and the textile check on (their
-    thresholds were chosen on real photos of a blue belt; the synthetic world's flat garments fool them); a
-    new split cuts bridges relative to ``typical_area_px`` (full-resolution pixels) when it is known."""
+    """``seg`` with the split of touching garments, the non-garment kinds, the textile check and the trimmed
+    garment boxes on (their settings were chosen on real photos of a blue belt; the synthetic world's flat
+    garments fool them), what the line already says of them kept; a new split cuts bridges relative to
+    ``typical_area_px`` (full-resolution pixels) when it is known."""
     neck = 0 if typical_area_px is None else round(NECK_SHARE_OF_ITEM * typical_area_px ** 0.5 * seg.scale)
     split = seg.split_touching or SplitConfig(neck_px=neck, region_share=SPLIT_REGION_SHARE)
     return seg.model_copy(update={"split_touching": split,
                                   "non_garment": seg.non_garment or NonGarmentConfig(),
-                                  "textile_check": seg.textile_check or TextileCheckConfig()})
+                                  "textile_check": seg.textile_check or TextileCheckConfig(),
+                                  "box_trim": seg.box_trim if "box_trim" in seg.model_fields_set else BOX_TRIM})
 
 
 def calibrate_belt(line_path: str | Path, *, source: str | None = None, n_frames: int = 8,

@@ -10,13 +10,16 @@ clumps, and the classifier's crops with neighbours painted out and the colour co
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from sorting.datasets.preprocess import garment_crop_box
 from sorting.serving.cloth_carve import ClothCarver, ClothMap
 from sorting.serving.colour_calibration import ColourCorrector, ContinuousWhiteBalance
 from sorting.serving.line_config import LineConfig
-from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker
+from sorting.serving.non_garment import GARMENT
+from sorting.serving.segmentation import BeltSegmenter, Detection, NeighbourMasker, trimmed_box
 from sorting.serving.textile_check import TextileCheck
 from sorting.serving.tracking import BeltAxis
 from sorting.serving.timing import StageTimer
@@ -57,10 +60,13 @@ class LineSegmentation:
         # wall time of each stage (belt model, textile check, carve): the last frame's and the means
         self.timer = StageTimer(())
         self.along_axis = along
+        self._box_trim, self._scale = seg.box_trim, seg.scale
 
-    def segment(self, image: np.ndarray, *, shape_min_area: float | None = None) -> list[Detection]:
+    def segment(self, image: np.ndarray, *, shape_min_area: float | None = None,
+                trim: bool = True) -> list[Detection]:
         """Detections in ``image`` (raises :class:`~sorting.serving.segmentation.FrameError` for a frame it
-        cannot use); the white balance follows the reference patch first, as in the loop."""
+        cannot use); the white balance follows the reference patch first, as in the loop. Garment boxes are
+        trimmed (``segmentation.box_trim``) unless ``trim`` is False: the boxes the textile check crops."""
         if self.white_balance is not None:
             self.corrector = self.white_balance.update(image) or self.corrector
         normalise = self.corrector.apply if self.white_balance is not None else None
@@ -74,7 +80,13 @@ class LineSegmentation:
         if self.carver is not None:
             with self.timer.stage("carve"):
                 detections = self.carver.carve(image, detections, reuse=self._moving_belt, wait=wait)
-        return detections
+        return self._trimmed(detections, image.shape) if trim and self._box_trim > 0 else detections
+
+    def _trimmed(self, detections: list[Detection], shape: tuple[int, ...]) -> list[Detection]:
+        """The garments' boxes trimmed to their body (``segmentation.box_trim``); hands and objects as they are."""
+        frame = (shape[1], shape[0])
+        return [replace(d, bbox=trimmed_box(d.outline, self._scale, frame, self._box_trim))
+                if d.kind == GARMENT and d.outline is not None else d for d in detections]
 
     def coming_into_view(self, det: Detection) -> bool:
         """On a moving belt: whether ``det`` is still coming into view, so the textile check and carving wait for

@@ -103,6 +103,11 @@ class SegmentationConfig(StrictModel):
     frame_size: tuple[int, int] | None = None  # (width, height) of the frames belt_region was set up on
     background_sigma_px: float = Field(default=40.0, gt=0)  # reach of the per-frame belt estimate ("colour")
     expected_item_area_px: float | None = None  # typical garment area measured at set-up (informative)
+    # a garment's box leaves out this share of its blob's pixels at each of its four sides: the blob's outermost
+    # pixels are often not the garment's body (a string, a fringe, a shadow's tail, a bit of belt-edge glare), and a
+    # box drawn to them is looser than the item; 0: the outline's own box. Only the box that leaves the line's
+    # segmentation (tracking, decisions, evaluate-detection) is trimmed: the textile check crops the whole blob
+    box_trim: float = Field(default=0.0, ge=0, lt=0.25)
     split_touching: SplitConfig | None = None  # cut blobs of touching garments of different colours apart
     non_garment: NonGarmentConfig | None = None  # tell hands and objects from garments (Detection.kind)
     # a learned detector of garments, hands and objects (``textile-sorter train-belt-detector``): its boxes and
@@ -156,6 +161,30 @@ def outline_box(contour: np.ndarray, scale: float, frame: tuple[int, int]) -> tu
     x, y, w, h = cv2.boundingRect(contour)
     x0, y0 = int(x / scale), int(y / scale)
     return x0, y0, min(frame[0], int(np.ceil((x + w) / scale))) - x0, min(frame[1], int(np.ceil((y + h) / scale))) - y0
+
+
+def trimmed_box(contour: np.ndarray, scale: float, frame: tuple[int, int], share: float) -> tuple[int, int, int, int]:
+    """The full-resolution box (x, y, w, h) of an outline at the segmentation ``scale`` that leaves out ``share`` of
+    its filled pixels beyond each of its sides (the pixels' ``share`` and ``1 - share`` quantiles along each axis),
+    inside the ``(width, height)`` frame; ``share`` 0 is :func:`outline_box`."""
+    if share <= 0:
+        return outline_box(contour, scale, frame)
+    x, y, w, h = cv2.boundingRect(contour)
+    filled = np.zeros((h, w), np.uint8)
+    cv2.drawContours(filled, [contour - np.array([x, y], np.int32)], -1, 1, cv2.FILLED)
+    sides = []
+    for counts in (filled.sum(axis=0), filled.sum(axis=1)):  # pixels per column, per row
+        cumulative = np.cumsum(counts, dtype=np.float64)
+        total = cumulative[-1]
+        if total <= 0:
+            return outline_box(contour, scale, frame)
+        first = int(np.searchsorted(cumulative, share * total, side="right"))
+        last = int(np.searchsorted(cumulative, (1.0 - share) * total, side="left"))
+        sides.append((first, max(first, last) + 1))
+    (c0, c1), (r0, r1) = sides
+    x0, y0 = int((x + c0) / scale), int((y + r0) / scale)
+    return (x0, y0, min(frame[0], int(np.ceil((x + c1) / scale))) - x0,
+            min(frame[1], int(np.ceil((y + r1) / scale))) - y0)
 
 
 def outline_shape(contour: np.ndarray, scale: float, area: float,
