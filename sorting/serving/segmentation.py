@@ -171,7 +171,7 @@ def trimmed_box(contour: np.ndarray, scale: float, frame: tuple[int, int], share
         return outline_box(contour, scale, frame)
     x, y, w, h = cv2.boundingRect(contour)
     filled = np.zeros((h, w), np.uint8)
-    cv2.drawContours(filled, [contour - np.array([x, y], np.int32)], -1, 1, cv2.FILLED)
+    cv2.drawContours(filled, [contour], -1, 1, cv2.FILLED, offset=(-x, -y))
     sides = []
     for counts in (filled.sum(axis=0), filled.sum(axis=1)):  # pixels per column, per row
         cumulative = np.cumsum(counts, dtype=np.float64)
