@@ -627,7 +627,7 @@ def test_a_garment_box_leaves_out_a_string_hanging_off_it():
 def test_the_line_reports_trimmed_garment_boxes_and_crops_the_whole_blob(tmp_path: Path, belt_cfg):
     """``segmentation.box_trim``: the boxes leaving the line's segmentation are the garments' trimmed ones, each
     inside its outline's box; ``segment(trim=False)`` gives the outlines' boxes, which the textile check crops
-    (and ``fit-textile-check`` fits on), and hands keep their boxes."""
+    (and ``fit-textile-check`` fits on), and hands keep their boxes. The classifier still crops the whole blob."""
     cfg = _still_line(tmp_path, belt_cfg.model_copy(update={"box_trim": 0.03}), "reject")
     image, _ = blue_belt_frame(5, hand=True)
     seg = LineSegmentation(cfg)
@@ -637,5 +637,7 @@ def test_the_line_reports_trimmed_garment_boxes_and_crops_the_whole_blob(tmp_pat
         (x, y, w, h), (X, Y, W_, H_) = cut.bbox, full.bbox
         assert X <= x and Y <= y and x + w <= X + W_ and y + h <= Y + H_
         assert (cut.bbox == full.bbox) == (full.kind != "garment")  # every garment's box is a little tighter
+        assert cut.crop_bbox == full.bbox == full.crop_bbox
+    assert all(np.array_equal(a, b) for a, b in zip(seg.crops(image, trimmed), seg.crops(image, whole)))
     off = LineSegmentation(_still_line(tmp_path, belt_cfg, "reject"))
     assert [d.bbox for d in off.segment(image)] == [d.bbox for d in whole]  # box_trim 0: as before

@@ -83,9 +83,10 @@ class LineSegmentation:
         return self._trimmed(detections, image.shape) if trim and self._box_trim > 0 else detections
 
     def _trimmed(self, detections: list[Detection], shape: tuple[int, ...]) -> list[Detection]:
-        """The garments' boxes trimmed to their body (``segmentation.box_trim``); hands and objects as they are."""
+        """The garments' boxes trimmed to their body (``segmentation.box_trim``), each keeping its whole box for the
+        classifier's crop; hands and objects as they are."""
         frame = (shape[1], shape[0])
-        return [replace(d, bbox=trimmed_box(d.outline, self._scale, frame, self._box_trim))
+        return [replace(d, bbox=trimmed_box(d.outline, self._scale, frame, self._box_trim), whole_bbox=d.bbox)
                 if d.kind == GARMENT and d.outline is not None else d for d in detections]
 
     def coming_into_view(self, det: Detection) -> bool:
@@ -103,5 +104,5 @@ class LineSegmentation:
 
     def crops(self, image: np.ndarray, detections: list[Detection]) -> list[np.ndarray]:
         """The classifier's view of every detection (the loop crops only tracks due for a view)."""
-        return [self.corrector.apply(self.masker.crop(image, garment_crop_box(image.shape, d.bbox), d, detections))
+        return [self.corrector.apply(self.masker.crop(image, garment_crop_box(image.shape, d.crop_bbox), d, detections))
                 for d in detections]

@@ -60,7 +60,7 @@ from sorting.serving.sources import Frame, FrameSource
 from sorting.serving.telemetry import Telemetry
 from sorting.serving.timing import StageTimer
 from sorting.serving.view_watch import ViewWatch
-from sorting.serving.tracking import ItemSummary, Track, make_tracker
+from sorting.serving.tracking import ItemSummary, Track, make_tracker, union_box
 
 log = logging.getLogger(__name__)
 
@@ -314,9 +314,12 @@ class SorterLoop:
         return detections
 
     def _crop(self, image: np.ndarray, track: Track, detections: list[Detection]) -> np.ndarray:
-        """The classifier's view of ``track`` (seen in this frame): its garment crop, neighbours painted as belt."""
+        """The classifier's view of ``track`` (seen in this frame): its garment crop, neighbours painted as belt; the
+        whole blob's box where the line trims garment boxes (with any pieces the track absorbed)."""
         assert track.detection is not None  # views_to_classify returns tracks detected in this frame
-        return self.stage.masker.crop(image, garment_crop_box(image.shape, track.bbox), track.detection, detections)
+        whole = track.detection.whole_bbox
+        box = track.bbox if whole is None else union_box(track.bbox, whole)
+        return self.stage.masker.crop(image, garment_crop_box(image.shape, box), track.detection, detections)
 
     def _classify(self, frame: Frame, todo: list[Track], crops: list[np.ndarray]) -> None:
         """One classifier call for the frame's crops; each view is folded into its track's evidence."""

@@ -153,6 +153,14 @@ class Detection:
     # outline at the segmentation scale (OpenCV contour, int32 (N, 1, 2)); for painting neighbours out of a crop
     outline: np.ndarray | None = field(default=None, compare=False, repr=False)
     kind: str = GARMENT  # or "hand" / "object" (segmentation.non_garment): never sorted as a garment
+    # the outline's own box where ``bbox`` was trimmed to the garment's body (segmentation.box_trim): the classifier
+    # crops the whole blob, as its model was trained to
+    whole_bbox: tuple[int, int, int, int] | None = None
+
+    @property
+    def crop_bbox(self) -> tuple[int, int, int, int]:
+        """The box the classifier's crop is cut around: the whole blob's."""
+        return self.whole_bbox or self.bbox
 
 
 def outline_box(contour: np.ndarray, scale: float, frame: tuple[int, int]) -> tuple[int, int, int, int]:

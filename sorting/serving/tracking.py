@@ -357,7 +357,7 @@ class Tracker:
                 if parent is None:
                     alive.append(self._new_track(det, frame, t))
                 else:
-                    parent.bbox = _union(parent.bbox, det.bbox)  # the garment spans both pieces
+                    parent.bbox = union_box(parent.bbox, det.bbox)  # the garment spans both pieces
                     log.debug("blob at %s is a piece of track %d (absorbed)", det.bbox, parent.id)
         self._tracks = alive
         return TrackUpdate(active=list(alive), lost=lost)
@@ -619,7 +619,8 @@ def _share_inside(box: tuple[float, float, float, float], outer: tuple[float, fl
     return ix * iy / (bw * bh) if ix > 0 and iy > 0 and bw * bh > 0 else 0.0
 
 
-def _union(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+def union_box(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+    """The smallest (x, y, w, h) box holding both."""
     x0, y0 = min(a[0], b[0]), min(a[1], b[1])
     x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
     return x0, y0, x1 - x0, y1 - y0
