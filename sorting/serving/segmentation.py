@@ -106,7 +106,8 @@ class SegmentationConfig(StrictModel):
     # a garment's box leaves out this share of its blob's pixels at each of its four sides: the blob's outermost
     # pixels are often not the garment's body (a string, a fringe, a shadow's tail, a bit of belt-edge glare), and a
     # box drawn to them is looser than the item; 0: the outline's own box. Only the box that leaves the line's
-    # segmentation (tracking, decisions, evaluate-detection) is trimmed: the textile check crops the whole blob
+    # segmentation (tracking, decisions, evaluate-detection) is trimmed: the textile check and the classifier crop
+    # the whole blob (Detection.crop_bbox)
     box_trim: float = Field(default=0.0, ge=0, lt=0.25)
     split_touching: SplitConfig | None = None  # cut blobs of touching garments of different colours apart
     non_garment: NonGarmentConfig | None = None  # tell hands and objects from garments (Detection.kind)
