@@ -167,7 +167,12 @@ class Detection:
 def outline_box(contour: np.ndarray, scale: float, frame: tuple[int, int]) -> tuple[int, int, int, int]:
     """The full-resolution box (x, y, w, h) of an outline at the segmentation ``scale``, inside the ``(width,
     height)`` frame."""
-    x, y, w, h = cv2.boundingRect(contour)
+    return _full_resolution(cv2.boundingRect(contour), scale, frame)
+
+
+def _full_resolution(box: Sequence[int], scale: float, frame: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A box (x, y, w, h) at the segmentation ``scale`` as the full-resolution pixels it covers, inside ``frame``."""
+    x, y, w, h = box
     x0, y0 = int(x / scale), int(y / scale)
     return x0, y0, min(frame[0], int(np.ceil((x + w) / scale))) - x0, min(frame[1], int(np.ceil((y + h) / scale))) - y0
 
@@ -181,19 +186,17 @@ def trimmed_box(contour: np.ndarray, scale: float, frame: tuple[int, int], share
     x, y, w, h = cv2.boundingRect(contour)
     filled = np.zeros((h, w), np.uint8)
     cv2.drawContours(filled, [contour], -1, 1, cv2.FILLED, offset=(-x, -y))
+    total = int(filled.sum())
+    if total == 0:
+        return _full_resolution((x, y, w, h), scale, frame)
     sides = []
     for counts in (filled.sum(axis=0), filled.sum(axis=1)):  # pixels per column, per row
-        cumulative = np.cumsum(counts, dtype=np.float64)
-        total = cumulative[-1]
-        if total <= 0:
-            return outline_box(contour, scale, frame)
+        cumulative = np.cumsum(counts)
         first = int(np.searchsorted(cumulative, share * total, side="right"))
         last = int(np.searchsorted(cumulative, (1.0 - share) * total, side="left"))
         sides.append((first, max(first, last) + 1))
     (c0, c1), (r0, r1) = sides
-    x0, y0 = int((x + c0) / scale), int((y + r0) / scale)
-    return (x0, y0, min(frame[0], int(np.ceil((x + c1) / scale))) - x0,
-            min(frame[1], int(np.ceil((y + r1) / scale))) - y0)
+    return _full_resolution((x + c0, y + r0, c1 - c0, r1 - r0), scale, frame)
 
 
 def outline_shape(contour: np.ndarray, scale: float, area: float,
