@@ -22,6 +22,7 @@ partitions, less at the mercy of one draw of folds.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 import subprocess
@@ -62,21 +63,26 @@ def fold_of_groups(groups: list[int], folds: int, *, blocked: bool = False, part
     return {g: i % folds for i, g in enumerate(ordered)}
 
 
-def fold_detector(folder: Path, seed: int) -> Path:
-    """The learned detector trained on the fold's set-up photos (``train-belt-detector``, a quarter of their scene
-    groups validating), kept in the fold's folder and reused while its set-up list is the same."""
-    onnx = folder / f"detector-seed{seed}.onnx"
+def fold_detector(folder: Path, seed: int, recipe: list[str]) -> Path:
+    """The learned detector trained on the fold's set-up photos (``train-belt-detector`` with the recipe's
+    ``KEY=VALUE`` overrides, a quarter of the scene groups validating), kept in the fold's folder and reused while
+    its set-up list and overrides are the same."""
+    tag = "-" + hashlib.sha1("\n".join(recipe).encode()).hexdigest()[:8] if recipe else ""
+    onnx = folder / f"detector-seed{seed}{tag}.onnx"
     setup = folder / "setup.txt"
     stamp = onnx.with_suffix(".setup.txt")
-    if not (onnx.is_file() and stamp.is_file() and stamp.read_text() == setup.read_text()):
+    wanted = setup.read_text() + "".join(f"# {r}\n" for r in recipe)
+    if not (onnx.is_file() and stamp.is_file() and stamp.read_text() == wanted):
         _cli("train-belt-detector", "--config", "training/belt-detector.yaml", "--out", str(onnx),
-             f"data.subset={setup}", f"seed={seed}", f"output_dir={folder / 'detector-runs'}", "progress=false")
-        shutil.copyfile(setup, stamp)
+             f"data.subset={setup}", f"seed={seed}", f"output_dir={folder / 'detector-runs'}", "progress=false",
+             *recipe)
+        stamp.write_text(wanted)
     return onnx
 
 
 def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
-             fit_args: list[str], detector: str | None = None, seed: int = 0, int8: bool = False,
+             fit_args: list[str], detector: str | None = None, seed: int = 0, recipe: list[str] | None = None,
+             int8: bool = False,
              check_model: Path | None = None, reuse: bool = False) -> dict:
     """Set up a line on the fold's set-up photos (calibrate --belt, fit-textile-check with ``fit_args``) and
     score it on its test photos; with ``reuse``, the fold's line from an earlier run is scored again when it was
@@ -90,7 +96,7 @@ def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, o
         (folder / "setup-args.txt").write_text(stamp)
     (folder / "test.txt").write_text("\n".join(test) + "\n")
     if detector is not None:  # the fold's own detector, with these settings (e.g. "min_score: 0.4")
-        model = fold_detector(folder, seed).resolve()
+        model = fold_detector(folder, seed, recipe or []).resolve()
         overrides = [*overrides, f"segmentation.detector={{model: {model}, {detector}}}"]
     sets = [arg for o in overrides for arg in ("--set", o)]
     print(_cli("evaluate-detection", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
@@ -141,6 +147,9 @@ def main() -> None:
                         help="train the learned detector on each fold's set-up photos and score with it, e.g. "
                              "'box: outline' (segmentation.detector keys besides model)")
     parser.add_argument("--seed", type=int, default=0, help="the detector's training seed")
+    parser.add_argument("--detector-recipe", action="append", default=[], metavar="KEY=VALUE",
+                        help="overrides of training/belt-detector.yaml for the fold detectors, e.g. "
+                             "augment.paste.p=0.5 (each set of overrides trains and keeps its own)")
     parser.add_argument("--input-size", type=int, help="fit-textile-check --input-size (the head's crop side)")
     parser.add_argument("--blocked", action="store_true",
                         help="folds of consecutive scene groups, not dealt round-robin (a harder, scene-shift test)")
@@ -179,7 +188,7 @@ def main() -> None:
             test = [n for n in dev if fold[groups[n]] == k]
             setup = [n for n in dev if fold[groups[n]] != k]
             summaries.append(run_fold(k, setup, test, args.data, out, args.set, fit_args, args.detector, args.seed,
-                                      args.int8, args.check_model, args.reuse))
+                                      args.detector_recipe, args.int8, args.check_model, args.reuse))
         figures.append(report(summaries, out, args.folds, size, partition))
     if args.partitions > 1:
         recall, precision, taken = (np.mean(values) for values in zip(*figures))
