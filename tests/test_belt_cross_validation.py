@@ -70,3 +70,26 @@ def test_reuse_sets_a_fold_up_again_only_when_its_photos_or_arguments_changed(tm
     assert fold(["images/a.jpg", "images/b.jpg"], [], reuse=True) == set_up
     assert fold(["images/a.jpg", "images/b.jpg"], ["--inputs", "features"], reuse=True) == set_up
     assert fold(["images/a.jpg", "images/b.jpg"], ["--inputs", "features"], reuse=True) == ["evaluate-detection"]
+
+
+def test_a_fold_detector_is_trained_once_per_set_up_and_recipe(tmp_path: Path, monkeypatch):
+    """Each set of recipe overrides trains its own fold detector, passed to train-belt-detector, and keeps it
+    while the fold's photos and overrides stay the same."""
+    cv = _cv()
+    trained: list[tuple[str, ...]] = []
+
+    def fake_cli(*args: str) -> str:
+        trained.append(args)
+        Path(args[args.index("--out") + 1]).write_bytes(b"onnx")
+        return ""
+
+    monkeypatch.setattr(cv, "_cli", fake_cli)
+    (tmp_path / "setup.txt").write_text("images/a.jpg\n")
+    plain = cv.fold_detector(tmp_path, 0, [])
+    assert cv.fold_detector(tmp_path, 0, []) == plain and len(trained) == 1  # kept
+    longer = cv.fold_detector(tmp_path, 0, ["optim.epochs=40"])
+    assert longer != plain and len(trained) == 2 and trained[-1][-1] == "optim.epochs=40"
+    assert cv.fold_detector(tmp_path, 0, ["optim.epochs=40"]) == longer and len(trained) == 2
+    assert cv.fold_detector(tmp_path, 1, []) != plain and len(trained) == 3  # another seed
+    (tmp_path / "setup.txt").write_text("images/b.jpg\n")
+    assert cv.fold_detector(tmp_path, 0, []) == plain and len(trained) == 4  # other photos: trained again

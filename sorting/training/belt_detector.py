@@ -47,7 +47,6 @@ from sorting.training.belt_detector_data import (
     split_by_group,
     synthetic_samples,
 )
-from sorting.training.belt_detector_paste import CopyPaste, build_bank, row_band
 from sorting.training.engine import TrainingSetup, run_training, seed_everything
 from sorting.training.loop import StepSettings
 
@@ -131,8 +130,7 @@ def build_detector_setup(config: BeltDetectorTrainConfig, ctx: D.DistContext
         a = config.augment
         augment = build_augment(a.scale, a.translate, a.rotate, a.photometric, seed=config.seed)
     sampler = D.ShardedSampler(len(train), ctx, seed=config.seed)
-    train_loader = DataLoader(DetectorDataset(train, arch, augment, _copy_paste(config, train)),
-                              batch_size=config.batch_size, sampler=sampler,
+    train_loader = DataLoader(DetectorDataset(train, arch, augment), batch_size=config.batch_size, sampler=sampler,
                               collate_fn=cell_collate, drop_last=len(train) > config.batch_size)
     val_loader = DataLoader(DetectorDataset(val, arch), batch_size=config.batch_size, collate_fn=cell_collate)
     lr, wd = config.optim.lr, config.optim.weight_decay
@@ -148,19 +146,8 @@ def build_detector_setup(config: BeltDetectorTrainConfig, ctx: D.DistContext
                 f"frames", trainable_label=f"blocks {arch.frozen_blocks}..{arch.blocks - 1} with the heads")
     trained_on = {"train": _names_digest(train), "val": _names_digest(val), "train_frames": len(train),
                   "val_frames": len(val), "photos_subset": config.data.subset,
-                  "synthetic_frames": config.data.synthetic.frames,
-                  "copy_paste": config.augment.paste.p if config.augment.enabled else 0.0}
+                  "synthetic_frames": config.data.synthetic.frames}
     return setup, trained_on, {"train": [s.name for s in train], "val": [s.name for s in val]}
-
-
-def _copy_paste(config: BeltDetectorTrainConfig, train: list[DetectorSample]) -> CopyPaste | None:
-    """The recipe's copy-paste over the training frames' own cut-outs (None when ``augment.paste.p`` is 0)."""
-    paste = config.augment.paste
-    if not (config.augment.enabled and paste.p > 0):
-        return None
-    bank = build_bank(train, [KINDS.index(k) for k in paste.kinds])
-    return CopyPaste(bank, row_band(train), p=paste.p, max_items=paste.max_items, touching=paste.touching,
-                     seed=config.seed)
 
 
 def _names_digest(samples: list[DetectorSample]) -> str:

@@ -77,22 +77,12 @@ class DetectorModelConfig(StrictModel):
         return self
 
 
-class PasteConfig(StrictModel):
-    """Copy-paste (:mod:`sorting.training.belt_detector_paste`): things cut out of training photos laid on others."""
-
-    p: float = Field(0.0, ge=0, le=1)  # share of training frames that get pasted things (0: off)
-    max_items: int = Field(3, ge=1)  # 1 .. this many things a frame
-    touching: float = Field(0.5, ge=0, le=1)  # share laid against a thing already there (else anywhere on the belt)
-    kinds: list[Literal["garment", "hand", "object"]] = Field(default_factory=lambda: ["garment", "object"])
-
-
 class DetectorAugmentConfig(StrictModel):
     enabled: bool = True
     scale: tuple[float, float] = (0.75, 1.3)
     translate: float = Field(0.1, ge=0, le=0.5)  # of the frame
     rotate: float = Field(8.0, ge=0, le=180)  # degrees (boxes of rotated things grow)
     photometric: float = Field(1.0, ge=0, le=2)  # strength of light and colour changes
-    paste: PasteConfig = Field(default_factory=PasteConfig)
 
 
 class DetectorLossConfig(StrictModel):

@@ -18,7 +18,7 @@ ignored box are left out of the centre loss; every other cell is ``none``.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -201,20 +201,17 @@ def to_input(image_bgr: np.ndarray) -> torch.Tensor:
 
 
 class DetectorDataset(Dataset):
-    """``(input tensor, targets (cells, 3))`` per sample: things pasted on it first when ``paste`` is given
-    (:class:`~sorting.training.belt_detector_paste.CopyPaste`), then augmented when ``augment`` is."""
+    """``(input tensor, targets (cells, 3))`` per sample, augmented when ``augment`` is given."""
 
-    def __init__(self, samples: Sequence[DetectorSample], arch: DetectorArch, augment: A.Compose | None = None,
-                 paste: Callable[[DetectorSample], tuple[np.ndarray, list[tuple[Box, int]], list[Box]]] | None = None
-                 ) -> None:
-        self.samples, self.arch, self.augment, self.paste = list(samples), arch, augment, paste
+    def __init__(self, samples: Sequence[DetectorSample], arch: DetectorArch, augment: A.Compose | None = None) -> None:
+        self.samples, self.arch, self.augment = list(samples), arch, augment
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.samples[index]
-        image, boxes, ignore = self.paste(s) if self.paste is not None else (s.image, s.boxes, s.ignore)
+        image, boxes, ignore = s.image, s.boxes, s.ignore
         if self.augment is not None:
             out = self.augment(image=image, bboxes=[b for b, _ in boxes] + list(ignore),
                                kinds=[k for _, k in boxes] + [0] * len(ignore))
