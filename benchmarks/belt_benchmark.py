@@ -15,7 +15,8 @@
 5. ``--video``: the video case on the synthetic conveyor: a line set up by ``calibrate --belt`` from 8 frames
    of one clip (seed 3), scored on another (seed 12, 40 garments) next to the hand-made colour line.
 6. ``--detector ONNX``: the same line with the learned detector (``segmentation.detector``), scored on the same
-   parts plus the development photos that validated it (``dev-val``: the detector never trained on them);
+   parts plus the development photos that validated it (``dev-val``: the detector never trained on them; none
+   with the recipe's ``data.val_share`` 0, where every development photo trains);
    ``--train-detector`` first trains it (``textile-sorter train-belt-detector --config training/belt-detector.yaml``,
    development photos only) and writes it to ``runs/belt/belt-detector.onnx``.
 7. ``--int8``: the same set-up with the INT8 textile check (``export-textile-check --int8`` calibrated on the
@@ -235,6 +236,9 @@ def main() -> None:
         fit_head(args, line, head, network, part="dev")
     detector = train_detector(args.out) if args.train_detector else args.detector
     frames = frames_of(detector) if detector is not None and frames_of(detector).is_file() else None
+    if frames is not None and not json.loads(frames.read_text())["val"]:  # trained on every dev photo
+        frames = None
+        args.detector_parts = [p for p in args.detector_parts if p != "dev-val"]
     line_parts = [*args.parts, *(["dev-val"] if frames is not None and "dev-val" not in args.parts else [])]
     rows = []
     name = f"classical{f', {tag}' if tag else ''}, head fitted on "

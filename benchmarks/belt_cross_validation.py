@@ -66,12 +66,13 @@ def fold_of_groups(groups: list[int], folds: int, *, blocked: bool = False, part
 def fold_detector(folder: Path, seed: int, recipe: list[str]) -> Path:
     """The learned detector trained on the fold's set-up photos (``train-belt-detector`` with the recipe's
     ``KEY=VALUE`` overrides, a quarter of the scene groups validating), kept in the fold's folder and reused while
-    its set-up list and overrides are the same."""
+    its set-up list, the recipe file and the overrides are the same."""
     tag = "-" + hashlib.sha1("\n".join(recipe).encode()).hexdigest()[:8] if recipe else ""
     onnx = folder / f"detector-seed{seed}{tag}.onnx"
     setup = folder / "setup.txt"
     stamp = onnx.with_suffix(".setup.txt")
-    wanted = setup.read_text() + "".join(f"# {r}\n" for r in recipe)
+    wanted = setup.read_text() + "".join(f"# {r}\n" for r in recipe) + "# recipe: " + hashlib.sha1(
+        (ROOT / "training" / "belt-detector.yaml").read_bytes()).hexdigest() + "\n"
     if not (onnx.is_file() and stamp.is_file() and stamp.read_text() == wanted):
         _cli("train-belt-detector", "--config", "training/belt-detector.yaml", "--out", str(onnx),
              f"data.subset={setup}", f"seed={seed}", f"output_dir={folder / 'detector-runs'}", "progress=false",

@@ -130,6 +130,24 @@ def test_photos_are_split_by_scene_group():
     train, val = split_by_group(samples, val_share=0.25, group_size=10, seed=3)
     assert len(val) == 20 and len(train) == 60
     assert not {photo_group(s.name, 10) for s in train} & {photo_group(s.name, 10) for s in val}
+    train, val = split_by_group(samples, val_share=0.0, group_size=10, seed=3)
+    assert len(train) == 80 and val == []  # 0: every photo trains
+
+
+def test_a_detector_trains_on_every_frame_when_nothing_validates(tmp_path: Path, capsys):
+    """val_share 0: all frames train (the last epoch is kept; there is nothing to select or calibrate on)."""
+    out = tmp_path / "det.onnx"
+    args = ["train-belt-detector", "--out", str(out), *TINY, "data.synthetic.frames=8", "optim.epochs=1",
+            "data.val_share=0", f"output_dir={tmp_path / 'runs'}"]
+    assert main(args) == 0
+    assert "no validation frames" in capsys.readouterr().out and out.is_file()
+    metrics = json.loads((next((tmp_path / "runs").iterdir()) / "metrics.json").read_text())
+    assert metrics["train_frames"] == 8 and metrics["val_frames"] == 0
+    from sorting.training.belt_detector_config import load_belt_detector_config
+
+    with pytest.raises(ConfigError, match="val_share=0"):
+        load_belt_detector_config(None, [*TINY, "data.synthetic.frames=8", "data.val_share=0",
+                                         "early_stopping.select=best", "early_stopping.patience=3"])
 
 
 def _line(tmp_path: Path, onnx: Path) -> Path:

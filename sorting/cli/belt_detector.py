@@ -34,7 +34,8 @@ def _train_belt_detector(args: argparse.Namespace) -> int:
     m = result.metrics
     heads = ", ".join(f"{h} macro-F1 {m[f'val/{h}/macro_f1']:.3f}" for h in ("centre", "width", "height")
                       if f"val/{h}/macro_f1" in m)
-    print(f"trained in {result.seconds:.0f} s; validation cells: {heads}")
+    print(f"trained in {result.seconds:.0f} s; " + (f"validation cells: {heads}" if heads else
+                                                     "no validation frames (data.val_share 0)"))
     onnx_path = result.onnx_path
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -37,13 +37,14 @@ class DetectorDataConfig(StrictModel):
     """Labelled photos (a folder and a boxes CSV, limited to ``subset``) and/or synthetic frames.
 
     Validation: ``val_share`` of the photos' scene groups (photo number // ``group_size``), drawn with the
-    recipe's seed; with no photos, that share of the synthetic frames."""
+    recipe's seed; with no photos, that share of the synthetic frames. 0: every frame trains and none validates
+    (the recipe keeps the last epoch then: there is nothing to select on)."""
 
     photos: str | None = None
     boxes: str | None = None
     extra_labels: list[str] = Field(default_factory=list)  # more boxes of the same photos, with a kind column
     subset: str | None = None  # FILE (names) or FILE.json:KEY: only these photos are read
-    val_share: float = Field(0.25, gt=0, lt=1)
+    val_share: float = Field(0.25, ge=0, lt=1)
     group_size: int = Field(10, ge=1)
     synthetic: SyntheticFramesConfig = Field(default_factory=SyntheticFramesConfig)
 
@@ -113,6 +114,13 @@ class BeltDetectorTrainConfig(StrictModel):
                                                                                             select="last"))
     calibration: CalibrationConfig = Field(default_factory=lambda: CalibrationConfig(temperature=False))
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _validation_frames_for_what_needs_them(self) -> BeltDetectorTrainConfig:
+        if self.data.val_share == 0 and (self.early_stopping.select != "last" or self.calibration.temperature):
+            raise ValueError("data.val_share=0 leaves no validation frames: set early_stopping.select=last "
+                             "(patience null) and calibration.temperature=false")
+        return self
 
 
 def load_belt_detector_config(path: str | Path | None, overrides: list[str] | None = None) -> BeltDetectorTrainConfig:

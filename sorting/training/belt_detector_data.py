@@ -128,7 +128,10 @@ def synthetic_samples(arch: DetectorArch, *, frames: int, seed: int = 0, width: 
 
 def split_by_group(samples: Sequence[DetectorSample], *, val_share: float, group_size: int,
                    seed: int) -> tuple[list[DetectorSample], list[DetectorSample]]:
-    """(train, validation) with whole scene groups on either side (a seeded draw of ``val_share`` of the groups)."""
+    """(train, validation) with whole scene groups on either side (a seeded draw of ``val_share`` of the groups);
+    ``val_share`` 0: every sample trains, none validates."""
+    if val_share == 0:
+        return list(samples), []
     groups = sorted({photo_group(s.name, group_size) for s in samples})
     n_val = round(val_share * len(groups))
     if n_val == 0 or n_val == len(groups):
