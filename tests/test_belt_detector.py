@@ -134,8 +134,9 @@ def test_photos_are_split_by_scene_group():
     assert len(train) == 80 and val == []  # 0: every photo trains
 
 
-def test_a_detector_trains_on_every_frame_when_nothing_validates(tmp_path: Path, capsys):
+def test_a_detector_trains_on_every_frame_when_nothing_validates(tmp_path: Path, capsys, caplog):
     """val_share 0: all frames train (the last epoch is kept; there is nothing to select or calibrate on)."""
+    caplog.set_level("INFO", logger="sorting.training")
     out = tmp_path / "det.onnx"
     args = ["train-belt-detector", "--out", str(out), *TINY, "data.synthetic.frames=8", "optim.epochs=1",
             "data.val_share=0", f"output_dir={tmp_path / 'runs'}"]
@@ -143,6 +144,7 @@ def test_a_detector_trains_on_every_frame_when_nothing_validates(tmp_path: Path,
     assert "no validation frames" in capsys.readouterr().out and out.is_file()
     metrics = json.loads((next((tmp_path / "runs").iterdir()) / "metrics.json").read_text())
     assert metrics["train_frames"] == 8 and metrics["val_frames"] == 0
+    assert "kept epoch 1 (no validation frames)" in caplog.text and "val score" not in caplog.text
     from sorting.training.belt_detector_config import load_belt_detector_config
 
     with pytest.raises(ConfigError, match="val_share=0"):

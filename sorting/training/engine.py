@@ -146,8 +146,8 @@ def train_epochs(setup: TrainingSetup, optimization: Optimization, callbacks: Ca
         outcome = EpochOutcome(epoch, record, val)
         callbacks.on_epoch_scored(outcome)
         heads = "  ".join(f"{h} acc {m['accuracy']:.3f} F1 {m['macro_f1']:.3f}" for h, m in val.metrics.items())
-        log.info("epoch %d/%d  loss %.4f  val: %s%s", epoch + 1, epochs, train["loss"], heads,
-                 "  *best*" if outcome.improved else "")
+        log.info("epoch %d/%d  loss %.4f  val: %s%s", epoch + 1, epochs, train["loss"], heads or "no frames",
+                 "  *best*" if outcome.improved and heads else "")
         callbacks.on_epoch_end(epoch, outcome.metrics)
         if state.stopped_early:
             break

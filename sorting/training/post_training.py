@@ -71,7 +71,11 @@ def finish_run(checkpoints: Checkpointing, state: TrainState, best_val: Validati
     for path in artifacts:
         observers.on_artifact(path)
     observers.on_train_end(checkpoints.best_path, metrics)
-    log.info("best epoch %d, val score %.4f; checkpoint %s", state.best_epoch + 1, best_val.score, checkpoints.best_path)
+    if best_val.metrics:
+        log.info("best epoch %d, val score %.4f; checkpoint %s", state.best_epoch + 1, best_val.score,
+                 checkpoints.best_path)
+    else:  # nothing validated (a belt detector with data.val_share 0): the last epoch is kept
+        log.info("kept epoch %d (no validation frames); checkpoint %s", state.best_epoch + 1, checkpoints.best_path)
 
 
 def _write_json(path: Path, data: Any) -> Path:
