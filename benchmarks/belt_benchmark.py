@@ -236,9 +236,10 @@ def main() -> None:
         fit_head(args, line, head, network, part="dev")
     detector = train_detector(args.out) if args.train_detector else args.detector
     frames = frames_of(detector) if detector is not None and frames_of(detector).is_file() else None
-    if frames is not None and not json.loads(frames.read_text())["val"]:  # trained on every dev photo
+    detector_parts = args.detector_parts
+    if frames is not None and not json.loads(frames.read_text())["val"]:  # trained on every dev photo: no dev-val
         frames = None
-        args.detector_parts = [p for p in args.detector_parts if p != "dev-val"]
+        detector_parts = [p for p in detector_parts if p != "dev-val"]
     line_parts = [*args.parts, *(["dev-val"] if frames is not None and "dev-val" not in args.parts else [])]
     rows = []
     name = f"classical{f', {tag}' if tag else ''}, head fitted on "
@@ -248,7 +249,7 @@ def main() -> None:
         rows.append((part, name + head_fitted_on(line), folder))
     if detector is not None:
         sets = [f"segmentation.detector={{model: {detector.resolve()}}}", *args.detector_set]
-        for part in args.detector_parts:
+        for part in detector_parts:
             score(part, args.data, args.out / f"detector-{part}", args.repeat, sets, frames, line=line)
             rows.append((part, f"detector, head fitted on {head_fitted_on(line)}", args.out / f"detector-{part}"))
     if args.refit_all:

@@ -64,9 +64,9 @@ def fold_of_groups(groups: list[int], folds: int, *, blocked: bool = False, part
 
 
 def fold_detector(folder: Path, seed: int, recipe: list[str]) -> Path:
-    """The learned detector trained on the fold's set-up photos (``train-belt-detector`` with the recipe's
-    ``KEY=VALUE`` overrides, a quarter of the scene groups validating), kept in the fold's folder and reused while
-    its set-up list, the recipe file and the overrides are the same."""
+    """The learned detector trained on the fold's set-up photos (``train-belt-detector``: the recipe with these
+    ``KEY=VALUE`` overrides), kept in the fold's folder and reused while its set-up list, the recipe file and the
+    overrides are the same."""
     tag = "-" + hashlib.sha1("\n".join(recipe).encode()).hexdigest()[:8] if recipe else ""
     onnx = folder / f"detector-seed{seed}{tag}.onnx"
     setup = folder / "setup.txt"
@@ -83,8 +83,7 @@ def fold_detector(folder: Path, seed: int, recipe: list[str]) -> Path:
 
 def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
              fit_args: list[str], detector: str | None = None, seed: int = 0, recipe: list[str] | None = None,
-             int8: bool = False,
-             check_model: Path | None = None, reuse: bool = False) -> dict:
+             int8: bool = False, check_model: Path | None = None, reuse: bool = False) -> dict:
     """Set up a line on the fold's set-up photos (calibrate --belt, fit-textile-check with ``fit_args``) and
     score it on its test photos; with ``reuse``, the fold's line from an earlier run is scored again when it was
     set up on the same photos with the same arguments (the set-up is deterministic)."""
@@ -150,7 +149,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the detector's training seed")
     parser.add_argument("--detector-recipe", action="append", default=[], metavar="KEY=VALUE",
                         help="overrides of training/belt-detector.yaml for the fold detectors, e.g. "
-                             "augment.paste.p=0.5 (each set of overrides trains and keeps its own)")
+                             "optim.epochs=40 (each set of overrides trains and keeps its own)")
     parser.add_argument("--input-size", type=int, help="fit-textile-check --input-size (the head's crop side)")
     parser.add_argument("--blocked", action="store_true",
                         help="folds of consecutive scene groups, not dealt round-robin (a harder, scene-shift test)")

@@ -92,8 +92,8 @@ def load_samples(config: BeltDetectorTrainConfig, arch: DetectorArch) -> tuple[l
         synthetic = synthetic_samples(arch, frames=d.synthetic.frames, seed=d.synthetic.seed, width=d.synthetic.size[0],
                                       height=d.synthetic.size[1], items=d.synthetic.items, every=d.synthetic.every)
     if d.photos is None:
-        n_val = max(1, round(d.val_share * len(synthetic))) if d.val_share else 0
-        return (synthetic[:-n_val], synthetic[-n_val:]) if n_val else (synthetic, [])
+        cut = len(synthetic) - (max(1, round(d.val_share * len(synthetic))) if d.val_share else 0)
+        return synthetic[:cut], synthetic[cut:]
     assert d.boxes is not None
     photos = photo_samples(d.photos, d.boxes, arch, extra_labels=d.extra_labels, subset=d.subset)
     train, val = split_by_group(photos, val_share=d.val_share, group_size=d.group_size, seed=config.seed)
