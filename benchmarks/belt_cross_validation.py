@@ -31,6 +31,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from belt_errors import tally_by_scene_kind  # a script beside this one
 
@@ -41,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SPLIT = ROOT / "benchmarks" / "belt_split.json"
 LABELS = ROOT / "benchmarks" / "belt_non_garment_boxes.csv"
 TEMPLATE = ROOT / "serving" / "line-colour-6bin.yaml"
+RECIPE = ROOT / "training" / "belt-detector.yaml"
 
 
 def _cli(*args: str) -> str:
@@ -65,28 +67,37 @@ def fold_of_groups(groups: list[int], folds: int, *, blocked: bool = False, part
 
 def fold_detector(folder: Path, seed: int, recipe: list[str]) -> Path:
     """The learned detector trained on the fold's set-up photos (``train-belt-detector``: the recipe with these
-    ``KEY=VALUE`` overrides), kept in the fold's folder and reused while its set-up list, the recipe file and the
-    overrides are the same."""
+    ``KEY=VALUE`` overrides), kept in the fold's folder and reused while its set-up list, the recipe's settings and
+    the overrides are the same."""
     tag = "-" + hashlib.sha1("\n".join(recipe).encode()).hexdigest()[:8] if recipe else ""
     onnx = folder / f"detector-seed{seed}{tag}.onnx"
     setup = folder / "setup.txt"
     stamp = onnx.with_suffix(".setup.txt")
-    wanted = setup.read_text() + "".join(f"# {r}\n" for r in recipe) + "# recipe: " + hashlib.sha1(
-        (ROOT / "training" / "belt-detector.yaml").read_bytes()).hexdigest() + "\n"
+    wanted = (setup.read_text() + "".join(f"# {r}\n" for r in recipe)
+              + f"# recipe settings: {_settings_digest(RECIPE)}\n")
     if not (onnx.is_file() and stamp.is_file() and stamp.read_text() == wanted):
-        _cli("train-belt-detector", "--config", "training/belt-detector.yaml", "--out", str(onnx),
+        _cli("train-belt-detector", "--config", str(RECIPE), "--out", str(onnx),
              f"data.subset={setup}", f"seed={seed}", f"output_dir={folder / 'detector-runs'}", "progress=false",
              *recipe)
         stamp.write_text(wanted)
     return onnx
 
 
+def _settings_digest(recipe: Path) -> str:
+    """A digest of the recipe's settings, not its bytes: an edited comment does not train every fold's detector
+    again."""
+    return hashlib.sha1(json.dumps(yaml.safe_load(recipe.read_text()), sort_keys=True).encode()).hexdigest()
+
+
 def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
              fit_args: list[str], detector: str | None = None, seed: int = 0, recipe: list[str] | None = None,
-             int8: bool = False, check_model: Path | None = None, reuse: bool = False) -> dict:
+             int8: bool = False, check_model: Path | None = None, reuse: bool = False,
+             head_on_detector: bool = False) -> dict:
     """Set up a line on the fold's set-up photos (calibrate --belt, fit-textile-check with ``fit_args``) and
     score it on its test photos; with ``reuse``, the fold's line from an earlier run is scored again when it was
-    set up on the same photos with the same arguments (the set-up is deterministic)."""
+    set up on the same photos with the same arguments (the set-up is deterministic). With ``detector``, the line
+    scored has the fold's detector; with ``head_on_detector`` too, a textile-check head fitted on the crops of that
+    line (:func:`detector_line`)."""
     folder = out / f"fold{k}"
     line = folder / "line.yaml"
     stamp = "\n".join([*setup, *fit_args, f"int8={int8}", f"check_model={check_model}"]) + "\n"
@@ -97,7 +108,11 @@ def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, o
     (folder / "test.txt").write_text("\n".join(test) + "\n")
     if detector is not None:  # the fold's own detector, with these settings (e.g. "min_score: 0.4")
         model = fold_detector(folder, seed, recipe or []).resolve()
-        overrides = [*overrides, f"segmentation.detector={{model: {model}, {detector}}}"]
+        if head_on_detector:
+            network = _network(folder, int8, check_model)
+            line = detector_line(folder, line, model, detector, data, [*fit_args, *network])
+        else:
+            overrides = [*overrides, f"segmentation.detector={{model: {model}, {detector}}}"]
     sets = [arg for o in overrides for arg in ("--set", o)]
     print(_cli("evaluate-detection", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
                "--labels", str(LABELS), "--subset", str(folder / "test.txt"), "--out", str(folder / "eval"),
@@ -123,15 +138,40 @@ def _set_up_fold(folder: Path, setup: list[str], data: Path, fit_args: list[str]
         old.unlink(missing_ok=True)
     _cli("calibrate", "--belt", "--line", str(line), "--template", str(TEMPLATE), "--source",
          str(folder / "setup-images"), "--camera", str((data / "images").resolve()))
-    network = []
+    network = _network(folder, int8, check_model)
     if int8:  # the INT8 check, calibrated on the fold's set-up photos; the head fitted on it
-        network = ["--check-model", str(folder / "check.int8.onnx")]
         _cli("export-textile-check", "--out", network[1], "--int8", str(folder / "setup-images"))
-    elif check_model is not None:  # another network (export-textile-check --backbone), the head fitted on it
-        network = ["--check-model", str(check_model.resolve())]
+    _fit_head(line, folder / "head.json", folder, data, [*fit_args, *network])
+
+
+def _network(folder: Path, int8: bool, check_model: Path | None) -> list[str]:
+    """fit-textile-check's --check-model for the fold: its INT8 check, another network, or none (the line's)."""
+    if int8:
+        return ["--check-model", str(folder / "check.int8.onnx")]
+    return ["--check-model", str(check_model.resolve())] if check_model is not None else []
+
+
+def _fit_head(line: Path, head: Path, folder: Path, data: Path, fit_args: list[str]) -> None:
+    """``fit-textile-check --write-line``: a head fitted on the crops of ``line`` on the fold's set-up photos."""
     _cli("fit-textile-check", "--line", str(line), str(data / "images"), "--boxes", str(data / "boxes.csv"),
-         "--labels", str(LABELS), "--subset", str(folder / "setup.txt"), "--out", str(folder / "head.json"),
-         "--write-line", "--no-progress", *fit_args, *network)
+         "--labels", str(LABELS), "--subset", str(folder / "setup.txt"), "--out", str(head), "--write-line",
+         "--no-progress", *fit_args)
+
+
+def detector_line(folder: Path, line: Path, model: Path, settings: str, data: Path, fit_args: list[str]) -> Path:
+    """The fold's line with its detector (``settings``: the keys besides ``model``) and a textile-check head fitted
+    on that line's own crops of the set-up photos: the fold's head learned what the classical blobs look like, the
+    detector cuts things otherwise. Kept while the line, the detector, the settings and ``fit_args`` are the same."""
+    key = "\n".join([line.read_text(), model.with_suffix(".setup.txt").read_text(), str(model), settings, *fit_args])
+    tag = hashlib.sha1(key.encode()).hexdigest()[:8]
+    out, done = folder / f"line-detector-{tag}.yaml", folder / f"line-detector-{tag}.done"
+    if not done.is_file():
+        config = yaml.safe_load(line.read_text())
+        config["segmentation"]["detector"] = {"model": str(model), **(yaml.safe_load("{" + settings + "}") or {})}
+        out.write_text(yaml.safe_dump(config, sort_keys=False))
+        _fit_head(out, folder / f"head-detector-{tag}.json", folder, data, fit_args)
+        done.write_text(key)
+    return out
 
 
 def main() -> None:
@@ -150,6 +190,9 @@ def main() -> None:
     parser.add_argument("--detector-recipe", action="append", default=[], metavar="KEY=VALUE",
                         help="overrides of training/belt-detector.yaml for the fold detectors, e.g. "
                              "optim.epochs=40 (each set of overrides trains and keeps its own)")
+    parser.add_argument("--head-on-detector", action="store_true",
+                        help="with --detector: fit each fold's textile-check head on the crops of its line with the "
+                             "detector (the default: the head fitted on the classical line's crops)")
     parser.add_argument("--input-size", type=int, help="fit-textile-check --input-size (the head's crop side)")
     parser.add_argument("--blocked", action="store_true",
                         help="folds of consecutive scene groups, not dealt round-robin (a harder, scene-shift test)")
@@ -174,6 +217,8 @@ def main() -> None:
                 for arg in (flag, str(value))] + (["--mirrors"] if args.mirrors else [])
     if args.int8 and args.check_model:
         parser.error("--int8 makes its own network per fold: give it or --check-model, not both")
+    if args.head_on_detector and args.detector is None:
+        parser.error("--head-on-detector needs --detector")
     if args.blocked and args.partitions > 1:
         parser.error("--blocked has one partition only (consecutive groups)")
     split = json.loads(SPLIT.read_text())
@@ -188,26 +233,30 @@ def main() -> None:
             test = [n for n in dev if fold[groups[n]] == k]
             setup = [n for n in dev if fold[groups[n]] != k]
             summaries.append(run_fold(k, setup, test, args.data, out, args.set, fit_args, args.detector, args.seed,
-                                      args.detector_recipe, args.int8, args.check_model, args.reuse))
+                                      args.detector_recipe, args.int8, args.check_model, args.reuse,
+                                      args.head_on_detector))
         figures.append(report(summaries, out, args.folds, size, partition))
     if args.partitions > 1:
-        recall, precision, taken = (np.mean(values) for values in zip(*figures))
+        recall, precision, taken, found = (np.mean(values) for values in zip(*figures))
         print(f"mean over {args.partitions} partitions: IoU 0.5 recall {recall:.1%}, precision {precision:.1%}; "
-              f"hands and objects taken for a garment {taken:.1f}")
+              f"hands and objects taken for a garment {taken:.1f}, found as such {found:.1f}")
 
 
-def report(summaries: list[dict], out: Path, folds: int, group_size: int, partition: int) -> tuple[float, float, int]:
+def report(summaries: list[dict], out: Path, folds: int, group_size: int,
+           partition: int) -> tuple[float, float, int, int]:
     """Print one partition's pooled figures, by scene kind and with a scene-bootstrap interval; its recall,
-    precision and hands and objects taken for a garment."""
+    precision, and hands and objects taken for a garment and found as such."""
     totals = {key: sum(s[key]["0.5"] if isinstance(s[key], dict) else s[key] for s in summaries)
               for key in ("matched", "garments", "garment_detections", "false", "merged", "other_as_garment",
-                        "other_unlabelled")}
+                        "other_unlabelled", "other_found")}
+    others = sum(n for s in summaries for kind, n in s["labels_by_kind"].items() if kind != "garment")
     recall = totals["matched"] / totals["garments"]
     precision = 1 - totals["false"] / max(1, totals["garment_detections"])
     print(f"{f'partition {partition}: ' if partition else ''}pooled over {folds} folds of scenes "
           f"({totals['garments']} garments): IoU 0.5 recall {recall:.1%}, precision {precision:.1%}; merged "
-          f"{totals['merged']}; hands and objects taken for a garment {totals['other_as_garment']}; hand or object "
-          f"detections on nothing labelled {totals['other_unlabelled']}")
+          f"{totals['merged']}; hands and objects taken for a garment {totals['other_as_garment']}, found as such "
+          f"{totals['other_found']} of {others}; hand or object detections on nothing labelled "
+          f"{totals['other_unlabelled']}")
     causes = {key: sum((Counter(s.get(key, {})) for s in summaries), Counter()) for key in ("missed_by_cause",
                                                                                          "false_by_cause")}
     print("at IoU 0.5, missed: " + ", ".join(f"{c} {n}" for c, n in causes["missed_by_cause"].most_common())
@@ -222,7 +271,7 @@ def report(summaries: list[dict], out: Path, folds: int, group_size: int, partit
         print(f"{interval.level:.0%} interval over {interval.scenes} scenes (bootstrap): recall "
               f"{interval.recall[0]:.1%}-{interval.recall[1]:.1%}, precision {interval.precision[0]:.1%}-"
               f"{interval.precision[1]:.1%} (how far other scenes like these could put it)")
-    return recall, precision, totals["other_as_garment"]
+    return recall, precision, totals["other_as_garment"], totals["other_found"]
 
 if __name__ == "__main__":
     main()

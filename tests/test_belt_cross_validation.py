@@ -7,6 +7,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -72,18 +74,23 @@ def test_reuse_sets_a_fold_up_again_only_when_its_photos_or_arguments_changed(tm
     assert fold(["images/a.jpg", "images/b.jpg"], ["--inputs", "features"], reuse=True) == ["evaluate-detection"]
 
 
+def _trainer(calls: list[tuple[str, ...]]):
+    """Stands in for the CLI's train-belt-detector: records its arguments and writes the ONNX file it names."""
+
+    def fake_cli(*args: str) -> str:
+        calls.append(args)
+        Path(args[args.index("--out") + 1]).write_bytes(b"onnx")
+        return ""
+
+    return fake_cli
+
+
 def test_a_fold_detector_is_trained_once_per_set_up_and_recipe(tmp_path: Path, monkeypatch):
     """Each set of recipe overrides trains its own fold detector, passed to train-belt-detector, and keeps it
     while the fold's photos and overrides stay the same."""
     cv = _cv()
     trained: list[tuple[str, ...]] = []
-
-    def fake_cli(*args: str) -> str:
-        trained.append(args)
-        Path(args[args.index("--out") + 1]).write_bytes(b"onnx")
-        return ""
-
-    monkeypatch.setattr(cv, "_cli", fake_cli)
+    monkeypatch.setattr(cv, "_cli", _trainer(trained))
     (tmp_path / "setup.txt").write_text("images/a.jpg\n")
     plain = cv.fold_detector(tmp_path, 0, [])
     assert cv.fold_detector(tmp_path, 0, []) == plain and len(trained) == 1  # kept
@@ -93,3 +100,53 @@ def test_a_fold_detector_is_trained_once_per_set_up_and_recipe(tmp_path: Path, m
     assert cv.fold_detector(tmp_path, 1, []) != plain and len(trained) == 3  # another seed
     (tmp_path / "setup.txt").write_text("images/b.jpg\n")
     assert cv.fold_detector(tmp_path, 0, []) == plain and len(trained) == 4  # other photos: trained again
+
+
+def test_a_fold_detector_is_trained_again_when_the_recipe_settings_change_not_its_comments(tmp_path: Path,
+                                                                                            monkeypatch):
+    cv = _cv()
+    trained: list[tuple[str, ...]] = []
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("optim: {epochs: 80}  # long\nseed: 0\n")
+    monkeypatch.setattr(cv, "_cli", _trainer(trained))
+    monkeypatch.setattr(cv, "RECIPE", recipe)
+    (tmp_path / "setup.txt").write_text("images/a.jpg\n")
+    cv.fold_detector(tmp_path, 0, [])
+    recipe.write_text("# the recipe, commented\nseed: 0\noptim:\n  epochs: 80  # four times 20\n")
+    cv.fold_detector(tmp_path, 0, [])
+    assert len(trained) == 1  # the same settings, written otherwise
+    recipe.write_text("seed: 0\noptim: {epochs: 120}\n")
+    cv.fold_detector(tmp_path, 0, [])
+    assert len(trained) == 2 and trained[-1][trained[-1].index("--config") + 1] == str(recipe)
+
+
+def test_a_head_on_the_detector_line_is_fitted_on_that_line_and_kept(tmp_path: Path, monkeypatch):
+    """--head-on-detector: the fold's line with its detector and settings is written, fit-textile-check fits a head
+    on that line (and writes it in), and the pair is kept until the detector or its settings change."""
+    cv = _cv()
+    fitted: list[tuple[str, ...]] = []
+
+    def fake_cli(*args: str) -> str:
+        fitted.append(args)
+        return ""
+
+    monkeypatch.setattr(cv, "_cli", fake_cli)
+    line = tmp_path / "line.yaml"
+    line.write_text("segmentation: {scale: 0.5, textile_check: {head: head.json}}\n")
+    model = tmp_path / "detector-seed0.onnx"
+    model.with_suffix(".setup.txt").write_text("images/a.jpg\n")
+    data = tmp_path / "photos"
+    first = cv.detector_line(tmp_path, line, model, "box: outline, views: 4", data, ["--keep", "0.98"])
+    written = yaml.safe_load(first.read_text())["segmentation"]
+    assert written["detector"] == {"model": str(model), "box": "outline", "views": 4} and written["scale"] == 0.5
+    (call,) = fitted
+    assert call[0] == "fit-textile-check" and call[call.index("--line") + 1] == str(first)
+    assert "--write-line" in call and call[-2:] == ("--keep", "0.98")
+    assert call[call.index("--out") + 1] != str(tmp_path / "head.json")  # the classical line's head stays
+    assert cv.detector_line(tmp_path, line, model, "box: outline, views: 4", data, ["--keep", "0.98"]) == first
+    assert len(fitted) == 1  # kept
+    other = cv.detector_line(tmp_path, line, model, "box: outline", data, ["--keep", "0.98"])
+    assert other != first and len(fitted) == 2
+    model.with_suffix(".setup.txt").write_text("images/b.jpg\n")  # the detector trained again on other photos
+    assert cv.detector_line(tmp_path, line, model, "box: outline", data, ["--keep", "0.98"]) != other
+    assert len(fitted) == 3

@@ -82,6 +82,52 @@ def test_decoding_gives_each_core_its_box_and_kind_and_cuts_touching_cores_apart
     assert sorted(round(b.centre[0]) for b in touching) == pytest.approx([60, 76], abs=4)
 
 
+def test_two_peaks_are_two_things_only_when_the_cores_dip_enough_between_them():
+    """``peak_dip``: one group of cores with peaks 0.9 and a saddle of 0.6 between them is cut at 0.8 (the saddle is
+    below 0.8 of the lower peak) and kept whole at 0.5."""
+    gw, gh = ARCH.grid()
+    cells = np.zeros((len(KINDS) + 2, gh, gw), np.float32)
+    cells[0] = 1.0
+    cells[len(KINDS)], cells[len(KINDS) + 1] = np.log(20.0), np.log(12.0)
+    for col, core in zip(range(10, 17), (0.7, 0.9, 0.7, 0.6, 0.7, 0.9, 0.7)):
+        cells[0, 10:13, col], cells[1, 10:13, col] = 1 - core, core
+    decode = {dip: decode_cells(cells, list(KINDS), stride=STRIDE, min_score=0.5, scale=(1.0, 1.0), size=(160, 96),
+                                peak_dip=dip) for dip in (0.8, 0.5)}
+    assert len(decode[0.8]) == 2 and len(decode[0.5]) == 1
+    assert decode[0.5][0].centre[0] == pytest.approx((13 + 0.5) * STRIDE)
+
+
+def _untrained_detector(tmp_path: Path) -> Path:
+    import torch
+
+    from sorting.models.belt_detector import BeltDetectorNet
+    from sorting.models.belt_detector_export import export_belt_detector
+
+    torch.manual_seed(0)
+    net = BeltDetectorNet(ARCH, pretrained=False)
+    for layer in net.modules():  # weights far from their initial scale: outputs that vary across the frame
+        if isinstance(layer, torch.nn.Conv2d):
+            torch.nn.init.normal_(layer.weight, std=0.3)
+    return export_belt_detector(net, tmp_path / "untrained.onnx")
+
+
+def test_views_average_the_frame_and_its_mirror_images(tmp_path: Path):
+    """With all four views the cells of a mirrored frame are the mirrored cells of the frame, whatever the network
+    learned (an untrained one is no mirror of itself: one view is not); two views are the mean of the frame's and
+    its top-bottom mirror's cells."""
+    onnx = _untrained_detector(tmp_path)
+    frame = np.random.default_rng(1).integers(0, 255, (96, 160, 3), dtype=np.uint8)
+    one, two, four = (LearnedDetector(DetectorConfig(model=onnx, views=v)) for v in (1, 2, 4))
+    for flip_frame, flip_cells in ((1, 2), (0, 1)):  # left-right, top-bottom
+        mirrored = np.ascontiguousarray(np.flip(frame, flip_frame))
+        assert np.allclose(four.cells(mirrored), np.flip(four.cells(frame), flip_cells), atol=1e-5)
+        assert not np.allclose(one.cells(mirrored), np.flip(one.cells(frame), flip_cells), atol=0.1)
+    upside_down = np.flip(one.cells(np.ascontiguousarray(frame[::-1])), 1)
+    assert np.allclose(two.cells(frame), (one.cells(frame) + upside_down) / 2, atol=1e-5)
+    with pytest.raises(ValueError, match="views"):
+        DetectorConfig(model=onnx, views=5)
+
+
 def test_outlines_share_the_foreground_between_overlapping_boxes_and_fall_back_to_an_ellipse():
     mask = np.zeros((100, 200), np.uint8)
     cv2.rectangle(mask, (10, 10), (110, 60), 255, -1)  # two touching garments seen as one blob
