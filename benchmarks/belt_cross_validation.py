@@ -162,11 +162,12 @@ def detector_line(folder: Path, line: Path, model: Path, settings: str, data: Pa
     """The fold's line with its detector (``settings``: the keys besides ``model``) and a textile-check head fitted
     on that line's own crops of the set-up photos: the fold's head learned what the classical blobs look like, the
     detector cuts things otherwise. Kept while the line, the detector, the settings and ``fit_args`` are the same."""
-    key = "\n".join([line.read_text(), model.with_suffix(".setup.txt").read_text(), str(model), settings, *fit_args])
+    text = line.read_text()
+    key = "\n".join([text, model.with_suffix(".setup.txt").read_text(), str(model), settings, *fit_args])
     tag = hashlib.sha1(key.encode()).hexdigest()[:8]
     out, done = folder / f"line-detector-{tag}.yaml", folder / f"line-detector-{tag}.done"
     if not done.is_file():
-        config = yaml.safe_load(line.read_text())
+        config = yaml.safe_load(text)
         config["segmentation"]["detector"] = {"model": str(model), **(yaml.safe_load("{" + settings + "}") or {})}
         out.write_text(yaml.safe_dump(config, sort_keys=False))
         _fit_head(out, folder / f"head-detector-{tag}.json", folder, data, fit_args)

@@ -74,8 +74,9 @@ def test_reuse_sets_a_fold_up_again_only_when_its_photos_or_arguments_changed(tm
     assert fold(["images/a.jpg", "images/b.jpg"], ["--inputs", "features"], reuse=True) == ["evaluate-detection"]
 
 
-def _trainer(calls: list[tuple[str, ...]]):
-    """Stands in for the CLI's train-belt-detector: records its arguments and writes the ONNX file it names."""
+def _recording_cli(calls: list[tuple[str, ...]]):
+    """Stands in for the CLI (train-belt-detector, fit-textile-check): records its arguments and writes the file its
+    --out names."""
 
     def fake_cli(*args: str) -> str:
         calls.append(args)
@@ -90,7 +91,7 @@ def test_a_fold_detector_is_trained_once_per_set_up_and_recipe(tmp_path: Path, m
     while the fold's photos and overrides stay the same."""
     cv = _cv()
     trained: list[tuple[str, ...]] = []
-    monkeypatch.setattr(cv, "_cli", _trainer(trained))
+    monkeypatch.setattr(cv, "_cli", _recording_cli(trained))
     (tmp_path / "setup.txt").write_text("images/a.jpg\n")
     plain = cv.fold_detector(tmp_path, 0, [])
     assert cv.fold_detector(tmp_path, 0, []) == plain and len(trained) == 1  # kept
@@ -108,7 +109,7 @@ def test_a_fold_detector_is_trained_again_when_the_recipe_settings_change_not_it
     trained: list[tuple[str, ...]] = []
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("optim: {epochs: 80}  # long\nseed: 0\n")
-    monkeypatch.setattr(cv, "_cli", _trainer(trained))
+    monkeypatch.setattr(cv, "_cli", _recording_cli(trained))
     monkeypatch.setattr(cv, "RECIPE", recipe)
     (tmp_path / "setup.txt").write_text("images/a.jpg\n")
     cv.fold_detector(tmp_path, 0, [])
@@ -125,12 +126,7 @@ def test_a_head_on_the_detector_line_is_fitted_on_that_line_and_kept(tmp_path: P
     on that line (and writes it in), and the pair is kept until the detector or its settings change."""
     cv = _cv()
     fitted: list[tuple[str, ...]] = []
-
-    def fake_cli(*args: str) -> str:
-        fitted.append(args)
-        return ""
-
-    monkeypatch.setattr(cv, "_cli", fake_cli)
+    monkeypatch.setattr(cv, "_cli", _recording_cli(fitted))
     line = tmp_path / "line.yaml"
     line.write_text("segmentation: {scale: 0.5, textile_check: {head: head.json}}\n")
     model = tmp_path / "detector-seed0.onnx"
