@@ -249,6 +249,33 @@ def test_bad_detector_files_and_recipes_give_one_clear_error(tmp_path: Path):
         load_belt_detector_config(None, ["data.photos=x", "data.boxes=y", "model.max_size=2"])
 
 
+def test_kind_weights_make_a_missed_object_cost_more_than_a_missed_garment():
+    """``loss.kind_weights`` overrides ``core_weight`` for the kinds it names; the others keep it."""
+    import torch
+    from sorting.training.belt_detector import _criteria
+    from sorting.training.belt_detector_config import BeltDetectorTrainConfig, load_belt_detector_config
+
+    def recipe(*overrides: str) -> BeltDetectorTrainConfig:
+        return load_belt_detector_config(None, ["data.synthetic.frames=4", *overrides])
+
+    def centre_loss(config: BeltDetectorTrainConfig, wrong: str) -> float:
+        """The centre loss of a garment cell and an object cell, the ``wrong`` one called "none"."""
+        garment, obj = KINDS.index("garment"), KINDS.index("object")
+        logits = torch.full((2, len(KINDS)), -4.0)
+        logits[0, 0 if wrong == "garment" else garment] = 4.0
+        logits[1, 0 if wrong == "object" else obj] = 4.0
+        return float(_criteria(config)["centre"](logits, torch.tensor([garment, obj])))
+
+    assert _criteria(recipe("loss.kind_weights.object=24"))["centre"].weight.tolist() == [1.0, 8.0, 8.0, 24.0]
+    assert centre_loss(recipe(), "object") == pytest.approx(centre_loss(recipe(), "garment"))
+    weighted = recipe("loss.kind_weights.object=24")
+    assert centre_loss(weighted, "object") > 2 * centre_loss(weighted, "garment")
+    with pytest.raises(ConfigError, match="kind_weights"):
+        recipe("loss.kind_weights.object=0")
+    with pytest.raises(ConfigError, match="kind_weights"):
+        recipe("loss.kind_weights.phone=2")
+
+
 @pytest.mark.shared_data
 def test_the_trainer_reads_only_the_development_photos(shared_data: Path, repo_root: Path):
     """With the split's dev subset, no held-out photo is read, and every box is scaled into the input frame."""

@@ -101,7 +101,7 @@ def load_samples(config: BeltDetectorTrainConfig, arch: DetectorArch) -> tuple[l
 
 
 def _criteria(config: BeltDetectorTrainConfig) -> dict[str, nn.Module]:
-    weights = torch.tensor([1.0] + [config.loss.core_weight] * (len(KINDS) - 1))
+    weights = torch.tensor(config.loss.class_weights(KINDS))
     size = config.loss.size_weight
     return {"centre": nn.CrossEntropyLoss(weight=weights, ignore_index=IGNORE_INDEX),
             "width": _Scaled(nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX), size),

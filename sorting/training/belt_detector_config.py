@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveFloat, model_validator
 
 from sorting.config import StrictModel, load_config
 from sorting.training.config import (
@@ -88,7 +88,15 @@ class DetectorAugmentConfig(StrictModel):
 
 class DetectorLossConfig(StrictModel):
     core_weight: float = Field(8.0, gt=0)  # cross-entropy weight of the core classes against "none"
+    # the weight of a core class other than core_weight's, e.g. {object: 24}: the photos hold far fewer hands and
+    # objects than garments, and a rare class weighs less in the loss than its errors cost on the line
+    kind_weights: dict[Literal["garment", "hand", "object"], PositiveFloat] = Field(default_factory=dict)
     size_weight: float = Field(0.5, ge=0)  # weight of the width and height losses
+
+    def class_weights(self, kinds: tuple[str, ...]) -> list[float]:
+        """The centre head's cross-entropy weights, in the order of ``kinds`` (the first is "none", weight 1)."""
+        named: dict[str, float] = dict(self.kind_weights)
+        return [1.0] + [named.get(kind, self.core_weight) for kind in kinds[1:]]
 
 
 class BeltDetectorTrainConfig(StrictModel):
