@@ -219,3 +219,22 @@ def test_each_miss_and_false_detection_gets_its_cause():
     assert summary.missed_by_cause == {"merged": 2, "loose": 1, "called non-garment": 1,
                                        "in a hand or object clump": 1, "not found": 1}
     assert set(summary.false_by_cause) <= set(FALSE_CAUSES) and set(summary.missed_by_cause) <= set(MISSED_CAUSES)
+
+
+def test_a_garment_the_textile_check_turned_into_an_object_is_called_not_cloth():
+    """Which part to fix: a miss whose object detection the textile check made is "called not cloth"; one the
+    segmentation (or the detector) called an object is "called non-garment", whichever overlaps it best decides."""
+    labels = [LabelBox((0, 0, 100, 100)), LabelBox((200, 0, 300, 100)), LabelBox((400, 0, 500, 100))]
+    dets = [ScoredDetection((0, 0, 100, 100), "object", not_cloth=True),
+            ScoredDetection((200, 0, 300, 100), "object"),
+            ScoredDetection((400, 0, 500, 100), "object"),  # the best overlap: the segmentation's object
+            ScoredDetection((400, 0, 520, 110), "object", not_cloth=True)]
+    s = score_frame("f", labels, dets)
+    assert s.missed_causes(0.5) == ["called not cloth", "called non-garment", "called non-garment"]
+    assert summarise([s]).missed_by_cause == {"called non-garment": 2, "called not cloth": 1}
+    # evaluate-detection passes on what the check did to the line's detection
+    from sorting.apps.detection_bench import _scored
+    from sorting.serving.segmentation import Detection
+
+    det = Detection(bbox=(0, 0, 100, 100), area=1e4, centroid=(50.0, 50.0), kind="object", not_cloth=True)
+    assert _scored(det, frozenset(), None) == dets[0]

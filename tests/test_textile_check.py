@@ -72,7 +72,8 @@ def test_a_garment_that_does_not_look_like_cloth_becomes_an_object(fake_model: P
     dets = [_det(10, 10), _det(120, 10), _det(10, 50, kind="hand")]
     out = check.relabel(image, dets)
     assert [d.kind for d in out] == ["object", "garment", "hand"]  # a hand stays a hand: only garments are checked
-    assert out[1] is dets[1] and out[0] == replace(dets[0], kind="object")
+    assert out[1] is dets[1] and out[0] == replace(dets[0], kind="object", not_cloth=True)
+    assert not dets[0].not_cloth and not out[2].not_cloth  # the evaluation tells its misses from the segmentation's
     assert check.scores(image, [(0, 0, 0, 0)]).tolist() == [0.0]  # an empty crop never passes
 
 

@@ -95,8 +95,8 @@ def _scored(det: Detection, entry_edges: frozenset[str], region: np.ndarray | No
     on_belt = None
     if region is not None:
         on_belt = cv2.pointPolygonTest(region, (float(det.centroid[0]), float(det.centroid[1])), False) >= 0
-    return ScoredDetection(corners(det.bbox), det.kind,
-                           at_entry_edge=bool(det.edges & entry_edges), on_belt=on_belt)
+    return ScoredDetection(corners(det.bbox), det.kind, at_entry_edge=bool(det.edges & entry_edges),
+                           on_belt=on_belt, not_cloth=det.not_cloth)
 
 
 def _video_frames(cfg: DetectionBenchConfig) -> Iterator[tuple[LabelledFrame | None, str]]:

@@ -21,7 +21,8 @@ Conventions (boxes are ``(x0, y0, x1, y1)`` in pixels):
 * A detection of another kind (hand, object) is not a garment detection: it is *right* when it
   overlaps a non-garment label, *a garment called non-garment* when it overlaps a garment label or holds
   ``cover`` of one (a clump of objects with a small garment in it: its box is too large to overlap the
-  garment's by IoU).
+  garment's by IoU). A miss is *called not cloth* rather than *called non-garment* when that detection was a
+  garment the textile check turned into an object (which of the two to fix: the check or the detections).
   A non-garment label is *found* by a non-garment detection, *taken for a garment* when only a
   garment detection overlaps it (the dangerous case: it could be ejected into a product bin).
   A non-garment detection on *nothing labelled* (it overlaps no label, lies mostly inside none and holds
@@ -51,6 +52,7 @@ MISSED_CAUSES = {
     "merged": "one detection covers it and another garment",
     "split": "found in pieces",
     "loose": "a garment detection with IoU 0.3-0.5: the box is near, the hand-drawn one loose",
+    "called not cloth": "a garment detection on it (IoU 0.3 or more) that the textile check turned into an object",
     "called non-garment": "a hand or object detection on it (IoU 0.3 or more): it goes to reject",
     "in a hand or object clump": "a larger hand or object detection holds it",
     "partly": "a garment detection with IoU 0.1-0.3",
@@ -83,6 +85,7 @@ class ScoredDetection:
     kind: str = GARMENT
     at_entry_edge: bool = False  # touches a frame edge where items enter or leave the view
     on_belt: bool | None = None  # None: the line has no belt region
+    not_cloth: bool = False  # a garment detection the textile check turned into an object
 
 
 def corners(bbox: tuple[int, int, int, int]) -> Box:
@@ -177,14 +180,17 @@ class FrameScore:
         """Why each garment label missed at ``threshold`` was missed, in the order of :meth:`missed` (see
         ``MISSED_CAUSES``: the first that applies)."""
         g_boxes = [d.box for d in self.detections if d.kind == GARMENT]
-        o_boxes = [d.box for d in self.detections if d.kind != GARMENT]
+        others = [d for d in self.detections if d.kind != GARMENT]
+        o_boxes = [d.box for d in others]
         out = []
         for i in self.missed(threshold):
             box = [self.labels[i].box]
             best_g, best_o = _best_iou(box, g_boxes), _best_iou(box, o_boxes)
             held = bool(o_boxes) and bool((share_inside(box, o_boxes) >= COVER).any())
+            called = ("called not cloth" if others[int(iou_matrix(box, o_boxes)[0].argmax())].not_cloth
+                      else "called non-garment") if best_o >= LOOSE_IOU else None
             out.append("merged" if i in self.merged else "split" if i in self.split
-                       else "loose" if best_g >= LOOSE_IOU else "called non-garment" if best_o >= LOOSE_IOU
+                       else "loose" if best_g >= LOOSE_IOU else called if called is not None
                        else "in a hand or object clump" if held else "partly" if best_g >= OVERLAP_IOU
                        else "not found")
         return out

@@ -154,6 +154,7 @@ class Detection:
     # outline at the segmentation scale (OpenCV contour, int32 (N, 1, 2)); for painting neighbours out of a crop
     outline: np.ndarray | None = field(default=None, compare=False, repr=False)
     kind: str = GARMENT  # or "hand" / "object" (segmentation.non_garment): never sorted as a garment
+    not_cloth: bool = False  # an object because the textile check found its crop not cloth (it was a garment)
     # the outline's own box where ``bbox`` was trimmed to the garment's body (segmentation.box_trim): the classifier
     # crops the whole blob, as its model was trained to
     whole_bbox: tuple[int, int, int, int] | None = None

@@ -345,7 +345,7 @@ class TextileCheck:
         if score is None:
             return det
         if det.kind == GARMENT and score < self.min_score:
-            return replace(det, kind=OBJECT)
+            return replace(det, kind=OBJECT, not_cloth=True)
         if det.kind == OBJECT and self.objects_back_from is not None and score >= self.objects_back_from:
             return replace(det, kind=GARMENT)
         return det
