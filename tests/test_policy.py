@@ -63,6 +63,9 @@ def policy() -> Policy:
         (ev(overlap=True), 0, "overlap"),
         (ev(cut_off=True), 0, "cut_off"),
         (ev(n_views=0), 0, "lost"),
+        (ev(not_garment="object"), 0, "not_a_garment"),
+        (ev(not_garment="hand"), 0, "not_a_garment"),
+        (ev(not_garment="not_cloth"), 0, "not_cloth"),  # the textile check held a garment back: counted apart
     ],
 )
 def test_decide(policy: Policy, evidence: ItemEvidence, bin_id: int, reason: str) -> None:

@@ -295,6 +295,24 @@ def test_piece_split_off_while_entering_is_not_a_second_item(first_seen_on_edge:
     assert len(decided) == items
 
 
+@pytest.mark.parametrize(("kinds", "summary"), [
+    (["garment"] * 6, None),
+    (["object"] * 4 + ["garment"] * 2, "object"),
+    (["not_cloth"] * 4 + ["garment"] * 2, "not_cloth"),  # the textile check's objects are a reject reason apart
+    (["not_cloth"] * 2 + ["garment"] * 4, None),  # seen as one in less than half of its frames
+])
+def test_an_item_seen_as_a_non_garment_in_half_its_frames_says_which(kinds: list[str], summary: str | None):
+    step = SPEED / FPS
+    tracker = Tracker(track_config(), speed_px_s=SPEED)
+    for f, kind in enumerate(kinds):
+        x = 60 + int(step * f)
+        tracker.update([Detection(bbox=(x, 100, 40, 40), area=1600.0, centroid=(x + 20.0, 120.0),
+                                  kind="object" if kind == "not_cloth" else kind, not_cloth=kind == "not_cloth")],
+                       f, f / FPS)
+    (track,) = tracker.drain()
+    assert tracker.summary(track).not_garment == summary
+
+
 def test_static_blob_never_becomes_an_item():
     tracker = Tracker(track_config(), speed_px_s=SPEED)
     stain = Detection(bbox=(140, 50, 20, 20), area=400.0, centroid=(150.0, 60.0))

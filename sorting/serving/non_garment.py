@@ -29,6 +29,9 @@ from pydantic import Field
 from sorting.config import StrictModel
 
 GARMENT, HAND, OBJECT = "garment", "hand", "object"
+# a track whose detections the textile check turned from garments into objects (Detection.not_cloth): a reject of
+# its own, so an operator sees how many garments the check holds back
+NOT_CLOTH = "not_cloth"
 SKIN_CR = (135, 175)
 SKIN_CB = (85, 130)
 SKIN_MIN_Y = 60

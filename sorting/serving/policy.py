@@ -29,6 +29,7 @@ from pydantic import Field, field_validator, model_validator
 from sorting.config import StrictModel, load_config
 from sorting.errors import ConfigError
 from sorting.serving.fusion import NirEvidence, fuse
+from sorting.serving.non_garment import NOT_CLOTH
 from sorting.taxonomy import LAYOUT_HEAD, SEVERAL_LABEL
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class RejectReason(str, Enum):
     SHUTDOWN = "shutdown"  # in flight when the line stopped
     LOG_UNAVAILABLE = "log_unavailable"  # the decision log took no writes and its backlog was full
     NOT_A_GARMENT = "not_a_garment"  # a hand or an object (segmentation.non_garment): never ejected as a garment
+    NOT_CLOTH = "not_cloth"  # a garment detection the textile check found not cloth (segmentation.textile_check)
     NO_NIR = "no_nir"  # the line has a spectrometer, the item no usable reading, and the bins file says reject
     NIR_OOD = "nir_ood"  # its reading is out of the spectral model's distribution, and the bins file says reject
 
@@ -237,7 +239,7 @@ class ItemEvidence:
     cut_off: bool = False
     n_views: int = 1
     ended: Ended = "line"  # crossed the decision line, lost by the tracker, or in flight at shutdown
-    not_garment: str | None = None  # the segmentation saw a hand or an object, not a garment
+    not_garment: str | None = None  # the segmentation saw a hand or an object (or the textile check not cloth)
     nir: NirEvidence | None = None  # the spectrometer's reading (None: the line has no spectrometer)
     ood_heads: frozenset[str] = frozenset()  # the heads that made ``ood`` (in at least half of the views)
 
@@ -347,7 +349,8 @@ class Policy:
         if evidence.ended != "line":
             return self.reject(RejectReason(evidence.ended), base)
         if evidence.not_garment is not None:
-            return self.reject(RejectReason.NOT_A_GARMENT, base)
+            return self.reject(RejectReason.NOT_CLOTH if evidence.not_garment == NOT_CLOTH
+                               else RejectReason.NOT_A_GARMENT, base)
         if evidence.n_views <= 0 or not base.confidence:
             return self.reject(self._never_classified(evidence), base)
         if evidence.overlap or self._looks_several(evidence):

@@ -39,7 +39,7 @@ import numpy as np
 from pydantic import Field
 
 from sorting.config import StrictModel
-from sorting.serving.non_garment import GARMENT
+from sorting.serving.non_garment import GARMENT, NOT_CLOTH
 from sorting.serving.segmentation import Detection
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,8 @@ class ItemSummary:
     last_frame: int
     centroid: tuple[float, float]
     bbox: tuple[int, int, int, int]
-    not_garment: str | None = None  # "hand" / "object" when seen as one in at least half of its frames
+    # "hand" / "object" / "not_cloth" (an object by the textile check) when seen as one in at least half of its frames
+    not_garment: str | None = None
     ood_heads: frozenset[str] = frozenset()  # the heads out of distribution in at least ood_min_fraction of views
 
 
@@ -302,7 +303,7 @@ class Tracker:
         side = det.edges - self.belt.entry_exit_edges
         shape = track.shape
         if det.kind != GARMENT:
-            shape.not_garment[det.kind] += 1
+            shape.not_garment[NOT_CLOTH if det.not_cloth else det.kind] += 1
         if det.edges & self.belt.entry_exit_edges:
             return
         typical = self._typical_area
