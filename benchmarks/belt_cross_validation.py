@@ -15,7 +15,7 @@ about a minute for 4 partitions instead of several. It knows the photos and argu
 to what sets a line up (``calibrate --belt``, ``fit-textile-check``), run without it.
 
 ``--partitions N`` repeats it over N partitions of the scene groups (the first the usual round-robin one, the others
-shuffled by seeds 1 .. N-1) and prints their mean: run two settings with the same N to compare them on the same
+shuffled by seeds 1 .. N-1) and prints their mean, and the missed garments a partition by cause: run two settings with the same N to compare them on the same
 partitions, less at the mercy of one draw of folds.
 """
 
@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -238,15 +239,33 @@ def main() -> None:
                                       args.head_on_detector))
         figures.append(report(summaries, out, args.folds, size, partition))
     if args.partitions > 1:
-        recall, precision, taken, found = (np.mean(values) for values in zip(*figures))
-        print(f"mean over {args.partitions} partitions: IoU 0.5 recall {recall:.1%}, precision {precision:.1%}; "
-              f"hands and objects taken for a garment {taken:.1f}, found as such {found:.1f}")
+        print("\n".join(mean_lines(figures)))
 
 
-def report(summaries: list[dict], out: Path, folds: int, group_size: int,
-           partition: int) -> tuple[float, float, int, int]:
-    """Print one partition's pooled figures, by scene kind and with a scene-bootstrap interval; its recall,
-    precision, and hands and objects taken for a garment and found as such."""
+@dataclass(frozen=True)
+class PartitionFigures:
+    """One partition's pooled figures at IoU 0.5."""
+
+    recall: float
+    precision: float
+    taken: int  # hands and objects taken for a garment
+    found: int  # hands and objects found as such
+    missed: Counter[str]  # missed garments by cause (MISSED_CAUSES of sorting.serving.detection_eval)
+
+
+def mean_lines(figures: list[PartitionFigures]) -> list[str]:
+    """The mean over partitions: recall, precision, hands and objects; then the missed garments a partition by
+    cause, most first (which part of the line to work on)."""
+    n = len(figures)
+    missed = sum((f.missed for f in figures), Counter())
+    return [f"mean over {n} partitions: IoU 0.5 recall {np.mean([f.recall for f in figures]):.1%}, precision "
+            f"{np.mean([f.precision for f in figures]):.1%}; hands and objects taken for a garment "
+            f"{np.mean([f.taken for f in figures]):.1f}, found as such {np.mean([f.found for f in figures]):.1f}",
+            "missed a partition: " + ", ".join(f"{cause} {count / n:.1f}" for cause, count in missed.most_common())]
+
+
+def report(summaries: list[dict], out: Path, folds: int, group_size: int, partition: int) -> PartitionFigures:
+    """Print one partition's pooled figures, by scene kind and with a scene-bootstrap interval; return them."""
     totals = {key: sum(s[key]["0.5"] if isinstance(s[key], dict) else s[key] for s in summaries)
               for key in ("matched", "garments", "garment_detections", "false", "merged", "other_as_garment",
                         "other_unlabelled", "other_found")}
@@ -272,7 +291,8 @@ def report(summaries: list[dict], out: Path, folds: int, group_size: int,
         print(f"{interval.level:.0%} interval over {interval.scenes} scenes (bootstrap): recall "
               f"{interval.recall[0]:.1%}-{interval.recall[1]:.1%}, precision {interval.precision[0]:.1%}-"
               f"{interval.precision[1]:.1%} (how far other scenes like these could put it)")
-    return recall, precision, totals["other_as_garment"], totals["other_found"]
+    return PartitionFigures(recall, precision, totals["other_as_garment"], totals["other_found"],
+                            causes["missed_by_cause"])
 
 if __name__ == "__main__":
     main()
