@@ -15,8 +15,8 @@ about a minute for 4 partitions instead of several. It knows the photos and argu
 to what sets a line up (``calibrate --belt``, ``fit-textile-check``), run without it.
 
 ``--partitions N`` repeats it over N partitions of the scene groups (the first the usual round-robin one, the others
-shuffled by seeds 1 .. N-1) and prints their mean, and the missed garments a partition by cause: run two settings with the same N to compare them on the same
-partitions, less at the mercy of one draw of folds.
+shuffled by seeds 1 .. N-1) and prints their mean, and the missed garments a partition by cause: run two settings
+with the same N to compare them on the same partitions, less at the mercy of one draw of folds.
 """
 
 from __future__ import annotations
@@ -293,6 +293,7 @@ def report(summaries: list[dict], out: Path, folds: int, group_size: int, partit
               f"{interval.precision[1]:.1%} (how far other scenes like these could put it)")
     return PartitionFigures(recall, precision, totals["other_as_garment"], totals["other_found"],
                             causes["missed_by_cause"])
+
 
 if __name__ == "__main__":
     main()

@@ -101,6 +101,9 @@ def test_the_cloth_in_a_large_object_becomes_a_garment_and_the_rest_stays_an_obj
     assert rest.bbox[0] >= 180 and rest.bbox[0] + rest.bbox[2] <= 365
     assert garment.area + rest.area == pytest.approx(clump.area, rel=0.15)
     assert not garment.overlap_suspect and garment.outline is not None
+    # what the textile check refused as a whole: the cloth carved out of it is a garment, the rest stays not cloth
+    refused = _carver(200).carve(image, [replace(clump, not_cloth=True)])
+    assert sorted((d.kind, d.not_cloth) for d in refused) == [("garment", False), ("object", True)]
 
 
 def test_what_is_left_whole():

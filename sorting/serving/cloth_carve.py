@@ -264,4 +264,5 @@ class ClothCarver:
         # a piece touches only frame edges its parent was confirmed to cross
         edges = frame_edges(box, frame, self.border_margin_px) & parent.edges
         return replace(parent, bbox=box, area=float(area), centroid=centre, edges=edges, solidity=solidity,
-                       overlap_suspect=False, n_cores=1, two_colour_regions=False, outline=contour, kind=kind)
+                       overlap_suspect=False, n_cores=1, two_colour_regions=False, outline=contour, kind=kind,
+                       not_cloth=parent.not_cloth and kind != GARMENT)  # cloth carved out of what the check refused

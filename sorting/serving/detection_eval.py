@@ -52,7 +52,7 @@ MISSED_CAUSES = {
     "merged": "one detection covers it and another garment",
     "split": "found in pieces",
     "loose": "a garment detection with IoU 0.3-0.5: the box is near, the hand-drawn one loose",
-    "called not cloth": "a garment detection on it (IoU 0.3 or more) that the textile check turned into an object",
+    "called not cloth": "a garment detection on it (IoU 0.3 or more) that the textile check's score made an object",
     "called non-garment": "a hand or object detection on it (IoU 0.3 or more): it goes to reject",
     "in a hand or object clump": "a larger hand or object detection holds it",
     "partly": "a garment detection with IoU 0.1-0.3",
