@@ -185,12 +185,15 @@ class FrameScore:
         out = []
         for i in self.missed(threshold):
             box = [self.labels[i].box]
-            best_g, best_o = _best_iou(box, g_boxes), _best_iou(box, o_boxes)
+            best_g = _best_iou(box, g_boxes)
+            o_iou = iou_matrix(box, o_boxes)[0] if o_boxes else np.zeros(0)
+            # the hand or object detection on it, if any: the check's own call or the segmentation's
+            on_it = others[int(o_iou.argmax())] if len(o_iou) and o_iou.max() >= LOOSE_IOU else None
             held = bool(o_boxes) and bool((share_inside(box, o_boxes) >= COVER).any())
-            called = ("called not cloth" if others[int(iou_matrix(box, o_boxes)[0].argmax())].not_cloth
-                      else "called non-garment") if best_o >= LOOSE_IOU else None
             out.append("merged" if i in self.merged else "split" if i in self.split
-                       else "loose" if best_g >= LOOSE_IOU else called if called is not None
+                       else "loose" if best_g >= LOOSE_IOU
+                       else "called not cloth" if on_it is not None and on_it.not_cloth
+                       else "called non-garment" if on_it is not None
                        else "in a hand or object clump" if held else "partly" if best_g >= OVERLAP_IOU
                        else "not found")
         return out
