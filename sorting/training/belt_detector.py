@@ -47,6 +47,7 @@ from sorting.training.belt_detector_data import (
     split_by_group,
     synthetic_samples,
 )
+from sorting.training.copy_paste import CopyPaste
 from sorting.training.engine import TrainingSetup, run_training, seed_everything
 from sorting.training.loop import StepSettings
 
@@ -125,12 +126,14 @@ def build_detector_setup(config: BeltDetectorTrainConfig, ctx: D.DistContext
         for p in backbone:
             p.requires_grad_(full)
 
-    augment = None
+    augment, paste = None, None
     if config.augment.enabled:
         a = config.augment
         augment = build_augment(a.scale, a.translate, a.rotate, a.photometric, seed=config.seed)
+        if a.copy_paste > 0:
+            paste = CopyPaste(train, probability=a.copy_paste, max_things=a.paste_things, seed=config.seed)
     sampler = D.ShardedSampler(len(train), ctx, seed=config.seed)
-    train_loader = DataLoader(DetectorDataset(train, arch, augment), batch_size=config.batch_size, sampler=sampler,
+    train_loader = DataLoader(DetectorDataset(train, arch, augment, paste), batch_size=config.batch_size, sampler=sampler,
                               collate_fn=cell_collate, drop_last=len(train) > config.batch_size)
     val_loader = DataLoader(DetectorDataset(val, arch), batch_size=config.batch_size, collate_fn=cell_collate)
     lr, wd = config.optim.lr, config.optim.weight_decay

@@ -84,6 +84,10 @@ class DetectorAugmentConfig(StrictModel):
     translate: float = Field(0.1, ge=0, le=0.5)  # of the frame
     rotate: float = Field(8.0, ge=0, le=180)  # degrees (boxes of rotated things grow)
     photometric: float = Field(1.0, ge=0, le=2)  # strength of light and colour changes
+    # the share of training frames that get garments and objects of other training frames pasted in
+    # (sorting.training.copy_paste), up to paste_things a frame
+    copy_paste: float = Field(0.0, ge=0, le=1)
+    paste_things: int = Field(3, ge=1, le=10)
 
 
 class DetectorLossConfig(StrictModel):

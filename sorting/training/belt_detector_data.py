@@ -38,6 +38,7 @@ from sorting.models.belt_detector import (
     DetectorArch,
 )
 from sorting.models.multihead import IGNORE_INDEX
+from sorting.training.copy_paste import CopyPaste
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # a sorting line is offline: albumentations never asks PyPI
 import albumentations as A
@@ -204,10 +205,12 @@ def to_input(image_bgr: np.ndarray) -> torch.Tensor:
 
 
 class DetectorDataset(Dataset):
-    """``(input tensor, targets (cells, 3))`` per sample, augmented when ``augment`` is given."""
+    """``(input tensor, targets (cells, 3))`` per sample, augmented when ``augment`` is given (after things of
+    other frames are pasted in, when ``paste`` is)."""
 
-    def __init__(self, samples: Sequence[DetectorSample], arch: DetectorArch, augment: A.Compose | None = None) -> None:
-        self.samples, self.arch, self.augment = list(samples), arch, augment
+    def __init__(self, samples: Sequence[DetectorSample], arch: DetectorArch, augment: A.Compose | None = None,
+                 paste: CopyPaste | None = None) -> None:
+        self.samples, self.arch, self.augment, self.paste = list(samples), arch, augment, paste
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -215,6 +218,8 @@ class DetectorDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.samples[index]
         image, boxes, ignore = s.image, s.boxes, s.ignore
+        if self.paste is not None:
+            image, boxes, ignore = self.paste.paste(image, boxes, ignore)
         if self.augment is not None:
             out = self.augment(image=image, bboxes=[b for b, _ in boxes] + list(ignore),
                                kinds=[k for _, k in boxes] + [0] * len(ignore))
