@@ -87,11 +87,8 @@ class CopyPaste:
                 pixels = pixels[:, ::-1]
             if self.rng.random() < 0.5:
                 pixels = pixels[::-1]
-            placed = self._place(pixels.shape[1], pixels.shape[0], image.shape)
-            if placed is None:
-                continue
-            x0, y0 = placed
             h, w = pixels.shape[:2]
+            x0, y0 = self._place(w, h, image.shape)
             region = image[y0: y0 + h, x0: x0 + w].astype(np.float32)
             alpha = feathered_alpha(h, w)
             image[y0: y0 + h, x0: x0 + w] = (alpha * pixels + (1 - alpha) * region).round().astype(np.uint8)
@@ -100,12 +97,10 @@ class CopyPaste:
             boxes = [(b, k) for b, k in boxes if not _covers(box, b)] + [(box, cutout.kind)]
         return image, boxes, ignore
 
-    def _place(self, w: int, h: int, shape: tuple[int, ...]) -> tuple[int, int] | None:
-        """The top-left corner of a ``w`` x ``h`` box centred near a labelled centre, wholly in the frame; None
-        when it does not fit."""
+    def _place(self, w: int, h: int, shape: tuple[int, ...]) -> tuple[int, int]:
+        """The top-left corner of a ``w`` x ``h`` box centred near a labelled centre, moved wholly into the frame
+        (every frame has the model's input size, so a thing cut out of one fits in any other)."""
         height, width = shape[:2]
-        if w > width or h > height:
-            return None
         cx, cy = self.centres[int(self.rng.integers(len(self.centres)))]
         cx += self.rng.uniform(-JITTER, JITTER) * w
         cy += self.rng.uniform(-JITTER, JITTER) * h
