@@ -7,12 +7,16 @@ The development photos of benchmarks/belt_split.json are cut into ``--folds`` pa
 set-up generalises to; settings can be compared on them without the held-out photos (which this never reads).
 
     python benchmarks/belt_cross_validation.py [--folds 3] [--blocked] [--partitions N] [--set KEY=VALUE ...]
-        [--reuse]
+        [--reuse] [--setup-share S]
 
 ``--reuse`` scores each fold's line from an earlier run in ``--out`` again, without setting it up, when it was set
 up on the same photos with the same arguments: a ``--set`` setting (which acts at scoring only) is then compared in
 about a minute for 4 partitions instead of several. It knows the photos and arguments, not the code: after a change
 to what sets a line up (``calibrate --belt``, ``fit-textile-check``), run without it.
+
+``--setup-share S`` sets each fold up on a seeded draw of S of its set-up scene groups only (the test part is the
+same): run it at a few shares, each into its own ``--out``, for the learning curve of the whole line (how much more
+labelled scenes would give).
 
 ``--partitions N`` repeats it over N partitions of the scene groups (the first the usual round-robin one, the others
 shuffled by seeds 1 .. N-1) and prints their mean, and the missed garments a partition by cause: run two settings
@@ -64,6 +68,17 @@ def fold_of_groups(groups: list[int], folds: int, *, blocked: bool = False, part
     if partition:
         ordered = [ordered[i] for i in np.random.default_rng(partition).permutation(len(ordered))]
     return {g: i % folds for i, g in enumerate(ordered)}
+
+
+def share_of_scenes(photos: list[str], groups: dict[str, int], share: float, seed: int) -> list[str]:
+    """The photos of a seeded draw of ``share`` of the scene groups among ``photos`` (at least one group), in their
+    order: a set-up on fewer labelled scenes, whole scenes kept together."""
+    if share >= 1.0:
+        return list(photos)
+    present = sorted({groups[n] for n in photos})
+    keep = max(1, round(share * len(present)))
+    kept = set(np.random.default_rng(seed).permutation(present)[:keep].tolist())
+    return [n for n in photos if groups[n] in kept]
 
 
 def fold_detector(folder: Path, seed: int, recipe: list[str]) -> Path:
@@ -210,6 +225,9 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true",
                         help="score each fold's line from an earlier run in --out again when its set-up photos and "
                         "arguments are the same (fast comparisons of --set settings, which act at scoring only)")
+    parser.add_argument("--setup-share", type=float, default=1.0,
+                        help="set each fold up on this share of its set-up scene groups (a seeded draw; the learning "
+                        "curve of the whole line), into its own --out")
     parser.add_argument("--partitions", type=int, default=1,
                         help="repeat over this many partitions of the scene groups and print their mean")
     args = parser.parse_args()
@@ -221,6 +239,8 @@ def main() -> None:
         parser.error("--int8 makes its own network per fold: give it or --check-model, not both")
     if args.head_on_detector and args.detector is None:
         parser.error("--head-on-detector needs --detector")
+    if not 0 < args.setup_share <= 1:
+        parser.error("--setup-share must be in (0, 1]")
     if args.blocked and args.partitions > 1:
         parser.error("--blocked has one partition only (consecutive groups)")
     split = json.loads(SPLIT.read_text())
@@ -233,7 +253,8 @@ def main() -> None:
         summaries = []
         for k in range(args.folds):
             test = [n for n in dev if fold[groups[n]] == k]
-            setup = [n for n in dev if fold[groups[n]] != k]
+            setup = share_of_scenes([n for n in dev if fold[groups[n]] != k], groups, args.setup_share,
+                                    seed=100 * partition + k)
             summaries.append(run_fold(k, setup, test, args.data, out, args.set, fit_args, args.detector, args.seed,
                                       args.detector_recipe, args.int8, args.check_model, args.reuse,
                                       args.head_on_detector))

@@ -158,3 +158,15 @@ def test_the_mean_over_partitions_gives_the_missed_garments_a_partition_by_cause
         "found as such 105.0",
         "missed a partition: called not cloth 22.5, loose 5.0, not found 2.0"]
 
+
+
+def test_a_share_of_the_set_up_keeps_whole_scenes_drawn_by_seed():
+    share_of_scenes = _cv().share_of_scenes
+    photos = [f"images/color_img{n}.jpg" for n in range(100, 200, 3)]  # 34 photos in 10 scene groups
+    groups = {n: int(n.split("img")[1].split(".")[0]) // 10 for n in photos}
+    assert share_of_scenes(photos, groups, 1.0, seed=0) == photos
+    half = share_of_scenes(photos, groups, 0.5, seed=0)
+    kept = {groups[n] for n in half}
+    assert len(kept) == 5 and half == [n for n in photos if groups[n] in kept]  # whole groups, in order
+    assert share_of_scenes(photos, groups, 0.5, seed=0) == half and share_of_scenes(photos, groups, 0.5, seed=1) != half
+    assert len({groups[n] for n in share_of_scenes(photos, groups, 0.01, seed=0)}) == 1  # never none
