@@ -133,8 +133,8 @@ def build_detector_setup(config: BeltDetectorTrainConfig, ctx: D.DistContext
         if a.copy_paste > 0:
             paste = CopyPaste(train, probability=a.copy_paste, max_things=a.paste_things, seed=config.seed)
     sampler = D.ShardedSampler(len(train), ctx, seed=config.seed)
-    train_loader = DataLoader(DetectorDataset(train, arch, augment, paste), batch_size=config.batch_size, sampler=sampler,
-                              collate_fn=cell_collate, drop_last=len(train) > config.batch_size)
+    train_loader = DataLoader(DetectorDataset(train, arch, augment, paste), batch_size=config.batch_size,
+                              sampler=sampler, collate_fn=cell_collate, drop_last=len(train) > config.batch_size)
     val_loader = DataLoader(DetectorDataset(val, arch), batch_size=config.batch_size, collate_fn=cell_collate)
     lr, wd = config.optim.lr, config.optim.weight_decay
     setup = TrainingSetup(

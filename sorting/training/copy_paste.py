@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -30,6 +31,13 @@ MIN_SIDE_PX = 3 * FEATHER_PX  # a labelled box narrower than this (input pixels)
 JITTER = 0.25  # a pasted box's centre moves up to this share of its own size from the labelled centre it lands on
 
 
+class LabelledFrame(Protocol):
+    """What is cut out of a training frame (a :class:`~sorting.training.belt_detector_data.DetectorSample`)."""
+
+    image: np.ndarray  # BGR, at the model's input size
+    boxes: list[tuple[Box, int]]  # (x0, y0, x1, y1) in its pixels, index into KINDS
+
+
 @dataclass(frozen=True)
 class Cutout:
     """A labelled thing's box pixels (BGR) and its kind (an index into KINDS)."""
@@ -38,9 +46,8 @@ class Cutout:
     kind: int
 
 
-def cut_out(samples: Sequence, kinds: Sequence[str] = PASTED_KINDS) -> tuple[list[Cutout], np.ndarray]:
-    """The box pixels of every labelled thing of ``kinds`` in ``samples``
-    (:class:`~sorting.training.belt_detector_data.DetectorSample`), and the centres ``(n, 2)`` of all their
+def cut_out(samples: Sequence[LabelledFrame], kinds: Sequence[str] = PASTED_KINDS) -> tuple[list[Cutout], np.ndarray]:
+    """The box pixels of every labelled thing of ``kinds`` in ``samples``, and the centres ``(n, 2)`` of all their
     labelled boxes (where things lie on this belt)."""
     wanted = {KINDS.index(k) for k in kinds}
     cutouts, centres = [], []
@@ -69,7 +76,7 @@ class CopyPaste:
     """``paste(image, boxes, ignore)`` -> the frame with up to ``max_things`` things of other frames pasted in,
     with ``probability`` (seeded: the same run draws the same pastes)."""
 
-    def __init__(self, samples: Sequence, *, probability: float, max_things: int, seed: int) -> None:
+    def __init__(self, samples: Sequence[LabelledFrame], *, probability: float, max_things: int, seed: int) -> None:
         self.cutouts, self.centres = cut_out(samples)
         self.probability, self.max_things = probability, max_things
         self.rng = np.random.default_rng(seed)
