@@ -52,7 +52,7 @@ class RejectReason(str, Enum):
     SHUTDOWN = "shutdown"  # in flight when the line stopped
     LOG_UNAVAILABLE = "log_unavailable"  # the decision log took no writes and its backlog was full
     NOT_A_GARMENT = "not_a_garment"  # a hand or an object (segmentation.non_garment): never ejected as a garment
-    NOT_CLOTH = "not_cloth"  # a garment detection the textile check found not cloth (segmentation.textile_check)
+    NOT_CLOTH = NOT_CLOTH  # a garment detection the textile check found not cloth (segmentation.textile_check)
     NO_NIR = "no_nir"  # the line has a spectrometer, the item no usable reading, and the bins file says reject
     NIR_OOD = "nir_ood"  # its reading is out of the spectral model's distribution, and the bins file says reject
 

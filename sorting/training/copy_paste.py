@@ -8,9 +8,10 @@ comes from outside the training frames, so it keeps to the set-up photos as the 
 
 What is pasted is a thing's labelled box, not an outline (the photos have no masks): the hand-drawn boxes are
 loose, so their margin is belt, which blends into the belt it lands on, and the box's edge is feathered. Each lands
-centred on where some labelled thing lay in some training frame (so on the belt, never on its rails), maybe mirrored.
-A labelled thing whose centre the pasted box covers is hidden: it leaves the loss (neither a thing nor background),
-as a thing partly in view does. Hands are not pasted: they reach in from beside the belt, never lie in its middle.
+centred on where some labelled thing lay in some training frame (on the belt, or at its edge where a hand reached
+in), maybe mirrored. A labelled thing whose centre the pasted box covers is hidden: it leaves the loss (neither a
+thing nor background), as a thing partly in view does. Hands are not pasted: they reach in from beside the belt,
+never lie in its middle.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Cutout:
 
 def cut_out(samples: Sequence[LabelledFrame], kinds: Sequence[str] = PASTED_KINDS) -> tuple[list[Cutout], np.ndarray]:
     """The box pixels of every labelled thing of ``kinds`` in ``samples``, and the centres ``(n, 2)`` of all their
-    labelled boxes (where things lie on this belt)."""
+    labelled boxes, hands' too (where things lie on this belt)."""
     wanted = {KINDS.index(k) for k in kinds}
     cutouts, centres = [], []
     for s in samples:
