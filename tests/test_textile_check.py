@@ -411,6 +411,8 @@ def test_fit_textile_check_on_real_photos_writes_a_head_the_line_reads(shared_da
     out = capsys.readouterr().out
     assert "area under the curve" in out and "written into" in out
     assert (tmp_path / "head.png").stat().st_size > 1000  # the out-of-fold scores, to look at
+    assert f"gets wrong out of fold: {tmp_path / 'head-mistakes.png'}" in out  # and the crops behind its mistakes
+    assert (tmp_path / "head-mistakes.png").stat().st_size > 1000
     head = TextileHead.load(tmp_path / "head.json")
     assert head.info["fitted_on"]["photos"] == len(dev) and head.info["cross_validation"]["auc"] > 0.85
     kinds = head.info["fitted_on"]["labels_by_kind"]  # what it learnt to reject, said in the head and printed

@@ -8,8 +8,9 @@ check), each garment detection is a crop, labelled a garment when it matches a g
 better than any non-garment box, else not. Its threshold keeps ``keep`` of the garments *out of fold*: the photos
 are split into ``folds`` groups of scenes (a photo's number // ``group_size``: consecutive photos show one scene),
 each fold scored by a head fitted on the others; the area under the curve and the share of non-garments removed
-at that threshold are written with the head, then the head is fitted on every crop. ``--write-line`` points the
-line config at the new head.
+at that threshold are written with the head, then the head is fitted on every crop. Beside the head go a plot of
+the out-of-fold scores and a sheet of the crops the head gets wrong out of fold (:mod:`sorting.apps.head_mistakes`).
+``--write-line`` points the line config at the new head.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from sorting.apps.detection_data import (
     photo_frames,
     read_boxes_csv,
 )
+from sorting.apps.head_mistakes import mistakes_sheet
 from sorting.datasets.box_labels import photo_group, read_subset
 from sorting.errors import ConfigError, DataError
 from sorting.serving.belt_calibration import open_line_for_rewrite, relative_to_line, write_line
@@ -112,6 +114,8 @@ class Crops:
     pooled: np.ndarray | None = None
     # (n, 2, inputs): what the head reads of each crop's mirror images (textile_check.MIRRORS), with mirrors
     mirrored: np.ndarray | None = None
+    # each crop's photo and the (x0, y0, x1, y1) region the check cut it from: to show the head's mistakes
+    where: list[tuple[Path, tuple[int, int, int, int]]] = field(default_factory=list)
 
 
 def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
@@ -138,6 +142,7 @@ def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
     pooled_rows: list[np.ndarray] = []
     labels: list[int] = []
     groups: list[int] = []
+    where: list[tuple[Path, tuple[int, int, int, int]]] = []
     labelled: Counter[str] = Counter()
     photos = 0
     for frame, why in tqdm(iter_photos(found, boxes), total=len(found), desc="fit-textile-check", unit="photo",
@@ -161,6 +166,8 @@ def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
             pooled_rows.append(features)
         labels.extend(_labels(detections, frame.labels, cfg.match_iou))
         groups.extend([photo_group(frame.name, cfg.group_size)] * len(detections))
+        size = (frame.image.shape[1], frame.image.shape[0])
+        where.extend((found[frame.index][1], check.crop_region(d.bbox, size)) for d in detections)
     if not rows:
         raise DataError(f"no garment detection in the labelled photos of {cfg.boxes}: nothing to fit on")
     logprobs = np.concatenate(rows)  # (n, views, 1000)
@@ -168,7 +175,7 @@ def collect_crops(cfg: HeadFitConfig, *, pooled: bool = False) -> Crops:
     read = features if cfg.inputs == "features" else logprobs
     return Crops(logprobs[:, 0], classes.score(logprobs), np.asarray(labels), np.asarray(groups), photos,
                  dict(sorted(labelled.items())), {"file": check.path.name, "quantized": check.quantized},
-                 None if features is None else features[:, 0], read[:, 1:] if cfg.mirrors else None)
+                 None if features is None else features[:, 0], read[:, 1:] if cfg.mirrors else None, where)
 
 
 def _labels(detections: list[Any], labels: list[Any], match_iou: float) -> list[int]:
@@ -295,9 +302,15 @@ def unseen_kinds(labels_by_kind: dict[str, int]) -> list[str]:
     return [kind for kind in NON_GARMENT_KINDS if labels_by_kind.get(kind, 0) < MIN_SEEN]
 
 
+def mistakes_path(head_path: str | Path) -> Path:
+    """Where ``fit-textile-check`` writes the sheet of the head's out-of-fold mistakes: beside the head file."""
+    path = Path(head_path)
+    return path.with_name(f"{path.stem}-mistakes.png")
+
+
 def fit_textile_head(cfg: HeadFitConfig) -> TextileHead:
-    """Collect, fit, write ``cfg.out`` and a plot of its out-of-fold scores next to it (``.png``); warns when the
-    photos show (almost) no hand or object."""
+    """Collect, fit, write ``cfg.out``, a plot of its out-of-fold scores next to it (``.png``) and a sheet of the
+    crops it gets wrong out of fold (:func:`mistakes_path`); warns when the photos show (almost) no hand or object."""
     if not 1.0 <= cfg.context <= MAX_CONTEXT:
         raise ConfigError(f"--context {cfg.context}: a crop is its box grown 1 to {MAX_CONTEXT} times")
     crops = collect_crops(cfg)
@@ -308,6 +321,8 @@ def fit_textile_head(cfg: HeadFitConfig) -> TextileHead:
     head, oof = fit_head(crops, cfg)
     head.save(cfg.out)
     plot_scores(oof, crops.garment, head.min_score, Path(cfg.out).with_suffix(".png"))
+    mistakes_path(cfg.out).unlink(missing_ok=True)  # an earlier head's sheet would say the wrong thing
+    mistakes_sheet(crops.where, oof, crops.garment, head.min_score, mistakes_path(cfg.out))
     return head
 
 

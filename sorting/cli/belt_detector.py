@@ -96,6 +96,7 @@ def _fit_textile_check(args: argparse.Namespace) -> int:
     from sorting.apps.textile_head import (
         HeadFitConfig,
         fit_textile_head,
+        mistakes_path,
         write_head_into_line,
     )
 
@@ -113,6 +114,10 @@ def _fit_textile_check(args: argparse.Namespace) -> int:
           f"{head.info['class_floor']['garments_below']:.0%} of garments, {head.info['class_floor']['others_below']:.0%} "
           f"of the rest); labelled in the photos: {fitted['labels_by_kind']}\ntextile head: {args.out} (its scores: "
           f"{Path(args.out).with_suffix('.png')})")
+    sheet = mistakes_path(args.out)
+    if sheet.is_file():
+        print(f"the crops it gets wrong out of fold: {sheet} (look there for a garment box drawn loosely, a piece of a "
+              "garment or a garment merged with an object: a label or the segmentation fixes those, not the head)")
     if args.write_line:
         line = write_head_into_line(args.line, args.out, check_model=args.check_model)
         print(f"segmentation.textile_check.head{' and .model' if args.check_model else ''} written into {line} "
