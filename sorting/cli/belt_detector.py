@@ -166,7 +166,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "propose-labels writes one with kinds to correct)")
     p.add_argument("--labels", help="non-garment labels: image,x0,y0,x1,y1,kind")
     p.add_argument("--subset", help="only these photos: FILE (names, one a line) or FILE.json:KEY")
-    p.add_argument("--out", "-o", required=True, help="head file to write (JSON)")
+    p.add_argument("--out", "-o", required=True,
+                   help="head file to write (JSON); beside it a plot of its out-of-fold scores (.png) and a sheet of "
+                        "the crops it gets wrong out of fold (-mistakes.png)")
     p.add_argument("--keep", type=float, default=0.95, help="share of garments the threshold keeps, out of fold")
     p.add_argument("--group-size", type=int, default=10,
                    help="photos numbered alike (number // this) are one scene and stay in one fold")
