@@ -163,6 +163,20 @@ def test_on_a_moving_belt_a_large_garment_found_whole_is_not_looked_into_again()
     assert len(carver.carve(image, [moved], reuse=True)) == 2 and cloth.runs == 4
 
 
+def test_on_a_fast_belt_a_large_garment_is_found_again_where_the_belt_carried_it():
+    """``shift``: 200 px on, a 320 px garment overlaps its own last box by 0.23, so without the belt's travel it is
+    looked into again; with it, it is the same garment, found whole last frame."""
+    image = np.zeros((200, 800, 3), np.uint8)
+    cloth = _CountingMap(800)
+    carver = ClothCarver(CarveConfig(), cloth, _all_cloth, min_score=0.5, seg_scale=SEG_SCALE,
+                         typical_area_px=10_000, min_area_px=800, border_margin_px=3)
+    big, moved = _blob(40, 40, 360, 160, "garment"), _blob(240, 40, 560, 160, "garment")
+    assert carver.carve(image, [big], reuse=True, shift=(200.0, 0.0)) == [big] and cloth.runs == 1
+    assert carver.carve(image, [moved], reuse=True, shift=(200.0, 0.0)) == [moved] and cloth.runs == 1  # found
+    carver.carve(image, [big], reuse=True)
+    assert carver.carve(image, [moved], reuse=True) == [moved] and cloth.runs == 3  # not moved on: looked into
+
+
 class _ScreenedMap(_CountingMap):
     """And the check's own crop's map: each of its cells scores ``crop_cloth`` (``scores_of``)."""
 

@@ -186,6 +186,31 @@ def test_a_line_with_a_textile_check_reports_the_segment_stages_parts(tmp_path):
     assert set(stages) - {"segment: belt model", "segment: textile check"} == set(STAGES)
 
 
+def test_the_segmentation_is_told_how_far_the_belt_moved_since_the_last_usable_frame(tmp_path):
+    """The textile check finds last frame's garments where the belt carried them (the tracker's belt speed times the
+    time since the last frame the segmentation could use); a frame it cannot use does not count as one."""
+    from test_textile_check import _fake_check
+
+    frames, _ = make_belt_clip(hard=False, n_frames=12)
+    frames[5] = np.zeros_like(frames[5])  # a black frame: unusable, skipped
+    cfg = line_config(tmp_path)
+    cfg.segmentation.textile_check = TextileCheckConfig(model=_fake_check(tmp_path / "check.onnx"), min_score=0.0)
+    loop, _, _ = make_loop(tmp_path, frames, cfg)
+    moved: list[float] = []
+    segment = loop.stage.segment
+
+    def recording(image, **kwargs):
+        moved.append(kwargs["moved_px"])
+        return segment(image, **kwargs)
+
+    loop.stage.segment = recording
+    list(loop.run())
+    step = SPEED / FPS
+    assert moved[0] == 0.0 and moved[1:5] == pytest.approx([step] * 4)
+    assert moved[6] == pytest.approx(2 * step)  # after the black frame: two frames' travel
+    assert moved[7:] == pytest.approx([step] * (len(frames) - 7))
+
+
 class CommitCheckingActuator(SimulatedActuator):
     """Looks up the decision row through a second, read-only connection each time it is told to fire."""
 

@@ -89,6 +89,25 @@ def test_on_a_moving_belt_a_garment_keeps_the_score_it_came_into_view_with(fake_
     assert check.relabel(dark, [_det(55, 20)])[0].kind == "object"
 
 
+def test_on_a_fast_belt_a_garment_is_found_where_the_belt_carried_it(fake_model: Path):
+    """``shift``: last frame's boxes moved by the belt's travel before they are matched. A 40 px garment that moved
+    35 px overlaps its own last box by 0.07 (scored again on every frame without it); a garment leaving the view is
+    matched to its last box cut at the frame's edge (IoU 0.38 uncut)."""
+    bright, dark = np.full((100, 200, 3), 255, np.uint8), np.zeros((100, 200, 3), np.uint8)
+    check = TextileCheck(TextileCheckConfig(model=fake_model, min_score=0.5))
+    assert check.relabel(bright, [_det(50, 20), _det(150, 50)], reuse=True, shift=(35.0, 0.0))[0].kind == "garment"
+    moved = check.relabel(dark, [_det(85, 20), _det(185, 50, w=15)], reuse=True, shift=(35.0, 0.0))
+    assert [d.kind for d in moved] == ["garment", "garment"]  # both found again: not scored on the dark frame
+    # without the shift the moved garment is new to the check: scored, dark, an object
+    check = TextileCheck(TextileCheckConfig(model=fake_model, min_score=0.5))
+    check.relabel(bright, [_det(50, 20)], reuse=True)
+    assert check.relabel(dark, [_det(85, 20)], reuse=True)[0].kind == "object"
+    # a shift that carries last frame's garment away from this one: another thing, scored
+    check = TextileCheck(TextileCheckConfig(model=fake_model, min_score=0.5))
+    check.relabel(bright, [_det(50, 20)], reuse=True, shift=(35.0, 0.0))
+    assert check.relabel(dark, [_det(50, 20)], reuse=True, shift=(35.0, 0.0))[0].kind == "object"
+
+
 def test_a_thing_still_coming_into_view_is_checked_once_it_is_in(fake_model: Path):
     """``wait``: a garment detection held back (still entering the view) keeps its kind unscored and is not
     remembered, so the first frame it is let through scores it afresh."""
@@ -125,6 +144,35 @@ def test_on_a_moving_belt_the_check_waits_for_things_coming_into_view(repo_root:
     assert minus.coming_into_view(replace(_det(540, 20, w=100), edges=frozenset({"right"})))
     assert not minus.coming_into_view(replace(_det(250, 20, w=390), edges=frozenset({"right"})))
     assert seg("+y").coming_into_view(replace(_det(50, 0, h=80), edges=frozenset({"top"})))
+
+
+def test_the_check_is_told_the_belts_travel_along_its_direction(repo_root: Path):
+    """On a moving belt the segmentation hands the check the belt's travel since the last frame as an (x, y) shift
+    along the belt's direction: one frame at the nominal speed unless told; a still scene reuses nothing."""
+    from sorting.serving.line_config import load_line_config
+    from sorting.serving.line_segmentation import LineSegmentation
+
+    class Recording:
+        def __init__(self) -> None:
+            self.calls: list[tuple[bool, tuple[float, float]]] = []
+
+        def relabel(self, image, detections, *, reuse, shift, wait):
+            self.calls.append((reuse, shift))
+            return detections
+
+    def seg(direction: str, scene: str = "belt") -> LineSegmentation:
+        line = LineSegmentation(load_line_config(repo_root / "serving" / "line-colour-6bin.yaml", [
+            f"belt.direction={direction}", "belt.speed_px_s=300", "tracking.decision_line_px=300",
+            f"tracking.scene={scene}"]), fps=30.0)
+        line.textile_check = Recording()
+        return line
+
+    image = np.full((480, 640, 3), 128, np.uint8)
+    minus, down, still = seg("-x"), seg("+y"), seg("+x", "still")
+    minus.segment(image), minus.segment(image, moved_px=25.0), down.segment(image), still.segment(image)
+    assert minus.textile_check.calls == [(True, (-10.0, 0.0)), (True, (-25.0, 0.0))]
+    assert down.textile_check.calls == [(True, (0.0, 10.0))]
+    assert still.textile_check.calls[0][0] is False
 
 
 def test_a_file_that_is_not_a_textile_check_is_refused_in_one_line(tmp_path: Path):

@@ -133,10 +133,12 @@ class ClothCarver:
         self._kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))  # cleans the cloth mask's edges
 
     def carve(self, image_bgr: np.ndarray, detections: list[Detection], *, reuse: bool = False,
+              shift: tuple[float, float] = (0.0, 0.0),
               wait: Callable[[Detection], bool] | None = None) -> list[Detection]:
         """``detections`` with the clumps carved; with ``reuse`` (a moving belt), a large garment detection that
-        overlaps one of the previous frame found to be about all cloth by ``reuse_iou`` is left whole unlooked; a
-        detection ``wait`` holds back (a thing still coming into view) is left as it is."""
+        overlaps one of the previous frame found to be about all cloth by ``reuse_iou`` (that one moved by ``shift``,
+        the belt's travel since) is left whole unlooked; a detection ``wait`` holds back (a thing still coming into
+        view) is left as it is."""
         out: list[Detection] = []
         whole: list[Box] = []  # this frame's large garments found to be about all cloth
         for det in detections:
@@ -146,18 +148,21 @@ class ClothCarver:
                 out.extend(self._carve_one(image_bgr, det, *self._cloth(image_bgr, det)))
             elif (det.kind == GARMENT and self.cfg.garment_min_area is not None
                     and det.area >= self.cfg.garment_min_area * self.typical_area_px):
-                out.extend(self._carve_garment(image_bgr, det, reuse, whole))
+                out.extend(self._carve_garment(image_bgr, det, shift if reuse else None, whole))
             else:
                 out.append(det)
         self._whole.keep(whole, [True] * len(whole))
         return out
 
-    def _carve_garment(self, image_bgr: np.ndarray, det: Detection, reuse: bool, whole: list[Box]) -> list[Detection]:
-        """A large garment detection: left whole if the map calls most of it cloth (or, with ``reuse``, called last
-        frame's detection it overlaps so; either way its box joins ``whole``), else it is a clump (a garment on a
-        tray, beside phones): the cloth in it is carved out and the rest is an object."""
+    def _carve_garment(self, image_bgr: np.ndarray, det: Detection, shift: tuple[float, float] | None,
+                       whole: list[Box]) -> list[Detection]:
+        """A large garment detection: left whole if the map calls most of it cloth (or, with ``shift``, the belt's
+        travel on a moving belt, called last frame's detection it overlaps so; either way its box joins ``whole``),
+        else it is a clump (a garment on a tray, beside phones): the cloth in it is carved out and the rest is an
+        object."""
         box = corners(det.bbox)
-        if (reuse and self._whole.find([box])[0]) or self._whole_on_its_crop(det):
+        frame = (image_bgr.shape[1], image_bgr.shape[0])
+        if (shift is not None and self._whole.find([box], shift, frame)[0]) or self._whole_on_its_crop(det):
             whole.append(box)
             return [det]
         region, blob, cloth = self._cloth(image_bgr, det)

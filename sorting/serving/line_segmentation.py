@@ -56,17 +56,22 @@ class LineSegmentation:
                                           crop_map=self.textile_check.crop_map)
         self._moving_belt = cfg.tracking.scene == "belt"  # consecutive frames show the same garments
         self._belt = BeltAxis(cfg.belt.direction)
+        # how far the belt moves from one frame to the next at its nominal speed (the loop gives the measured one)
+        self._px_per_frame = cfg.belt.pixels_per_second / (fps or cfg.camera.fps or 30.0)
         self._decision_line = cfg.tracking.decision_line_px
         # wall time of each stage (belt model, textile check, carve): the last frame's and the means
         self.timer = StageTimer(())
         self.along_axis = along
         self._box_trim, self._scale = seg.box_trim, seg.scale
 
-    def segment(self, image: np.ndarray, *, shape_min_area: float | None = None,
-                trim: bool = True) -> list[Detection]:
+    def segment(self, image: np.ndarray, *, shape_min_area: float | None = None, trim: bool = True,
+                moved_px: float | None = None) -> list[Detection]:
         """Detections in ``image`` (raises :class:`~sorting.serving.segmentation.FrameError` for a frame it
         cannot use); the white balance follows the reference patch first, as in the loop. Garment boxes are
-        trimmed (``segmentation.box_trim``) unless ``trim`` is False: the boxes the textile check crops."""
+        trimmed (``segmentation.box_trim``) unless ``trim`` is False: the boxes the textile check crops. On a moving
+        belt, ``moved_px`` is how far the belt moved since the last frame segmented (default: one frame at the
+        belt's nominal speed): the check and carving find last frame's things there again instead of scoring them
+        anew."""
         if self.white_balance is not None:
             self.corrector = self.white_balance.update(image) or self.corrector
         normalise = self.corrector.apply if self.white_balance is not None else None
@@ -74,12 +79,15 @@ class LineSegmentation:
         with self.timer.stage("belt model"):
             detections = self.segmenter.segment(image, normalise, shape_min_area=shape_min_area)
         wait = self.coming_into_view if self._moving_belt else None
+        dx, dy = self._belt.velocity(self._px_per_frame if moved_px is None else moved_px)
+        shift = (float(dx), float(dy))
         if self.textile_check is not None:
             with self.timer.stage("textile check"):
-                detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt, wait=wait)
+                detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt, shift=shift,
+                                                        wait=wait)
         if self.carver is not None:
             with self.timer.stage("carve"):
-                detections = self.carver.carve(image, detections, reuse=self._moving_belt, wait=wait)
+                detections = self.carver.carve(image, detections, reuse=self._moving_belt, shift=shift, wait=wait)
         return self._trimmed(detections, image.shape) if trim and self._box_trim > 0 else detections
 
     def _trimmed(self, detections: list[Detection], shape: tuple[int, ...]) -> list[Detection]:

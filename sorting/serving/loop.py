@@ -128,6 +128,7 @@ class SorterLoop:
         self._log_alarm = False
         self._next_health_check = 0.0
         self._camera_alarm = False
+        self._segmented_t: float | None = None  # time of the last frame the segmentation could use
         self._view_watch = ViewWatch(telemetry, cfg.camera.read_timeout_s)  # frames that come but show nothing usable
         self._refused_reloads = 0
         self._held: dict[str, Plan] = {}  # product decisions whose row waits in the log's backlog
@@ -242,7 +243,7 @@ class SorterLoop:
         self._check_health()
         self._maybe_reload()
         with timer.stage("segment"):
-            detections = self._segment(frame.image)
+            detections = self._segment(frame.image, frame.t)
         if detections is None:  # a frame the segmentation cannot use: skipped, the tracks wait for the next
             return FrameResult(index=frame.index, t=frame.t, image=frame.image if self.keep_images else None,
                                timings_ms=dict(timer.frame_ms), items_decided=self.items_decided)
@@ -293,15 +294,20 @@ class SorterLoop:
                                          "as the bins file's nir.missing says" if silent else "scans arrive again")
         return outcomes
 
-    def _segment(self, image: np.ndarray) -> list[Detection] | None:
-        """This frame's detections (None: a frame the segmentation cannot use, counted and skipped)."""
+    def _segment(self, image: np.ndarray, t: float) -> list[Detection] | None:
+        """This frame's detections (None: a frame the segmentation cannot use, counted and skipped). The belt's
+        travel since the last usable frame, at the speed the tracker has (measured, with an encoder), tells the
+        textile check where last frame's things are now."""
+        moved = self.tracker.speed_px_s * max(0.0, t - self._segmented_t) if self._segmented_t is not None else 0.0
         try:
-            detections = self.stage.segment(image, shape_min_area=self.tracker.shape_evidence_min_area)
+            detections = self.stage.segment(image, shape_min_area=self.tracker.shape_evidence_min_area,
+                                            moved_px=moved)
         except FrameError as exc:
             self.source.stats.unreadable += 1
             self._view_watch.unusable(self.clock.now(), str(exc))
             return None
         self._view_watch.usable(self.clock.now())
+        self._segmented_t = t
         if self._ignore_non_garments:
             ignored = Counter(d.kind for d in detections if d.kind != GARMENT)
             for kind, n in ignored.items():

@@ -121,20 +121,30 @@ class TextileCheckConfig(StrictModel):
 
 class LastFrameBoxes:
     """Values worked out for the previous frame's boxes, found again by overlap: on a moving belt consecutive frames
-    show the same things, so what was learnt of one (its textile score; that it is all cloth) holds while its box
-    overlaps the new one by ``min_iou``."""
+    show the same things, so what was learnt of one (its textile score; that it is all cloth) holds while its box,
+    moved on as the belt moved, overlaps the new one by ``min_iou``."""
 
     def __init__(self, min_iou: float) -> None:
         self.min_iou = min_iou
         self._boxes: list[Box] = []
         self._values: list[Any] = []
 
-    def find(self, boxes: list[Box]) -> list[Any]:
+    def find(self, boxes: list[Box], shift: tuple[float, float] = (0.0, 0.0),
+             frame: tuple[int, int] | None = None) -> list[Any]:
         """Per ``(x0, y0, x1, y1)`` box, the value of the previous frame's box it overlaps most, if by ``min_iou``
-        (else None)."""
+        (else None), the previous boxes moved by ``shift`` (x, y: how far the belt carried them since) and cut to the
+        ``(width, height)`` frame. Without the shift a garment on a fast belt (30 px a frame, 60 px long) overlaps its
+        own last box by less than 0.5; without the cut, one leaving the view is cut shorter every frame. Either way
+        it would be scored again on every frame."""
         if not boxes or not self._boxes:
             return [None] * len(boxes)
-        overlap = iou_matrix(boxes, self._boxes)
+        dx, dy = shift
+        width, height = frame if frame is not None else (np.inf, np.inf)
+        moved = []
+        for x0, y0, x1, y1 in self._boxes:
+            left, top = max(0.0, x0 + dx), max(0.0, y0 + dy)
+            moved.append((left, top, max(left, min(width, x1 + dx)), max(top, min(height, y1 + dy))))  # out: empty
+        overlap = iou_matrix(boxes, moved)
         return [self._values[int(row.argmax())] if row.max() >= self.min_iou else None for row in overlap]
 
     def keep(self, boxes: list[Box], values: list[Any]) -> None:
@@ -323,17 +333,18 @@ class TextileCheck:
         return self._crop_maps.get(tuple(box))
 
     def relabel(self, image_bgr: np.ndarray, detections: list[Any], *, reuse: bool = False,
-                wait: Callable[[Any], bool] | None = None) -> list[Any]:
+                shift: tuple[float, float] = (0.0, 0.0), wait: Callable[[Any], bool] | None = None) -> list[Any]:
         """``detections`` with the garments whose crop scores below ``min_score`` turned into objects (and, with
         ``objects_back_from``, the objects scoring at least that turned into garments); with ``reuse`` (a moving belt:
-        consecutive frames show the same things), a detection overlapping one of the previous frame by ``reuse_iou``
-        keeps its score instead of being scored again; a detection ``wait`` holds back (a thing still coming into
-        view) is left as it is, unscored."""
+        consecutive frames show the same things), a detection overlapping one of the previous frame by ``reuse_iou``,
+        that one moved by ``shift`` (x, y px: the belt's travel since), keeps its score instead of being scored
+        again; a detection ``wait`` holds back (a thing still coming into view) is left as it is, unscored."""
         checked = [i for i, d in enumerate(detections)
                    if (d.kind == GARMENT or (d.kind == OBJECT and self.objects_back_from is not None))
                    and not (wait is not None and wait(d))]
         boxes = [corners(detections[i].bbox) for i in checked]
-        found = self._last.find(boxes) if reuse else [None] * len(checked)
+        frame = (image_bgr.shape[1], image_bgr.shape[0])
+        found = self._last.find(boxes, shift, frame) if reuse else [None] * len(checked)
         scores = {i: score for i, score in zip(checked, found) if score is not None}
         todo = [i for i in checked if i not in scores]
         self.forget_maps()  # keep this frame's only (carving reads them: ClothCarver's garment_screen)
