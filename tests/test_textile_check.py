@@ -169,7 +169,10 @@ def test_the_check_is_told_the_belts_travel_along_its_direction(repo_root: Path)
 
     image = np.full((480, 640, 3), 128, np.uint8)
     minus, down, still = seg("-x"), seg("+y"), seg("+x", "still")
-    minus.segment(image), minus.segment(image, moved_px=25.0), down.segment(image), still.segment(image)
+    minus.segment(image)
+    minus.segment(image, moved_px=25.0)
+    down.segment(image)
+    still.segment(image)
     assert minus.textile_check.calls == [(True, (-10.0, 0.0)), (True, (-25.0, 0.0))]
     assert down.textile_check.calls == [(True, (0.0, 10.0))]
     assert still.textile_check.calls[0][0] is False
