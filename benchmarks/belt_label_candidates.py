@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 
 from sorting.apps.detection_data import read_boxes_csv
+from sorting.serving.annotate import tile_grid
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.detection_eval import COVER, OVERLAP_IOU, iou_matrix, share_inside
 from sorting.serving.line_config import load_line_config
@@ -80,10 +81,7 @@ def sheets(items: list[tuple[str, tuple[float, ...]]], data: Path, out: Path) ->
             tile[: crop.shape[0], : crop.shape[1]] = crop
             cv2.putText(tile, f"{k} {Path(name).stem}", (3, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 255, 255), 1)
             tiles.append(tile)
-        while len(tiles) % 6:
-            tiles.append(np.zeros((TILE, TILE, 3), np.uint8))
-        rows = [np.hstack(tiles[i:i + 6]) for i in range(0, len(tiles), 6)]
-        cv2.imwrite(str(out / f"candidates{start // 30}.png"), np.vstack(rows))
+        cv2.imwrite(str(out / f"candidates{start // 30}.png"), tile_grid(tiles, 6))
 
 
 def main() -> None:

@@ -159,7 +159,6 @@ def test_the_mean_over_partitions_gives_the_missed_garments_a_partition_by_cause
         "missed a partition: called not cloth 22.5, loose 5.0, not found 2.0"]
 
 
-
 def test_a_share_of_the_set_up_keeps_whole_scenes_drawn_by_seed():
     share_of_scenes = _cv().share_of_scenes
     photos = [f"images/color_img{n}.jpg" for n in range(100, 200, 3)]  # 34 photos in 10 scene groups

@@ -56,6 +56,13 @@ def _spots(img: np.ndarray, result: FrameResult, spots: SpotGeometry, axis: int)
                (4, h - 6), _GREY)
 
 
+def tile_grid(tiles: list[np.ndarray], columns: int, *, fill: int = 0) -> np.ndarray:
+    """Equal-sized tiles laid out in rows of ``columns``, the last row padded with tiles of ``fill``: a contact sheet
+    (the belt set-up's overlay, a textile head's mistakes)."""
+    tiles = tiles + [np.full_like(tiles[0], fill)] * (-len(tiles) % columns)
+    return np.vstack([np.hstack(tiles[k:k + columns]) for k in range(0, len(tiles), columns)])
+
+
 def decision_text(decision: ItemDecision) -> str:
     """What a decided item's label adds: the NIR reading (if any) and the bin, with the reason for a reject (an
     operator must see a phone or a hand go to reject *as* one, not as a garment of some colour)."""

@@ -36,6 +36,7 @@ import yaml
 
 from sorting.config import read_yaml
 from sorting.errors import ConfigError, DataError
+from sorting.serving.annotate import tile_grid
 from sorting.serving.belt_colour_model import (
     BeltColourConfig,
     BeltColourLookup,
@@ -252,10 +253,7 @@ def setup_overlay(frames: Sequence[np.ndarray], found: Sequence[list[Detection]]
         cv2.putText(tile, f"frame {k}: {len(dets)} found", (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1,
                     cv2.LINE_AA)
         tiles.append(tile)
-    while len(tiles) % OVERLAY_COLUMNS:
-        tiles.append(np.zeros_like(tiles[0]))
-    rows = [np.hstack(tiles[i:i + OVERLAY_COLUMNS]) for i in range(0, len(tiles), OVERLAY_COLUMNS)]
-    return np.vstack(rows)
+    return tile_grid(tiles, OVERLAY_COLUMNS)
 
 
 def write_belt_setup(line_path: str | Path, setup: BeltSetup, *, data: dict[str, Any] | None = None,

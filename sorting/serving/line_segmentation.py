@@ -79,8 +79,7 @@ class LineSegmentation:
         with self.timer.stage("belt model"):
             detections = self.segmenter.segment(image, normalise, shape_min_area=shape_min_area)
         wait = self.coming_into_view if self._moving_belt else None
-        dx, dy = self._belt.velocity(self._px_per_frame if moved_px is None else moved_px)
-        shift = (float(dx), float(dy))
+        shift = self._travel(moved_px) if self._moving_belt else (0.0, 0.0)  # a still scene reuses nothing
         if self.textile_check is not None:
             with self.timer.stage("textile check"):
                 detections = self.textile_check.relabel(image, detections, reuse=self._moving_belt, shift=shift,
@@ -89,6 +88,11 @@ class LineSegmentation:
             with self.timer.stage("carve"):
                 detections = self.carver.carve(image, detections, reuse=self._moving_belt, shift=shift, wait=wait)
         return self._trimmed(detections, image.shape) if trim and self._box_trim > 0 else detections
+
+    def _travel(self, moved_px: float | None) -> tuple[float, float]:
+        """The belt's travel ``(x, y)`` in px: ``moved_px`` along its direction, or one frame at its nominal speed."""
+        dx, dy = self._belt.velocity(self._px_per_frame if moved_px is None else moved_px)
+        return float(dx), float(dy)
 
     def _trimmed(self, detections: list[Detection], shape: tuple[int, ...]) -> list[Detection]:
         """The garments' boxes trimmed to their body (``segmentation.box_trim``), each keeping its whole box for the
