@@ -7,7 +7,7 @@ The development photos of benchmarks/belt_split.json are cut into ``--folds`` pa
 set-up generalises to; settings can be compared on them without the held-out photos (which this never reads).
 
     python benchmarks/belt_cross_validation.py [--folds 3] [--blocked] [--partitions N] [--set KEY=VALUE ...]
-        [--reuse] [--setup-share S]
+        [--reuse] [--setup-share S] [--setup-frames N]
 
 ``--reuse`` scores each fold's line from an earlier run in ``--out`` again, without setting it up, when it was set
 up on the same photos with the same arguments: a ``--set`` setting (which acts at scoring only) is then compared in
@@ -17,6 +17,9 @@ to what sets a line up (``calibrate --belt``, ``fit-textile-check``), run withou
 ``--setup-share S`` sets each fold up on a seeded draw of S of its set-up scene groups only (the test part is the
 same): run it at a few shares, each into its own ``--out``, for the learning curve of the whole line (how much more
 labelled scenes would give).
+
+``--setup-frames N`` sets each fold's belt model and typical item up from N of its set-up photos (``calibrate --belt
+--frames N``; 8 without it).
 
 ``--partitions N`` repeats it over N partitions of the scene groups (the first the usual round-robin one, the others
 shuffled by seeds 1 .. N-1) and prints their mean, and the missed garments a partition by cause: run two settings
@@ -108,7 +111,7 @@ def _settings_digest(recipe: Path) -> str:
 def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, overrides: list[str],
              fit_args: list[str], detector: str | None = None, seed: int = 0, recipe: list[str] | None = None,
              int8: bool = False, check_model: Path | None = None, reuse: bool = False,
-             head_on_detector: bool = False) -> dict:
+             head_on_detector: bool = False, setup_frames: int | None = None) -> dict:
     """Set up a line on the fold's set-up photos (calibrate --belt, fit-textile-check with ``fit_args``) and
     score it on its test photos; with ``reuse``, the fold's line from an earlier run is scored again when it was
     set up on the same photos with the same arguments (the set-up is deterministic). With ``detector``, the line
@@ -116,10 +119,11 @@ def run_fold(k: int, setup: list[str], test: list[str], data: Path, out: Path, o
     line (:func:`detector_line`)."""
     folder = out / f"fold{k}"
     line = folder / "line.yaml"
-    stamp = "\n".join([*setup, *fit_args, f"int8={int8}", f"check_model={check_model}"]) + "\n"
+    stamp = "\n".join([*setup, *fit_args, f"int8={int8}", f"check_model={check_model}"]
+                      + ([f"setup_frames={setup_frames}"] if setup_frames is not None else [])) + "\n"
     if not (reuse and line.is_file() and _read(folder / "setup-args.txt") == stamp):
         (folder / "setup-args.txt").unlink(missing_ok=True)  # a set-up cut short is never reused
-        _set_up_fold(folder, setup, data, fit_args, int8, check_model)
+        _set_up_fold(folder, setup, data, fit_args, int8, check_model, setup_frames)
         (folder / "setup-args.txt").write_text(stamp)
     (folder / "test.txt").write_text("\n".join(test) + "\n")
     if detector is not None:  # the fold's own detector, with these settings (e.g. "min_score: 0.4")
@@ -141,9 +145,9 @@ def _read(path: Path) -> str | None:
 
 
 def _set_up_fold(folder: Path, setup: list[str], data: Path, fit_args: list[str], int8: bool,
-                 check_model: Path | None) -> None:
-    """``calibrate --belt`` and ``fit-textile-check --write-line`` on the fold's set-up photos, into
-    ``folder/line.yaml``."""
+                 check_model: Path | None, setup_frames: int | None = None) -> None:
+    """``calibrate --belt`` (from ``setup_frames`` of the set-up photos, or its default) and ``fit-textile-check
+    --write-line`` on the fold's set-up photos, into ``folder/line.yaml``."""
     shutil.rmtree(folder / "setup-images", ignore_errors=True)
     (folder / "setup-images").mkdir(parents=True)
     for name in setup:
@@ -153,7 +157,8 @@ def _set_up_fold(folder: Path, setup: list[str], data: Path, fit_args: list[str]
     for old in (line, line.with_name("line.yaml.bak")):
         old.unlink(missing_ok=True)
     _cli("calibrate", "--belt", "--line", str(line), "--template", str(TEMPLATE), "--source",
-         str(folder / "setup-images"), "--camera", str((data / "images").resolve()))
+         str(folder / "setup-images"), "--camera", str((data / "images").resolve()),
+         *(["--frames", str(setup_frames)] if setup_frames is not None else []))
     network = _network(folder, int8, check_model)
     if int8:  # the INT8 check, calibrated on the fold's set-up photos; the head fitted on it
         _cli("export-textile-check", "--out", network[1], "--int8", str(folder / "setup-images"))
@@ -228,6 +233,9 @@ def main() -> None:
     parser.add_argument("--setup-share", type=float, default=1.0,
                         help="set each fold up on this share of its set-up scene groups (a seeded draw; the learning "
                         "curve of the whole line), into its own --out")
+    parser.add_argument("--setup-frames", type=int,
+                        help="calibrate --belt --frames: how many of each fold's set-up photos the belt model is set up "
+                        "from (calibrate's default: 8)")
     parser.add_argument("--partitions", type=int, default=1,
                         help="repeat over this many partitions of the scene groups and print their mean")
     args = parser.parse_args()
@@ -257,7 +265,7 @@ def main() -> None:
                                     seed=100 * partition + k)
             summaries.append(run_fold(k, setup, test, args.data, out, args.set, fit_args, args.detector, args.seed,
                                       args.detector_recipe, args.int8, args.check_model, args.reuse,
-                                      args.head_on_detector))
+                                      args.head_on_detector, args.setup_frames))
         figures.append(report(summaries, out, args.folds, size, partition))
     if args.partitions > 1:
         print("\n".join(mean_lines(figures)))

@@ -40,14 +40,12 @@ def test_other_partitions_deal_the_same_groups_evenly_but_differently():
     assert fold_of_groups(groups, 3, blocked=True) == {g: (g - 1) // 4 for g in range(1, 13)}
 
 
-def test_reuse_sets_a_fold_up_again_only_when_its_photos_or_arguments_changed(tmp_path: Path, monkeypatch):
-    """``--reuse`` scores a fold's line again without calibrate and fit-textile-check when the fold was set up on the
-    same photos with the same arguments; another photo list or another argument sets it up afresh."""
-    cv = _cv()
-    calls: list[str] = []
+def _setting_up_cli(calls: list[tuple[str, ...]]):
+    """Stands in for the CLI of a fold's set-up and scoring: records each call's arguments; calibrate writes the
+    line, evaluate-detection a summary."""
 
     def fake_cli(*args: str) -> str:
-        calls.append(args[0])
+        calls.append(args)
         if args[0] == "calibrate":
             Path(args[args.index("--line") + 1]).write_text("name: fold\n")
         if args[0] == "evaluate-detection":
@@ -56,7 +54,15 @@ def test_reuse_sets_a_fold_up_again_only_when_its_photos_or_arguments_changed(tm
             (out / "summary.json").write_text('{"matched": 1}')
         return "header\nIoU 0.5: recall ...\n"
 
-    monkeypatch.setattr(cv, "_cli", fake_cli)
+    return fake_cli
+
+
+def test_reuse_sets_a_fold_up_again_only_when_its_photos_or_arguments_changed(tmp_path: Path, monkeypatch):
+    """``--reuse`` scores a fold's line again without calibrate and fit-textile-check when the fold was set up on the
+    same photos with the same arguments; another photo list or another argument sets it up afresh."""
+    cv = _cv()
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(cv, "_cli", _setting_up_cli(calls))
     (tmp_path / "data" / "images").mkdir(parents=True)
 
     def fold(setup: list[str], fit_args: list[str], reuse: bool) -> list[str]:
@@ -64,7 +70,7 @@ def test_reuse_sets_a_fold_up_again_only_when_its_photos_or_arguments_changed(tm
         summary = cv.run_fold(0, setup, ["images/c.jpg"], tmp_path / "data", tmp_path / "cv", [], fit_args,
                               reuse=reuse)
         assert summary == {"matched": 1}
-        return calls[:]
+        return [args[0] for args in calls]
 
     set_up = ["calibrate", "fit-textile-check", "evaluate-detection"]
     assert fold(["images/a.jpg"], [], reuse=True) == set_up  # nothing to reuse yet
@@ -73,6 +79,28 @@ def test_reuse_sets_a_fold_up_again_only_when_its_photos_or_arguments_changed(tm
     assert fold(["images/a.jpg", "images/b.jpg"], [], reuse=True) == set_up
     assert fold(["images/a.jpg", "images/b.jpg"], ["--inputs", "features"], reuse=True) == set_up
     assert fold(["images/a.jpg", "images/b.jpg"], ["--inputs", "features"], reuse=True) == ["evaluate-detection"]
+
+
+def test_set_up_frames_reach_calibrate_and_a_change_sets_the_fold_up_again(tmp_path: Path, monkeypatch):
+    """``--setup-frames N`` is calibrate's ``--frames N`` (left to calibrate's default without it); under ``--reuse``
+    a fold set up from another number of frames is set up again."""
+    cv = _cv()
+    calls: list[tuple[str, ...]] = []
+    monkeypatch.setattr(cv, "_cli", _setting_up_cli(calls))
+    (tmp_path / "data" / "images").mkdir(parents=True)
+
+    def frames_given(setup_frames: int | None) -> list[str | None]:
+        calls.clear()
+        cv.run_fold(0, ["images/a.jpg"], ["images/c.jpg"], tmp_path / "data", tmp_path / "cv", [], [], reuse=True,
+                    setup_frames=setup_frames)
+        return [args[args.index("--frames") + 1] if "--frames" in args else None
+                for args in calls if args[0] == "calibrate"]
+
+    assert frames_given(None) == [None]
+    assert frames_given(32) == ["32"]
+    assert frames_given(32) == []  # the same set-up: reused
+    assert frames_given(16) == ["16"]
+    assert frames_given(None) == [None]
 
 
 def _recording_cli(calls: list[tuple[str, ...]]):
