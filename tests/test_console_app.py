@@ -307,3 +307,17 @@ def test_cli_console_and_serve_flags(db, tmp_path, capsys, monkeypatch, repo_roo
     finally:
         handle.close()
     assert start_line_console(build_parser().parse_args(["serve", "--line", line]), cfg) is None
+
+
+def test_a_taken_port_is_one_config_error_not_an_exit(db) -> None:
+    """werkzeug ends the process (sys.exit) when it cannot bind; the console, started inside ``serve --console``,
+    must raise a ConfigError the line can report and clean up after instead."""
+    import socket
+
+    from sorting.errors import ConfigError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(ConfigError, match=f"console: cannot listen on 127.0.0.1:{busy.getsockname()[1]}"):
+            start_console(None, db[0], port=busy.getsockname()[1])

@@ -1,7 +1,8 @@
 """``textile-sorter train-belt-detector``: a recipe -> a learned detector of garments, hands and objects (ONNX);
 ``textile-sorter export-textile-check``: the ImageNet check "is it cloth?" as an ONNX file (no training);
 ``textile-sorter fit-textile-check``: a linear head for that check, fitted to a line's labelled photos;
-``textile-sorter propose-labels``: the line's detections as a boxes CSV to correct, the labels the head needs.
+``textile-sorter propose-labels``: the line's detections as a boxes CSV to correct, the labels the head needs;
+``textile-sorter label-boxes``: that CSV corrected in the browser (:mod:`sorting.apps.labeller`).
 
 Registered from :mod:`sorting.cli.serve` next to ``calibrate --belt`` and ``evaluate-detection``, the other
 steps of setting a real belt up.
@@ -127,8 +128,9 @@ def _fit_textile_check(args: argparse.Namespace) -> int:
 
 PROPOSE_EXAMPLES = """
   textile-sorter propose-labels --line serving/line-my-belt.yaml setup-photos/ --out runs/labels
-then correct runs/labels/boxes.csv with the numbered sheets in runs/labels/sheets/ beside it (a kind changed, a row
-that is belt or a piece of a garment deleted, a missed item added), and fit the head on it:
+then correct runs/labels/boxes.csv in the browser (textile-sorter label-boxes runs/labels/boxes.csv), or by hand with
+the numbered sheets in runs/labels/sheets/ beside it (a kind changed, a row that is belt or a piece of a garment
+deleted, a missed item added), and fit the head on it:
   textile-sorter fit-textile-check --line serving/line-my-belt.yaml setup-photos/ --boxes runs/labels/boxes.csv \\
       --out serving/line-my-belt-head.json --write-line
 """
@@ -141,13 +143,41 @@ def _propose_labels(args: argparse.Namespace) -> int:
     kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(result.boxes.items())) or "nothing"
     print(f"{result.photos} photos: {kinds} -> {result.csv_path} (numbered sheets: {result.sheets})"
           + "".join(f"\n{why}" for why in result.skipped))
-    print("correct the boxes file (kinds, rows that are no item, missed items), then fit the head on it: "
+    print(f"correct the boxes file (kinds, rows that are no item, missed items: textile-sorter label-boxes "
+          f"{result.csv_path}), then fit the head on it: "
           f"textile-sorter fit-textile-check --line {args.line} {args.photos} --boxes {result.csv_path} --out HEAD.json "
           "--write-line")
     return 0
 
 
+LABEL_EXAMPLES = """
+  textile-sorter label-boxes runs/labels/boxes.csv      # correct what propose-labels proposed
+  textile-sorter label-boxes new-boxes.csv --photos setup-photos/   # start a file from a folder of photos
+then open http://127.0.0.1:8090/ (drag to draw a box; click one, then g / h / o for its kind or Del; arrow keys move
+between photos); every change is written to the file at once (the file as it was: .bak beside it). Ctrl-C stops it.
+"""
+
+
+def _label_boxes(args: argparse.Namespace) -> int:
+    from sorting.apps.labeller import BoxFile, start_labeller
+
+    boxes = BoxFile(args.boxes, photos_dir=args.photos)
+    handle = start_labeller(boxes, port=args.port)
+    print(f"{len(boxes.photos)} photos, {sum(len(p.boxes) for p in boxes.photos)} boxes in {boxes.path}: open "
+          f"{handle.url} (Ctrl-C to stop)", flush=True)
+    handle.serve_until_interrupted()
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    p = add_command(sub, "label-boxes", "Correct a boxes CSV in the browser, photo by photo: change a box's kind "
+                    "(garment, hand, object), delete it, or draw a missed one; each change is written at once.",
+                    LABEL_EXAMPLES)
+    p.add_argument("boxes", help="boxes CSV (image,x0,y0,x1,y1[,kind]; image names relative to its folder), e.g. "
+                   "propose-labels' boxes.csv; a new one with --photos")
+    p.add_argument("--photos", help="folder of photos: those not in the file yet are added without boxes")
+    p.add_argument("--port", type=int, default=8090, help="port on 127.0.0.1 (default 8090)")
+    p.set_defaults(func=_label_boxes)
     p = add_command(sub, "propose-labels", "Write the line's detections on a folder of photos as a boxes CSV with "
                     "kinds (garment, hand, object) and numbered sheets: labels to correct for fit-textile-check, "
                     "instead of boxes to draw.", PROPOSE_EXAMPLES)

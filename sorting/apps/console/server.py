@@ -9,18 +9,17 @@ and a long-polling camera viewer must not hold up other requests.
 from __future__ import annotations
 
 import logging
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
 
 from sorting.apps.console.app import create_app
 from sorting.apps.console.context import ConsoleContext
 from sorting.apps.console.logview import LogView
 from sorting.apps.console.security import Access
-from sorting.errors import ConfigError, DataError
+from sorting.apps.wsgi_server import ServerThread, threaded_server
+from sorting.errors import DataError
 from sorting.serving.live import LiveFeed
 from sorting.taxonomy import Taxonomy, load_taxonomy
 
@@ -37,28 +36,16 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
 
 
-class ConsoleHandle:
+class ConsoleHandle(ServerThread):
     """A running console: its :attr:`url`; :meth:`close` stops it (idempotent)."""
 
     def __init__(self, server: BaseWSGIServer, ctx: ConsoleContext, host: str) -> None:
-        self._server = server
         self._ctx = ctx
-        shown = f"[{host}]" if ":" in host else host
-        self.url = f"http://{shown}:{server.server_port}/"
-        self.port = int(server.server_port)
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                                        name="console-http", daemon=True)
-        self._thread.start()
-        self._closed = False
+        super().__init__(server, host, "console-http")
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        self._ctx.stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(2.0)
+        self._ctx.stopping.set()  # long-polling requests return
+        super().close()
         log.info("console stopped")
 
 
@@ -78,10 +65,7 @@ def start_console(
     """
     access = Access.for_bind(host, token)
     ctx = ConsoleContext(view=LogView(db_path), feed=feed, access=access, taxonomy=taxonomy or load_taxonomy())
-    try:
-        server = make_server(host, port, create_app(ctx), threaded=True, request_handler=_QuietHandler)
-    except OSError as exc:
-        raise ConfigError(f"console: cannot listen on {host}:{port}: {exc}") from None
+    server = threaded_server("console", host, port, create_app(ctx), _QuietHandler)
     handle = ConsoleHandle(server, ctx, host)
     log.debug("operator's console on %s%s", handle.url, " (access token required)" if access.token else "")
     return handle
@@ -102,10 +86,4 @@ def run_console(
     handle = start_console(None, db_path, host=host, port=port, token=token, taxonomy=taxonomy)
     if on_ready is not None:
         on_ready(handle)
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        handle.close()
+    handle.serve_until_interrupted()
