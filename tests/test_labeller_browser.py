@@ -1,5 +1,5 @@
 """The labeller's page in a real browser (headless Chromium through selenium): draw a box with the mouse, change its
-kind with a key, drag one of its edges, delete another box, go to the next photo; the boxes CSV must say so. Skips only when no Chromium +
+kind with a key, drag one of its edges, delete another box, take changes back, go to the next photo; the boxes CSV must say so. Skips only when no Chromium +
 chromedriver can be found (``.ci/run`` installs them)."""
 
 from __future__ import annotations
@@ -51,6 +51,11 @@ def test_draw_relabel_delete_and_move_on(tmp_path: Path) -> None:
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.DELETE)
         _wait(driver, lambda d: len(read_box_rows(path).boxes["a.png"]) == 1)
         assert read_box_rows(path).boxes["a.png"][0][1] == "hand"
+        driver.find_element(By.TAG_NAME, "body").send_keys(Keys.CONTROL, "z")  # the garment back
+        _wait(driver, lambda d: [k for _, k in read_box_rows(path).boxes["a.png"]] == ["garment", "hand"])
+        assert read_box_rows(path).boxes["a.png"][0][0] == (400, 50, 550, 150)
+        driver.find_element(By.ID, "undo").click()  # the edge's move taken back too
+        _wait(driver, lambda d: abs(read_box_rows(path).boxes["a.png"][1][0][2] - 250) <= 3)
         driver.find_element(By.TAG_NAME, "body").send_keys(Keys.ARROW_RIGHT)
         _wait(driver, lambda d: "photo 2 of 2" in d.find_element(By.ID, "where").text)
         assert driver.find_element(By.ID, "status").text == "0 boxes"

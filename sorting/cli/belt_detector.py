@@ -153,8 +153,9 @@ def _propose_labels(args: argparse.Namespace) -> int:
 LABEL_EXAMPLES = """
   textile-sorter label-boxes runs/labels/boxes.csv      # correct what propose-labels proposed
   textile-sorter label-boxes new-boxes.csv --photos setup-photos/   # start a file from a folder of photos
-then open http://127.0.0.1:8090/ (drag to draw a box; click one, then g / h / o for its kind or Del; arrow keys move
-between photos); every change is written to the file at once (the file as it was: .bak beside it). Ctrl-C stops it.
+then open http://127.0.0.1:8090/ (drag to draw a box; click one, then g / h / o for its kind or Del, or drag its
+edges; Ctrl+Z takes a change back; arrow keys move between photos); every change is written to the file at once (the
+file as it was: .bak beside it). Ctrl-C stops it.
 """
 
 

@@ -21,6 +21,7 @@
   const GRIP = 8; // screen px from an edge of the chosen box that grab the edge
   let saving = Promise.resolve();
   let sends = 0; // saves sent: only the last one's answer replaces the boxes shown (a later change is newer)
+  const undo = []; // the boxes before each change on this page, newest last
 
   function say(text, error = false) {
     status.textContent = text;
@@ -57,6 +58,19 @@
       label.textContent = `${i + 1} ${item.kind}`;
       svg.append(rect, label);
     });
+  }
+
+  function before() {
+    // call before each change: Ctrl+Z (or the undo button) brings these boxes back
+    undo.push(boxes.map((item) => ({box: [...item.box], kind: item.kind})));
+  }
+
+  function back() {
+    if (!undo.length) return;
+    boxes = undo.pop();
+    chosen = -1;
+    draw();
+    save();
   }
 
   function save() {
@@ -110,6 +124,7 @@
     if (event.button !== 0) return;
     const edges = edgesNear(point(event));
     if (edges) {
+      before();
       resize = {edges};
       svg.setPointerCapture(event.pointerId);
       return;
@@ -164,6 +179,7 @@
       choose(-1);
       return;
     }
+    before();
     boxes.push({box, kind});
     chosen = boxes.length - 1;
     draw();
@@ -173,6 +189,7 @@
   document.querySelectorAll("button.kind").forEach((button) => button.addEventListener("click", () => {
     setKind(button.dataset.kind);
     if (chosen >= 0 && boxes[chosen].kind !== kind) {
+      before();
       boxes[chosen].kind = kind;
       draw();
       save();
@@ -181,14 +198,21 @@
 
   function remove() {
     if (chosen < 0) return;
+    before();
     boxes.splice(chosen, 1);
     chosen = -1;
     draw();
     save();
   }
   document.getElementById("delete").addEventListener("click", remove);
+  document.getElementById("undo").addEventListener("click", back);
 
   document.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key === "z") {
+      event.preventDefault();
+      back();
+      return;
+    }
     if (event.ctrlKey || event.metaKey || event.altKey) return;
     if (KEYS[event.key]) {
       document.querySelector(`button.kind[data-kind="${KEYS[event.key]}"]`).click();
