@@ -29,7 +29,8 @@ def test_draw_relabel_delete_and_move_on(tmp_path: Path) -> None:
     labeller = start_labeller(BoxFile(path), port=0)
     driver = _browser(tmp_path)
     try:
-        driver.get(labeller.url)
+        driver.get(labeller.url)  # the list of photos
+        driver.find_element(By.LINK_TEXT, "a.png").click()
         _wait(driver, lambda d: d.find_element(By.ID, "status").text == "1 box")
         svg = driver.find_element(By.ID, "boxes")
         scale = svg.size["width"] / 600  # page px per photo px

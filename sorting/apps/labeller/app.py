@@ -10,19 +10,10 @@ from __future__ import annotations
 
 import logging
 import secrets
+from collections import Counter
 from typing import Any
 
-from flask import (
-    Flask,
-    Response,
-    abort,
-    jsonify,
-    redirect,
-    render_template,
-    request,
-    send_file,
-    url_for,
-)
+from flask import Flask, Response, abort, jsonify, render_template, request, send_file
 from werkzeug.serving import WSGIRequestHandler
 
 from sorting.apps.labeller.box_file import KINDS, BoxFile
@@ -49,8 +40,9 @@ def create_app(boxes: BoxFile, *, token: str | None = None) -> Flask:
             abort(404, description=f"no photo {index}: the file lists {len(boxes.photos)}")
 
     @app.get("/")
-    def first() -> Response:
-        return redirect(url_for("page", index=0))
+    def index() -> str:
+        rows = [(k, p.name, Counter(kind for _, kind in p.boxes)) for k, p in enumerate(boxes.photos)]
+        return render_template("index.html", rows=rows, file=boxes.path.name, kinds=KINDS)
 
     @app.get("/photo/<int:index>")
     def page(index: int) -> str:
