@@ -57,10 +57,6 @@ def create_app(boxes: BoxFile, *, token: str | None = None) -> Flask:
             abort(404, description=f"{photo.path} is missing")
         return send_file(photo.path.resolve(), max_age=3600)
 
-    @app.get("/api/photos")
-    def photos() -> Response:
-        return jsonify([{"name": p.name, "boxes": len(p.boxes)} for p in boxes.photos])
-
     @app.get("/api/boxes/<int:index>")
     def read(index: int) -> Response | tuple[Response, int]:
         photo = photo_or_404(index)
