@@ -44,6 +44,8 @@ class ConsoleHandle(ServerThread):
         super().__init__(server, host, "console-http")
 
     def close(self) -> None:
+        if self._closed:
+            return
         self._ctx.stopping.set()  # long-polling requests return
         super().close()
         log.info("console stopped")
