@@ -161,3 +161,16 @@ def test_the_command_says_why_it_cannot_open_a_file_or_a_port(tmp_path: Path, pr
         taken.listen()
         assert main(["label-boxes", str(proposals), "--port", str(taken.getsockname()[1])]) != 0
     assert "cannot listen" in capsys.readouterr().err
+
+
+def test_a_file_changed_on_disk_meanwhile_is_not_written_over(proposals: Path) -> None:
+    """Another labeller or an editor wrote the file after this one read it: a change here is refused (409) and the
+    other writer's rows stay; the photo's boxes here are still what the file held when read."""
+    client = _client(BoxFile(proposals))
+    assert _put(client, 0, [{"box": [10, 10, 50, 40], "kind": "object"}]).status_code == 200  # written here: fine
+    other = "image,x0,y0,x1,y1,kind\n../photos/a.png,1,1,20,20,hand\n../photos/b.png,5,5,25,25,garment\n"
+    proposals.write_text(other)
+    answer = _put(client, 1, [{"box": [30, 30, 60, 60], "kind": "hand"}])
+    assert answer.status_code == 409 and "changed on disk" in answer.get_json()["error"]
+    assert proposals.read_text() == other
+    assert client.get("/api/boxes/1").get_json()["boxes"] == []

@@ -16,7 +16,7 @@ from typing import Any
 from flask import Flask, Response, abort, jsonify, render_template, request, send_file
 from werkzeug.serving import WSGIRequestHandler
 
-from sorting.apps.labeller.box_file import KINDS, BoxFile
+from sorting.apps.labeller.box_file import KINDS, BoxFile, FileChanged
 from sorting.apps.wsgi_server import ServerThread, threaded_server
 from sorting.errors import DataError
 
@@ -76,6 +76,8 @@ def create_app(boxes: BoxFile, *, token: str | None = None) -> Flask:
             return jsonify(error='send {"boxes": [{"box": [x0, y0, x1, y1], "kind": ...}, ...]}'), 400
         try:
             saved = boxes.set_boxes(index, body["boxes"])
+        except FileChanged as exc:
+            return jsonify(error=str(exc)), 409
         except DataError as exc:
             return jsonify(error=str(exc)), 400
         except OSError as exc:

@@ -3,8 +3,9 @@
 The file is the ``boxes.csv`` format (:mod:`sorting.datasets.box_labels`): image names relative to the file's folder,
 one row per box with its kind, a photo without items as one row with an empty box. Every write goes to a temporary
 file first and replaces the old one, so an interrupted write leaves the last saved file whole; the first write keeps
-the file as it was opened beside it (``.bak``). A file with rows that cannot be read, or kinds other than garment,
-hand and object, is refused when opened: rewriting it would drop those rows.
+the file as it was opened beside it (``.bak``); a file changed on disk meanwhile (another labeller, an editor) is not
+written over. A file with rows that cannot be read, or kinds other than garment, hand and object, is refused when
+opened: rewriting it would drop those rows.
 """
 
 from __future__ import annotations
@@ -40,13 +41,29 @@ class Photo:
     boxes: list[tuple[Box, str]]
 
 
+class FileChanged(DataError):
+    """The file changed on disk since it was read or last written here (another labeller, an editor)."""
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """What tells one version of the file from another: its modification time and size; None when it is absent."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
 class BoxFile:
     """The photos and boxes of ``path``; with ``photos_dir``, that folder's photos not in the file yet are added
-    (without boxes) after the file's own, so a file can be started from nothing."""
+    (without boxes) after the file's own, so a file can be started from nothing. A write is refused
+    (:class:`FileChanged`) when the file changed on disk since it was read or last written here: the other writer's
+    rows are kept rather than overwritten."""
 
     def __init__(self, path: str | Path, *, photos_dir: str | Path | None = None) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._stamp = _stamp(self.path)
         self._backed_up = not self.path.exists()  # a new file has nothing to keep
         self._sizes: dict[int, tuple[int, int]] = {}
         self.photos: list[Photo] = []
@@ -96,11 +113,19 @@ class BoxFile:
         width, height = self.size(index)
         checked = [_checked_box(item, width, height, n) for n, item in enumerate(boxes, start=1)]
         with self._lock:
-            self.photo(index).boxes = checked
-            self._write()
+            photo = self.photo(index)
+            previous, photo.boxes = photo.boxes, checked
+            try:
+                self._write()
+            except (OSError, DataError):
+                photo.boxes = previous  # what the file holds
+                raise
         return checked
 
     def _write(self) -> None:
+        if _stamp(self.path) != self._stamp:
+            raise FileChanged(f"{self.path} changed on disk since it was read (another labeller, or an editor?): "
+                              "nothing written; start label-boxes again to load it")
         if not self._backed_up:
             shutil.copy2(self.path, self.path.with_name(self.path.name + ".bak"))
             self._backed_up = True
@@ -113,6 +138,7 @@ class BoxFile:
             writer.writerow([*BOX_COLUMNS, "kind"])
             writer.writerows(rows)
         os.replace(tmp, self.path)
+        self._stamp = _stamp(self.path)
         log.debug("wrote %s", self.path)
 
 
