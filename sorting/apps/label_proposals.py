@@ -17,7 +17,6 @@ the first set, and the fitted head is fitted on the corrected one.
 
 from __future__ import annotations
 
-import csv
 import logging
 import os
 from collections import Counter
@@ -28,16 +27,17 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from sorting.datasets.box_labels import BOX_COLUMNS, read_subset
+from sorting.datasets.box_labels import read_subset, write_box_rows
 from sorting.errors import DataError
 from sorting.serving.colour_foreground import FrameError
 from sorting.serving.line_config import load_line_config
 from sorting.serving.line_segmentation import LineSegmentation
+from sorting.serving.non_garment import GARMENT, HAND, OBJECT
 from sorting.serving.sources import photos_of
 
 log = logging.getLogger(__name__)
 
-KIND_BGR = {"garment": (60, 200, 60), "hand": (200, 60, 200), "object": (0, 140, 255)}
+KIND_BGR = {GARMENT: (60, 200, 60), HAND: (200, 60, 200), OBJECT: (0, 140, 255)}
 
 
 @dataclass
@@ -64,7 +64,7 @@ def propose_labels(line_path: str | Path, photos_dir: str | Path, out_dir: str |
     sheets.mkdir(parents=True, exist_ok=True)
     seg = LineSegmentation(line)
     result = Proposals(out / "boxes.csv", sheets)
-    rows: list[list[str]] = []
+    photos: list[tuple[str, list[tuple[tuple[int, int, int, int], str]]]] = []
     for path in tqdm(paths, desc="propose-labels", unit="photo", disable=not progress):
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
@@ -77,16 +77,13 @@ def propose_labels(line_path: str | Path, photos_dir: str | Path, out_dir: str |
             continue
         name = os.path.relpath(path.resolve(), out.resolve())
         boxes = [((d.bbox[0], d.bbox[1], d.bbox[0] + d.bbox[2], d.bbox[1] + d.bbox[3]), d.kind) for d in detections]
-        rows += [[name, *map(str, box), kind] for box, kind in boxes] or [[name, "", "", "", "", ""]]
+        photos.append((name, boxes))
         cv2.imwrite(str(sheets / f"{path.stem}.png"), draw_sheet(image, boxes))
         result.photos += 1
         result.boxes.update(kind for _, kind in boxes)
     for why in result.skipped:
         log.warning("%s", why)
-    with result.csv_path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([*BOX_COLUMNS, "kind"])
-        writer.writerows(rows)
+    write_box_rows(result.csv_path, photos)
     return result
 
 

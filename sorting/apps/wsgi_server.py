@@ -8,6 +8,7 @@ on its own thread: a long-polling page never holds up another request.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -17,9 +18,17 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from sorting.errors import ConfigError
 
+log = logging.getLogger(__name__)
 
-def threaded_server(what: str, host: str, port: int, app: Any,
-                    handler: type[WSGIRequestHandler] | None = None) -> BaseWSGIServer:
+
+class QuietHandler(WSGIRequestHandler):
+    """Request lines at debug level: the console's page polls every second, its camera view several times."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        log.debug('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
+
+
+def threaded_server(what: str, host: str, port: int, app: Any) -> BaseWSGIServer:
     """A threaded WSGI server for ``app`` listening on ``host:port`` (0: any free port); ConfigError, naming
     ``what`` and the address, when it cannot listen there."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -28,7 +37,7 @@ def threaded_server(what: str, host: str, port: int, app: Any,
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)
-        return make_server(host, port, app, threaded=True, request_handler=handler, fd=sock.fileno())
+        return make_server(host, port, app, threaded=True, request_handler=QuietHandler, fd=sock.fileno())
     except OSError as exc:
         raise ConfigError(f"{what}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     finally:

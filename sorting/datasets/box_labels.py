@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,6 +72,27 @@ def read_box_rows(path: str | Path, *, default_kind: str = "garment") -> BoxRows
         elif parsed is not None:
             labels.append(parsed)
     return out
+
+
+def write_box_rows(path: str | Path, photos: Iterable[tuple[str, Sequence[tuple[Box, str]]]]) -> None:
+    """Write ``(image name, [(box, kind), ...])`` per photo as a boxes CSV with a ``kind`` column, a photo without
+    boxes as one row with an empty box. The rows go to a temporary file that then replaces ``path``, so an
+    interrupted write leaves the previous file whole."""
+    path = Path(path)
+    rows: list[list[str]] = []
+    for name, boxes in photos:
+        rows += [[name, *(_number(v) for v in box), kind] for box, kind in boxes] or [[name, "", "", "", "", ""]]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([*BOX_COLUMNS, "kind"])
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _number(value: float) -> str:
+    """A coordinate as written: whole pixels without a decimal point."""
+    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
 def read_subset(spec: str) -> set[str]:

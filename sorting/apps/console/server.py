@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler
+from werkzeug.serving import BaseWSGIServer
 
 from sorting.apps.console.app import create_app
 from sorting.apps.console.context import ConsoleContext
@@ -27,13 +27,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8088
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """Request lines at debug level: the page polls every second, the camera view several times."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.debug('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
 
 
 class ConsoleHandle(ServerThread):
@@ -67,7 +60,7 @@ def start_console(
     """
     access = Access.for_bind(host, token)
     ctx = ConsoleContext(view=LogView(db_path), feed=feed, access=access, taxonomy=taxonomy or load_taxonomy())
-    server = threaded_server("console", host, port, create_app(ctx), _QuietHandler)
+    server = threaded_server("console", host, port, create_app(ctx))
     handle = ConsoleHandle(server, ctx, host)
     log.debug("operator's console on %s%s", handle.url, " (access token required)" if access.token else "")
     return handle

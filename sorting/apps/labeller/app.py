@@ -14,7 +14,6 @@ from collections import Counter
 from typing import Any
 
 from flask import Flask, Response, abort, jsonify, render_template, request, send_file
-from werkzeug.serving import WSGIRequestHandler
 
 from sorting.apps.labeller.box_file import KINDS, BoxFile, FileChanged
 from sorting.apps.wsgi_server import ServerThread, threaded_server
@@ -96,12 +95,6 @@ def _as_json(boxes: list[Any]) -> list[dict[str, Any]]:
     return [{"box": list(box), "kind": kind} for box, kind in boxes]
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        log.debug('"%s" %s', self.requestline, code)
-
-
 def start_labeller(boxes: BoxFile, *, port: int = DEFAULT_PORT) -> ServerThread:
     """Serve the labeller on the loopback interface on its own thread; ConfigError when the port is taken."""
-    return ServerThread(threaded_server("labeller", HOST, port, create_app(boxes), _QuietHandler), HOST,
-                        "labeller-http")
+    return ServerThread(threaded_server("labeller", HOST, port, create_app(boxes)), HOST, "labeller-http")

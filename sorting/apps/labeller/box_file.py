@@ -10,7 +10,6 @@ opened: rewriting it would drop those rows.
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import os
@@ -22,13 +21,14 @@ from typing import Any
 
 import cv2
 
-from sorting.datasets.box_labels import BOX_COLUMNS, Box, read_box_rows
+from sorting.datasets.box_labels import Box, read_box_rows, write_box_rows
 from sorting.errors import DataError
+from sorting.serving.non_garment import GARMENT, HAND, OBJECT
 from sorting.serving.sources import photos_of
 
 log = logging.getLogger(__name__)
 
-KINDS = ("garment", "hand", "object")
+KINDS = (GARMENT, HAND, OBJECT)
 MIN_SIDE_PX = 2.0  # a box narrower than this (after clipping to the photo) is a stray click, not a thing
 
 
@@ -129,21 +129,9 @@ class BoxFile:
         if not self._backed_up:
             shutil.copy2(self.path, self.path.with_name(self.path.name + ".bak"))
             self._backed_up = True
-        rows: list[list[str]] = []
-        for p in self.photos:  # a photo without items keeps one row with an empty box
-            rows += [[p.name, *(_number(v) for v in box), kind] for box, kind in p.boxes] or [[p.name, "", "", "", "", ""]]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            writer.writerow([*BOX_COLUMNS, "kind"])
-            writer.writerows(rows)
-        os.replace(tmp, self.path)
+        write_box_rows(self.path, ((p.name, p.boxes) for p in self.photos))
         self._stamp = _stamp(self.path)
         log.debug("wrote %s", self.path)
-
-
-def _number(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
 def _checked_box(item: Any, width: int, height: int, n: int) -> tuple[Box, str]:
